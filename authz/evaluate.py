@@ -1,0 +1,392 @@
+"""The decision procedure across policy types (spec 3): explicit deny, RCP, SCP, resource, identity, boundary, session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Iterable, Mapping, Sequence
+
+from .policy.arn import PreparedResource
+from .policy.conditions import ConditionContext, normalise_context
+from .policy.model import Policy, Statement
+from .policy.principals import GrantKind, Requester, not_principal_applies, parse_requester, principal_grant
+
+
+class Decision(str, Enum):
+    ALLOW = "Allow"
+    EXPLICIT_DENY = "ExplicitDeny"
+    IMPLICIT_DENY = "ImplicitDeny"
+
+
+# Statement groups. SCP and RCP levels get their own group each: every level must allow.
+IDENTITY, RESOURCE, BOUNDARY, SESSION = 0, 1, 2, 3
+SCP_BASE, RCP_BASE = 100, 200
+_MAX_LEVELS = 99
+
+
+def group_type(group: int) -> str:
+    if group == IDENTITY:
+        return "identity"
+    if group == RESOURCE:
+        return "resource"
+    if group == BOUNDARY:
+        return "boundary"
+    if group == SESSION:
+        return "session"
+    return "scp" if group < RCP_BASE else "rcp"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Choices the spec marks [UNC]; the defaults are the spec's (and the conformance cases')."""
+
+    not_principal_strict: bool = True                      # spec 2.7
+    org_failure_label: str = "ImplicitDeny"                 # SCP/RCP level without Allow (spec 3.3)
+    session_policy_caps_session_arn_grants: bool = False    # E17: docs say not capped
+    rcp_services: frozenset[str] = frozenset({             # services whose resources RCPs govern (spec 3.2)
+        "kinesisvideo", "s3", "sts", "sqs", "kms", "secretsmanager", "dynamodb", "ecr", "logs", "cognito-identity"})
+
+
+DEFAULT_OPTIONS = EngineOptions()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One authorization question. `context` is complete: the engine adds no keys of its own."""
+
+    principal: str
+    action: str
+    resource: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+    resource_account: str | None = None   # None: the resource ARN's account ("*": the principal's)
+    federated_creator: str = ""           # IAM user that created a federated-user session, when known
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedStatement:
+    policy_type: str
+    policy_name: str
+    sid: str
+    index: int
+    effect: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"policyType": self.policy_type, "policyName": self.policy_name, "sid": self.sid,
+                "index": self.index, "effect": self.effect}
+
+
+@dataclass(frozen=True)
+class Result:
+    decision: Decision
+    deciding: tuple[MatchedStatement, ...]      # the statements that decided (denies, or the granting allows)
+    matched: tuple[MatchedStatement, ...]       # every statement that matched (complete only with explain)
+    decided_by: str                             # explicit_deny, rcp, scp, resource_policy, identity, boundary,
+                                                # session_policy, root, anonymous, no_allow
+    blocked_by: str                             # policy type that blocked an otherwise allowed request, or ""
+    per_type: Mapping[str, str]
+    grant_kind: str                             # resource-policy grant kind (spec 2.7)
+    same_account: bool
+    missing_keys: tuple[str, ...]
+    notes: tuple[str, ...]
+    keys_read: frozenset[str]                   # context keys consulted: the decision depends on no other
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision is Decision.ALLOW
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """Every policy that applies to one request, by type."""
+
+    identity: tuple[Policy, ...] = ()
+    resource: Policy | None = None
+    boundary: Policy | None = None
+    session: tuple[Policy, ...] | None = None          # None: no session policy was passed
+    scp_levels: tuple[tuple[Policy, ...], ...] | None = None   # None: not in an organization
+    rcp_levels: tuple[tuple[Policy, ...], ...] | None = None   # customer RCPs; RCPFullAWSAccess is implicit
+
+    def groups(self) -> Iterable[tuple[int, Policy]]:
+        for p in self.identity:
+            yield IDENTITY, p
+        if self.resource is not None:
+            yield RESOURCE, self.resource
+        if self.boundary is not None:
+            yield BOUNDARY, self.boundary
+        for p in self.session or ():
+            yield SESSION, p
+        for lvl, level in enumerate((self.scp_levels or ())[:_MAX_LEVELS]):
+            for p in level:
+                yield SCP_BASE + lvl, p
+        for lvl, level in enumerate((self.rcp_levels or ())[:_MAX_LEVELS]):
+            for p in level:
+                yield RCP_BASE + lvl, p
+
+
+_Entry = tuple[int, int, Statement]   # (sequence, group, statement)
+_CANDIDATE_MEMO_MAX = 512
+
+
+class StatementIndex:
+    """Statements by action: literal actions in a dict, wildcard patterns in a list, NotAction always checked.
+
+    The candidates for one action are computed once and remembered (bounded), so a decision
+    touches only the statements whose Action can match.
+    """
+
+    __slots__ = ("literal", "patterned", "memo", "size")
+
+    def __init__(self, entries: Sequence[tuple[int, Statement]]) -> None:
+        self.literal: dict[str, list[_Entry]] = {}
+        self.patterned: list[_Entry] = []
+        self.memo: dict[str, tuple[tuple[_Entry, ...], tuple[_Entry, ...]]] = {}
+        self.size = 0
+        for seq, (group, st) in enumerate(entries):
+            if not st.effect_valid:
+                continue
+            self.size += 1
+            entry = (seq, group, st)
+            if not st.not_action and st.actions and all(a.literal is not None for a in st.actions):
+                for key in dict.fromkeys(a.literal for a in st.actions):
+                    self.literal.setdefault(key, []).append(entry)  # type: ignore[arg-type]
+            else:
+                self.patterned.append(entry)
+
+    def candidates(self, action_lower: str) -> tuple[tuple[_Entry, ...], tuple[_Entry, ...]]:
+        """(deny statements, allow statements) whose Action/NotAction matches, in document order."""
+        hit = self.memo.get(action_lower)
+        if hit is not None:
+            return hit
+        found = list(self.literal.get(action_lower, ()))
+        found.extend(e for e in self.patterned if e[2].matches_action(action_lower))
+        found.sort(key=lambda e: e[0])
+        result = (tuple(e for e in found if not e[2].allow), tuple(e for e in found if e[2].allow))
+        if len(self.memo) < _CANDIDATE_MEMO_MAX:
+            self.memo[action_lower] = result
+        return result
+
+    def full_scan(self, action_lower: str) -> tuple[tuple[_Entry, ...], tuple[_Entry, ...]]:
+        """The same answer as candidates(), by checking every statement (the index's reference)."""
+        every = sorted([*(e for lst in self.literal.values() for e in lst), *self.patterned], key=lambda e: e[0])
+        uniq = list({e[0]: e for e in every}.values())
+        found = [e for e in uniq if e[2].matches_action(action_lower)]
+        return (tuple(e for e in found if not e[2].allow), tuple(e for e in found if e[2].allow))
+
+
+class CompiledPolicySet:
+    """A PolicySet with its statement index, built once and reused for many requests."""
+
+    __slots__ = ("policies", "index", "scp_level_count", "rcp_level_count", "has_boundary", "has_session",
+                 "session_count", "has_resource")
+
+    def __init__(self, policies: PolicySet) -> None:
+        self.policies = policies
+        entries = [(g, st) for g, p in policies.groups() for st in p.statements]
+        self.index = StatementIndex(entries)
+        self.scp_level_count = None if policies.scp_levels is None else min(len(policies.scp_levels), _MAX_LEVELS)
+        self.rcp_level_count = None if policies.rcp_levels is None else min(len(policies.rcp_levels), _MAX_LEVELS)
+        self.has_boundary = policies.boundary is not None
+        self.has_session = policies.session is not None
+        self.session_count = len(policies.session or ())
+        self.has_resource = policies.resource is not None
+
+
+def _account_of(arn: str) -> str:
+    f = arn.split(":", 5)
+    return f[4] if len(f) == 6 and f[0] == "arn" else ""
+
+
+def _service_of(arn: str) -> str:
+    f = arn.split(":", 5)
+    return f[2] if len(f) == 6 and f[0] == "arn" else ""
+
+
+def evaluate(request: Request, policies: PolicySet | CompiledPolicySet, *, explain: bool = False,
+             options: EngineOptions = DEFAULT_OPTIONS, requester: Requester | None = None) -> Result:
+    """Decide one request against the policies that apply to it (spec 3.7)."""
+    cps = policies if isinstance(policies, CompiledPolicySet) else CompiledPolicySet(policies)
+    ctx = ConditionContext(normalise_context(dict(request.context)))
+    if requester is None:
+        uid = ctx.values.get("aws:userid")
+        requester = parse_requester(request.principal, uid if isinstance(uid, str) else None,
+                                    request.federated_creator)
+    return _decide(request, cps, ctx, requester, explain, options)
+
+
+def _statement_applies(st: Statement, group: int, resource: PreparedResource, ctx: ConditionContext,
+                       r: Requester, cps: CompiledPolicySet, options: EngineOptions) -> GrantKind:
+    """NONE when the statement does not apply; otherwise how it names the requester."""
+    res = st.resources
+    if res is not None:
+        hit = False
+        for pat in res:
+            if pat.matches(resource, ctx.lookup):
+                hit = True
+                break
+        if hit == st.not_resource:
+            return GrantKind.NONE
+    kind = GrantKind.EXACT
+    if st.principals is not None:
+        if st.not_principal:
+            # Deny + NotPrincipal always hits a user or role that has a boundary (spec 2.7).
+            forced = (not st.allow and cps.has_boundary and r.kind in ("user", "assumed-role"))
+            if not forced and not not_principal_applies(st.principals, r, strict=options.not_principal_strict):
+                return GrantKind.NONE
+            kind = GrantKind.ACCOUNT
+        else:
+            kind = principal_grant(st.principals, r)
+            if kind is GrantKind.NONE:
+                return GrantKind.NONE
+    if st.broken:
+        # Part of the condition cannot be understood: never grant, but a Deny still denies.
+        ctx.note(f"unevaluableStatement:{st.policy_name}#{st.index}")
+        return GrantKind.NONE if st.allow else kind
+    for clause in st.conditions:
+        if not clause.evaluate(ctx):
+            return GrantKind.NONE
+    return kind
+
+
+def _ms(group: int, st: Statement) -> MatchedStatement:
+    return MatchedStatement(group_type(group), st.policy_name, st.sid, st.index, st.effect)
+
+
+def _decide(req: Request, cps: CompiledPolicySet, ctx: ConditionContext, r: Requester, explain: bool,
+            options: EngineOptions) -> Result:
+    action = req.action.lower()
+    resource = PreparedResource(req.resource)
+    denies, allows = cps.index.candidates(action)
+
+    matched: list[MatchedStatement] = []
+    deny_hits: list[MatchedStatement] = []
+    for _seq, group, st in denies:
+        if _statement_applies(st, group, resource, ctx, r, cps, options) is not GrantKind.NONE:
+            m = _ms(group, st)
+            deny_hits.append(m)
+            matched.append(m)
+            if not explain:
+                break
+
+    res_account = req.resource_account
+    if res_account is None:
+        res_account = _account_of(req.resource) if req.resource != "*" else r.account
+    same_account = bool(r.account) and r.kind != "anonymous" and r.account == res_account
+
+    # Allow statements: per group, whether any matches; for the resource policy the strongest kind.
+    allowed_groups: dict[int, list[MatchedStatement]] = {}
+    best_kind = GrantKind.NONE
+    if not deny_hits or explain:
+        for _seq, group, st in allows:
+            if not explain and group in allowed_groups and (group != RESOURCE or best_kind >= GrantKind.EXACT):
+                continue
+            kind = _statement_applies(st, group, resource, ctx, r, cps, options)
+            if kind is GrantKind.NONE:
+                continue
+            m = _ms(group, st)
+            matched.append(m)
+            allowed_groups.setdefault(group, []).append(m)
+            if group == RESOURCE and kind > best_kind:
+                best_kind = kind
+
+    notes = list(ctx.notes)
+    missing = tuple(dict.fromkeys(ctx.missing_keys))
+    per_type: dict[str, str] = {}
+    if explain:
+        per_type = _per_type(cps, allowed_groups, deny_hits)
+
+    def result(decision: Decision, decided_by: str, deciding: Sequence[MatchedStatement],
+               blocked_by: str = "") -> Result:
+        return Result(decision, tuple(deciding), tuple(matched), decided_by, blocked_by, per_type,
+                      best_kind.label, same_account, missing, tuple(notes), frozenset(ctx.read))
+
+    if deny_hits:
+        return result(Decision.EXPLICIT_DENY, "explicit_deny", deny_hits)
+
+    # RCPs (spec 3.3 step 2). RCPFullAWSAccess sits implicitly at every level, so a level can
+    # only fail through a Deny (already handled); nothing more to check for the outcome.
+
+    org_label = Decision(options.org_failure_label)
+    if cps.scp_level_count is not None and r.kind not in ("anonymous", "service"):
+        for lvl in range(cps.scp_level_count):
+            if SCP_BASE + lvl not in allowed_groups:
+                notes.append(f"scpLevelWithoutAllow:{lvl}")
+                return result(org_label, "scp", (), "scp")
+
+    ident = allowed_groups.get(IDENTITY, [])
+    res_allows = allowed_groups.get(RESOURCE, [])
+    trust_required = action.startswith("sts:") and ":role/" in req.resource
+
+    if r.kind == "anonymous":
+        if best_kind is GrantKind.WILDCARD:
+            return result(Decision.ALLOW, "anonymous", res_allows)
+        return result(Decision.IMPLICIT_DENY, "no_allow", ())
+
+    boundary_ok = not cps.has_boundary or BOUNDARY in allowed_groups
+    if r.is_session:
+        if cps.has_session:
+            session_ok = SESSION in allowed_groups
+        else:
+            session_ok = r.kind == "assumed-role"   # GetFederationToken sessions need a session policy
+    else:
+        session_ok = True
+
+    if not same_account:
+        identity_ok = r.kind == "root" or bool(ident)
+        if not identity_ok:
+            return result(Decision.IMPLICIT_DENY, "no_allow", (), "identity")
+        if not boundary_ok:
+            return result(Decision.IMPLICIT_DENY, "boundary", (), "boundary")
+        if not session_ok:
+            return result(Decision.IMPLICIT_DENY, "session_policy", (), "session")
+        if best_kind is GrantKind.NONE:
+            return result(Decision.IMPLICIT_DENY, "resource_policy", (), "resource")
+        return result(Decision.ALLOW, "identity", [*ident, *res_allows])
+
+    if r.kind == "root" and not trust_required:
+        return result(Decision.ALLOW, "root", ())
+    if trust_required and best_kind is GrantKind.NONE:
+        return result(Decision.IMPLICIT_DENY, "resource_policy", (), "resource")
+
+    if best_kind >= GrantKind.EXACT:
+        if (options.session_policy_caps_session_arn_grants and best_kind is GrantKind.EXACT and r.is_session
+                and cps.has_session and SESSION not in allowed_groups):
+            return result(Decision.IMPLICIT_DENY, "session_policy", (), "session")
+        if r.is_session and cps.has_session and SESSION not in allowed_groups:
+            notes.append("sessionArnGrantNotCapped")
+        return result(Decision.ALLOW, "resource_policy", res_allows)
+
+    granted_by_resource = best_kind is GrantKind.ENTITY
+    if not (granted_by_resource or ident):
+        return result(Decision.IMPLICIT_DENY, "no_allow", ())
+    if not boundary_ok:
+        return result(Decision.IMPLICIT_DENY, "boundary", (), "boundary")
+    if not session_ok:
+        return result(Decision.IMPLICIT_DENY, "session_policy", (), "session")
+    if granted_by_resource and not ident:
+        return result(Decision.ALLOW, "resource_policy", res_allows)
+    return result(Decision.ALLOW, "identity", [*ident, *res_allows])
+
+
+def _per_type(cps: CompiledPolicySet, allowed: dict[int, list[MatchedStatement]],
+              denies: list[MatchedStatement]) -> dict[str, str]:
+    denied_types = {m.policy_type for m in denies}
+    out: dict[str, str] = {}
+    p = cps.policies
+    present = {
+        "identity": bool(p.identity), "resource": p.resource is not None, "boundary": p.boundary is not None,
+        "session": p.session is not None, "scp": p.scp_levels is not None, "rcp": p.rcp_levels is not None,
+    }
+    allowed_types = {group_type(g) for g in allowed}
+    for t, here in present.items():
+        if not here:
+            out[t] = "notApplicable"
+        elif t in denied_types:
+            out[t] = "explicitDeny"
+        elif t == "scp":
+            n = cps.scp_level_count or 0
+            out[t] = "allowed" if all(SCP_BASE + i in allowed for i in range(n)) else "implicitDeny"
+        elif t == "rcp":
+            out[t] = "allowed"
+        else:
+            out[t] = "allowed" if t in allowed_types else "implicitDeny"
+    return out

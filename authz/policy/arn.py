@@ -1,0 +1,137 @@
+"""ARN splitting and resource-pattern matching (spec 2.3, 2.6)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .glob import STAR, Glob, Token, tokens_of
+from .variables import Lookup, Part, has_variables, render_tokens, static_tokens, variables_of
+
+
+def split_arn(value: str) -> list[str] | None:
+    """The six ARN fields (the resource field keeps any further colons), or None if not an ARN."""
+    fields = value.split(":", 5)
+    if len(fields) != 6 or fields[0] != "arn":
+        return None
+    return fields
+
+
+def _split_tokens(tokens: Sequence[Token], maxsplit: int = 5) -> list[list[Token]]:
+    """Split glob tokens at `:` inside literal text, at most `maxsplit` times."""
+    fields: list[list[Token]] = [[]]
+    for t in tokens:
+        if isinstance(t, str) and ":" in t and len(fields) <= maxsplit:
+            pieces = t.split(":", maxsplit - len(fields) + 1)
+            if pieces[0]:
+                fields[-1].append(pieces[0])
+            for piece in pieces[1:]:
+                fields.append([piece] if piece else [])
+        else:
+            fields[-1].append(t)
+    return fields
+
+
+def _lower(tokens: list[Token]) -> list[Token]:
+    return [t.lower() if isinstance(t, str) else t for t in tokens]
+
+
+class ArnGlob:
+    """A compiled ARN pattern (no variables left): per-field globs, or the short form of spec 2.3.
+
+    Fields 1-4 (partition, service, region, account) compare case-insensitively, the resource
+    field case-sensitively. A pattern with fewer than six fields matches only when its last
+    field ends with `*`, which then spans the remaining colons. With `field_wise` False (used
+    by ArnLike/ArnEquals, spec 2.6) a short pattern never matches.
+    """
+
+    __slots__ = ("head", "tail", "short", "valid", "source")
+
+    def __init__(self, tokens: Sequence[Token], source: str = "", *, allow_short: bool = True,
+                 case_insensitive_head: bool = True) -> None:
+        self.source = source
+        fields = _split_tokens(tokens)
+        self.valid = bool(fields) and fields[0] == ["arn"]
+        self.short = len(fields) < 6
+        if self.short:
+            last = fields[-1]
+            if not allow_short or len(fields) < 2 or not last or last[-1] is not STAR:
+                self.valid = False
+        fix = _lower if case_insensitive_head else (lambda t: t)
+        if self.short:
+            self.head = tuple(Glob(fix(f)) for f in fields[1:-1])
+            self.tail = Glob(fix(fields[-1]))
+        else:
+            self.head = tuple(Glob(fix(f)) for f in fields[1:5])
+            self.tail = Glob(fields[5])
+
+    def match_fields(self, lowered: Sequence[str], fields: Sequence[str]) -> bool:
+        """`fields` are the six fields of the candidate ARN; `lowered` the same with 1-4 lower-cased."""
+        if not self.valid:
+            return False
+        head = self.head
+        if not self.short:
+            return (head[0].match(lowered[1]) and head[1].match(lowered[2]) and head[2].match(lowered[3])
+                    and head[3].match(lowered[4]) and self.tail.match(fields[5]))
+        k = len(head) + 1
+        for i, g in enumerate(head, start=1):
+            if not g.match(lowered[i]):
+                return False
+        rest = ":".join(list(lowered[k:5]) + [fields[5]]) if k <= 5 else fields[5]
+        return self.tail.match(rest)
+
+
+class ResourcePattern:
+    """One entry of Resource/NotResource, compiled once; variables are rendered per request."""
+
+    __slots__ = ("source", "any", "parts", "static", "keys")
+
+    def __init__(self, source: str, parts: tuple[Part, ...]) -> None:
+        self.source = source
+        self.parts = parts
+        self.any = source == "*"
+        self.keys = tuple(v.key for v in variables_of(parts))
+        self.static: ArnGlob | None = None
+        if not self.any and not has_variables(parts):
+            self.static = ArnGlob(static_tokens(parts), source)
+
+    def matches(self, resource: "PreparedResource", lookup: Lookup) -> bool:
+        """True when the request resource matches. An unresolvable variable matches nothing."""
+        if self.any:
+            return True
+        if resource.fields is None:  # the request resource is "*" or not an ARN
+            return False
+        g = self.static
+        if g is None:
+            toks = render_tokens(self.parts, lookup)
+            if toks is None:
+                return False
+            g = ArnGlob(toks, self.source)
+        return g.match_fields(resource.lowered, resource.fields)  # type: ignore[arg-type]
+
+
+class PreparedResource:
+    """The request resource split once per request."""
+
+    __slots__ = ("raw", "fields", "lowered")
+
+    def __init__(self, raw: str) -> None:
+        self.raw = raw
+        self.fields = split_arn(raw) if raw != "*" else None
+        self.lowered: list[str] | None = None
+        if self.fields is not None:
+            f = self.fields
+            self.lowered = [f[0], f[1].lower(), f[2].lower(), f[3].lower(), f[4].lower(), f[5]]
+
+
+def arn_like(pattern_tokens: Sequence[Token], value: str) -> bool:
+    """ArnLike/ArnEquals (spec 2.6): both sides split into six fields, each field globbed,
+    case-sensitively; a value that is not a six-field ARN never matches."""
+    fields = split_arn(value)
+    if fields is None:
+        return False
+    g = ArnGlob(pattern_tokens, allow_short=False, case_insensitive_head=False)
+    return g.match_fields(fields, fields)
+
+
+def compile_arn_like(pattern: str) -> ArnGlob:
+    return ArnGlob(tokens_of(pattern), pattern, allow_short=False, case_insensitive_head=False)

@@ -1,0 +1,104 @@
+"""Strict JSON reading of policy text: duplicate members, character set, depth and size."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .errors import Problem
+from .limits import MAX_JSON_DEPTH, MAX_POLICY_TEXT_CHARS
+
+# IAM's document character set: TAB, LF, CR and U+0020-U+00FF (spec 1.1 rule 4).
+_IAM_BAD_CHAR = re.compile(r"[^\t\n\r\x20-\xff]")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def child_path(path: str, key: str | int) -> str:
+    """JSON path of a member or element: `$.Statement[0].Condition['aws:SourceIp']`."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if _IDENT.match(key):
+        return f"{path}.{key}"
+    return f"{path}[{json.dumps(key)}]"
+
+
+class _Obj(dict):  # type: ignore[type-arg]
+    """A JSON object that remembers member names it saw more than once."""
+
+    __slots__ = ("duplicates",)
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__()
+        dups: list[str] = []
+        for k, v in pairs:
+            if k in self:
+                dups.append(k)
+            self[k] = v
+        self.duplicates = dups
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def load_text(text: str | bytes, *, iam_charset: bool = True,
+              max_chars: int = MAX_POLICY_TEXT_CHARS) -> tuple[Any, list[Problem]]:
+    """Parse policy text strictly. Returns (value, problems); value is None when unusable."""
+    if isinstance(text, (bytes, bytearray)):
+        if len(text) > max_chars * 2:
+            return None, [Problem("$", f"document is larger than {max_chars} characters")]
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, [Problem("$", f"document is not valid UTF-8 (byte {exc.start})")]
+    if len(text) > max_chars:
+        return None, [Problem("$", f"document has {len(text)} characters; the limit is {max_chars}")]
+    problems: list[Problem] = []
+    if iam_charset:
+        bad = _IAM_BAD_CHAR.search(text)
+        if bad:
+            problems.append(Problem("$", f"character U+{ord(bad.group()):04X} at offset {bad.start()} is outside "
+                                         "the IAM character set (TAB, LF, CR, U+0020-U+00FF)"))
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        value = json.loads(text, object_pairs_hook=_Obj, parse_constant=_reject_constant)
+    except RecursionError:
+        return None, problems + [Problem("$", f"JSON nesting is deeper than {MAX_JSON_DEPTH} levels")]
+    except ValueError as exc:  # JSONDecodeError is a ValueError; so is a too-long integer literal
+        return None, problems + [Problem("$", f"malformed JSON: {exc}")]
+    problems.extend(_structure_problems(value))
+    return value, problems
+
+
+def _structure_problems(root: Any) -> list[Problem]:
+    """Duplicate members and excessive depth, found in one iterative walk."""
+    problems: list[Problem] = []
+    stack: list[tuple[Any, str, int]] = [(root, "$", 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            problems.append(Problem(path, f"JSON nesting is deeper than {MAX_JSON_DEPTH} levels"))
+            continue
+        if isinstance(node, dict):
+            for dup in getattr(node, "duplicates", ()):
+                problems.append(Problem(child_path(path, dup), f"member {dup!r} appears more than once"))
+            for k, v in node.items():
+                if isinstance(v, (dict, list)):
+                    stack.append((v, child_path(path, k), depth + 1))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                if isinstance(v, (dict, list)):
+                    stack.append((v, child_path(path, i), depth + 1))
+    problems.sort(key=lambda p: p.path)
+    return problems
+
+
+def plain(value: Any) -> Any:
+    """Deep-copy a parsed value into plain dicts and lists (drops the duplicate bookkeeping)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value

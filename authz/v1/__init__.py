@@ -1,0 +1,1 @@
+"""Generated protobuf code for the authz.v1 API (created by `make protos`; never edited)."""
