@@ -7,7 +7,7 @@ from enum import Enum
 from typing import Any, Iterable, Mapping, Sequence
 
 from .policy.arn import PreparedResource
-from .policy.conditions import ConditionContext, normalise_context
+from .policy.conditions import ConditionContext, ContextValue, normalise_context
 from .policy.model import Policy, Statement
 from .policy.principals import GrantKind, Requester, not_principal_applies, parse_requester, principal_grant
 
@@ -202,15 +202,21 @@ def _service_of(arn: str) -> str:
 
 
 def evaluate(request: Request, policies: PolicySet | CompiledPolicySet, *, explain: bool = False,
-             options: EngineOptions = DEFAULT_OPTIONS, requester: Requester | None = None) -> Result:
+             options: EngineOptions = DEFAULT_OPTIONS) -> Result:
     """Decide one request against the policies that apply to it (spec 3.7)."""
     cps = policies if isinstance(policies, CompiledPolicySet) else CompiledPolicySet(policies)
-    ctx = ConditionContext(normalise_context(dict(request.context)))
-    if requester is None:
-        uid = ctx.values.get("aws:userid")
-        requester = parse_requester(request.principal, uid if isinstance(uid, str) else None,
-                                    request.federated_creator)
-    return _decide(request, cps, ctx, requester, explain, options)
+    values = normalise_context(dict(request.context))
+    uid = values.get("aws:userid")
+    requester = parse_requester(request.principal, uid if isinstance(uid, str) else None, request.federated_creator)
+    return decide(cps, requester, request.action, request.resource, request.resource_account, values,
+                  explain=explain, options=options)
+
+
+def decide(cps: CompiledPolicySet, requester: Requester, action: str, resource: str, resource_account: str | None,
+           values: dict[str, ContextValue], *, explain: bool = False,
+           options: EngineOptions = DEFAULT_OPTIONS) -> Result:
+    """`evaluate` for callers that have already prepared the requester and the normalised context."""
+    return _decide(action, resource, resource_account, cps, ConditionContext(values), requester, explain, options)
 
 
 def _statement_applies(st: Statement, group: int, resource: PreparedResource, ctx: ConditionContext,
@@ -251,15 +257,19 @@ def _ms(group: int, st: Statement) -> MatchedStatement:
     return MatchedStatement(group_type(group), st.policy_name, st.sid, st.index, st.effect)
 
 
-def _decide(req: Request, cps: CompiledPolicySet, ctx: ConditionContext, r: Requester, explain: bool,
-            options: EngineOptions) -> Result:
-    action = req.action.lower()
-    resource = PreparedResource(req.resource)
+def _decide(req_action: str, req_resource: str, res_account: str | None, cps: CompiledPolicySet,
+            ctx: ConditionContext, r: Requester, explain: bool, options: EngineOptions) -> Result:
+    action = req_action.lower()
+    resource = PreparedResource(req_resource)
     denies, allows = cps.index.candidates(action)
 
     matched: list[MatchedStatement] = []
     deny_hits: list[MatchedStatement] = []
+    # RCPs govern only resources of the services that support them (spec 3.2).
+    rcp_applies = cps.rcp_level_count is not None and _service_of(req_resource) in options.rcp_services
     for _seq, group, st in denies:
+        if group >= RCP_BASE and not rcp_applies:
+            continue
         if _statement_applies(st, group, resource, ctx, r, cps, options) is not GrantKind.NONE:
             m = _ms(group, st)
             deny_hits.append(m)
@@ -267,9 +277,8 @@ def _decide(req: Request, cps: CompiledPolicySet, ctx: ConditionContext, r: Requ
             if not explain:
                 break
 
-    res_account = req.resource_account
     if res_account is None:
-        res_account = _account_of(req.resource) if req.resource != "*" else r.account
+        res_account = _account_of(req_resource) if req_resource != "*" else r.account
     same_account = bool(r.account) and r.kind != "anonymous" and r.account == res_account
 
     # Allow statements: per group, whether any matches; for the resource policy the strongest kind.
@@ -314,7 +323,7 @@ def _decide(req: Request, cps: CompiledPolicySet, ctx: ConditionContext, r: Requ
 
     ident = allowed_groups.get(IDENTITY, [])
     res_allows = allowed_groups.get(RESOURCE, [])
-    trust_required = action.startswith("sts:") and ":role/" in req.resource
+    trust_required = action.startswith("sts:") and ":role/" in req_resource
 
     if r.kind == "anonymous":
         if best_kind is GrantKind.WILDCARD:

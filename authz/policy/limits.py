@@ -48,6 +48,7 @@ SIZE_LIMITS: dict[str, tuple[int, bool]] = {
     # type: (max characters, white space counts)
     "identity": (MAX_INLINE_ROLE_CHARS, False),   # the largest identity limit; stricter ones apply where the kind is known
     "managed": (MAX_MANAGED_POLICY_CHARS, False),
+    "aws-managed": (MAX_POLICY_TEXT_CHARS, False),   # AWS managed policies are not bound by customer quotas
     "boundary": (MAX_MANAGED_POLICY_CHARS, False),
     "inline-user": (MAX_INLINE_USER_CHARS, False),
     "inline-group": (MAX_INLINE_GROUP_CHARS, False),

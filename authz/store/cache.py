@@ -1,0 +1,64 @@
+"""The decision cache: an LRU of decisions keyed by revision and request, valid only for the context values it read."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Hashable, Mapping
+
+from cachetools import LRUCache
+
+from ..evaluate import Result
+
+_ABSENT: Any = object()
+
+
+class DecisionCache:
+    """cachetools' LRUCache is not thread-safe, so every access holds a lock; evaluation never does.
+
+    A decision depends on the request, the snapshot revision (part of the key, so a reload or an
+    admin write invalidates everything at once) and the values of the context keys the
+    evaluation read. Those values are stored with the entry and must match for a hit: a decision
+    is never reused across different aws:CurrentTime or aws:SourceIp outcomes.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lru: LRUCache[Hashable, tuple[tuple[str, ...], tuple[Any, ...], Result]] | None = (
+            LRUCache(capacity) if capacity > 0 else None)
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, values: Mapping[str, Any]) -> Result | None:
+        if self._lru is None:
+            return None
+        with self._lock:
+            entry = self._lru.get(key)
+            if entry is not None:
+                keys, vals, result = entry
+                for k, v in zip(keys, vals):
+                    if values.get(k, _ABSENT) != v:
+                        break
+                else:
+                    self.hits += 1
+                    return result
+            self.misses += 1
+            return None
+
+    def put(self, key: Hashable, values: Mapping[str, Any], result: Result) -> None:
+        if self._lru is None:
+            return
+        keys = tuple(sorted(result.keys_read))
+        vals = tuple(values.get(k, _ABSENT) for k in keys)
+        with self._lock:
+            self._lru[key] = (keys, vals, result)
+
+    def clear(self) -> None:
+        if self._lru is not None:
+            with self._lock:
+                self._lru.clear()
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            size = len(self._lru) if self._lru is not None else 0
+            return {"hits": self.hits, "misses": self.misses, "size": size, "capacity": self.capacity}

@@ -1,0 +1,416 @@
+"""The store: the current snapshot, decisions with their cache, admin writes, AssumeRole, reload and the bundle watcher.
+
+Readers take the current snapshot reference and never lock; writers (admin calls, reloads)
+serialise on one lock, build the new state off to the side, persist it, and swap one reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..evaluate import DEFAULT_OPTIONS, Decision, EngineOptions, Result, decide
+from ..policy import limits
+from ..policy.conditions import normalise_context
+from ..policy.model import PolicyType
+from ..policy.validate import ValidationReport, validate_document
+from ..requests import check_request
+from .bundle import BundleError, load_bundle, signature
+from .cache import DecisionCache
+from .errors import InvalidInput, NotFound, PermissionDenied, QuotaExceeded, StoreError
+from .oplog import OpLog
+from .snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, caller_context
+from .state import (SESSION_NAME, IamState, ManagedPolicy, Principal, apply_op, check_policy, check_tags,
+                    resource_arn)
+
+log = logging.getLogger("authz.store")
+
+DEFAULT_CACHE_SIZE = 100_000
+DEFAULT_WATCH_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    bundle_dir: Path | None = None
+    state_dir: Path | None = None
+    cache_size: int = DEFAULT_CACHE_SIZE
+    options: EngineOptions = DEFAULT_OPTIONS
+    watch_interval: float = DEFAULT_WATCH_INTERVAL     # seconds between bundle checks; 0 disables watching
+    partition: str = "aws"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A decision with where it came from."""
+
+    result: Result
+    revision: int
+    cached: bool
+    principal_known: bool
+
+
+@dataclass(frozen=True)
+class SessionGrant:
+    assumed_role_arn: str
+    assumed_role_id: str
+    expiration: float
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+
+
+@dataclass
+class StoreStatus:
+    revision: int
+    ready: bool
+    last_load_error: str
+    last_load_time: float
+    counts: dict[str, int]
+    cache: dict[str, int]
+    reloads_ok: int
+    reloads_failed: int
+    replay_skipped: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _unknown_principal(revision: int, principal: str) -> Answer:
+    r = Result(Decision.IMPLICIT_DENY, (), (), "unknown_principal", "", {}, "NONE", False, (),
+               (f"unknownPrincipal:{principal[:200]}",), frozenset())
+    return Answer(r, revision, False, False)
+
+
+def _token(alphabet: str, n: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+class Store:
+    def __init__(self, config: StoreConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.compiler = PolicyCompiler()
+        self.cache = DecisionCache(config.cache_size)
+        self._write_lock = threading.RLock()
+        self._base = IamState()
+        self._state = IamState()
+        self._ops: list[dict[str, Any]] = []
+        self._revision = 0
+        self._snapshot = Snapshot(self._state, 0, self.compiler)
+        self._ready = False
+        self._last_error = ""
+        self._last_load = 0.0
+        self._reloads_ok = 0
+        self._reloads_failed = 0
+        self._replay_skipped = 0
+        self._oplog: OpLog | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._listeners: list[Callable[[Snapshot], None]] = []
+
+    # ------------------------------------------------------------ life cycle
+
+    def open(self) -> None:
+        """Open the state database and load the first policy set. The store is `ready` once a
+        policy set has loaded; a bundle that fails at start-up leaves it not ready (serving
+        nothing) until a good bundle appears."""
+        if self.config.state_dir is not None:
+            self._oplog = OpLog(self.config.state_dir)
+            self._ops = self._oplog.all()
+        self.reload()
+        if self.config.bundle_dir is not None and self.config.watch_interval > 0:
+            self._watcher = threading.Thread(target=self._watch, name="bundle-watcher", daemon=True)
+            self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        if self._oplog is not None:
+            self._oplog.close()
+
+    def on_swap(self, listener: Callable[[Snapshot], None]) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def revision(self) -> int:
+        return self._snapshot.revision
+
+    def _swap(self, state: IamState) -> None:
+        """Publish a new snapshot; callers hold the write lock."""
+        self._state = state
+        self._revision += 1
+        snap = Snapshot(state, self._revision, self.compiler)
+        self._snapshot = snap           # the one reference readers take
+        for listener in self._listeners:
+            try:
+                listener(snap)
+            except Exception:  # pragma: no cover - a listener must never break a write
+                log.exception("snapshot listener failed")
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the bundle and re-apply the persisted admin changes. A bundle that does not
+        load keeps the last good snapshot serving; the error is returned and kept for Status."""
+        try:
+            base = load_bundle(self.config.bundle_dir) if self.config.bundle_dir is not None else IamState()
+        except (BundleError, OSError, StoreError, ValueError) as exc:
+            msg = str(exc) if isinstance(exc, StoreError) else f"cannot read the bundle: {exc}"
+            with self._write_lock:
+                self._last_error = msg
+                self._reloads_failed += 1
+            log.error("bundle rejected, still serving revision %d: %s", self._revision, msg)
+            return False, msg
+        with self._write_lock:
+            state, skipped = base, 0
+            for o in self._ops:
+                try:
+                    state = apply_op(state, o)
+                except StoreError as exc:
+                    skipped += 1
+                    log.warning("persisted change %s no longer applies to the bundle: %s", o.get("op"), exc)
+            self._base = base
+            self._replay_skipped = skipped
+            self._swap(state)
+            self._ready = True
+            self._last_error = ""
+            self._last_load = self.clock()
+            self._reloads_ok += 1
+        log.info("loaded policy set revision %d: %s", self._revision, state.counts())
+        return True, ""
+
+    def _watch(self) -> None:
+        assert self.config.bundle_dir is not None
+        seen = signature(self.config.bundle_dir)
+        pending = None
+        while not self._stop.wait(self.config.watch_interval):
+            sig = signature(self.config.bundle_dir)
+            if sig == seen:
+                pending = None
+                continue
+            if sig != pending:        # wait one more interval: files may still be being written
+                pending = sig
+                continue
+            seen, pending = sig, None
+            if sig.missing:
+                with self._write_lock:
+                    self._last_error = f"bundle directory {self.config.bundle_dir} is missing or unreadable"
+                    self._reloads_failed += 1
+                log.error("%s; still serving revision %d", self._last_error, self._revision)
+                continue
+            self.reload()
+
+    def status(self) -> StoreStatus:
+        snap = self._snapshot
+        return StoreStatus(snap.revision, self._ready, self._last_error, self._last_load, snap.state.counts(),
+                           self.cache.stats(), self._reloads_ok, self._reloads_failed, self._replay_skipped)
+
+    # ------------------------------------------------------------ decisions
+
+    def authorize(self, principal: str, action: str, resource: str, context: Mapping[str, Any] | None = None, *,
+                  explain: bool = False, trusted_context: Mapping[str, Any] | None = None) -> Answer:
+        """Decide one request against the current snapshot.
+
+        `context` comes from the caller: keys the store derives (principal and resource facts) are
+        dropped from it. `trusted_context` comes from this process's own gateway mapping and may
+        carry aws:ResourceTag/* for resources being created.
+        """
+        context = context or {}
+        check_request(principal, action, resource, context)
+        snap = self._snapshot
+        now = self.clock()
+        rp = snap.resolve(principal, now)
+        if rp is None:
+            return _unknown_principal(snap.revision, principal)
+        values = self._context(snap, rp, resource, context, trusted_context, now)
+        key = (snap.revision, principal, action.lower(), resource)
+        if not explain:
+            hit = self.cache.get(key, values)
+            if hit is not None:
+                return Answer(hit, snap.revision, True, True)
+        result = self._decide(snap, principal, rp, action, resource, values, explain)
+        if not explain:
+            self.cache.put(key, values, result)
+        return Answer(result, snap.revision, False, True)
+
+    def _context(self, snap: Snapshot, rp: ResolvedPrincipal, resource: str, context: Mapping[str, Any],
+                 trusted: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+        kept, _dropped = caller_context(context)
+        if trusted:
+            kept.update(trusted)
+        values = normalise_context(kept)
+        if "aws:currenttime" not in values:
+            values["aws:currenttime"] = datetime.fromtimestamp(int(now), tz=timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%SZ")
+        if "aws:epochtime" not in values:
+            values["aws:epochtime"] = str(int(now))
+        values.update(rp.context)
+        if resource != "*":
+            f = resource.split(":", 5)
+            if len(f) == 6 and f[4]:
+                values["aws:resourceaccount"] = f[4]
+            res = snap.resource(resource)
+            if res is not None:
+                for k, v in res.tags:
+                    values[f"aws:resourcetag/{k.lower()}"] = v
+        return values
+
+    def _decide(self, snap: Snapshot, principal: str, rp: ResolvedPrincipal, action: str, resource: str,
+                values: dict[str, Any], explain: bool) -> Result:
+        if resource == "*":
+            res_account = rp.account
+        else:
+            f = resource.split(":", 5)
+            res_account = f[4] if len(f) == 6 else ""
+        rkey, rpol = snap.resource_policy(resource)
+        cps = snap.policy_set(principal, rp, rkey, rpol, res_account)
+        return decide(cps, rp.requester, action, resource, res_account, values, explain=explain,
+                      options=self.config.options)
+
+    def authorize_batch(self, requests: Sequence[tuple[str, str, str, Mapping[str, Any]]], *,
+                        explain: bool = False) -> list[Answer | StoreError | Exception]:
+        out: list[Answer | StoreError | Exception] = []
+        for principal, action, resource, context in requests:
+            try:
+                out.append(self.authorize(principal, action, resource, context, explain=explain))
+            except Exception as exc:   # one bad request never spoils the batch; the servicer reports it
+                out.append(exc)
+        return out
+
+    # ------------------------------------------------------------ AssumeRole
+
+    def assume_role(self, caller: str, role_arn: str, session_name: str, duration_seconds: int = 0,
+                    session_policy: str | None = None, tags: Mapping[str, str] | None = None,
+                    context: Mapping[str, Any] | None = None) -> SessionGrant:
+        """STS AssumeRole: allowed only when the role's trust policy and the caller's own policies
+        allow sts:AssumeRole as AWS decides (spec 3.6); passing tags also needs sts:TagSession."""
+        tags = dict(tags or {})
+        if not isinstance(session_name, str) or not SESSION_NAME.match(session_name):
+            raise InvalidInput(f"session_name: {limits.MIN_SESSION_NAME}-{limits.MAX_SESSION_NAME} characters of "
+                               "letters, digits and +=,.@_-", "session_name")
+        check_tags(tags, "tags", limits.MAX_SESSION_TAGS)
+        if session_policy:
+            check_policy(session_policy, PolicyType.SESSION, "session_policy")
+        snap = self._snapshot
+        f = role_arn.split(":", 5)
+        role: Principal | None = None
+        if len(f) == 6 and f[2] == "iam" and f[5].startswith("role/"):
+            acct = snap.state.accounts.get(f[4])
+            role = acct.roles.get(f[5].rsplit("/", 1)[-1].lower()) if acct else None
+            if role is not None and role.arn != role_arn:
+                role = None
+        denied = PermissionDenied(f"{caller} is not authorized to perform sts:AssumeRole on resource {role_arn}",
+                                  "role_arn")
+        if role is None:
+            raise denied   # as IAM does: a missing role looks like a refused one
+        chained = caller.startswith("arn:aws:sts::") and ":assumed-role/" in caller
+        max_duration = 3600 if chained else role.max_session
+        duration = duration_seconds or limits.DEFAULT_SESSION_SECONDS
+        if not limits.MIN_SESSION_SECONDS <= duration <= max_duration:
+            raise InvalidInput(f"duration_seconds must be {limits.MIN_SESSION_SECONDS}-{max_duration} for this role"
+                               f"{' (role chaining caps sessions at 1 hour)' if chained else ''}; got {duration}",
+                               "duration_seconds")
+        ctx = dict(context or {})
+        answer = self.authorize(caller, "sts:AssumeRole", role_arn, ctx)
+        if not answer.result.allowed:
+            raise denied
+        if tags:
+            tag_ctx = dict(ctx)
+            tag_ctx.update({f"aws:RequestTag/{k}": v for k, v in tags.items()})
+            tag_ctx["aws:TagKeys"] = list(tags)
+            if not self.authorize(caller, "sts:TagSession", role_arn, tag_ctx).result.allowed:
+                raise PermissionDenied(f"{caller} is not authorized to perform sts:TagSession on resource "
+                                       f"{role_arn}; session tags need it in the trust policy", "tags")
+        now = self.clock()
+        session_arn = f"arn:aws:sts::{role.account}:assumed-role/{role.name}/{session_name}"
+        key_id = "ASIA" + _token(string.ascii_uppercase + string.digits, 16)
+        secret = _token(string.ascii_letters + string.digits + "+/", 40)
+        token = _token(string.ascii_letters + string.digits, 96)
+        op = {"op": "CreateSession", "arn": session_arn, "role_arn": role.arn, "role_id": role.unique_id,
+              "session_name": session_name, "issued": now, "expires": now + duration, "policy": session_policy or None,
+              "tags": tags, "access_key_id": key_id, "secret": secret, "session_token": token, "source": caller}
+        self._commit(op)
+        return SessionGrant(session_arn, f"{role.unique_id}:{session_name}", now + duration, key_id, secret, token)
+
+    # ------------------------------------------------------------ admin writes
+
+    def _commit(self, op: dict[str, Any]) -> IamState:
+        """Apply, persist, publish: all or nothing."""
+        with self._write_lock:
+            state = apply_op(self._state, op)
+            if self._oplog is not None:
+                self._oplog.append(op)
+            self._ops.append(op)
+            self._swap(state)
+            return state
+
+    def apply(self, op: dict[str, Any]) -> IamState:
+        """Apply one admin op (see state.py for the op names and their fields)."""
+        return self._commit(op)
+
+    def create_policy(self, account: str, name: str, document: str, path: str = "/", description: str = ""
+                      ) -> ManagedPolicy:
+        state = self._commit({"op": "CreatePolicy", "account": account, "name": name, "path": path or "/",
+                              "document": document, "description": description})
+        return next(p for p in state.policies.values() if p.name == name and p.arn.split(":")[4] == account
+                    and p.path == (path or "/"))
+
+    def create_access_key(self, account: str, user: str) -> tuple[str, str, str]:
+        kid = "AKIA" + _token(string.ascii_uppercase + string.digits, 16)
+        secret = _token(string.ascii_letters + string.digits + "+/", 40)
+        state = self._commit({"op": "CreateAccessKey", "account": account, "user": user, "id": kid,
+                              "secret": secret})
+        return kid, secret, state.access_keys[kid].principal
+
+    def register_resource(self, account: str, region: str, rtype: str, name: str, arn: str = "",
+                          tags: Mapping[str, str] | None = None, policy: str | None = None) -> str:
+        if not arn:
+            arn = resource_arn(self.config.partition, region, account, rtype, name, int(self.clock() * 1000))
+        self._commit({"op": "RegisterResource", "type": rtype, "arn": arn, "tags": dict(tags or {}),
+                      "policy": policy or None})
+        return arn
+
+    def policy(self, arn: str) -> ManagedPolicy:
+        pol = self._snapshot.state.policies.get(arn)
+        if pol is None:
+            raise NotFound(f"policy {arn!r} does not exist", "arn")
+        return pol
+
+    def principal(self, account: str, kind: str, name: str) -> Principal:
+        acct = self._snapshot.state.accounts.get(account)
+        if acct is None or kind not in ("user", "group", "role"):
+            raise NotFound(f"{kind} {name!r} does not exist in account {account}", "name")
+        p = acct.table(kind).get(name.lower())
+        if p is None or p.name != name:
+            raise NotFound(f"{kind} {name!r} does not exist in account {account}", "name")
+        return p
+
+    def attachment_count(self, arn: str) -> int:
+        n = 0
+        for acct in self._snapshot.state.accounts.values():
+            for table in (acct.users, acct.groups, acct.roles):
+                n += sum(1 for p in table.values() if arn in p.attached)
+        return n
+
+    @staticmethod
+    def validate_policy(policy_type: str, document: str) -> ValidationReport:
+        try:
+            ptype = PolicyType.parse(policy_type or "identity")
+        except ValueError as exc:
+            raise InvalidInput(str(exc), "policy_type") from None
+        return validate_document(document, ptype)
+
+
+__all__ = ["Store", "StoreConfig", "Answer", "SessionGrant", "StoreStatus", "StoreError", "QuotaExceeded"]
