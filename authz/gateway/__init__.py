@@ -1,1 +1,1 @@
-"""The video gateway's front half: HTTP request to the KVS API -> authenticated (principal, action, resource, context)."""
+"""The video gateway: HTTP requests to the KVS API -> authenticated (principal, action, resource, context)."""

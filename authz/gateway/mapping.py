@@ -1,0 +1,658 @@
+"""The KVS API route table and the mapping of one HTTP request onto (action, resource, context) (spec 7.2-7.4)."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any, Final, Literal, NoReturn, Protocol
+
+SERVICE_PREFIX: Final = "kinesisvideo"
+
+# Limits of the KVS API (spec 7.1, botocore models); quoted in the error messages below.
+MAX_NAME_LEN: Final = 256           # StreamName / ChannelName / x-amzn-stream-name
+MAX_ARN_LEN: Final = 1024           # StreamARN / ChannelARN / ResourceARN / channelArn
+MAX_TAGS: Final = 50                # tags per request (and per resource)
+MAX_TAG_KEY_LEN: Final = 128
+MAX_TAG_VALUE_LEN: Final = 256
+MAX_CLIENT_ID_LEN: Final = 256      # X-Amz-ClientId of ConnectAsViewer
+# Not an AWS quota: the largest KVS JSON request (GetMediaForFragmentList with 1,000 fragment
+# numbers, SendAlexaOfferToMaster with a 10,000-char payload) is far below this; it bounds parsing.
+MAX_JSON_BODY_BYTES: Final = 1_048_576
+
+# Creation-time segment of the ARN we authorise when a name does not resolve (see map_request).
+UNKNOWN_NAME_CREATION_TIME: Final = "0"
+
+# Notes attached to a MappedRequest so that Explain output and logs can say what was assumed.
+NOTE_PROVISIONAL_CREATE_ARN: Final = "provisionalCreateArn"
+NOTE_UNKNOWN_RESOURCE_NAME: Final = "unknownResourceName"
+NOTE_UNKNOWN_RESOURCE_ARN: Final = "unknownResourceArn"
+
+ResourceKind = Literal["stream", "channel", "stream|channel", "none"]
+TagForm = Literal["", "map", "list", "keys"]
+BodyKind = Literal["json", "mkv", "none"]
+
+# WebSocket signaling connects on whatever path the endpoint has (usually "/"); spec 7.3.
+ANY_PATH: Final = "*"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One row of spec table 7.2: where a request goes and how it names its resource.
+
+    `arn_from` / `name_from` list the request members that carry the resource's ARN / name, as
+    `body.<Member>`, `header.<name>` or `query.<Name>`; the first present one is used.
+    """
+
+    method: str
+    path: str                        # exact, case-sensitive (`/ListTagsForResource` vs `/listTagsForStream`)
+    action: str                      # each KVS operation authorises the same-named action (spec 7.2)
+    resource: ResourceKind
+    arn_from: tuple[str, ...] = ()
+    name_from: tuple[str, ...] = ()
+    tags: TagForm = ""               # "map": Tags {k: v}; "list": Tags [{Key, Value}]; "keys": TagKeyList
+    create: bool = False             # resource is the provisional ARN of the named new resource
+    client_id_from: str = ""         # ConnectAsViewer: the viewer's client id (validated, selects the route)
+    body: BodyKind = "json"          # "mkv" (PutMedia) and "none" (WebSocket) bodies are never parsed
+    api: str = "kinesisvideo"        # SDK client, for the reader only
+
+
+_SA = ("body.StreamARN",)
+_SN = ("body.StreamName",)
+_CA = ("body.ChannelARN",)
+_CN = ("body.ChannelName",)
+_RA = ("body.ResourceARN",)
+_WSS_ARN = ("query.X-Amz-ChannelARN",)
+
+# Spec table 7.2, same order, one row per action (46). Read it column by column against the spec:
+# method, path, action, resource type, "identified by" (ARN members, name members), tags.
+ROUTES: Final[tuple[Route, ...]] = (
+    Route("GET", ANY_PATH, "ConnectAsMaster", "channel", _WSS_ARN, body="none", api="kinesis-video-signaling (WSS)"),
+    Route("GET", ANY_PATH, "ConnectAsViewer", "channel", _WSS_ARN, client_id_from="query.X-Amz-ClientId", body="none",
+          api="kinesis-video-signaling (WSS)"),
+    Route("POST", "/createSignalingChannel", "CreateSignalingChannel", "channel", (), _CN, tags="list", create=True),
+    Route("POST", "/createStream", "CreateStream", "stream", (), _SN, tags="map", create=True),
+    Route("POST", "/deleteEdgeConfiguration", "DeleteEdgeConfiguration", "stream", _SA, _SN),
+    Route("POST", "/deleteSignalingChannel", "DeleteSignalingChannel", "channel", _CA),
+    Route("POST", "/deleteStream", "DeleteStream", "stream", _SA),
+    Route("POST", "/describeEdgeConfiguration", "DescribeEdgeConfiguration", "stream", _SA, _SN),
+    Route("POST", "/describeImageGenerationConfiguration", "DescribeImageGenerationConfiguration", "stream", _SA, _SN),
+    Route("POST", "/describeMappedResourceConfiguration", "DescribeMappedResourceConfiguration", "stream", _SA, _SN),
+    Route("POST", "/describeMediaStorageConfiguration", "DescribeMediaStorageConfiguration", "channel", _CA, _CN),
+    Route("POST", "/describeNotificationConfiguration", "DescribeNotificationConfiguration", "stream", _SA, _SN),
+    Route("POST", "/describeSignalingChannel", "DescribeSignalingChannel", "channel", _CA, _CN),
+    Route("POST", "/describeStream", "DescribeStream", "stream", _SA, _SN),
+    Route("POST", "/describeStreamStorageConfiguration", "DescribeStreamStorageConfiguration", "stream", _SA, _SN),
+    Route("POST", "/getClip", "GetClip", "stream", _SA, _SN, api="kinesis-video-archived-media"),
+    Route("POST", "/getDASHStreamingSessionURL", "GetDASHStreamingSessionURL", "stream", _SA, _SN,
+          api="kinesis-video-archived-media"),
+    Route("POST", "/getDataEndpoint", "GetDataEndpoint", "stream", _SA, _SN),
+    Route("POST", "/getHLSStreamingSessionURL", "GetHLSStreamingSessionURL", "stream", _SA, _SN,
+          api="kinesis-video-archived-media"),
+    Route("POST", "/v1/get-ice-server-config", "GetIceServerConfig", "channel", _CA, api="kinesis-video-signaling"),
+    Route("POST", "/getImages", "GetImages", "stream", _SA, _SN, api="kinesis-video-archived-media"),
+    Route("POST", "/getMedia", "GetMedia", "stream", _SA, _SN, api="kinesis-video-media"),
+    Route("POST", "/getMediaForFragmentList", "GetMediaForFragmentList", "stream", _SA, _SN,
+          api="kinesis-video-archived-media"),
+    Route("POST", "/getSignalingChannelEndpoint", "GetSignalingChannelEndpoint", "channel", _CA),
+    Route("POST", "/joinStorageSession", "JoinStorageSession", "channel", ("body.channelArn",),
+          api="kinesis-video-webrtc-storage"),
+    Route("POST", "/joinStorageSessionAsViewer", "JoinStorageSessionAsViewer", "channel", ("body.channelArn",),
+          api="kinesis-video-webrtc-storage"),
+    Route("POST", "/listEdgeAgentConfigurations", "ListEdgeAgentConfigurations", "none"),
+    Route("POST", "/listFragments", "ListFragments", "stream", _SA, _SN, api="kinesis-video-archived-media"),
+    Route("POST", "/listSignalingChannels", "ListSignalingChannels", "none"),
+    Route("POST", "/listStreams", "ListStreams", "none"),
+    Route("POST", "/ListTagsForResource", "ListTagsForResource", "stream|channel", _RA),
+    Route("POST", "/listTagsForStream", "ListTagsForStream", "stream", _SA, _SN),
+    Route("POST", "/putMedia", "PutMedia", "stream", ("header.x-amzn-stream-arn",), ("header.x-amzn-stream-name",),
+          body="mkv", api="kinesis-video-media"),
+    Route("POST", "/v1/send-alexa-offer-to-master", "SendAlexaOfferToMaster", "channel", _CA,
+          api="kinesis-video-signaling"),
+    Route("POST", "/startEdgeConfigurationUpdate", "StartEdgeConfigurationUpdate", "stream", _SA, _SN),
+    Route("POST", "/TagResource", "TagResource", "stream|channel", _RA, tags="list"),
+    Route("POST", "/tagStream", "TagStream", "stream", _SA, _SN, tags="map"),
+    Route("POST", "/UntagResource", "UntagResource", "stream|channel", _RA, tags="keys"),
+    Route("POST", "/untagStream", "UntagStream", "stream", _SA, _SN, tags="keys"),
+    Route("POST", "/updateDataRetention", "UpdateDataRetention", "stream", _SA, _SN),
+    Route("POST", "/updateImageGenerationConfiguration", "UpdateImageGenerationConfiguration", "stream", _SA, _SN),
+    # The body also carries MediaStorageConfiguration.StreamARN; the action is still a channel action (7.2).
+    Route("POST", "/updateMediaStorageConfiguration", "UpdateMediaStorageConfiguration", "channel", _CA),
+    Route("POST", "/updateNotificationConfiguration", "UpdateNotificationConfiguration", "stream", _SA, _SN),
+    Route("POST", "/updateSignalingChannel", "UpdateSignalingChannel", "channel", _CA),
+    Route("POST", "/updateStream", "UpdateStream", "stream", _SA, _SN),
+    Route("POST", "/updateStreamStorageConfiguration", "UpdateStreamStorageConfiguration", "stream", _SA, _SN),
+)
+
+
+def _check_routes(routes: tuple[Route, ...]) -> None:
+    """Fail at import if the table contradicts itself, so a bad edit never reaches a request."""
+    seen_actions: set[str] = set()
+    seen_paths: set[tuple[str, str]] = set()
+    for r in routes:
+        if r.action in seen_actions:
+            raise ValueError(f"route table: action {r.action} listed twice")
+        seen_actions.add(r.action)
+        if r.path != ANY_PATH:
+            if (r.method, r.path) in seen_paths:
+                raise ValueError(f"route table: {r.method} {r.path} listed twice")
+            seen_paths.add((r.method, r.path))
+        for src in (*r.arn_from, *r.name_from, *((r.client_id_from,) if r.client_id_from else ())):
+            if src.split(".", 1)[0] not in ("body", "header", "query") or "." not in src:
+                raise ValueError(f"route table: {r.action} has a bad member source {src!r}")
+        if (r.resource == "none") != (not r.arn_from and not r.name_from):
+            raise ValueError(f"route table: {r.action} resource type and identifying members disagree")
+        if r.create and (r.arn_from or not r.name_from):
+            raise ValueError(f"route table: create action {r.action} must be identified by name only")
+        if r.name_from and "|" in r.resource:
+            # A name only resolves within one resource type.
+            raise ValueError(f"route table: {r.action} takes a name but has several resource types")
+
+
+_check_routes(ROUTES)
+
+_POST_ROUTES: Final[Mapping[tuple[str, str], Route]] = MappingProxyType(
+    {(r.method, r.path): r for r in ROUTES if r.path != ANY_PATH}
+)
+_WSS_MASTER: Final = next(r for r in ROUTES if r.path == ANY_PATH and not r.client_id_from)
+_WSS_VIEWER: Final = next(r for r in ROUTES if r.path == ANY_PATH and r.client_id_from)
+_WSS_QUERY_KEYS: Final = ("X-Amz-ChannelARN", "X-Amz-ClientId")
+
+
+# ---------------------------------------------------------------------------------------------
+# Public data types
+
+
+@dataclass(frozen=True)
+class ResourceRecord:
+    """A stream or signaling channel that exists."""
+
+    type: str            # "stream" | "channel"
+    name: str
+    arn: str
+    tags: Mapping[str, str]
+
+
+class ResourceRegistry(Protocol):
+    """Where the mapper resolves names to ARNs and finds a resource's tags."""
+
+    def by_name(self, type: str, partition: str, region: str, account: str, name: str) -> ResourceRecord | None: ...
+
+    def by_arn(self, arn: str) -> ResourceRecord | None: ...
+
+
+class DictRegistry:
+    """An in-memory ResourceRegistry built from ResourceRecords (tests, bundles, small deployments)."""
+
+    def __init__(self, records: Iterable[ResourceRecord]) -> None:
+        by_arn: dict[str, ResourceRecord] = {}
+        by_name: dict[tuple[str, str, str, str, str], ResourceRecord] = {}
+        for rec in records:
+            parts = _parse_arn(rec.arn)
+            if parts is None or parts.type != rec.type or parts.name != rec.name:
+                raise ValueError(f"resource record {rec.name!r}: ARN {rec.arn!r} is not a {rec.type} ARN for that name")
+            key = (rec.type, parts.partition, parts.region, parts.account, rec.name)
+            if rec.arn in by_arn or key in by_name:
+                raise ValueError(f"resource record {rec.arn!r}: a {rec.type} with that ARN or name is already "
+                                 "registered")
+            by_arn[rec.arn] = rec
+            by_name[key] = rec
+        self._by_arn: Mapping[str, ResourceRecord] = MappingProxyType(by_arn)
+        self._by_name: Mapping[tuple[str, str, str, str, str], ResourceRecord] = MappingProxyType(by_name)
+
+    def by_name(self, type: str, partition: str, region: str, account: str, name: str) -> ResourceRecord | None:
+        return self._by_name.get((type, partition, region, account, name))
+
+    def by_arn(self, arn: str) -> ResourceRecord | None:
+        return self._by_arn.get(arn)
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    path: str                      # without query string
+    headers: Mapping[str, str]     # names matched case-insensitively
+    query: Mapping[str, str]       # decoded query parameters
+    body: Any                      # parse_body's result: JSON value, None, or UnparsableBody
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    partition: str
+    region: str
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Request facts that become global condition keys (spec 6); time is passed in, never read."""
+
+    now: datetime                  # aware -> aws:CurrentTime, aws:EpochTime
+    source_ip: str | None = None   # -> aws:SourceIp when not None
+    secure_transport: bool = True  # -> aws:SecureTransport
+    user_agent: str | None = None  # -> aws:UserAgent when not None
+
+
+ContextValue = str | tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MappedRequest:
+    action: str                              # "kinesisvideo:GetMedia"
+    resource: str                            # ARN or "*"
+    context: Mapping[str, ContextValue]      # multivalued keys (aws:TagKeys) as tuples
+    notes: tuple[str, ...] = ()              # NOTE_* constants: what the mapper had to assume
+
+
+class MappingError(Exception):
+    """The request is refused before authorization (bad argument, unknown route, body too large)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class UnparsableBody:
+    """parse_body's answer for a body that should be JSON but is not; map_request refuses it on JSON routes."""
+
+    status: int
+    code: str
+    message: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Body parsing
+
+_JSON_MEDIA_TYPES: Final = ("application/json",)
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in _JSON_MEDIA_TYPES or media.endswith("+json") or media.startswith("application/x-amz-json")
+
+
+def _no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A body with two StreamName members could be read differently by the upstream than by us;
+    # refusing it keeps the authorised resource and the acted-on resource the same.
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"member {key!r} appears more than once")
+        obj[key] = value
+    return obj
+
+
+def _no_constants(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_body(raw: bytes | None, content_type: str | None) -> Any:
+    """A request body as a JSON value; None when empty or not JSON; UnparsableBody when it should be JSON and is not.
+
+    The content type decides: a JSON media type (or none at all) is parsed; anything else (the MKV of
+    PutMedia) gives None. Errors are returned, not raised, because only map_request knows whether
+    the route needs JSON.
+    """
+    if not raw:
+        return None
+    if content_type is not None and not _is_json_media_type(content_type):
+        return None
+    if len(raw) > MAX_JSON_BODY_BYTES:
+        return UnparsableBody(413, "RequestEntityTooLargeException",
+                              f"request body is {len(raw)} bytes; JSON bodies may be at most "
+                              f"{MAX_JSON_BODY_BYTES} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_members, parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return UnparsableBody(400, "SerializationException",
+                              f"request body is not valid JSON ({exc.__class__.__name__}: {str(exc)[:200]}); "
+                              "send a UTF-8 JSON object")
+
+
+# ---------------------------------------------------------------------------------------------
+# ARN and name syntax (spec 7.1)
+
+# re.ASCII: `\d` must not accept other scripts' digits.
+_ARN_RE: Final = re.compile(
+    r"arn:(?P<partition>[a-z\d-]+):kinesisvideo:(?P<region>[a-z0-9-]+):(?P<account>[0-9]+):"
+    r"(?P<type>[a-z]+)/(?P<name>[a-zA-Z0-9_.-]+)/(?P<ctime>[0-9]+)",
+    re.ASCII,
+)
+_NAME_RE: Final = re.compile(r"[a-zA-Z0-9_.-]+", re.ASCII)
+_ARN_SYNTAX: Final = "arn:<partition>:kinesisvideo:<region>:<account>:<type>/<name>/<creation-time>"
+_TAG_PUNCTUATION: Final = frozenset("_.:/=+-@")
+
+
+@dataclass(frozen=True)
+class _ArnParts:
+    partition: str
+    region: str
+    account: str
+    type: str
+    name: str
+
+
+def _parse_arn(arn: str) -> _ArnParts | None:
+    if len(arn) > MAX_ARN_LEN:
+        return None
+    m = _ARN_RE.fullmatch(arn)
+    if m is None:
+        return None
+    return _ArnParts(m["partition"], m["region"], m["account"], m["type"], m["name"])
+
+
+def _shown(value: Any) -> str:
+    """A hostile value, short enough to quote in an error message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _invalid(message: str) -> MappingError:
+    return MappingError(400, "InvalidArgumentException", message)
+
+
+def _check_arn(label: str, value: Any, kinds: tuple[str, ...]) -> _ArnParts:
+    wanted = " or ".join(kinds)
+    if not isinstance(value, str):
+        raise _invalid(f"{label} must be a string ARN of a {wanted}")
+    parts = _parse_arn(value)
+    if parts is None:
+        raise _invalid(f"{label} {_shown(value)} is not a valid Kinesis Video Streams ARN; expected "
+                       f"{_ARN_SYNTAX} (names [a-zA-Z0-9_.-]), at most {MAX_ARN_LEN} characters")
+    if parts.type not in kinds:
+        raise _invalid(f"{label} names a {parts.type}, but {label} must be the ARN of a {wanted}")
+    return parts
+
+
+def _check_name(label: str, value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_LEN or not _NAME_RE.fullmatch(value):
+        raise _invalid(f"{label} {_shown(value)} is not a valid name; use 1-{MAX_NAME_LEN} characters "
+                       "from [a-zA-Z0-9_.-]")
+    return value
+
+
+def _tag_text_ok(text: str) -> bool:
+    # Spec 7.1: ^([\p{L}\p{Z}\p{N}_.:/=+\-@]*)$ (letters, separators, numbers and a few symbols).
+    return all(ch in _TAG_PUNCTUATION or unicodedata.category(ch)[0] in "LZN" for ch in text)
+
+
+def _check_tag_key(label: str, key: Any) -> str:
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_TAG_KEY_LEN or not _tag_text_ok(key):
+        raise _invalid(f"{label} {_shown(key)} is not a valid tag key; use 1-{MAX_TAG_KEY_LEN} letters, digits, "
+                       "spaces or _.:/=+-@")
+    return key
+
+
+def _check_tag_value(label: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TAG_VALUE_LEN or not _tag_text_ok(value):
+        raise _invalid(f"{label} {_shown(value)} is not a valid tag value; use 0-{MAX_TAG_VALUE_LEN} letters, "
+                       "digits, spaces or _.:/=+-@")
+    return value
+
+
+def _check_tag_count(label: str, count: int, minimum: int) -> None:
+    if not minimum <= count <= MAX_TAGS:
+        raise _invalid(f"{label} has {count} entries; give {minimum}-{MAX_TAGS}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Request pieces
+
+
+@dataclass(frozen=True)
+class _Members:
+    """The three places a KVS request carries its arguments, with header names lower-cased."""
+
+    body: Mapping[str, Any]
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+
+    def get(self, source: str) -> Any:
+        where, member = source.split(".", 1)
+        if where == "body":
+            return self.body.get(member)
+        if where == "header":
+            return self.headers.get(member.lower())
+        return self.query.get(member)
+
+    def first(self, sources: tuple[str, ...]) -> tuple[str, Any] | None:
+        # JSON null counts as absent, as it does for the AWS JSON protocols.
+        for src in sources:
+            value = self.get(src)
+            if value is not None:
+                return _label(src), value
+        return None
+
+
+def _label(source: str) -> str:
+    return source.split(".", 1)[1]
+
+
+def _fold_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    folded: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        if key in folded and folded[key] != value:
+            # Two spellings of one header with different values: we cannot know which one the
+            # upstream will read, so refuse rather than guess.
+            raise _invalid(f"header {key} is given twice with different values; send it once")
+        folded[key] = value
+    return folded
+
+
+def _route(req: HttpRequest) -> Route:
+    if req.method == "GET" and any(k in req.query for k in _WSS_QUERY_KEYS):
+        # Spec 7.3: the gateway cannot tell the master and viewer endpoints apart by path, so
+        # X-Amz-ClientId decides (it is required for viewers and meaningless for masters).
+        return _WSS_VIEWER if "X-Amz-ClientId" in req.query else _WSS_MASTER
+    route = _POST_ROUTES.get((req.method, req.path))
+    if route is None:
+        raise MappingError(404, "UnknownOperationException",
+                           f"no Kinesis Video Streams operation at {req.method} {_shown(req.path)}; "
+                           "operations are POST to their path (e.g. POST /describeStream), or GET with "
+                           "X-Amz-ChannelARN for the signaling WebSocket")
+    return route
+
+
+def _json_body(route: Route, body: Any) -> Mapping[str, Any]:
+    if route.body != "json":
+        return {}                  # arguments travel in the query string or in headers
+    if isinstance(body, UnparsableBody):
+        raise MappingError(body.status, body.code, body.message)
+    if body is None:
+        return {}
+    if not isinstance(body, Mapping):
+        raise MappingError(400, "SerializationException",
+                           f"{route.action} takes a JSON object as its body, not {type(body).__name__}")
+    return body
+
+
+def _missing(route: Route) -> MappingError:
+    members = [_label(s) for s in (*route.name_from, *route.arn_from)]
+    return _invalid(f"{route.action} needs {' or '.join(members)} to identify the {route.resource}; none was given")
+
+
+def _epoch(now: datetime, unit: timedelta) -> int:
+    return (now - datetime(1970, 1, 1, tzinfo=timezone.utc)) // unit
+
+
+# Operations whose documentation forbids giving both the name and the ARN (spec 7.3, PutMedia [DOC]).
+_NAME_XOR_ARN: Final = frozenset({"PutMedia"})
+
+
+def _resolve(route: Route, members: _Members, caller_account: str, endpoint: Endpoint,
+             registry: ResourceRegistry, notes: list[str]) -> tuple[str, str, ResourceRecord | None]:
+    """The ARN the request acts on, its owner account, and its registry record when it exists."""
+    kinds: tuple[str, ...] = tuple(route.resource.split("|"))
+    arn_hit = members.first(route.arn_from)
+    name_hit = members.first(route.name_from)
+    if arn_hit is None and name_hit is None:
+        raise _missing(route)
+    if arn_hit is not None and name_hit is not None and route.action in _NAME_XOR_ARN:
+        raise _invalid(f"{route.action} takes {name_hit[0]} or {arn_hit[0]}, not both; send exactly one")
+
+    if arn_hit is not None:
+        arn_label, arn = arn_hit
+        parts = _check_arn(arn_label, arn, kinds)
+        record = registry.by_arn(arn)
+        if name_hit is not None:
+            # Both given: the upstream acts on one of them; refuse unless they are the same resource,
+            # so the resource we authorise is the one acted on whichever it picks.
+            name_label, name = name_hit
+            _check_name(name_label, name)
+            named = registry.by_name(parts.type, endpoint.partition, endpoint.region, caller_account, name)
+            expected = record.name if record is not None else parts.name
+            if name != expected or (named is not None and named.arn != arn):
+                raise _invalid(f"{name_label} {_shown(name)} and {arn_label} name different resources; "
+                               f"send only {arn_label}, or a {name_label} that matches it")
+        if record is None:
+            notes.append(NOTE_UNKNOWN_RESOURCE_ARN)
+        return arn, parts.account, record
+
+    assert name_hit is not None
+    name_label, name = name_hit
+    _check_name(name_label, name)
+    kind = kinds[0]                # name-taking routes have exactly one type (_check_routes)
+    record = registry.by_name(kind, endpoint.partition, endpoint.region, caller_account, name)
+    if record is not None:
+        return record.arn, caller_account, record
+    # Unknown name: answering 404 here would tell any caller which names exist. Instead authorise
+    # against a well-formed ARN with creation time 0, so `…:stream/<name>/*` policies still decide
+    # and the upstream answers ResourceNotFound only to callers who were allowed.
+    notes.append(NOTE_UNKNOWN_RESOURCE_NAME)
+    return (f"arn:{endpoint.partition}:{SERVICE_PREFIX}:{endpoint.region}:{caller_account}:"
+            f"{kind}/{name}/{UNKNOWN_NAME_CREATION_TIME}"), caller_account, None
+
+
+def _request_tags(route: Route, body: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]] | None:
+    """(tags given, tag keys given) for tagging routes; None when the request passes no tags."""
+    if route.tags == "keys":
+        keys = body.get("TagKeyList")
+        if keys is None:
+            raise _invalid(f"{route.action} needs TagKeyList, a list of 1-{MAX_TAGS} tag keys")
+        if not isinstance(keys, list):
+            raise _invalid("TagKeyList must be a JSON list of tag keys")
+        _check_tag_count("TagKeyList", len(keys), 1)
+        return [], [_check_tag_key("TagKeyList entry", k) for k in keys]
+
+    raw = body.get("Tags")
+    if raw is None:
+        if route.create:
+            return None            # tags are optional on Create*
+        raise _invalid(f"{route.action} needs Tags with 1-{MAX_TAGS} tags")
+    pairs: list[tuple[str, str]] = []
+    if route.tags == "map":
+        if not isinstance(raw, Mapping):
+            raise _invalid(f"{route.action} takes Tags as a JSON object of key: value")
+        _check_tag_count("Tags", len(raw), 1)
+        pairs = [(_check_tag_key("Tags key", k), _check_tag_value(f"Tags[{k!r}]", v)) for k, v in raw.items()]
+    else:
+        if not isinstance(raw, list):
+            raise _invalid(f"{route.action} takes Tags as a JSON list of {{\"Key\": ..., \"Value\": ...}}")
+        # The model allows an empty list on CreateSignalingChannel only.
+        _check_tag_count("Tags", len(raw), 0 if route.create else 1)
+        for i, item in enumerate(raw):
+            if not isinstance(item, Mapping) or set(item) != {"Key", "Value"}:
+                raise _invalid(f"Tags[{i}] must be an object with exactly Key and Value")
+            pairs.append((_check_tag_key(f"Tags[{i}].Key", item["Key"]),
+                          _check_tag_value(f"Tags[{i}].Value", item["Value"])))
+        keys_seen = [k for k, _ in pairs]
+        if len(set(keys_seen)) != len(keys_seen):
+            raise _invalid("Tags lists the same Key more than once; give each tag key once")
+    if not pairs:
+        return None
+    return pairs, [k for k, _ in pairs]
+
+
+def _check_client_id(route: Route, members: _Members) -> None:
+    label = _label(route.client_id_from)
+    value = members.get(route.client_id_from)
+    # KVS WebRTC developer guide, ConnectAsViewer: 1-256 chars, ^(?!(?i)AWS_.*)[a-zA-Z0-9_.-]+
+    if (not isinstance(value, str) or not 1 <= len(value) <= MAX_CLIENT_ID_LEN
+            or not _NAME_RE.fullmatch(value) or value[:4].upper() == "AWS_"):
+        raise _invalid(f"{label} {_shown(value)} is not a valid viewer client id; use 1-{MAX_CLIENT_ID_LEN} "
+                       "characters from [a-zA-Z0-9_.-] that do not start with AWS_")
+
+
+def _environment_keys(env: Environment, endpoint: Endpoint) -> dict[str, ContextValue]:
+    if env.now.tzinfo is None or env.now.utcoffset() is None:
+        raise ValueError("Environment.now must be timezone-aware")
+    now = env.now.astimezone(timezone.utc)
+    ctx: dict[str, ContextValue] = {
+        "aws:CurrentTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "aws:EpochTime": str(_epoch(now, timedelta(seconds=1))),
+        "aws:SecureTransport": "true" if env.secure_transport else "false",
+        "aws:RequestedRegion": endpoint.region,
+    }
+    if env.source_ip is not None:
+        ctx["aws:SourceIp"] = env.source_ip
+    if env.user_agent is not None:
+        ctx["aws:UserAgent"] = env.user_agent
+    return ctx
+
+
+def map_request(req: HttpRequest, caller_account: str, endpoint: Endpoint, registry: ResourceRegistry,
+                env: Environment) -> MappedRequest:
+    """The (action, resource, context) one KVS request must be authorised as (spec 7.4).
+
+    Raises MappingError for requests AWS would refuse before authorising them (unknown route 404,
+    bad or missing argument 400, oversize body 413).
+
+    Design choices where the spec leaves room:
+    * Each route reads only the members its API defines (table ROUTES), the way the upstream
+      does, so the resource authorised is the resource acted on.
+    * Create*: the resource is the provisional ARN `…:<type>/<name>/<env.now in epoch ms>`
+      (note provisionalCreateArn), whether or not the name is taken.
+    * A name that does not resolve maps to `…:<type>/<name>/0` in the caller's account (note
+      unknownResourceName) instead of a 404, so the answer never reveals which names exist;
+      policies on `…:<type>/<name>/*` still decide. An ARN not in the registry is authorised as
+      given, without resource tags (note unknownResourceArn).
+    * Name and ARN together must denote the same resource (PutMedia: never both), else 400.
+    """
+    route = _route(req)
+    members = _Members(_json_body(route, req.body), _fold_headers(req.headers), req.query)
+    if route.client_id_from:
+        _check_client_id(route, members)
+
+    notes: list[str] = []
+    ctx = _environment_keys(env, endpoint)
+    record: ResourceRecord | None = None
+    account: str | None = None     # owner of the resource; None for "*"
+    if route.resource == "none":
+        resource = "*"             # no resource type (spec 2.4): no aws:ResourceAccount either
+    elif route.create:
+        name_hit = members.first(route.name_from)
+        if name_hit is None:
+            raise _missing(route)
+        name = _check_name(*name_hit)
+        ms = _epoch(env.now.astimezone(timezone.utc), timedelta(milliseconds=1))
+        resource = (f"arn:{endpoint.partition}:{SERVICE_PREFIX}:{endpoint.region}:{caller_account}:"
+                    f"{route.resource}/{name}/{ms}")
+        account = caller_account
+        notes.append(NOTE_PROVISIONAL_CREATE_ARN)
+    else:
+        resource, account, record = _resolve(route, members, caller_account, endpoint, registry, notes)
+
+    if record is not None:
+        for key, value in record.tags.items():
+            ctx[f"aws:ResourceTag/{key}"] = value
+    if route.tags:
+        given = _request_tags(route, members.body)
+        if given is not None:
+            pairs, keys = given
+            for key, value in pairs:
+                ctx[f"aws:RequestTag/{key}"] = value
+                if route.create:
+                    # The tags a Create* request asks for are the new resource's tags (spec 6).
+                    ctx[f"aws:ResourceTag/{key}"] = value
+            ctx["aws:TagKeys"] = tuple(keys)
+    if account is not None:
+        ctx["aws:ResourceAccount"] = account
+
+    return MappedRequest(f"{SERVICE_PREFIX}:{route.action}", resource, MappingProxyType(ctx), tuple(notes))
