@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from authz.evaluate import PolicySet, Request
-from authz.policy import compile_policy
+from authz.cli import case_policy_set, case_request
 
 
 def conformance_dir() -> Path:
@@ -25,28 +24,9 @@ def load_cases(name: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def _levels(case: dict[str, Any], key: str, prefix: str) -> tuple[tuple[Any, ...], ...] | None:
-    if key not in case:
-        return None
-    return tuple(tuple(compile_policy(p, f"{prefix}{i}.{j}") for j, p in enumerate(level))
-                 for i, level in enumerate(case[key]))
-
-
-def policy_set(case: dict[str, Any]) -> PolicySet:
-    """The case's policies, compiled without validation (the README: evaluate them even if invalid)."""
-    return PolicySet(
-        identity=tuple(compile_policy(p, f"identity{i}") for i, p in enumerate(case.get("identityPolicies", []))),
-        resource=compile_policy(case["resourcePolicy"], "resource") if "resourcePolicy" in case else None,
-        boundary=compile_policy(case["permissionBoundary"], "boundary") if "permissionBoundary" in case else None,
-        session=(compile_policy(case["sessionPolicy"], "session"),) if "sessionPolicy" in case else None,
-        scp_levels=_levels(case, "scpLevels", "scp"),
-        rcp_levels=_levels(case, "rcpLevels", "rcp"),
-    )
-
-
-def request(case: dict[str, Any]) -> Request:
-    return Request(case["principal"], case["action"], case["resource"], case.get("context", {}),
-                   case.get("resourceAccount"))
+# The decisions.jsonl format is also `authz simulate`'s input; one reader serves both.
+policy_set = case_policy_set
+request = case_request
 
 
 def documents(case: dict[str, Any]) -> Iterator[tuple[str, Any]]:

@@ -1,0 +1,349 @@
+"""The `authz` command: simulate, validate, test, check and serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence, TextIO
+
+from .evaluate import PolicySet, Request, Result, evaluate
+from .policy.errors import AuthzError
+from .policy.model import PolicyType, compile_policy
+from .policy.validate import validate_document
+from .requests import check_context
+
+MAX_CASE_LINE_CHARS = 1_048_576     # one JSON Lines case (simulate / validate --jsonl)
+
+
+# ------------------------------------------------------------------ simulate
+
+
+def _levels(case: dict[str, Any], key: str, prefix: str) -> tuple[tuple[Any, ...], ...] | None:
+    raw = case.get(key)
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(level, list) for level in raw):
+        raise ValueError(f"{key} must be an array of arrays of policy documents")
+    return tuple(tuple(compile_policy(p, f"{prefix}{i}.{j}") for j, p in enumerate(level))
+                 for i, level in enumerate(raw))
+
+
+def _document(case: dict[str, Any], key: str) -> Any:
+    doc = case[key]
+    if not isinstance(doc, dict):
+        raise ValueError(f"{key} must be a policy document (a JSON object)")
+    return doc
+
+
+def case_policy_set(case: dict[str, Any]) -> PolicySet:
+    """The policies of one simulate case (the decisions.jsonl format), compiled without validation."""
+    identity = case.get("identityPolicies", [])
+    if not isinstance(identity, list):
+        raise ValueError("identityPolicies must be an array of policy documents")
+    return PolicySet(
+        identity=tuple(compile_policy(p, f"identity{i}") for i, p in enumerate(identity)),
+        resource=compile_policy(_document(case, "resourcePolicy"), "resource") if "resourcePolicy" in case else None,
+        boundary=(compile_policy(_document(case, "permissionBoundary"), "boundary")
+                  if "permissionBoundary" in case else None),
+        session=((compile_policy(_document(case, "sessionPolicy"), "session"),) if "sessionPolicy" in case else None),
+        scp_levels=_levels(case, "scpLevels", "scp"),
+        rcp_levels=_levels(case, "rcpLevels", "rcp"),
+    )
+
+
+def case_request(case: dict[str, Any]) -> Request:
+    for key in ("principal", "action", "resource"):
+        if not isinstance(case.get(key), str) or not case[key]:
+            raise ValueError(f"{key} is required (a string)")
+    context = case.get("context", {})
+    if not isinstance(context, dict):
+        raise ValueError("context must be an object of key -> string or array of strings")
+    check_context(context)
+    account = case.get("resourceAccount")
+    if account is not None and not isinstance(account, str):
+        raise ValueError("resourceAccount must be a string")
+    return Request(case["principal"], case["action"], case["resource"], context, account)
+
+
+def result_json(result: Result, explain: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"decision": result.decision.value,
+                           "matched": [m.as_dict() for m in (result.matched if explain else result.deciding)]}
+    if explain:
+        out["explanation"] = {
+            "decidedBy": result.decided_by, "blockedBy": result.blocked_by, "perPolicyType": dict(result.per_type),
+            "resourceGrantKind": result.grant_kind, "sameAccount": result.same_account,
+            "missingContextKeys": list(result.missing_keys), "notes": list(result.notes),
+            "deciding": [m.as_dict() for m in result.deciding],
+        }
+    return out
+
+
+def _json_lines(stream: TextIO) -> Iterator[tuple[Any, str | None]]:
+    """(case, error) per non-empty line; a line that is not a JSON object yields an error."""
+    for line in stream:
+        if not line.strip():
+            continue
+        if len(line) > MAX_CASE_LINE_CHARS:
+            yield None, f"line longer than {MAX_CASE_LINE_CHARS} characters"
+            continue
+        try:
+            case = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            yield None, f"not valid JSON: {exc}"
+            continue
+        if not isinstance(case, dict):
+            yield None, "each line must be a JSON object"
+            continue
+        yield case, None
+
+
+def simulate_case(case: dict[str, Any], explain: bool) -> dict[str, Any]:
+    try:
+        res = evaluate(case_request(case), case_policy_set(case), explain=explain)
+    except (ValueError, AuthzError, TypeError, RecursionError) as exc:
+        return {"id": case.get("id"), "decision": None, "matched": [], "error": str(exc)}
+    return {"id": case.get("id"), **result_json(res, explain), "error": None}
+
+
+def cmd_simulate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    for case, error in _json_lines(stdin):
+        if case is None:
+            out: dict[str, Any] = {"id": None, "decision": None, "matched": [], "error": error}
+        else:
+            out = simulate_case(case, args.explain)
+        stdout.write(json.dumps(out, separators=(",", ":")) + "\n")
+        stdout.flush()
+    return 0
+
+
+# ------------------------------------------------------------------ validate
+
+
+def cmd_validate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    if args.jsonl:
+        for case, error in _json_lines(stdin):
+            if case is None:
+                stdout.write(json.dumps({"id": None, "valid": False, "errors": [{"path": "$", "message": error}]})
+                             + "\n")
+                continue
+            try:
+                ptype = PolicyType.parse(str(case.get("policyType", args.type)))
+                source = case["policyText"] if "policyText" in case else case.get("policy")
+                if source is None:
+                    raise ValueError("each case needs `policy` or `policyText`")
+                report = validate_document(source, ptype)
+                out = {"id": case.get("id"), "valid": report.valid, "errors": [p.as_dict() for p in report.errors],
+                       "warnings": [p.as_dict() for p in report.warnings]}
+            except (ValueError, TypeError) as exc:
+                out = {"id": case.get("id"), "valid": False, "errors": [{"path": "$", "message": str(exc)}],
+                       "warnings": []}
+            stdout.write(json.dumps(out, separators=(",", ":")) + "\n")
+        return 0
+    if not args.files:
+        print("authz validate: name one or more policy files, or use --jsonl with cases on stdin", file=sys.stderr)
+        return 2
+    ptype = PolicyType.parse(args.type)
+    failed = False
+    for name in args.files:
+        path = Path(name)
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc.strerror}", file=stdout)
+            failed = True
+            continue
+        report = validate_document(text, ptype)
+        for p in report.errors:
+            print(f"{name}: error: {p.path}: {p.message}", file=stdout)
+        for p in report.warnings:
+            print(f"{name}: warning: {p.path}: {p.message}", file=stdout)
+        if report.valid:
+            print(f"{name}: valid {ptype.value} policy" + (f" ({len(report.warnings)} warnings)"
+                                                            if report.warnings else ""), file=stdout)
+        failed = failed or not report.valid
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------ test
+
+
+def _test_files(paths: Sequence[str]) -> Iterator[Path]:
+    for name in paths:
+        p = Path(name)
+        if p.is_dir():
+            yield from sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml", ".json") and x.is_file())
+        else:
+            yield p
+
+
+def cmd_test(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    """Run policy test files: each names a bundle and lists requests with expected decisions."""
+    import yaml
+
+    from .store import Store, StoreConfig, StoreError
+
+    failures = total = 0
+    for path in _test_files(args.paths):
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"{path}: cannot read test file: {exc}", file=stdout)
+            failures += 1
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("tests"), list) or "bundle" not in doc:
+            print(f"{path}: a test file has `bundle: DIR` (relative to the file) and `tests: [...]`", file=stdout)
+            failures += 1
+            continue
+        store = Store(StoreConfig(bundle_dir=(path.parent / str(doc["bundle"])).resolve(), watch_interval=0,
+                                  cache_size=0))
+        store.open()
+        if not store.ready:
+            print(f"{path}: the bundle did not load: {store.status().last_load_error}", file=stdout)
+            failures += 1
+            continue
+        for i, t in enumerate(doc["tests"]):
+            total += 1
+            name = t.get("name") or f"test {i}"
+            try:
+                answer = store.authorize(t["principal"], t["action"], t["resource"], t.get("context") or {},
+                                         explain=True)
+                got = answer.result.decision.value
+            except (KeyError, StoreError, AuthzError) as exc:
+                got = f"error: {exc}"
+            if got != t.get("expect"):
+                failures += 1
+                print(f"FAIL {path}: {name}: expected {t.get('expect')}, got {got}", file=stdout)
+            elif args.verbose:
+                print(f"ok   {path}: {name}: {got}", file=stdout)
+        store.close()
+    print(f"{total - failures} passed, {failures} failed", file=stdout)
+    return 1 if failures else 0
+
+
+# ------------------------------------------------------------------ check / serve
+
+
+def _context_pairs(pairs: Iterable[str]) -> dict[str, list[str]]:
+    ctx: dict[str, list[str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"authz check: --context takes KEY=VALUE, got {pair!r}")
+        ctx.setdefault(key, []).append(value)
+    return ctx
+
+
+def cmd_check(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    from .client import AuthzClient
+
+    client = AuthzClient(args.addr, token=args.token, ca_file=args.tls_ca)
+    try:
+        answer = client.authorize(args.principal, args.action, args.resource, _context_pairs(args.context),
+                                  explain=args.explain)
+    finally:
+        client.close()
+    stdout.write(json.dumps(answer, indent=2) + "\n")
+    return 0 if answer.get("decision") == "Allow" else 1
+
+
+def cmd_serve(argv: Sequence[str]) -> int:
+    from .server.config import main as serve_main
+
+    return serve_main(list(argv))
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authz",
+        description="AWS IAM policy evaluation for Kinesis Video Streams gateways: simulate and validate "
+                    "policies offline, test policy sets in CI, query or run the sidecar.",
+        epilog="Run `authz COMMAND --help` for the options of one command.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("simulate", help="evaluate JSON Lines cases from stdin (offline SimulateCustomPolicy)",
+                       description="Reads one case per line on stdin (the format of conformance/decisions.jsonl: "
+                                   "principal, action, resource, resourceAccount, context, identityPolicies, "
+                                   "resourcePolicy, permissionBoundary, sessionPolicy, scpLevels, rcpLevels) and "
+                                   "writes one line per case: {id, decision, matched, error}. A malformed case gets "
+                                   "error set and decision null; order is kept.",
+                       epilog="example: authz simulate --explain < cases.jsonl")
+    p.add_argument("--explain", action="store_true",
+                   help="add every matched statement and the explanation (decided by, per policy type, "
+                        "missing context keys, notes)")
+
+    p = sub.add_parser("validate", help="lint policy files; exit 1 if any is invalid",
+                       description="Prints every problem with its JSON path. Exit status 1 when a file is invalid.",
+                       epilog="examples: authz validate --type identity policy.json\n"
+                              "          authz validate --jsonl < validation.jsonl")
+    p.add_argument("files", nargs="*", help="policy documents (JSON)")
+    p.add_argument("--type", default="identity",
+                   help="policy type: identity, resource, trust, boundary, session, scp, rcp (default identity)")
+    p.add_argument("--jsonl", action="store_true",
+                   help="read cases ({id, policyType, policy|policyText}) from stdin, write {id, valid, errors}")
+
+    p = sub.add_parser("test", help="run policy test files against a bundle; exit 1 on any failure",
+                       description="Each test file (YAML or JSON) has `bundle: DIR` (relative to the file) and "
+                                   "`tests: [{name, principal, action, resource, context, expect}]` with expect one "
+                                   "of Allow, ExplicitDeny, ImplicitDeny.",
+                       epilog="example: authz test examples/tests")
+    p.add_argument("paths", nargs="+", help="test files or directories of test files")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list passing tests")
+
+    p = sub.add_parser("check", help="ask a running sidecar for one decision; exit 0 only on Allow",
+                       epilog="example: authz check --principal arn:aws:iam::123456789012:user/camera "
+                              "--action kinesisvideo:PutMedia --resource "
+                              "arn:aws:kinesisvideo:us-west-2:123456789012:stream/your_stream/0123456789012")
+    p.add_argument("--addr", default="127.0.0.1:50051", help="sidecar address (default 127.0.0.1:50051)")
+    p.add_argument("--principal", required=True, help="caller ARN, or 'anonymous'")
+    p.add_argument("--action", required=True, help="service:Action, e.g. kinesisvideo:GetMedia")
+    p.add_argument("--resource", required=True, help="resource ARN, or '*'")
+    p.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                   help="a condition key; repeat for more keys or for several values of one key")
+    p.add_argument("--explain", action="store_true", help="ask for the full explanation")
+    p.add_argument("--token", default=None, help="bearer token, if the listener requires one")
+    p.add_argument("--tls-ca", default=None, help="CA bundle to verify a TLS listener")
+
+    sub.add_parser("serve", help="run the sidecar (same flags as server.py; see `authz serve --help`)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    try:
+        return _main(argv, stdin, stdout)
+    except BrokenPipeError:   # e.g. `authz simulate < cases | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
+
+
+def _main(argv: Sequence[str] | None, stdin: TextIO | None, stdout: TextIO | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    if argv and argv[0] == "serve":
+        return cmd_serve(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "simulate":
+        return cmd_simulate(args, stdin, stdout)
+    if args.command == "validate":
+        try:
+            return cmd_validate(args, stdin, stdout)
+        except ValueError as exc:
+            print(f"authz validate: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "test":
+        return cmd_test(args, stdin, stdout)
+    if args.command == "check":
+        return cmd_check(args, stdin, stdout)
+    parser.print_help(stdout)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
