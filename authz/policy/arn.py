@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
-from .glob import STAR, Glob, Token, tokens_of
+from .glob import QMARK, STAR, Glob, Token, tokens_of
+
+# A pattern is also compiled to one anchored regular expression when that cannot backtrack
+# badly: at most this many stars per head field, and at most one star that may span colons
+# (not counting a final trailing star, which always matches at once). Other patterns use the
+# per-field linear matcher.
+_MAX_HEAD_STARS = 2
+_MAX_SPANNING_STARS = 1
 from .variables import Lookup, Part, has_variables, render_tokens, static_tokens, variables_of
 
 
@@ -44,7 +52,7 @@ class ArnGlob:
     by ArnLike/ArnEquals, spec 2.6) a short pattern never matches.
     """
 
-    __slots__ = ("head", "tail", "short", "valid", "source")
+    __slots__ = ("head", "tail", "short", "valid", "source", "regex")
 
     def __init__(self, tokens: Sequence[Token], source: str = "", *, allow_short: bool = True,
                  case_insensitive_head: bool = True) -> None:
@@ -58,11 +66,19 @@ class ArnGlob:
                 self.valid = False
         fix = _lower if case_insensitive_head else (lambda t: t)
         if self.short:
-            self.head = tuple(Glob(fix(f)) for f in fields[1:-1])
-            self.tail = Glob(fix(fields[-1]))
+            head_fields, tail_field = [fix(f) for f in fields[1:-1]], fix(fields[-1])
         else:
-            self.head = tuple(Glob(fix(f)) for f in fields[1:5])
-            self.tail = Glob(fields[5])
+            head_fields, tail_field = [fix(f) for f in fields[1:5]], fields[5]
+        self.head = tuple(Glob(f) for f in head_fields)
+        self.tail = Glob(tail_field)
+        self.regex = _regex(head_fields, tail_field) if self.valid else None
+
+    def match_text(self, text: str) -> bool:
+        """Match a whole ARN string (head fields already lower-cased when the pattern's are)."""
+        if self.regex is not None:
+            return self.regex.fullmatch(text) is not None
+        fields = split_arn(text)
+        return fields is not None and self.match_fields(fields, fields)
 
     def match_fields(self, lowered: Sequence[str], fields: Sequence[str]) -> bool:
         """`fields` are the six fields of the candidate ARN; `lowered` the same with 1-4 lower-cased."""
@@ -78,6 +94,23 @@ class ArnGlob:
                 return False
         rest = ":".join(list(lowered[k:5]) + [fields[5]]) if k <= 5 else fields[5]
         return self.tail.match(rest)
+
+
+def _field_regex(tokens: Sequence[Token], star: str, one: str) -> str:
+    out = []
+    for t in tokens:
+        out.append(star if t is STAR else one if t is QMARK else re.escape(t))  # type: ignore[arg-type]
+    return "".join(out)
+
+
+def _regex(head: list[list[Token]], tail: list[Token]) -> "re.Pattern[str] | None":
+    if any(sum(1 for t in f if t is STAR) > _MAX_HEAD_STARS for f in head):
+        return None
+    spanning = sum(1 for t in tail if t is STAR) - (1 if tail and tail[-1] is STAR else 0)
+    if spanning > _MAX_SPANNING_STARS:
+        return None
+    parts = ["arn"] + [_field_regex(f, "[^:]*", "[^:]") for f in head] + [_field_regex(tail, ".*", ".")]
+    return re.compile(":".join(parts), re.DOTALL)
 
 
 class ResourcePattern:
@@ -101,6 +134,8 @@ class ResourcePattern:
         if resource.fields is None:  # the request resource is "*" or not an ARN
             return False
         g = self.static
+        if g is not None and g.regex is not None:
+            return g.regex.fullmatch(resource.norm) is not None
         if g is None:
             toks = render_tokens(self.parts, lookup)
             if toks is None:
@@ -112,25 +147,25 @@ class ResourcePattern:
 class PreparedResource:
     """The request resource split once per request."""
 
-    __slots__ = ("raw", "fields", "lowered")
+    __slots__ = ("raw", "fields", "lowered", "norm")
 
     def __init__(self, raw: str) -> None:
         self.raw = raw
         self.fields = split_arn(raw) if raw != "*" else None
         self.lowered: list[str] | None = None
+        self.norm = ""      # the ARN with partition, service, region and account lower-cased
         if self.fields is not None:
             f = self.fields
             self.lowered = [f[0], f[1].lower(), f[2].lower(), f[3].lower(), f[4].lower(), f[5]]
+            self.norm = ":".join(self.lowered)
 
 
 def arn_like(pattern_tokens: Sequence[Token], value: str) -> bool:
     """ArnLike/ArnEquals (spec 2.6): both sides split into six fields, each field globbed,
     case-sensitively; a value that is not a six-field ARN never matches."""
-    fields = split_arn(value)
-    if fields is None:
+    if split_arn(value) is None:
         return False
-    g = ArnGlob(pattern_tokens, allow_short=False, case_insensitive_head=False)
-    return g.match_fields(fields, fields)
+    return ArnGlob(pattern_tokens, allow_short=False, case_insensitive_head=False).match_text(value)
 
 
 def compile_arn_like(pattern: str) -> ArnGlob:

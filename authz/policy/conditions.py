@@ -253,10 +253,9 @@ def _positive(family: str, compare: str, c: str, pvals: list[Any]) -> bool:
     if family == "like":
         return any(g is not None and g.match(c) for g in pvals)
     if family == "arn":
-        fields = split_arn(c)
-        if fields is None:
+        if split_arn(c) is None:   # the value must be a six-field ARN (spec 4.2)
             return False
-        return any(g is not None and g.match_fields(fields, fields) for g in pvals)
+        return any(g is not None and g.match_text(c) for g in pvals)
     if family == "bool":
         return c.lower() in ("true", "false") and c.lower() in pvals
     if family == "numeric":
