@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from .policy.arn import PreparedResource
 from .policy.conditions import ConditionContext, ContextValue, normalise_context
@@ -75,8 +75,9 @@ class MatchedStatement:
                 "index": self.index, "effect": self.effect}
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
+    """A decision and its reasons. A NamedTuple: cheap to build on the hot path, and immutable."""
+
     decision: Decision
     deciding: tuple[MatchedStatement, ...]      # the statements that decided (denies, or the granting allows)
     matched: tuple[MatchedStatement, ...]       # every statement that matched (complete only with explain)
@@ -123,7 +124,7 @@ class PolicySet:
                 yield RCP_BASE + lvl, p
 
 
-_Entry = tuple[int, int, Statement]   # (sequence, group, statement)
+_Entry = tuple[int, int, Statement, MatchedStatement]   # (sequence, group, statement, its explanation row)
 _CANDIDATE_MEMO_MAX = 512
 
 
@@ -145,7 +146,8 @@ class StatementIndex:
             if not st.effect_valid:
                 continue
             self.size += 1
-            entry = (seq, group, st)
+            entry = (seq, group, st, MatchedStatement(group_type(group), st.policy_name, st.sid, st.index,
+                                                      st.effect))
             if not st.not_action and st.actions and all(a.literal is not None for a in st.actions):
                 for key in dict.fromkeys(a.literal for a in st.actions):
                     self.literal.setdefault(key, []).append(entry)  # type: ignore[arg-type]
@@ -177,7 +179,7 @@ class CompiledPolicySet:
     """A PolicySet with its statement index, built once and reused for many requests."""
 
     __slots__ = ("policies", "index", "scp_level_count", "rcp_level_count", "has_boundary", "has_session",
-                 "session_count", "has_resource")
+                 "session_count", "has_resource", "identity_only")
 
     def __init__(self, policies: PolicySet) -> None:
         self.policies = policies
@@ -189,6 +191,8 @@ class CompiledPolicySet:
         self.has_session = policies.session is not None
         self.session_count = len(policies.session or ())
         self.has_resource = policies.resource is not None
+        self.identity_only = (not self.has_resource and not self.has_boundary and not self.has_session
+                              and self.scp_level_count is None and self.rcp_level_count is None)
 
 
 def _account_of(arn: str) -> str:
@@ -219,42 +223,49 @@ def decide(cps: CompiledPolicySet, requester: Requester, action: str, resource: 
     return _decide(action, resource, resource_account, cps, ConditionContext(values), requester, explain, options)
 
 
-def _statement_applies(st: Statement, group: int, resource: PreparedResource, ctx: ConditionContext,
-                       r: Requester, cps: CompiledPolicySet, options: EngineOptions) -> GrantKind:
+def _statement_applies(st: Statement, resource: PreparedResource, ctx: ConditionContext, r: Requester,
+                       cps: CompiledPolicySet, options: EngineOptions) -> GrantKind:
     """NONE when the statement does not apply; otherwise how it names the requester."""
-    res = st.resources
-    if res is not None:
+    if not st.res_any:
         hit = False
-        for pat in res:
-            if pat.matches(resource, ctx.lookup):
-                hit = True
-                break
-        if hit == st.not_resource:
-            return GrantKind.NONE
-    kind = GrantKind.EXACT
+        fast = st.res_fast
+        if fast is not None:
+            raw = resource.raw
+            for rx in fast:
+                if rx.fullmatch(raw) is not None:
+                    hit = True
+                    break
+        else:
+            lookup = ctx.lookup
+            for pat in st.resources:  # type: ignore[union-attr]
+                if pat.matches(resource, lookup):
+                    hit = True
+                    break
+        if hit is st.not_resource:
+            return _NONE
+    kind = _EXACT
     if st.principals is not None:
         if st.not_principal:
             # Deny + NotPrincipal always hits a user or role that has a boundary (spec 2.7).
             forced = (not st.allow and cps.has_boundary and r.kind in ("user", "assumed-role"))
             if not forced and not not_principal_applies(st.principals, r, strict=options.not_principal_strict):
-                return GrantKind.NONE
+                return _NONE
             kind = GrantKind.ACCOUNT
         else:
             kind = principal_grant(st.principals, r)
-            if kind is GrantKind.NONE:
-                return GrantKind.NONE
+            if kind is _NONE:
+                return _NONE
     if st.broken:
         # Part of the condition cannot be understood: never grant, but a Deny still denies.
         ctx.note(f"unevaluableStatement:{st.policy_name}#{st.index}")
-        return GrantKind.NONE if st.allow else kind
+        return _NONE if st.allow else kind
     for clause in st.conditions:
         if not clause.evaluate(ctx):
-            return GrantKind.NONE
+            return _NONE
     return kind
 
 
-def _ms(group: int, st: Statement) -> MatchedStatement:
-    return MatchedStatement(group_type(group), st.policy_name, st.sid, st.index, st.effect)
+_NONE, _EXACT = GrantKind.NONE, GrantKind.EXACT
 
 
 def _decide(req_action: str, req_resource: str, res_account: str | None, cps: CompiledPolicySet,
@@ -263,15 +274,20 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
     resource = PreparedResource(req_resource)
     denies, allows = cps.index.candidates(action)
 
+    if cps.identity_only and not explain and r.kind in ("user", "assumed-role"):
+        if res_account is None:
+            res_account = _account_of(req_resource) if req_resource != "*" else r.account
+        if r.account == res_account and not (action.startswith("sts:") and ":role/" in req_resource):
+            return _identity_only(denies, allows, resource, ctx, r, cps, options)
+
     matched: list[MatchedStatement] = []
     deny_hits: list[MatchedStatement] = []
     # RCPs govern only resources of the services that support them (spec 3.2).
     rcp_applies = cps.rcp_level_count is not None and _service_of(req_resource) in options.rcp_services
-    for _seq, group, st in denies:
+    for _seq, group, st, m in denies:
         if group >= RCP_BASE and not rcp_applies:
             continue
-        if _statement_applies(st, group, resource, ctx, r, cps, options) is not GrantKind.NONE:
-            m = _ms(group, st)
+        if _statement_applies(st, resource, ctx, r, cps, options) is not _NONE:
             deny_hits.append(m)
             matched.append(m)
             if not explain:
@@ -283,52 +299,45 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
 
     # Allow statements: per group, whether any matches; for the resource policy the strongest kind.
     allowed_groups: dict[int, list[MatchedStatement]] = {}
-    best_kind = GrantKind.NONE
+    best_kind = _NONE
     if not deny_hits or explain:
-        for _seq, group, st in allows:
-            if not explain and group in allowed_groups and (group != RESOURCE or best_kind >= GrantKind.EXACT):
+        for _seq, group, st, m in allows:
+            if not explain and group in allowed_groups and (group != RESOURCE or best_kind >= _EXACT):
                 continue
-            kind = _statement_applies(st, group, resource, ctx, r, cps, options)
-            if kind is GrantKind.NONE:
+            kind = _statement_applies(st, resource, ctx, r, cps, options)
+            if kind is _NONE:
                 continue
-            m = _ms(group, st)
             matched.append(m)
-            allowed_groups.setdefault(group, []).append(m)
+            if group in allowed_groups:
+                allowed_groups[group].append(m)
+            else:
+                allowed_groups[group] = [m]
             if group == RESOURCE and kind > best_kind:
                 best_kind = kind
 
-    notes = list(ctx.notes)
-    missing = tuple(dict.fromkeys(ctx.missing_keys))
-    per_type: dict[str, str] = {}
-    if explain:
-        per_type = _per_type(cps, allowed_groups, deny_hits)
-
-    def result(decision: Decision, decided_by: str, deciding: Sequence[MatchedStatement],
-               blocked_by: str = "") -> Result:
-        return Result(decision, tuple(deciding), tuple(matched), decided_by, blocked_by, per_type,
-                      best_kind.label, same_account, missing, tuple(notes), frozenset(ctx.read))
-
+    notes = ctx.notes
+    per_type = _per_type(cps, allowed_groups, deny_hits) if explain else _EMPTY
+    base = _Outcome(matched, per_type, best_kind.label, same_account, ctx)
     if deny_hits:
-        return result(Decision.EXPLICIT_DENY, "explicit_deny", deny_hits)
+        return base.make(Decision.EXPLICIT_DENY, "explicit_deny", deny_hits)
 
     # RCPs (spec 3.3 step 2). RCPFullAWSAccess sits implicitly at every level, so a level can
     # only fail through a Deny (already handled); nothing more to check for the outcome.
 
-    org_label = Decision(options.org_failure_label)
     if cps.scp_level_count is not None and r.kind not in ("anonymous", "service"):
         for lvl in range(cps.scp_level_count):
             if SCP_BASE + lvl not in allowed_groups:
                 notes.append(f"scpLevelWithoutAllow:{lvl}")
-                return result(org_label, "scp", (), "scp")
+                return base.make(Decision(options.org_failure_label), "scp", (), "scp")
 
-    ident = allowed_groups.get(IDENTITY, [])
-    res_allows = allowed_groups.get(RESOURCE, [])
+    ident = allowed_groups.get(IDENTITY, ())
+    res_allows = allowed_groups.get(RESOURCE, ())
     trust_required = action.startswith("sts:") and ":role/" in req_resource
 
     if r.kind == "anonymous":
         if best_kind is GrantKind.WILDCARD:
-            return result(Decision.ALLOW, "anonymous", res_allows)
-        return result(Decision.IMPLICIT_DENY, "no_allow", ())
+            return base.make(Decision.ALLOW, "anonymous", res_allows)
+        return base.make(Decision.IMPLICIT_DENY, "no_allow", ())
 
     boundary_ok = not cps.has_boundary or BOUNDARY in allowed_groups
     if r.is_session:
@@ -342,38 +351,83 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
     if not same_account:
         identity_ok = r.kind == "root" or bool(ident)
         if not identity_ok:
-            return result(Decision.IMPLICIT_DENY, "no_allow", (), "identity")
+            return base.make(Decision.IMPLICIT_DENY, "no_allow", (), "identity")
         if not boundary_ok:
-            return result(Decision.IMPLICIT_DENY, "boundary", (), "boundary")
+            return base.make(Decision.IMPLICIT_DENY, "boundary", (), "boundary")
         if not session_ok:
-            return result(Decision.IMPLICIT_DENY, "session_policy", (), "session")
-        if best_kind is GrantKind.NONE:
-            return result(Decision.IMPLICIT_DENY, "resource_policy", (), "resource")
-        return result(Decision.ALLOW, "identity", [*ident, *res_allows])
+            return base.make(Decision.IMPLICIT_DENY, "session_policy", (), "session")
+        if best_kind is _NONE:
+            return base.make(Decision.IMPLICIT_DENY, "resource_policy", (), "resource")
+        return base.make(Decision.ALLOW, "identity", [*ident, *res_allows])
 
     if r.kind == "root" and not trust_required:
-        return result(Decision.ALLOW, "root", ())
-    if trust_required and best_kind is GrantKind.NONE:
-        return result(Decision.IMPLICIT_DENY, "resource_policy", (), "resource")
+        return base.make(Decision.ALLOW, "root", ())
+    if trust_required and best_kind is _NONE:
+        return base.make(Decision.IMPLICIT_DENY, "resource_policy", (), "resource")
 
-    if best_kind >= GrantKind.EXACT:
-        if (options.session_policy_caps_session_arn_grants and best_kind is GrantKind.EXACT and r.is_session
+    if best_kind >= _EXACT:
+        if (options.session_policy_caps_session_arn_grants and best_kind is _EXACT and r.is_session
                 and cps.has_session and SESSION not in allowed_groups):
-            return result(Decision.IMPLICIT_DENY, "session_policy", (), "session")
+            return base.make(Decision.IMPLICIT_DENY, "session_policy", (), "session")
         if r.is_session and cps.has_session and SESSION not in allowed_groups:
             notes.append("sessionArnGrantNotCapped")
-        return result(Decision.ALLOW, "resource_policy", res_allows)
+        return base.make(Decision.ALLOW, "resource_policy", res_allows)
 
     granted_by_resource = best_kind is GrantKind.ENTITY
     if not (granted_by_resource or ident):
-        return result(Decision.IMPLICIT_DENY, "no_allow", ())
+        return base.make(Decision.IMPLICIT_DENY, "no_allow", ())
     if not boundary_ok:
-        return result(Decision.IMPLICIT_DENY, "boundary", (), "boundary")
+        return base.make(Decision.IMPLICIT_DENY, "boundary", (), "boundary")
     if not session_ok:
-        return result(Decision.IMPLICIT_DENY, "session_policy", (), "session")
+        return base.make(Decision.IMPLICIT_DENY, "session_policy", (), "session")
     if granted_by_resource and not ident:
-        return result(Decision.ALLOW, "resource_policy", res_allows)
-    return result(Decision.ALLOW, "identity", [*ident, *res_allows])
+        return base.make(Decision.ALLOW, "resource_policy", res_allows)
+    if res_allows:
+        return base.make(Decision.ALLOW, "identity", [*ident, *res_allows])
+    return base.make(Decision.ALLOW, "identity", ident)
+
+
+_EMPTY: dict[str, str] = {}
+
+
+def _identity_only(denies: Sequence[_Entry], allows: Sequence[_Entry], resource: PreparedResource,
+                   ctx: ConditionContext, r: Requester, cps: CompiledPolicySet, options: EngineOptions) -> Result:
+    """The common case, same answers as the general path: a user or role session in its own
+    account with identity policies only (no resource policy, boundary, session policy, SCP, RCP)."""
+    decision, decided_by, deciding = Decision.IMPLICIT_DENY, "no_allow", ()
+    for _seq, _group, st, m in denies:
+        if _statement_applies(st, resource, ctx, r, cps, options) is not _NONE:
+            decision, decided_by, deciding = Decision.EXPLICIT_DENY, "explicit_deny", (m,)
+            break
+    else:
+        for _seq, _group, st, m in allows:
+            if _statement_applies(st, resource, ctx, r, cps, options) is not _NONE:
+                decision, decided_by, deciding = Decision.ALLOW, "identity", (m,)
+                break
+    missing = tuple(dict.fromkeys(ctx.missing_keys)) if ctx.missing_keys else ()
+    return Result(decision, deciding, deciding, decided_by, "", _EMPTY, "NONE", True, missing, tuple(ctx.notes),
+                  frozenset(ctx.read))
+
+
+class _Outcome:
+    """What every result of one decision shares; `make` adds the verdict."""
+
+    __slots__ = ("matched", "per_type", "kind", "same_account", "ctx")
+
+    def __init__(self, matched: list[MatchedStatement], per_type: dict[str, str], kind: str, same_account: bool,
+                 ctx: ConditionContext) -> None:
+        self.matched = matched
+        self.per_type = per_type
+        self.kind = kind
+        self.same_account = same_account
+        self.ctx = ctx
+
+    def make(self, decision: Decision, decided_by: str, deciding: Sequence[MatchedStatement],
+             blocked_by: str = "") -> Result:
+        ctx = self.ctx
+        missing = tuple(dict.fromkeys(ctx.missing_keys)) if ctx.missing_keys else ()
+        return Result(decision, tuple(deciding), tuple(self.matched), decided_by, blocked_by, self.per_type,
+                      self.kind, self.same_account, missing, tuple(ctx.notes), frozenset(ctx.read))
 
 
 def _per_type(cps: CompiledPolicySet, allowed: dict[int, list[MatchedStatement]],

@@ -71,7 +71,10 @@ class ArnGlob:
             head_fields, tail_field = [fix(f) for f in fields[1:5]], fields[5]
         self.head = tuple(Glob(f) for f in head_fields)
         self.tail = Glob(tail_field)
-        self.regex = _regex(head_fields, tail_field) if self.valid else None
+        # Head fields compare case-insensitively through scoped (?i:...) groups, so the regex runs
+        # on the request ARN as it is. Short patterns keep the per-field matcher.
+        self.regex = (_regex(head_fields, tail_field, case_insensitive_head)
+                      if self.valid and not self.short else None)
 
     def match_text(self, text: str) -> bool:
         """Match a whole ARN string (head fields already lower-cased when the pattern's are)."""
@@ -103,14 +106,16 @@ def _field_regex(tokens: Sequence[Token], star: str, one: str) -> str:
     return "".join(out)
 
 
-def _regex(head: list[list[Token]], tail: list[Token]) -> "re.Pattern[str] | None":
+def _regex(head: list[list[Token]], tail: list[Token], head_ci: bool) -> "re.Pattern[str] | None":
     if any(sum(1 for t in f if t is STAR) > _MAX_HEAD_STARS for f in head):
         return None
     spanning = sum(1 for t in tail if t is STAR) - (1 if tail and tail[-1] is STAR else 0)
     if spanning > _MAX_SPANNING_STARS:
         return None
-    parts = ["arn"] + [_field_regex(f, "[^:]*", "[^:]") for f in head] + [_field_regex(tail, ".*", ".")]
-    return re.compile(":".join(parts), re.DOTALL)
+    heads = [_field_regex(f, "[^:]*", "[^:]") for f in head]
+    if head_ci:
+        heads = [f"(?i:{h})" if any(c.isalpha() for c in h) else h for h in heads]
+    return re.compile(":".join(["arn", *heads, _field_regex(tail, ".*", ".")]), re.DOTALL)
 
 
 class ResourcePattern:
@@ -131,11 +136,11 @@ class ResourcePattern:
         """True when the request resource matches. An unresolvable variable matches nothing."""
         if self.any:
             return True
-        if resource.fields is None:  # the request resource is "*" or not an ARN
-            return False
         g = self.static
         if g is not None and g.regex is not None:
-            return g.regex.fullmatch(resource.norm) is not None
+            return g.regex.fullmatch(resource.raw) is not None
+        if resource.fields is None:  # the request resource is "*" or not an ARN
+            return False
         if g is None:
             toks = render_tokens(self.parts, lookup)
             if toks is None:
@@ -145,19 +150,34 @@ class ResourcePattern:
 
 
 class PreparedResource:
-    """The request resource split once per request."""
+    """The request resource; split into fields only when a pattern needs the per-field matcher."""
 
-    __slots__ = ("raw", "fields", "lowered", "norm")
+    __slots__ = ("raw", "_fields", "_lowered", "_split")
 
     def __init__(self, raw: str) -> None:
         self.raw = raw
-        self.fields = split_arn(raw) if raw != "*" else None
-        self.lowered: list[str] | None = None
-        self.norm = ""      # the ARN with partition, service, region and account lower-cased
-        if self.fields is not None:
-            f = self.fields
-            self.lowered = [f[0], f[1].lower(), f[2].lower(), f[3].lower(), f[4].lower(), f[5]]
-            self.norm = ":".join(self.lowered)
+        self._split = False
+        self._fields: list[str] | None = None
+        self._lowered: list[str] | None = None
+
+    def _do_split(self) -> None:
+        self._split = True
+        self._fields = split_arn(self.raw) if self.raw != "*" else None
+        if self._fields is not None:
+            f = self._fields
+            self._lowered = [f[0], f[1].lower(), f[2].lower(), f[3].lower(), f[4].lower(), f[5]]
+
+    @property
+    def fields(self) -> list[str] | None:
+        if not self._split:
+            self._do_split()
+        return self._fields
+
+    @property
+    def lowered(self) -> list[str] | None:
+        if not self._split:
+            self._do_split()
+        return self._lowered
 
 
 def arn_like(pattern_tokens: Sequence[Token], value: str) -> bool:

@@ -6,7 +6,9 @@ import base64
 import binascii
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Union
@@ -113,6 +115,7 @@ def parse_number(text: str) -> Decimal | None:
         return None
 
 
+@lru_cache(maxsize=4096)
 def parse_date(text: str) -> Decimal | None:
     """Seconds since the epoch for an ISO-8601 (W3C profile) or epoch-seconds value.
 
@@ -152,11 +155,24 @@ def parse_ip_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network
         return None
 
 
-def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_ip(text: str) -> tuple[int, int] | None:
+    """(IP version, address as an integer), or None. inet_pton is strict and much faster than
+    the ipaddress module on the hot path."""
+    text = text.strip()
     try:
-        return ipaddress.ip_address(text.strip())
-    except ValueError:
+        if ":" in text:
+            return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0]), "big")
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except (OSError, ValueError):
         return None
+
+
+def network_range(text: str) -> tuple[int, int, int] | None:
+    """A policy CIDR (a bare address is /32 or /128) as (version, network, mask) integers."""
+    net = parse_ip_network(text)
+    if net is None:
+        return None
+    return net.version, int(net.network_address), int(net.netmask)
 
 
 def parse_base64(text: str) -> bytes | None:
@@ -210,7 +226,7 @@ class _Value:
         elif family == "binary":
             self.parsed = parse_base64(text)
         elif family == "ip":
-            self.parsed = parse_ip_network(text)
+            self.parsed = network_range(text)
         elif family == "null":
             self.parsed = text.lower()
 
@@ -277,7 +293,8 @@ def _positive(family: str, compare: str, c: str, pvals: list[Any]) -> bool:
         ip = parse_ip(c)
         if ip is None:
             return False
-        return any(p is not None and p.version == ip.version and ip in p for p in pvals)
+        version, addr = ip
+        return any(p is not None and p[0] == version and addr & p[2] == p[1] for p in pvals)
     return False  # pragma: no cover
 
 
@@ -407,6 +424,13 @@ def normalise_context(context: dict[str, Any]) -> dict[str, ContextValue]:
     """
     out: dict[str, ContextValue] = {}
     for k, v in context.items():
+        if v.__class__ is str and k.islower():   # the common case, kept cheap
+            if k in out:
+                prev = out[k]
+                out[k] = Variants((*prev, v) if isinstance(prev, Variants) else (prev, v))
+            else:
+                out[k] = v
+            continue
         if isinstance(v, (list, tuple)):
             val: ContextValue = tuple(t for t in (value_text(x) for x in v) if t is not None)
         else:

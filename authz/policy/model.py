@@ -94,6 +94,10 @@ class Statement:
     policy_name: str
     broken: str = ""          # why part of the statement cannot be evaluated ("" when fine)
     effect_valid: bool = True  # False: Effect is neither Allow nor Deny; the statement is ignored
+    # Precomputed for the hot path: the resource test needs no work at all (no Resource element,
+    # or "Resource": "*"), or is a set of anchored regexes over the normalised ARN.
+    res_any: bool = False
+    res_fast: tuple[Any, ...] | None = None
 
     @property
     def effect(self) -> str:
@@ -181,6 +185,11 @@ def _compile_statement(index: int, s: dict[str, Any], policy_name: str, variable
                         broken = broken or f"condition values of {key!r} cannot be evaluated"
                         continue
                     clauses.append(Clause(op, key, [t for t in texts if t is not None]))
-    sid = s.get("Sid") if isinstance(s.get("Sid"), str) else ""
+    raw_sid = s.get("Sid")
+    sid = raw_sid if isinstance(raw_sid, str) else ""
+    res_any = resources is None or (not not_resource and any(r.any for r in resources))
+    res_fast = None
+    if resources is not None and all(r.static is not None and r.static.regex is not None for r in resources):
+        res_fast = tuple(r.static.regex for r in resources)  # type: ignore[union-attr]
     return Statement(index, sid, allow, actions, not_action, resources, not_resource, principals, not_principal,
-                     tuple(clauses), policy_name, broken, effect in ("Allow", "Deny"))
+                     tuple(clauses), policy_name, broken, effect in ("Allow", "Deny"), res_any, res_fast)
