@@ -394,7 +394,8 @@ def _identity_only(denies: Sequence[_Entry], allows: Sequence[_Entry], resource:
                    ctx: ConditionContext, r: Requester, cps: CompiledPolicySet, options: EngineOptions) -> Result:
     """The common case, same answers as the general path: a user or role session in its own
     account with identity policies only (no resource policy, boundary, session policy, SCP, RCP)."""
-    decision, decided_by, deciding = Decision.IMPLICIT_DENY, "no_allow", ()
+    decision, decided_by = Decision.IMPLICIT_DENY, "no_allow"
+    deciding: tuple[MatchedStatement, ...] = ()
     for _seq, _group, st, m in denies:
         if _statement_applies(st, resource, ctx, r, cps, options) is not _NONE:
             decision, decided_by, deciding = Decision.EXPLICIT_DENY, "explicit_deny", (m,)

@@ -100,9 +100,12 @@ class ArnGlob:
 
 
 def _field_regex(tokens: Sequence[Token], star: str, one: str) -> str:
-    out = []
+    out: list[str] = []
     for t in tokens:
-        out.append(star if t is STAR else one if t is QMARK else re.escape(t))  # type: ignore[arg-type]
+        if isinstance(t, str):
+            out.append(re.escape(t))
+        else:
+            out.append(star if t is STAR else one)
     return "".join(out)
 
 

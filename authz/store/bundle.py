@@ -191,9 +191,8 @@ def _policy_ref(account: str, ref: Any) -> Any:
 
 
 def _hand_ops(doc: dict[str, Any], source: str) -> Iterator[dict[str, Any]]:
-    account = doc.get("account")
-    if isinstance(account, int):
-        account = f"{account:012d}"
+    raw_account = doc.get("account")
+    account = f"{raw_account:012d}" if isinstance(raw_account, int) else str(raw_account)
     yield {"op": "CreateAccount", "account": account, "_where": "$.account"}
     default_region = doc.get("region", "us-east-1")
     for i, p in enumerate(doc.get("policies") or []):

@@ -278,8 +278,8 @@ def _put_principal(state: IamState, p: Principal) -> IamState:
     acct = _account(state, p.account, create=True)
     table = dict(acct.table(p.kind))
     table[p.name.lower()] = p
-    field_name = {"user": "users", "group": "groups", "role": "roles"}[p.kind]
-    return _with_account(state, replace(acct, **{field_name: table}))
+    changes: dict[str, Any] = {{"user": "users", "group": "groups", "role": "roles"}[p.kind]: table}
+    return _with_account(state, replace(acct, **changes))
 
 
 def _limit_attached(p: Principal, extra: int = 1) -> None:
@@ -353,8 +353,8 @@ def _delete_principal(state: IamState, o: dict[str, Any]) -> IamState:
     acct = _account(state, p.account)
     table = dict(acct.table(p.kind))
     del table[p.name.lower()]
-    field_name = {"user": "users", "group": "groups", "role": "roles"}[p.kind]
-    return _with_account(state, replace(acct, **{field_name: table}))
+    changes: dict[str, Any] = {{"user": "users", "group": "groups", "role": "roles"}[p.kind]: table}
+    return _with_account(state, replace(acct, **changes))
 
 
 @op("CreatePolicy")
