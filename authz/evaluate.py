@@ -316,7 +316,16 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
                 best_kind = kind
 
     notes = ctx.notes
-    per_type = _per_type(cps, allowed_groups, deny_hits) if explain else _EMPTY
+    per_type = _EMPTY
+    if explain:
+        per_type = _per_type(cps, allowed_groups, deny_hits)
+        # Like the IAM simulator's MissingContextValues: every key that a statement applying to
+        # this action references, absent from the request (SCP and RCP keys are not reported).
+        for _seq, group, st, _m in (*denies, *allows):
+            if group < SCP_BASE:
+                for key in st.condition_keys():
+                    if key.lower() not in ctx.values:
+                        ctx.missing_keys.append(key)
     base = _Outcome(matched, per_type, best_kind.label, same_account, ctx)
     if deny_hits:
         return base.make(Decision.EXPLICIT_DENY, "explicit_deny", deny_hits)
@@ -390,6 +399,14 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
 _EMPTY: dict[str, str] = {}
 
 
+def _dedupe_keys(keys: list[str]) -> tuple[str, ...]:
+    """Key names are case-insensitive: keep the first spelling of each."""
+    seen: dict[str, str] = {}
+    for k in keys:
+        seen.setdefault(k.lower(), k)
+    return tuple(seen.values())
+
+
 def _identity_only(denies: Sequence[_Entry], allows: Sequence[_Entry], resource: PreparedResource,
                    ctx: ConditionContext, r: Requester, cps: CompiledPolicySet, options: EngineOptions) -> Result:
     """The common case, same answers as the general path: a user or role session in its own
@@ -405,7 +422,7 @@ def _identity_only(denies: Sequence[_Entry], allows: Sequence[_Entry], resource:
             if _statement_applies(st, resource, ctx, r, cps, options) is not _NONE:
                 decision, decided_by, deciding = Decision.ALLOW, "identity", (m,)
                 break
-    missing = tuple(dict.fromkeys(ctx.missing_keys)) if ctx.missing_keys else ()
+    missing = _dedupe_keys(ctx.missing_keys) if ctx.missing_keys else ()
     return Result(decision, deciding, deciding, decided_by, "", _EMPTY, "NONE", True, missing, tuple(ctx.notes),
                   frozenset(ctx.read))
 
@@ -426,7 +443,7 @@ class _Outcome:
     def make(self, decision: Decision, decided_by: str, deciding: Sequence[MatchedStatement],
              blocked_by: str = "") -> Result:
         ctx = self.ctx
-        missing = tuple(dict.fromkeys(ctx.missing_keys)) if ctx.missing_keys else ()
+        missing = _dedupe_keys(ctx.missing_keys) if ctx.missing_keys else ()
         return Result(decision, tuple(deciding), tuple(self.matched), decided_by, blocked_by, self.per_type,
                       self.kind, self.same_account, missing, tuple(ctx.notes), frozenset(ctx.read))
 

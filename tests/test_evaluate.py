@@ -109,3 +109,17 @@ def test_indexed_decisions_equal_full_scan_decisions(policies: list[list[dict[st
     a, b = evaluate(req, indexed, explain=True), evaluate(req, scanned, explain=True)
     assert (a.decision, a.matched) == (b.decision, b.matched)
     assert evaluate(req, indexed).decision == a.decision
+
+
+def test_explain_lists_keys_of_every_statement_for_the_action_like_the_simulator() -> None:
+    ps = PolicySet(identity=(doc({"Effect": "Allow", "Action": "kinesisvideo:GetMedia", "Resource": "*",
+                                  "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}},
+                                 {"Effect": "Allow", "Action": "kinesisvideo:GetMedia",
+                                  "Resource": "arn:aws:kinesisvideo:*:*:stream/${aws:PrincipalTag/site}-*"},
+                                 {"Effect": "Allow", "Action": "kinesisvideo:PutMedia", "Resource": "*",
+                                  "Condition": {"Bool": {"aws:SecureTransport": "true"}}}),))
+    r = evaluate(Request(ALICE, "kinesisvideo:GetMedia", S1, ALICE_CTX), ps, explain=True)
+    assert set(r.missing_keys) == {"aws:SourceIp", "aws:PrincipalTag/site"}   # not the PutMedia statement's key
+    quiet = evaluate(Request(ALICE, "kinesisvideo:GetMedia", S1, {**ALICE_CTX, "aws:sourceip": "10.1.1.1"}), ps,
+                     explain=True)
+    assert quiet.decision is Decision.ALLOW and "aws:SourceIp" not in quiet.missing_keys

@@ -48,14 +48,16 @@ class ArnGlob:
 
     Fields 1-4 (partition, service, region, account) compare case-insensitively, the resource
     field case-sensitively. A pattern with fewer than six fields matches only when its last
-    field ends with `*`, which then spans the remaining colons. With `field_wise` False (used
-    by ArnLike/ArnEquals, spec 2.6) a short pattern never matches.
+    field ends with `*`, which then spans the remaining colons. With `allow_short` False (used
+    by ArnLike/ArnEquals, spec 2.6) a short pattern never matches. `regex` False skips building
+    the regular expression: patterns rendered per request (policy variables) use only the
+    linear per-field matcher, so evaluation never compiles a regular expression.
     """
 
     __slots__ = ("head", "tail", "short", "valid", "source", "regex")
 
     def __init__(self, tokens: Sequence[Token], source: str = "", *, allow_short: bool = True,
-                 case_insensitive_head: bool = True) -> None:
+                 case_insensitive_head: bool = True, regex: bool = True) -> None:
         self.source = source
         fields = _split_tokens(tokens)
         self.valid = bool(fields) and fields[0] == ["arn"]
@@ -74,7 +76,7 @@ class ArnGlob:
         # Head fields compare case-insensitively through scoped (?i:...) groups, so the regex runs
         # on the request ARN as it is. Short patterns keep the per-field matcher.
         self.regex = (_regex(head_fields, tail_field, case_insensitive_head)
-                      if self.valid and not self.short else None)
+                      if regex and self.valid and not self.short else None)
 
     def match_text(self, text: str) -> bool:
         """Match a whole ARN string (head fields already lower-cased when the pattern's are)."""
@@ -124,13 +126,13 @@ def _regex(head: list[list[Token]], tail: list[Token], head_ci: bool) -> "re.Pat
 class ResourcePattern:
     """One entry of Resource/NotResource, compiled once; variables are rendered per request."""
 
-    __slots__ = ("source", "any", "parts", "static", "keys")
+    __slots__ = ("source", "any", "parts", "static", "variable_names")
 
     def __init__(self, source: str, parts: tuple[Part, ...]) -> None:
         self.source = source
         self.parts = parts
         self.any = source == "*"
-        self.keys = tuple(v.key for v in variables_of(parts))
+        self.variable_names = tuple(v.name for v in variables_of(parts))
         self.static: ArnGlob | None = None
         if not self.any and not has_variables(parts):
             self.static = ArnGlob(static_tokens(parts), source)
@@ -148,7 +150,7 @@ class ResourcePattern:
             toks = render_tokens(self.parts, lookup)
             if toks is None:
                 return False
-            g = ArnGlob(toks, self.source)
+            g = ArnGlob(toks, self.source, regex=False)
         return g.match_fields(resource.lowered, resource.fields)  # type: ignore[arg-type]
 
 
@@ -188,7 +190,7 @@ def arn_like(pattern_tokens: Sequence[Token], value: str) -> bool:
     case-sensitively; a value that is not a six-field ARN never matches."""
     if split_arn(value) is None:
         return False
-    return ArnGlob(pattern_tokens, allow_short=False, case_insensitive_head=False).match_text(value)
+    return ArnGlob(pattern_tokens, allow_short=False, case_insensitive_head=False, regex=False).match_text(value)
 
 
 def compile_arn_like(pattern: str) -> ArnGlob:

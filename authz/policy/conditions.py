@@ -15,7 +15,7 @@ from typing import Any, Callable, Union
 
 from .arn import ArnGlob, split_arn
 from .glob import Glob
-from .variables import Lookup, Part, has_variables, parse_parts, render_text, render_tokens, static_tokens
+from .variables import Lookup, Part, Var, has_variables, parse_parts, render_text, render_tokens, static_tokens
 
 # ------------------------------------------------------------------ the operator table
 
@@ -244,7 +244,7 @@ class _Value:
             return None
         if family == "like":
             return Glob(toks, self.text)
-        return ArnGlob(toks, self.text, allow_short=False, case_insensitive_head=False)
+        return ArnGlob(toks, self.text, allow_short=False, case_insensitive_head=False, regex=False)
 
 
 def _no_lookup(_key: str) -> str | None:
@@ -325,14 +325,8 @@ class Clause:
         self.values = tuple(_Value(v, spec.family, spec.variables) for v in values)
         self.dynamic = any(v.dynamic for v in self.values)
 
-    def variable_keys(self) -> tuple[str, ...]:
-        out: list[str] = []
-        for v in self.values:
-            for p in v.parts:
-                key = getattr(p, "key", None)
-                if key is not None:
-                    out.append(key)
-        return tuple(out)
+    def variable_names(self) -> tuple[str, ...]:
+        return tuple(p.name for v in self.values for p in v.parts if isinstance(p, Var))
 
     def evaluate(self, ctx: "ConditionContext") -> bool:
         raw = ctx.get(self.key)

@@ -112,12 +112,13 @@ class Statement:
         return not hit if self.not_action else hit
 
     def condition_keys(self) -> tuple[str, ...]:
+        """Context keys the statement reads (condition keys and variables), as written."""
         keys: list[str] = []
         for c in self.conditions:
-            keys.append(c.key)
-            keys.extend(c.variable_keys())
+            keys.append(c.key_name)
+            keys.extend(c.variable_names())
         for r in self.resources or ():
-            keys.extend(r.keys)
+            keys.extend(r.variable_names)
         return tuple(dict.fromkeys(keys))
 
 
