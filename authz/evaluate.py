@@ -321,11 +321,9 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
         per_type = _per_type(cps, allowed_groups, deny_hits)
         # Like the IAM simulator's MissingContextValues: every key that a statement applying to
         # this action references, absent from the request (SCP and RCP keys are not reported).
-        for _seq, group, st, _m in (*denies, *allows):
-            if group < SCP_BASE:
-                for key in st.condition_keys():
-                    if key.lower() not in ctx.values:
-                        ctx.missing_keys.append(key)
+        absent = [key for _seq, group, st, _m in (*denies, *allows) if group < SCP_BASE
+                  for key in st.condition_keys() if key.lower() not in ctx.values]
+        ctx.missing_keys[:0] = absent     # first, so the reported spelling is the policy's
     base = _Outcome(matched, per_type, best_kind.label, same_account, ctx)
     if deny_hits:
         return base.make(Decision.EXPLICIT_DENY, "explicit_deny", deny_hits)
