@@ -209,7 +209,7 @@ def evaluate(request: Request, policies: PolicySet | CompiledPolicySet, *, expla
              options: EngineOptions = DEFAULT_OPTIONS) -> Result:
     """Decide one request against the policies that apply to it (spec 3.7)."""
     cps = policies if isinstance(policies, CompiledPolicySet) else CompiledPolicySet(policies)
-    values = normalise_context(dict(request.context))
+    values = normalise_context(request.context)
     uid = values.get("aws:userid")
     requester = parse_requester(request.principal, uid if isinstance(uid, str) else None, request.federated_creator)
     return decide(cps, requester, request.action, request.resource, request.resource_account, values,
@@ -416,8 +416,23 @@ def _identity_only(denies: Sequence[_Entry], allows: Sequence[_Entry], resource:
             decision, decided_by, deciding = Decision.EXPLICIT_DENY, "explicit_deny", (m,)
             break
     else:
+        raw = resource.raw
         for _seq, _group, st, m in allows:
-            if _statement_applies(st, resource, ctx, r, cps, options) is not _NONE:
+            fast = st.res_fast
+            if fast is not None and not st.not_resource and st.principals is None and not st.broken:
+                # Inline form of _statement_applies for the usual identity statement.
+                for rx in fast:
+                    if rx.fullmatch(raw) is not None:
+                        break
+                else:
+                    continue
+                for clause in st.conditions:
+                    if not clause.evaluate(ctx):
+                        break
+                else:
+                    decision, decided_by, deciding = Decision.ALLOW, "identity", (m,)
+                    break
+            elif _statement_applies(st, resource, ctx, r, cps, options) is not _NONE:
                 decision, decided_by, deciding = Decision.ALLOW, "identity", (m,)
                 break
     missing = _dedupe_keys(ctx.missing_keys) if ctx.missing_keys else ()

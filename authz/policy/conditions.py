@@ -416,15 +416,11 @@ def normalise_context(context: dict[str, Any]) -> dict[str, ContextValue]:
 
     Two spellings of one key keep both values as Variants: any of them may satisfy an operator.
     """
+    fast = {k.lower(): v for k, v in context.items()}
+    if len(fast) == len(context) and all(v.__class__ is str for v in fast.values()):
+        return fast   # the common case: single string values, no key spelled twice
     out: dict[str, ContextValue] = {}
     for k, v in context.items():
-        if v.__class__ is str and k.islower():   # the common case, kept cheap
-            if k in out:
-                prev = out[k]
-                out[k] = Variants((*prev, v) if isinstance(prev, Variants) else (prev, v))
-            else:
-                out[k] = v
-            continue
         if isinstance(v, (list, tuple)):
             val: ContextValue = tuple(t for t in (value_text(x) for x in v) if t is not None)
         else:

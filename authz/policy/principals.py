@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from enum import IntEnum
 from typing import Any
 
@@ -52,8 +53,9 @@ class Requester:
         return f"arn:{self.partition}:iam::{self.account}:role/{self.name}"
 
 
+@lru_cache(maxsize=8192)
 def parse_requester(principal: str, userid: str | None = None, federated_creator: str = "") -> Requester:
-    """Requester facts from the principal string of a request."""
+    """Requester facts from the principal string of a request (immutable, so remembered)."""
     if principal == ANONYMOUS or principal == "":
         return Requester(ANONYMOUS, "anonymous")
     if principal.endswith(".amazonaws.com") and not principal.startswith("arn:"):
