@@ -210,10 +210,11 @@ def _parse_header_form(authorization: str, folded: Mapping[str, list[str]],
             raise _fail(MALFORMED_AUTHORIZATION, "a header-signed request needs an X-Amz-Date or a Date header")
         try:
             parsed = parsedate_to_datetime(date)
-        except (TypeError, ValueError):
+            # RFC 2822 "-0000" (what botocore sends) parses as naive and means UTC. Converting
+            # "31 Dec 9999 23:30 -0100" to UTC overflows datetime: OverflowError.
+            when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        except (TypeError, ValueError, OverflowError):
             raise _fail(MALFORMED_AUTHORIZATION, "the Date header is not an HTTP date") from None
-        # RFC 2822 "-0000" (what botocore sends) parses as naive and means UTC.
-        when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
         amz_date = when.strftime("%Y%m%dT%H%M%SZ")
     return _Signed(False, key_id, scope_date, region, service, signed_headers, signature, amz_date, when, None,
                    _single_header(folded, "x-amz-security-token"))

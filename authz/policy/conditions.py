@@ -9,7 +9,7 @@ import re
 import socket
 from dataclasses import dataclass
 from functools import lru_cache
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Union
 
@@ -137,12 +137,12 @@ def parse_date(text: str) -> Decimal | None:
                       tzinfo=timezone.utc)
     except ValueError:
         return None
+    seconds = Decimal(int(dt.timestamp()))
     if tz and tz not in ("Z", "z"):
         sign = 1 if tz[0] == "+" else -1
         digits = tz[1:].replace(":", "")
-        offset = timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
-        dt = dt - sign * offset
-    seconds = Decimal(int(dt.timestamp()))
+        # In seconds, not datetime arithmetic: 0001-01-01T00:00+01:00 lies before datetime.min (OverflowError).
+        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
     if frac:
         seconds += Decimal(frac)
     return seconds

@@ -12,6 +12,7 @@ from .limits import MAX_JSON_DEPTH, MAX_POLICY_TEXT_CHARS
 # IAM's document character set: TAB, LF, CR and U+0020-U+00FF (spec 1.1 rule 4).
 _IAM_BAD_CHAR = re.compile(r"[^\t\n\r\x20-\xff]")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOO_DEEP = f"JSON nesting is deeper than {MAX_JSON_DEPTH} levels"
 
 
 def child_path(path: str, key: str | int) -> str:
@@ -65,10 +66,15 @@ def load_text(text: str | bytes, *, iam_charset: bool = True,
     try:
         value = json.loads(text, object_pairs_hook=_Obj, parse_constant=_reject_constant)
     except RecursionError:
-        return None, problems + [Problem("$", f"JSON nesting is deeper than {MAX_JSON_DEPTH} levels")]
+        return None, problems + [Problem("$", _TOO_DEEP)]
     except ValueError as exc:  # JSONDecodeError is a ValueError; so is a too-long integer literal
         return None, problems + [Problem("$", f"malformed JSON: {exc}")]
-    problems.extend(_structure_problems(value))
+    structure = _structure_problems(value)
+    problems.extend(structure)
+    if any(p.message == _TOO_DEEP for p in structure):
+        # Unusable, as when json.loads gives up: everything after the loader (plain(), json.dumps,
+        # messages quoting a value) recurses and would exceed Python's recursion limit on it.
+        return None, problems
     return value, problems
 
 
@@ -79,7 +85,7 @@ def _structure_problems(root: Any) -> list[Problem]:
     while stack:
         node, path, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            problems.append(Problem(path, f"JSON nesting is deeper than {MAX_JSON_DEPTH} levels"))
+            problems.append(Problem(path, _TOO_DEEP))
             continue
         if isinstance(node, dict):
             for dup in getattr(node, "duplicates", ()):

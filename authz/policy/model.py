@@ -148,7 +148,10 @@ def compile_policy(doc: Any, name: str = "") -> Policy:
     raw_statements = _as_list(doc.get("Statement"))
     statements = tuple(_compile_statement(i, s, name, variables) for i, s in enumerate(raw_statements)
                        if isinstance(s, dict))
-    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, sort_keys=False)
+    try:
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, sort_keys=False)
+    except RecursionError:   # nested about as deep as json.loads allows: no statement can use that part
+        text = ""
     return Policy(name, version, statements, text)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass
 from functools import lru_cache
 from enum import IntEnum
@@ -161,13 +162,13 @@ def compile_principal(element: Any) -> tuple[PrincipalEntry, ...]:
     if element == "*":
         return (PrincipalEntry("wildcard", "*"),)
     if not isinstance(element, dict):
-        return (PrincipalEntry("invalid", str(element)),)
+        return (PrincipalEntry("invalid", reprlib.repr(element)),)   # bounded: element may nest deeply
     out: list[PrincipalEntry] = []
     for key, raw in element.items():
         values = raw if isinstance(raw, list) else [raw]
         for v in values:
             if not isinstance(v, str):
-                out.append(PrincipalEntry("invalid", str(v)))
+                out.append(PrincipalEntry("invalid", reprlib.repr(v)))
             elif key == "AWS":
                 out.append(_aws_entry(v))
             elif key == "Service":

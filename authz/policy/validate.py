@@ -54,7 +54,7 @@ def validate_document(source: str | bytes | Mapping[str, Any], policy_type: Poli
     if isinstance(source, Mapping):
         try:
             text = json.dumps(dict(source), separators=(",", ":"), ensure_ascii=False, default=_mapping_as_dict)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:   # RecursionError: nested too deeply
             return ValidationReport((Problem("$", f"the document cannot be written as JSON ({exc}); use only "
                                                   "objects, arrays, strings, numbers, booleans and null"),), (), None)
     elif isinstance(source, (bytes, bytearray)):

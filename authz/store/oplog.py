@@ -52,6 +52,14 @@ class OpLog:
                 raise StorageFailure(f"cannot read the state database {self.path}: {exc}") from None
         return [json.loads(r[0]) for r in rows]
 
+    def count(self) -> int:
+        """Rows in the log; cheap enough to poll (other processes may append to the same database)."""
+        with self._lock:
+            try:
+                return int(self._db.execute("SELECT COUNT(*) FROM ops").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise StorageFailure(f"cannot read the state database {self.path}: {exc}") from None
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -174,22 +174,41 @@ class Store:
             log.error("bundle rejected, still serving revision %d: %s", self._revision, msg)
             return False, msg
         with self._write_lock:
-            state, skipped = base, 0
-            for o in self._ops:
-                try:
-                    state = apply_op(state, o)
-                except StoreError as exc:
-                    skipped += 1
-                    log.warning("persisted change %s no longer applies to the bundle: %s", o.get("op"), exc)
-            self._base = base
-            self._replay_skipped = skipped
-            self._swap(state)
-            self._ready = True
+            state = self._replay(base)
             self._last_error = ""
             self._last_load = self.clock()
             self._reloads_ok += 1
         log.info("loaded policy set revision %d: %s", self._revision, state.counts())
         return True, ""
+
+    def _replay(self, base: IamState) -> IamState:
+        """Apply the persisted ops to `base` and publish the result; callers hold the write lock."""
+        state, skipped = base, 0
+        for o in self._ops:
+            try:
+                state = apply_op(state, o)
+            except StoreError as exc:
+                skipped += 1
+                log.warning("persisted change %s no longer applies to the bundle: %s", o.get("op"), exc)
+        self._base = base
+        self._replay_skipped = skipped
+        self._ready = True          # before the swap, so that on_swap listeners see a ready store
+        self._swap(state)
+        return state
+
+    def sync(self) -> bool:
+        """Pick up ops that other processes sharing --state-dir appended to the op log (server --workers).
+
+        True when the log had grown and the state was rebuilt from the last good bundle plus every op.
+        """
+        if self._oplog is None or not self._ready:
+            return False
+        with self._write_lock:
+            if self._oplog.count() == len(self._ops):
+                return False
+            self._ops = self._oplog.all()
+            self._replay(self._base)
+        return True
 
     def _watch(self) -> None:
         assert self.config.bundle_dir is not None

@@ -1,0 +1,370 @@
+"""Envoy external authorization (envoy.service.auth.v3.Authorization/Check) for the KVS API, failing closed."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Final
+from urllib.parse import unquote
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from ..evaluate import Decision, Result
+from ..policy.errors import LimitError, RequestError
+from ..store import Store
+from .sigv4 import DEFAULT_MAX_SKEW_SECONDS
+from .mapping import Endpoint, Environment, HttpRequest, MappedRequest, MappingError, map_request, parse_body
+from .principal import AuthenticationError, Caller, PrincipalSource, SignedRequest, authenticate, \
+    parse_principal_from, parse_region, parse_trusted_proxies
+
+log = logging.getLogger("authz.gateway.ext_authz")
+
+# The header that tells the upstream who was authorised. Any copy the client sent is overwritten.
+PRINCIPAL_HEADER: Final = "x-authz-principal"
+# Namespace Envoy files CheckResponse.dynamic_metadata under (the filter's name).
+METADATA_NAMESPACE: Final = "envoy.filters.http.ext_authz"
+# Envoy adds this to the Check request when it buffers the body: "true" when it sent only a prefix.
+PARTIAL_BODY_HEADER: Final = "x-envoy-auth-partial-body"
+ERROR_TYPE_HEADER: Final = "x-amzn-ErrorType"
+REQUEST_ID_HEADER: Final = "x-amzn-RequestId"
+
+DEFAULT_REGION: Final = "us-east-1"
+DEFAULT_PARTITION: Final = "aws"
+MAX_REQUEST_ID_LEN: Final = 128
+MAX_SKEW_SECONDS: Final = 3_600       # the widest clock skew GatewayOptions accepts (AWS: 300)
+MAX_XFF_HOPS: Final = 32             # X-Forwarded-For entries examined when walking back through trusted proxies
+
+_PACKAGE_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PARTITION_RE: Final = re.compile(r"[a-z][a-z0-9-]*", re.ASCII)
+_REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]+", re.ASCII)
+
+_GRPC_CODE_FOR_STATUS: Final[Mapping[int, int]] = {
+    400: code_pb2.INVALID_ARGUMENT,
+    403: code_pb2.PERMISSION_DENIED,
+    404: code_pb2.NOT_FOUND,
+    413: code_pb2.INVALID_ARGUMENT,
+    500: code_pb2.INTERNAL,
+    503: code_pb2.UNAVAILABLE,
+}
+
+# How an AccessDenied message names the policy type that decided (the wording AWS uses).
+_POLICY_KIND: Final[Mapping[str, str]] = {
+    "identity": "an identity-based policy",
+    "resource": "a resource-based policy",
+    "boundary": "a permissions boundary",
+    "session": "a session policy",
+    "scp": "a service control policy",
+    "rcp": "a resource control policy",
+}
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """How the gateway authenticates and where it resolves names; fixed at start-up.
+
+    principal_from: `sigv4`, `header:NAME` or `peer` (see principal.py).
+    region: used when the request carries no SigV4 credential scope (header and peer sources).
+    trusted_proxies: CIDRs of proxies in front of Envoy whose X-Forwarded-For entries are believed;
+      empty: aws:SourceIp is the TCP peer Envoy reports.
+    """
+
+    principal_from: str = "sigv4"
+    region: str = DEFAULT_REGION
+    partition: str = DEFAULT_PARTITION
+    trusted_proxies: tuple[str, ...] = ()
+    max_skew_seconds: int = DEFAULT_MAX_SKEW_SECONDS
+
+    def __post_init__(self) -> None:
+        parse_principal_from(self.principal_from)
+        parse_region(self.region)
+        if not _PARTITION_RE.fullmatch(self.partition):
+            raise ValueError(f"partition {self.partition!r} is not a partition name such as aws")
+        parse_trusted_proxies(",".join(self.trusted_proxies))
+        if not 1 <= self.max_skew_seconds <= MAX_SKEW_SECONDS:
+            raise ValueError(f"max_skew_seconds must be 1-{MAX_SKEW_SECONDS}")
+
+    @property
+    def source(self) -> PrincipalSource:
+        return parse_principal_from(self.principal_from)
+
+
+class _Refusal(Exception):
+    """An answer other than allow, decided before or by the store."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    """One HTTP request as Envoy described it, before anything about it is trusted."""
+
+    signed: SignedRequest
+    http: HttpRequest
+    env: Environment
+    request_id: str
+
+
+# ---------------------------------------------------------------------------------------------
+# CheckRequest -> request parts
+
+
+def _headers(http: attribute_context_pb2.AttributeContext.HttpRequest) -> dict[str, str]:
+    """Lower-case header names to values, pseudo-headers dropped, `host` from :authority.
+
+    Envoy joins repeated headers with ',' in `headers`; with encode_raw_headers it sends
+    `header_map` instead, joined the same way here so both forms read alike.
+    """
+    folded: dict[str, str] = {}
+    if http.header_map.headers:
+        for h in http.header_map.headers:
+            name = h.key.lower()
+            value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+            folded[name] = f"{folded[name]},{value}" if name in folded else value
+    else:
+        for name, value in http.headers.items():
+            folded[name.lower()] = value
+    out = {k: v for k, v in folded.items() if not k.startswith(":")}
+    host = http.host or folded.get(":authority", "")
+    if host and "host" not in out:
+        out["host"] = host            # HTTP/1 Host becomes :authority inside Envoy; SigV4 signs it as host
+    return out
+
+
+def _query(raw_query: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for piece in raw_query.split("&"):
+        if not piece:
+            continue
+        key, _, value = piece.partition("=")
+        name = unquote(key)
+        if name in params:
+            # The upstream may read the first or the last copy; refuse rather than authorise one of them.
+            raise _Refusal(400, "InvalidArgumentException",
+                           f"query parameter {name[:64]!r} appears more than once; send it once")
+        params[name] = unquote(value)
+    return params
+
+
+def _body(http: attribute_context_pb2.AttributeContext.HttpRequest, headers: Mapping[str, str]) -> bytes | None:
+    """The complete request body, b"" when there is none, None when Envoy did not forward all of it."""
+    raw = http.raw_body or http.body.encode("utf-8")
+    if headers.get(PARTIAL_BODY_HEADER) == "true":
+        return None                   # only a prefix: never parse or hash it as if it were the body
+    length = headers.get("content-length")
+    if length is not None and not (length.isascii() and length.isdigit()):
+        raise _Refusal(400, "InvalidArgumentException", "Content-Length is not a number")
+    if raw:
+        return raw if length is None or int(length) == len(raw) else None
+    if (length is None or int(length) == 0) and "transfer-encoding" not in headers:
+        return b""
+    return None                       # a body Envoy streams on without buffering (PutMedia)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def _source_ip(peer: str, headers: Mapping[str, str],
+               trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str | None:
+    """aws:SourceIp: the TCP peer, or, behind trusted proxies, the last X-Forwarded-For hop not among them."""
+    addr = _ip(peer)
+    if addr is None:
+        return None
+    if not trusted or not any(addr in net for net in trusted):
+        return str(addr)
+    hops = [h for h in headers.get("x-forwarded-for", "").split(",") if h.strip()][-MAX_XFF_HOPS:]
+    for hop in reversed(hops):
+        hop_addr = _ip(hop)
+        if hop_addr is None:
+            return None               # unparsable entry: we cannot tell who sent it, so claim nothing
+        if not any(hop_addr in net for net in trusted):
+            return str(hop_addr)
+    return str(addr)
+
+
+def _request_id(headers: Mapping[str, str], http: attribute_context_pb2.AttributeContext.HttpRequest) -> str:
+    rid = headers.get("x-request-id", "") or http.id
+    return rid if len(rid) <= MAX_REQUEST_ID_LEN and _REQUEST_ID_RE.fullmatch(rid) else ""
+
+
+def _incoming(check: external_auth_pb2.CheckRequest, now: datetime,
+              trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> _Incoming:
+    attrs = check.attributes
+    http = attrs.request.http
+    headers = _headers(http)
+    request_id = _request_id(headers, http)
+    if not http.method or not http.path.startswith("/"):
+        raise _Refusal(400, "InvalidArgumentException", "the request has no method or no absolute path")
+    raw_path, _, raw_query = http.path.partition("?")
+    raw_query = raw_query.partition("#")[0]
+    body = _body(http, headers)
+    signed = SignedRequest(http.method, raw_path, raw_query, headers, body, attrs.source.principal)
+    env = Environment(
+        now=now,
+        source_ip=_source_ip(attrs.source.address.socket_address.address, headers, trusted),
+        # Envoy's view of the downstream transport (x-forwarded-proto only when it trusts the hop).
+        secure_transport=http.scheme.lower() == "https",
+        user_agent=headers.get("user-agent"),
+    )
+    req = HttpRequest(http.method, raw_path, headers, _query(raw_query),
+                      parse_body(body, headers.get("content-type")))
+    return _Incoming(signed, req, env, request_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers
+
+
+def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
+
+
+def _allow(caller: Caller, mapped: MappedRequest, result: Result, revision: int,
+           request_id: str) -> external_auth_pb2.CheckResponse:
+    header = base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=PRINCIPAL_HEADER, value=caller.principal),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK),
+        ok_response=external_auth_pb2.OkHttpResponse(headers=[header]),
+        dynamic_metadata=_struct({"principal": caller.principal, "action": mapped.action,
+                                  "resource": mapped.resource, "decision": result.decision.value,
+                                  "decided_by": result.decided_by, "revision": revision,
+                                  "principal_from": caller.source, "request_id": request_id}),
+    )
+
+
+def _deny(status: int, code: str, message: str, request_id: str,
+          metadata: Mapping[str, Any] | None = None) -> external_auth_pb2.CheckResponse:
+    body = json.dumps({"__type": code, "Message": message}, ensure_ascii=True)
+    headers = [
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", value="application/json")),
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=ERROR_TYPE_HEADER, value=code)),
+    ]
+    if request_id:
+        headers.append(base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=REQUEST_ID_HEADER,
+                                                                               value=request_id)))
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=_GRPC_CODE_FOR_STATUS.get(status, code_pb2.PERMISSION_DENIED),
+                                 message=code),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=status), headers=headers, body=body),
+        dynamic_metadata=_struct({"decision": "Deny", "error": code, "status": status, "request_id": request_id,
+                                  **(metadata or {})}),
+    )
+
+
+# Built once at import: the failure path must not depend on anything that could itself fail.
+_INTERNAL_FAILURE: Final = _deny(500, "InternalFailure", "the request was refused because authorization could not "
+                                                         "be completed", "")
+
+
+def access_denied_message(principal: str, action: str, resource: str, result: Result | None) -> str:
+    """The AccessDeniedException message AWS services write, with the reason when the decision gives one."""
+    text = f"User: {principal} is not authorized to perform: {action} on resource: {resource}"
+    if result is None:
+        return text
+    if result.decision is Decision.EXPLICIT_DENY and result.deciding:
+        kind = _POLICY_KIND.get(result.deciding[0].policy_type, "a policy")
+        return f"{text} with an explicit deny in {kind}"
+    if result.decision is Decision.IMPLICIT_DENY:
+        if result.blocked_by in _POLICY_KIND:
+            return f"{text} because no {_POLICY_KIND[result.blocked_by].split(' ', 1)[1]} allows the {action} action"
+        if result.decided_by == "no_allow":
+            return f"{text} because no identity-based policy allows the {action} action"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
+    """Check: authenticate, map, authorise; allow only on an Allow decision, deny on everything else."""
+
+    def __init__(self, store: Store, options: GatewayOptions) -> None:
+        self._store = store
+        self._options = options
+        self._source = options.source
+        self._trusted = tuple(ipaddress.ip_network(c, strict=False) for c in options.trusted_proxies)
+
+    def Check(self, request: external_auth_pb2.CheckRequest,
+              context: grpc.ServicerContext) -> external_auth_pb2.CheckResponse:
+        try:
+            return self._check(request)
+        except Exception as exc:      # fail closed: whatever went wrong, the request does not pass
+            # Type and place only: messages of foreign exceptions may quote request material (tokens).
+            frames = traceback.extract_tb(exc.__traceback__)
+            ours = [f for f in frames if f.filename.startswith(_PACKAGE_DIR)] or frames
+            where = f"{ours[-1].filename}:{ours[-1].lineno}" if ours else "?"
+            log.error("ext_authz check failed, request denied: %s at %s", type(exc).__name__, where)
+            return _INTERNAL_FAILURE
+
+    def _check(self, check: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
+        now = datetime.fromtimestamp(self._store.clock(), tz=timezone.utc)
+        request_id = ""
+        try:
+            if not self._store.ready:
+                raise _Refusal(503, "ServiceUnavailableException", "the authorizer has no policy set loaded yet")
+            incoming = _incoming(check, now, self._trusted)
+            request_id = incoming.request_id
+            snapshot = self._store.snapshot
+            try:
+                caller = authenticate(self._source, incoming.signed, snapshot.credential, now,
+                                      max_skew_seconds=self._options.max_skew_seconds)
+            except AuthenticationError as exc:
+                raise _Refusal(exc.status, exc.code, exc.message) from None
+            endpoint = Endpoint(self._options.partition, caller.region or self._options.region)
+            try:
+                mapped = map_request(incoming.http, caller.account, endpoint, snapshot, incoming.env)
+            except MappingError as exc:
+                raise _Refusal(exc.status, exc.code, exc.message) from None
+            try:
+                answer = self._store.authorize(caller.principal, mapped.action, mapped.resource, {},
+                                               trusted_context=mapped.context)
+            except (RequestError, LimitError) as exc:
+                raise _Refusal(400, "InvalidArgumentException", str(exc)) from None
+        except _Refusal as refusal:
+            log.debug("ext_authz deny %s %s: %s", refusal.status, refusal.code, request_id)
+            return _deny(refusal.status, refusal.code, refusal.message, request_id)
+
+        result = answer.result
+        facts = {"principal": caller.principal, "action": mapped.action, "resource": mapped.resource}
+        if not result.allowed:
+            log.debug("ext_authz deny %s %s %s (%s) %s", caller.principal, mapped.action, mapped.resource,
+                      result.decided_by, request_id)
+            return _deny(403, "AccessDeniedException",
+                         access_denied_message(caller.principal, mapped.action, mapped.resource, result),
+                         request_id, facts)
+        log.debug("ext_authz allow %s %s %s %s", caller.principal, mapped.action, mapped.resource, request_id)
+        return _allow(caller, mapped, result, answer.revision, request_id)
+
+
+def register(server: grpc.Server, store: Store, options: GatewayOptions) -> None:
+    """Serve envoy.service.auth.v3.Authorization on `server` (the port that serves authz.v1.Authorizer)."""
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ExtAuthzServicer(store, options), server)
+
+
+__all__ = ["GatewayOptions", "ExtAuthzServicer", "register", "access_denied_message", "PRINCIPAL_HEADER",
+           "METADATA_NAMESPACE"]

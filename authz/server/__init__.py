@@ -1,0 +1,1 @@
+"""The gRPC sidecar: servicers, proto conversion, error mapping, admin auth, health, metrics, decision log and start-up."""

@@ -1,0 +1,180 @@
+"""The PolicyAdmin servicer: IAM-shaped admin calls turned into store ops, answers turned back into messages."""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import grpc
+
+from ..policy.errors import RequestError
+from ..store import Store
+from ..store.state import account_of_arn
+from ..v1 import authz_pb2 as pb
+from ..v1 import authz_pb2_grpc as pb_grpc
+from . import convert
+from .errors import rpc
+
+EMPTY = pb.Empty()
+Ctx: TypeAlias = grpc.ServicerContext
+
+
+class PolicyAdmin(pb_grpc.PolicyAdminServicer):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _info(self, arn: str) -> pb.PolicyInfo:
+        return convert.policy_info(self.store.policy(arn), self.store.attachment_count(arn))
+
+    def _principal(self, account: str, kind: str, name: str) -> pb.PrincipalInfo:
+        p = self.store.principal(account, kind, name)
+        return pb.PrincipalInfo(arn=p.arn, unique_id=p.unique_id)
+
+    # ------------------------------------------------------------ managed policies
+
+    @rpc
+    def CreatePolicy(self, request: pb.CreatePolicyRequest, context: Ctx) -> pb.PolicyInfo:
+        pol = self.store.create_policy(request.account, request.name, request.document, request.path or "/",
+                                       request.description)
+        return convert.policy_info(pol, 0)
+
+    @rpc
+    def CreatePolicyVersion(self, request: pb.CreatePolicyVersionRequest, context: Ctx) -> pb.PolicyInfo:
+        self.store.apply({"op": "CreatePolicyVersion", "arn": request.arn, "document": request.document,
+                          "set_as_default": request.set_as_default})
+        return self._info(request.arn)
+
+    @rpc
+    def DeletePolicy(self, request: pb.PolicyRef, context: Ctx) -> pb.Empty:
+        self.store.apply({"op": "DeletePolicy", "arn": request.arn})
+        return EMPTY
+
+    @rpc
+    def GetPolicy(self, request: pb.PolicyRef, context: Ctx) -> pb.PolicyInfo:
+        return self._info(request.arn)
+
+    @rpc
+    def ListPolicies(self, request: pb.ListPoliciesRequest, context: Ctx) -> pb.ListPoliciesResponse:
+        policies = self.store.snapshot.state.policies
+        arns = sorted(a for a in policies if not request.account or account_of_arn(a) == request.account)
+        return pb.ListPoliciesResponse(policies=[self._info(a) for a in arns])
+
+    # ------------------------------------------------------------ principals' policies
+
+    @rpc
+    def PutInlinePolicy(self, request: pb.PutInlinePolicyRequest, context: Ctx) -> pb.Empty:
+        self.store.apply(convert.principal_op("PutInlinePolicy", request.principal, policy_name=request.policy_name,
+                                              document=request.document))
+        return EMPTY
+
+    @rpc
+    def DeleteInlinePolicy(self, request: pb.DeleteInlinePolicyRequest, context: Ctx) -> pb.Empty:
+        self.store.apply(convert.principal_op("DeleteInlinePolicy", request.principal,
+                                              policy_name=request.policy_name))
+        return EMPTY
+
+    @rpc
+    def AttachPolicy(self, request: pb.AttachPolicyRequest, context: Ctx) -> pb.Empty:
+        self.store.apply(convert.principal_op("AttachPolicy", request.principal, policy_arn=request.policy_arn))
+        return EMPTY
+
+    @rpc
+    def DetachPolicy(self, request: pb.AttachPolicyRequest, context: Ctx) -> pb.Empty:
+        self.store.apply(convert.principal_op("DetachPolicy", request.principal, policy_arn=request.policy_arn))
+        return EMPTY
+
+    @rpc
+    def SetPermissionsBoundary(self, request: pb.SetBoundaryRequest, context: Ctx) -> pb.Empty:
+        self.store.apply(convert.principal_op("SetPermissionsBoundary", request.principal,
+                                              policy_arn=request.policy_arn or None))
+        return EMPTY
+
+    # ------------------------------------------------------------ users, groups, roles
+
+    @rpc
+    def CreateUser(self, request: pb.CreateUserRequest, context: Ctx) -> pb.PrincipalInfo:
+        self.store.apply({"op": "CreatePrincipal", "kind": "user", "account": request.account, "name": request.name,
+                          "path": request.path, "tags": convert.tags_from_proto(request.tags)})
+        return self._principal(request.account, "user", request.name)
+
+    @rpc
+    def CreateGroup(self, request: pb.CreateGroupRequest, context: Ctx) -> pb.PrincipalInfo:
+        self.store.apply({"op": "CreatePrincipal", "kind": "group", "account": request.account,
+                          "name": request.name, "path": request.path})
+        return self._principal(request.account, "group", request.name)
+
+    @rpc
+    def CreateRole(self, request: pb.CreateRoleRequest, context: Ctx) -> pb.PrincipalInfo:
+        self.store.apply({"op": "CreatePrincipal", "kind": "role", "account": request.account, "name": request.name,
+                          "path": request.path, "trust_policy": request.trust_policy,
+                          "max_session_duration": request.max_session_duration,
+                          "tags": convert.tags_from_proto(request.tags)})
+        return self._principal(request.account, "role", request.name)
+
+    @rpc
+    def DeletePrincipal(self, request: pb.PrincipalRef, context: Ctx) -> pb.Empty:
+        self.store.apply(convert.principal_op("DeletePrincipal", request, field=""))
+        return EMPTY
+
+    @rpc
+    def SetTrustPolicy(self, request: pb.SetTrustPolicyRequest, context: Ctx) -> pb.Empty:
+        if not request.role:
+            raise RequestError("role", "required: the role name")
+        self.store.apply({"op": "SetTrustPolicy", "account": request.account, "name": request.role,
+                          "document": request.trust_policy})
+        return EMPTY
+
+    @rpc
+    def AddUserToGroup(self, request: pb.AddUserToGroupRequest, context: Ctx) -> pb.Empty:
+        self.store.apply({"op": "AddUserToGroup", "account": request.account, "user": request.user,
+                          "group": request.group})
+        return EMPTY
+
+    @rpc
+    def TagPrincipal(self, request: pb.TagPrincipalRequest, context: Ctx) -> pb.Empty:
+        self.store.apply(convert.principal_op("TagPrincipal", request.principal,
+                                              tags=convert.tags_from_proto(request.tags),
+                                              remove_keys=list(request.remove_keys)))
+        return EMPTY
+
+    # ------------------------------------------------------------ credentials and resources
+
+    @rpc
+    def CreateAccessKey(self, request: pb.AccessKeyRequest, context: Ctx) -> pb.AccessKey:
+        kid, secret, user_arn = self.store.create_access_key(request.account, request.user)
+        return pb.AccessKey(access_key_id=kid, secret_access_key=secret, user_arn=user_arn)
+
+    @rpc
+    def DeleteAccessKey(self, request: pb.DeleteAccessKeyRequest, context: Ctx) -> pb.Empty:
+        self.store.apply({"op": "DeleteAccessKey", "id": request.access_key_id})
+        return EMPTY
+
+    @rpc
+    def RegisterResource(self, request: pb.RegisterResourceRequest, context: Ctx) -> pb.ResourceInfo:
+        if not request.arn:
+            for field in ("account", "region", "name"):
+                if not getattr(request, field):
+                    raise RequestError(field, "required when arn is empty (the ARN is minted from account, "
+                                              "region, type and name)")
+        arn = self.store.register_resource(request.account, request.region, request.type, request.name,
+                                           request.arn, dict(request.tags), request.resource_policy or None)
+        return pb.ResourceInfo(arn=arn, tags=dict(request.tags))
+
+    @rpc
+    def DeleteResource(self, request: pb.DeleteResourceRequest, context: Ctx) -> pb.Empty:
+        self.store.apply({"op": "DeleteResource", "arn": request.arn})
+        return EMPTY
+
+    # ------------------------------------------------------------ operations
+
+    @rpc
+    def Reload(self, request: pb.Empty, context: Ctx) -> pb.ReloadResponse:
+        ok, error = self.store.reload()
+        return pb.ReloadResponse(revision=self.store.revision, ok=ok, error=error)
+
+    @rpc
+    def Status(self, request: pb.Empty, context: Ctx) -> pb.StatusResponse:
+        return convert.status_to_proto(self.store.status())
+
+    @rpc
+    def ValidatePolicy(self, request: pb.ValidatePolicyRequest, context: Ctx) -> pb.ValidatePolicyResponse:
+        return convert.validation_to_proto(self.store.validate_policy(request.policy_type, request.document))

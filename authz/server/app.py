@@ -1,0 +1,298 @@
+"""Builds the sidecar from a Config and runs it: listeners, health, reflection, TLS, drain on SIGTERM, --workers.
+
+Server model. A synchronous `grpc.server` on a ThreadPoolExecutor. A decision is pure in-memory
+Python (the store's readers take no lock and do no I/O), so it holds the GIL from start to end
+and asyncio could not overlap anything: it would only add an event loop hop per call. The sync
+model keeps servicers as plain functions, lets the lock-free store serve several threads, and
+makes blocking work (admin writes to SQLite, reloads) harmless to other calls. The benchmark
+harness (bench/, which imports SERVER_OPTIONS and DEFAULT_WORKERS) compares this server with an
+echo server of the same settings; beyond one core, --workers adds processes, not threads.
+
+Listeners. The decision listener serves authz.v1.Authorizer, Envoy's ext_authz Check
+(authz.gateway.ext_authz, configured by --principal-from/--region/--trusted-proxies),
+grpc.health.v1 and reflection; it
+answers NOT_SERVING (and Authorize answers UNAVAILABLE) until the first policy set has loaded.
+The admin listener (--admin-listen, TCP or unix:PATH) serves authz.v1.PolicyAdmin and health,
+behind the admin token interceptor and/or mutual TLS; PolicyAdmin is never on the decision port.
+
+--workers N. The supervisor (the parent) reserves the decision port with SO_REUSEPORT, forks N
+children and only then does any child import and start gRPC: the parent never loads gRPC, whose
+fork support is limited. The kernel spreads connections over the children. Choice for state:
+worker 0 alone serves the admin listener (a unix socket cannot be shared, and one writer keeps
+admin calls read-your-writes), every worker persists to the same --state-dir (required), and
+every worker follows the shared op log every WORKER_SYNC_INTERVAL, re-applying what the others
+appended: an admin change or an AssumeRole session made through one process is honoured by all
+of them within that interval. Each worker has its own cache, its own revision counter (answers
+from different workers carry unrelated revision numbers), its own metrics (metrics port + index),
+and appends to the same decision log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..store import Store, StoreConfig
+from ..store.errors import StoreError
+from ..store.oplog import OpLog
+from . import settings
+from .config import UNIX_PREFIX, Config, split_host_port
+from .decision_log import DecisionLog
+from .metrics import Metrics, MetricsServer
+
+if TYPE_CHECKING:   # gRPC itself is imported only inside a serving process (see the module docstring)
+    import grpc
+    from grpc_health.v1.health import HealthServicer
+
+log = logging.getLogger("authz.server")
+
+ADMIN_THREADS = 4          # admin calls are rare and serialise on the store's write lock anyway
+
+
+@dataclass
+class Sidecar:
+    """A running server process: its store, listeners and side channels."""
+
+    config: Config
+    store: Store
+    servers: list[grpc.Server]
+    healths: list[HealthServicer]
+    addresses: dict[str, str]
+    metrics_server: MetricsServer | None = None
+    decision_log: DecisionLog | None = None
+    _sync_stop: threading.Event = field(default_factory=threading.Event)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls, let in-flight ones finish within `grace` seconds, then close everything."""
+        for h in self.healths:
+            h.enter_graceful_shutdown()       # probes and load balancers see NOT_SERVING first
+        done = [s.stop(grace) for s in self.servers]
+        for event in done:
+            event.wait()
+        self._sync_stop.set()
+        self.store.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        if self.decision_log is not None:
+            self.decision_log.close()
+
+
+def server_options(config: Config) -> list[tuple[str, Any]]:
+    opts = dict(settings.SERVER_OPTIONS)
+    if config.reuse_port:
+        opts["grpc.so_reuseport"] = 1
+    return list(opts.items())
+
+
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None, what: str) -> str:
+    """Bind a listener and return the address actually bound (port 0 picks a free port)."""
+    if address.startswith(UNIX_PREFIX) or credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if address.startswith(UNIX_PREFIX):
+        return address
+    if not port:
+        raise OSError(f"{what}: cannot listen on {address}")
+    host, _ = split_host_port(address, what)
+    return f"{host}:{port}"
+
+
+def _health(initial: dict[str, int]) -> HealthServicer:
+    from grpc_health.v1 import health
+    h = health.HealthServicer()
+    for service, status in initial.items():
+        h.set(service, status)
+    return h
+
+
+def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
+    """Build the store and the listeners, start serving, then load the first policy set."""
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from ..gateway import ext_authz
+    from ..v1 import authz_pb2, authz_pb2_grpc
+    from .admin import PolicyAdmin
+    from .auth import AdminTokenInterceptor, server_credentials
+    from .authorizer import Authorizer, Observer
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    store = Store(StoreConfig(bundle_dir=config.bundle, state_dir=config.state_dir, cache_size=config.cache_size,
+                              watch_interval=config.watch_interval), clock=clock)
+    credentials = (server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+                   if config.tls_cert is not None and config.tls_key is not None else None)
+
+    observers: list[Observer] = []
+    metrics: Metrics | None = None
+    if config.metrics_listen:
+        metrics = Metrics(store.status)
+        observers.append(metrics.observe)
+    decision_log = DecisionLog(config.decision_log) if config.decision_log else None
+    if decision_log is not None:
+        observers.append(decision_log.write)
+
+    decision = grpc.server(ThreadPoolExecutor(config.threads, thread_name_prefix="authz"),
+                           options=server_options(config))
+    authz_pb2_grpc.add_AuthorizerServicer_to_server(Authorizer(store, tuple(observers)), decision)
+    ext_authz.register(decision, store, ext_authz.GatewayOptions(
+        principal_from=config.principal_from, region=config.region, trusted_proxies=config.trusted_proxies))
+    decision_health = _health({"": not_serving, settings.AUTHORIZER_SERVICE: not_serving})
+    health_pb2_grpc.add_HealthServicer_to_server(decision_health, decision)
+    reflection.enable_server_reflection((authz_pb2.DESCRIPTOR.services_by_name["Authorizer"].full_name,
+                                         external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
+                                         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                         reflection.SERVICE_NAME), decision)
+    addresses = {"decision": _bind(decision, config.listen, credentials, "--listen")}
+    servers, healths = [decision], [decision_health]
+
+    if config.admin_listen:
+        interceptors = [AdminTokenInterceptor(config.admin_token)] if config.admin_token else []
+        admin = grpc.server(ThreadPoolExecutor(ADMIN_THREADS, thread_name_prefix="authz-admin"),
+                            options=settings.SERVER_OPTIONS,     # never shared, even with --workers
+                            interceptors=interceptors)
+        authz_pb2_grpc.add_PolicyAdminServicer_to_server(PolicyAdmin(store), admin)
+        admin_health = _health({"": serving, settings.ADMIN_SERVICE: serving,
+                                settings.AUTHORIZER_SERVICE: not_serving})
+        health_pb2_grpc.add_HealthServicer_to_server(admin_health, admin)
+        addresses["admin"] = _bind(admin, config.admin_listen, credentials, "--admin-listen")
+        servers.append(admin)
+        healths.append(admin_health)
+
+    def on_swap(_snapshot: object) -> None:
+        if store.ready:
+            decision_health.set("", serving)
+            for h in healths:
+                h.set(settings.AUTHORIZER_SERVICE, serving)
+
+    store.on_swap(on_swap)
+    for s in servers:
+        s.start()
+    if config.admin_listen and config.admin_listen.startswith(UNIX_PREFIX):
+        os.chmod(config.admin_listen[len(UNIX_PREFIX):], 0o600)   # only this user may administer
+    sidecar = Sidecar(config, store, servers, healths, addresses, decision_log=decision_log)
+    try:
+        store.open()
+        if metrics is not None and config.metrics_listen:
+            host, port = split_host_port(config.metrics_listen, "--metrics-listen")
+            sidecar.metrics_server = MetricsServer(metrics, host, port)
+            sidecar.metrics_server.start()
+            addresses["metrics"] = sidecar.metrics_server.address
+    except BaseException:
+        sidecar.stop(0)
+        raise
+    if config.reuse_port:
+        threading.Thread(target=_follow, args=(store, sidecar._sync_stop), name="state-follower",
+                         daemon=True).start()
+    if not store.ready:
+        log.error("no policy set loaded; health stays NOT_SERVING until the bundle loads: %s",
+                  store.status().last_load_error)
+    log.info("listening %s", json.dumps({"worker": config.worker_index, "pid": os.getpid(), **addresses}))
+    return sidecar
+
+
+def _follow(store: Store, stop: threading.Event) -> None:
+    """--workers: apply what the other processes appended to the shared op log."""
+    while not stop.wait(settings.WORKER_SYNC_INTERVAL):
+        try:
+            store.sync()
+        except StoreError as exc:
+            log.warning("cannot follow the shared state: %s", exc)
+
+
+def serve(config: Config) -> int:
+    """One server process: run until SIGTERM/SIGINT, then drain."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: draining (grace %.1f s)", signal.Signals(signum).name, config.drain_grace)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        sidecar = start(config)
+    except (StoreError, OSError, RuntimeError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    stop.wait()
+    sidecar.stop(config.drain_grace)
+    log.info("stopped")
+    return 0
+
+
+def _nth_address(address: str | None, index: int) -> str | None:
+    if address is None or index == 0:
+        return address
+    host, port = split_host_port(address, "--metrics-listen")
+    return f"{host}:{port + index if port else 0}"
+
+
+def supervise(config: Config) -> int:
+    """--workers N: reserve the port, fork the workers (before gRPC is loaded here), forward signals, reap."""
+    host, port = split_host_port(config.listen, "--listen")
+    if config.state_dir is not None:
+        # Create the shared database (and switch it to WAL) once, here: workers that race to do it
+        # themselves can find it locked. Closed again before the fork; no connection crosses it.
+        try:
+            OpLog(config.state_dir).close()
+        except StoreError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+    reserved = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserved.bind((host, port))            # held, never listened on: keeps the port ours while workers come up
+    port = reserved.getsockname()[1]
+    children: set[int] = set()
+    for i in range(config.workers):
+        pid = os.fork()
+        if pid == 0:   # pragma: no cover - runs in the child
+            code = 1
+            try:
+                reserved.close()
+                code = serve(replace(config, listen=f"{host}:{port}", workers=1, reuse_port=True, worker_index=i,
+                                     admin_listen=config.admin_listen if i == 0 else None,
+                                     metrics_listen=_nth_address(config.metrics_listen, i)))
+            finally:
+                os._exit(code)
+        children.add(pid)
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in list(children):
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    log.info("supervising %d workers on %s:%d", config.workers, host, port)
+    result = 0
+    while children:
+        pid, status = os.waitpid(-1, 0)
+        children.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            result = result or (code if code > 0 else 1)
+            if not stopping:   # one worker died: stop the rest so that the orchestrator restarts us whole
+                log.error("worker %d exited with %d; stopping the others", pid, code)
+                forward(signal.SIGTERM, None)
+    reserved.close()
+    return result
+
+
+def run(config: Config) -> int:
+    return supervise(config) if config.workers > 1 else serve(config)

@@ -1,0 +1,157 @@
+"""The Authorizer servicer: Authorize, AuthorizeBatch, Simulate and AssumeRole, each checking limits,
+converting, calling the store or the engine, and converting back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Callable, Mapping
+
+import grpc
+
+from ..evaluate import EngineOptions, evaluate
+from ..policy.errors import LimitError, RequestError
+from ..requests import MAX_BATCH, check_request
+from ..store import Answer, PermissionDenied, Store
+from ..v1 import authz_pb2 as pb
+from ..v1 import authz_pb2_grpc as pb_grpc
+from . import convert, settings
+from .decision_log import DecisionEvent, statement_label
+from .errors import NotServing, rpc
+
+Observer = Callable[[DecisionEvent], None]
+FieldError = RequestError | LimitError
+
+
+def renamed(exc: FieldError, field: str) -> FieldError:
+    """The same error about another field name (e.g. `principal` -> `requests[3].principal`)."""
+    message = str(exc).removeprefix(f"{exc.field}: ")
+    return type(exc)(field, message)
+
+
+def _request_id(given: str, context: grpc.ServicerContext) -> str:
+    if given:
+        return given
+    for key, value in context.invocation_metadata() or ():
+        if key == settings.REQUEST_ID_HEADER and isinstance(value, str) and value:
+            return value[:128]
+    return uuid.uuid4().hex
+
+
+def check_simulate(req: pb.SimulateRequest) -> None:
+    """Limits of one Simulate call, named after the fields that break them."""
+    r = req.request
+    try:
+        check_request(r.principal, r.action, r.resource, convert.context_from_proto(r.context))
+    except (RequestError, LimitError) as exc:
+        raise renamed(exc, f"request.{exc.field}") from None
+    for name, levels, cap in (("scp_levels", req.scp_levels, settings.MAX_SCP_LEVELS),
+                              ("rcp_levels", req.rcp_levels, settings.MAX_RCP_LEVELS)):
+        if len(levels) > cap:
+            raise LimitError(name, f"{len(levels)} levels; at most {cap} (root, OUs, account)")
+    n = convert.simulate_document_count(req)
+    if n > settings.MAX_SIMULATE_DOCUMENTS:
+        raise LimitError("identity_policies", f"{n} policy documents in one call; at most "
+                                              f"{settings.MAX_SIMULATE_DOCUMENTS} (MAX_SIMULATE_DOCUMENTS)")
+
+
+class Authorizer(pb_grpc.AuthorizerServicer):
+    def __init__(self, store: Store, observers: tuple[Observer, ...] = (), options: EngineOptions | None = None
+                 ) -> None:
+        self.store = store
+        self.observers = observers
+        self.options = options if options is not None else store.config.options
+
+    def _require_ready(self) -> None:
+        if not self.store.ready:
+            raise NotServing("no policy set has loaded yet (health is NOT_SERVING); the admin Status call "
+                             "shows the last load error")
+
+    def _emit(self, events: list[DecisionEvent]) -> None:
+        for observe in self.observers:
+            for event in events:
+                observe(event)
+
+    @staticmethod
+    def _event(rpc_name: str, request_id: str, r: pb.AuthorizeRequest, answer: Answer, seconds: float
+               ) -> DecisionEvent:
+        result = answer.result
+        return DecisionEvent(rpc_name, request_id, r.principal, r.action, r.resource, result.decision.value,
+                             tuple(statement_label(m.policy_type, m.policy_name, m.index, m.sid)
+                                   for m in result.deciding),
+                             answer.revision, seconds, answer.cached)
+
+    def _decide(self, r: pb.AuthorizeRequest) -> Answer:
+        principal, action, resource, context = convert.authorize_args(r)
+        return self.store.authorize(principal, action, resource, context, explain=r.explain)
+
+    @rpc
+    def Authorize(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> pb.AuthorizeResponse:
+        self._require_ready()
+        start = time.perf_counter()
+        answer = self._decide(request)
+        elapsed = time.perf_counter() - start
+        if self.observers:
+            self._emit([self._event("Authorize", _request_id(request.request_id, context), request, answer,
+                                    elapsed)])
+        return convert.result_to_proto(answer.result, answer.revision, answer.cached, request.explain)
+
+    @rpc
+    def AuthorizeBatch(self, request: pb.AuthorizeBatchRequest, context: grpc.ServicerContext
+                       ) -> pb.AuthorizeBatchResponse:
+        n = len(request.requests)
+        if n > MAX_BATCH:
+            raise LimitError("requests", f"{n} requests in one batch; at most {MAX_BATCH} (MAX_BATCH)")
+        self._require_ready()
+        batch_id = _request_id("", context)
+        out = pb.AuthorizeBatchResponse()
+        events: list[DecisionEvent] = []
+        for i, r in enumerate(request.requests):
+            start = time.perf_counter()
+            try:
+                answer = self._decide(r)
+            except (RequestError, LimitError) as exc:
+                raise renamed(exc, f"requests[{i}].{exc.field}") from None
+            elapsed = time.perf_counter() - start
+            if self.observers:
+                events.append(self._event("AuthorizeBatch", r.request_id or f"{batch_id}.{i}", r, answer, elapsed))
+            out.responses.append(convert.result_to_proto(answer.result, answer.revision, answer.cached, r.explain))
+        self._emit(events)   # only once every answer exists: a rejected batch logs nothing
+        return out
+
+    @rpc
+    def Simulate(self, request: pb.SimulateRequest, context: grpc.ServicerContext) -> pb.SimulateResponse:
+        check_simulate(request)
+        req, policies, explain = convert.simulate_input(request)
+        result = evaluate(req, policies, explain=explain, options=self.options)
+        # Revision 0: the answer comes from the documents in the request, not from the store.
+        return pb.SimulateResponse(result=convert.result_to_proto(result, 0, False, explain))
+
+    @rpc
+    def AssumeRole(self, request: pb.AssumeRoleRequest, context: grpc.ServicerContext) -> pb.AssumeRoleResponse:
+        self._require_ready()
+        ctx = convert.context_from_proto(request.context)
+        try:
+            check_request(request.caller, "sts:AssumeRole", request.role_arn, ctx)
+        except (RequestError, LimitError) as exc:
+            raise renamed(exc, _ASSUME_FIELDS.get(exc.field, exc.field)) from None
+        tags = convert.tags_from_proto(request.tags)
+        start = time.perf_counter()
+        try:
+            grant = self.store.assume_role(request.caller, request.role_arn, request.session_name,
+                                           request.duration_seconds, request.session_policy or None, tags, ctx)
+        except PermissionDenied:
+            self._observe_assume(context, request, "Denied", "", time.perf_counter() - start)
+            raise
+        self._observe_assume(context, request, "Allow", grant.assumed_role_arn, time.perf_counter() - start)
+        return convert.grant_to_proto(grant)
+
+    def _observe_assume(self, context: grpc.ServicerContext, request: pb.AssumeRoleRequest, decision: str,
+                        session_arn: str, seconds: float) -> None:
+        # Only the session's ARN: its secret key and session token stay in the response.
+        self._emit([DecisionEvent("AssumeRole", _request_id("", context), request.caller, "sts:AssumeRole",
+                                  request.role_arn, decision, (), self.store.revision, seconds,
+                                  session_arn=session_arn)])
+
+
+_ASSUME_FIELDS: Mapping[str, str] = {"principal": "caller", "resource": "role_arn"}

@@ -1,0 +1,212 @@
+"""Server configuration: the flags of `python server.py` and `authz serve`, each also read from AUTHZ_<FLAG>.
+
+This module imports neither grpc nor the servicers: with --workers N the supervisor forks the
+worker processes before gRPC is loaded (see app.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..gateway.principal import PRINCIPAL_FROM_HELP, parse_principal_from, parse_region, parse_trusted_proxies
+from ..store.store import DEFAULT_CACHE_SIZE, DEFAULT_WATCH_INTERVAL
+from . import settings
+
+ENV_PREFIX = "AUTHZ_"
+UNIX_PREFIX = "unix:"
+
+
+@dataclass(frozen=True)
+class Config:
+    bundle: Path | None = None
+    listen: str = settings.DEFAULT_LISTEN
+    admin_listen: str | None = None
+    admin_token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    state_dir: Path | None = None
+    cache_size: int = DEFAULT_CACHE_SIZE
+    metrics_listen: str | None = None
+    decision_log: str | None = None
+    workers: int = 1
+    threads: int = settings.DEFAULT_WORKERS
+    watch_interval: float = DEFAULT_WATCH_INTERVAL
+    drain_grace: float = settings.DRAIN_GRACE_SECONDS
+    log_level: str = "INFO"
+    principal_from: str = "sigv4"     # Envoy ext_authz: where the caller's identity comes from
+    region: str = "us-east-1"         # Envoy ext_authz: region of names when a request has no SigV4 scope
+    trusted_proxies: tuple[str, ...] = ()
+    reuse_port: bool = False          # set by the --workers supervisor for its children, never a flag
+    worker_index: int = 0
+
+
+def env_name(flag: str) -> str:
+    """--admin-listen -> AUTHZ_ADMIN_LISTEN"""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def split_host_port(address: str, flag: str) -> tuple[str, int]:
+    """'127.0.0.1:50051', '[::1]:50051' or ':50051' (all interfaces) -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{flag}: expected HOST:PORT, e.g. 127.0.0.1:50051; got {address!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _positive(kind: Callable[[str], Any], minimum: float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+DESCRIPTION = """\
+IAM-exact authorization sidecar for Kinesis Video Streams gateways (gRPC).
+
+The decision listener (--listen) serves authz.v1.Authorizer, Envoy's external authorization
+(envoy.service.auth.v3.Authorization, see deploy/README.md), gRPC health and reflection. The admin
+service authz.v1.PolicyAdmin is only ever served on the separate --admin-listen address (a TCP
+address, which then needs --admin-token or mutual TLS, or a unix socket). Every flag can also be
+set through the environment variable named after it: --admin-listen -> AUTHZ_ADMIN_LISTEN.
+"""
+
+EPILOG = """\
+examples:
+  python server.py --bundle examples/bundle --state-dir .state
+  python server.py --bundle /etc/authz/bundle --listen 0.0.0.0:50051 \\
+      --admin-listen unix:/run/authz/admin.sock --metrics-listen 127.0.0.1:9464 --decision-log -
+  AUTHZ_ADMIN_TOKEN=s3cret authz serve --bundle b/ --admin-listen 127.0.0.1:50052
+
+SIGTERM drains in-flight calls (--drain-grace) and exits 0.
+"""
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def flag(name: str, help_text: str, *, secret: bool = False, **kw: Any) -> None:
+        env = env_name(name)
+        default = kw.pop("default", None)
+        shown = f"; default {default}" if default is not None else ""
+        if env in os.environ and not secret:   # a secret is read after parsing, so --help never prints it
+            default = os.environ[env]          # argparse applies `type` to string defaults
+        ap.add_argument(name, default=default, help=f"{help_text}{shown} [env {env}]", **kw)
+
+    flag("--bundle", "directory of bundle files (IAM get-account-authorization-details JSON or hand-written "
+                     "YAML/JSON), watched for changes; e.g. --bundle examples/bundle", type=Path, metavar="DIR")
+    flag("--listen", "decision listener: Authorizer + health + reflection; e.g. --listen 0.0.0.0:50051",
+         default=settings.DEFAULT_LISTEN, metavar="HOST:PORT")
+    flag("--admin-listen", "admin listener (PolicyAdmin + health), never the decision listener: HOST:PORT or "
+                           "unix:PATH; e.g. --admin-listen unix:/run/authz/admin.sock. Without it there is no "
+                           "admin service", metavar="ADDR")
+    flag("--admin-token", "bearer token every admin call must present as metadata 'authorization: Bearer TOKEN'; "
+                          "prefer the environment variable or --admin-token-file over the command line (visible in ps); "
+                          "e.g. AUTHZ_ADMIN_TOKEN=$(cat /run/secrets/authz-admin)", secret=True,
+         metavar="TOKEN")
+    flag("--admin-token-file", "read the admin token from this file (first line); e.g. /run/secrets/authz-admin",
+         type=Path, metavar="PATH")
+    flag("--tls-cert", "PEM certificate chain for both listeners (TCP); e.g. --tls-cert /etc/authz/tls.crt",
+         type=Path, metavar="PATH")
+    flag("--tls-key", "PEM private key for --tls-cert; e.g. --tls-key /etc/authz/tls.key", type=Path, metavar="PATH")
+    flag("--tls-client-ca", "PEM CA bundle: require client certificates signed by it (mutual TLS) on both "
+                            "listeners; on the admin listener this authenticates admin callers without a token",
+         type=Path, metavar="PATH")
+    flag("--state-dir", "directory for the SQLite log of admin changes and sessions, replayed at start; "
+                        "without it admin changes live only in memory; e.g. --state-dir /var/lib/authz",
+         type=Path, metavar="DIR")
+    flag("--cache-size", "decision cache entries (0 disables the cache); e.g. --cache-size 200000",
+         type=_positive(int, 0), default=DEFAULT_CACHE_SIZE, metavar="N")
+    flag("--metrics-listen", "serve Prometheus metrics (text format) at http://ADDR/metrics (with --workers N, "
+                             "worker i on PORT+i); e.g. --metrics-listen 127.0.0.1:9464", metavar="HOST:PORT")
+    flag("--decision-log", "append one JSON line per decision (time, request id, principal, action, resource, "
+                           "decision, deciding statements, revision, latency) to PATH, or '-' for stdout; "
+                           "secrets are never logged; e.g. --decision-log /var/log/authz/decisions.jsonl",
+         metavar="PATH|-")
+    flag("--workers", "processes sharing the decision port through SO_REUSEPORT; with N > 1, --state-dir is "
+                      "required, worker 0 alone serves the admin listener, and every worker follows the shared "
+                      f"state within {settings.WORKER_SYNC_INTERVAL} s; e.g. --workers 2",
+         type=_positive(int, 1), default=1, metavar="N")
+    flag("--threads", "gRPC worker threads per process; e.g. --threads 16", type=_positive(int, 1),
+         default=settings.DEFAULT_WORKERS, metavar="N")
+    flag("--watch-interval", "seconds between checks of the bundle directory for changes (0 disables "
+                             "watching; reload through the admin Reload call); e.g. --watch-interval 5",
+         type=_positive(float, 0), default=DEFAULT_WATCH_INTERVAL, metavar="SECONDS")
+    flag("--drain-grace", "on SIGTERM, seconds in-flight calls get to finish; e.g. --drain-grace 30",
+         type=_positive(float, 0), default=settings.DRAIN_GRACE_SECONDS, metavar="SECONDS")
+    flag("--principal-from", f"Envoy ext_authz (served on the decision listener): who the caller is; "
+                             f"{PRINCIPAL_FROM_HELP}; e.g. --principal-from header:x-authenticated-principal",
+         default="sigv4", metavar="SOURCE")
+    flag("--region", "Envoy ext_authz: region in which stream and channel names resolve when a request has no "
+                     "SigV4 credential scope; e.g. --region us-west-2", default="us-east-1", metavar="REGION")
+    flag("--trusted-proxies", "Envoy ext_authz: comma-separated CIDRs of proxies in front of Envoy whose "
+                              "X-Forwarded-For entries are believed for aws:SourceIp; e.g. --trusted-proxies "
+                              "10.0.0.0/8", default="", metavar="CIDRS")
+    flag("--log-level", "DEBUG, INFO, WARNING or ERROR; e.g. --log-level DEBUG", default="INFO", metavar="LEVEL",
+         type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return ap
+
+
+def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> Config:
+    """Flags (and environment) -> Config; exits with a usage message naming the flag when they do not fit."""
+    ap = build_parser(prog)
+    a = ap.parse_args(argv)
+    token: str | None = a.admin_token or os.environ.get(env_name("--admin-token")) or None
+    if a.admin_token_file is not None:
+        try:
+            token = a.admin_token_file.read_text(encoding="utf-8").splitlines()[0].strip() or None
+        except (OSError, IndexError) as exc:
+            ap.error(f"--admin-token-file: cannot read a token from {a.admin_token_file}: {exc}")
+    try:
+        split_host_port(a.listen, "--listen")
+        if a.metrics_listen:
+            split_host_port(a.metrics_listen, "--metrics-listen")
+        if a.admin_listen and not a.admin_listen.startswith(UNIX_PREFIX):
+            split_host_port(a.admin_listen, "--admin-listen")
+    except ValueError as exc:
+        ap.error(str(exc))
+    try:
+        parse_principal_from(a.principal_from)
+        region = parse_region(a.region)
+        proxies = parse_trusted_proxies(a.trusted_proxies)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if (a.tls_cert is None) != (a.tls_key is None):
+        ap.error("--tls-cert and --tls-key go together")
+    if a.tls_client_ca is not None and a.tls_cert is None:
+        ap.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    if a.admin_listen:
+        if a.admin_listen == a.listen and not a.listen.endswith(":0"):
+            ap.error("--admin-listen must differ from --listen: the admin service is never on the decision listener")
+        if not a.admin_listen.startswith(UNIX_PREFIX) and token is None and a.tls_client_ca is None:
+            ap.error("an admin listener on TCP needs --admin-token (or AUTHZ_ADMIN_TOKEN) or --tls-client-ca; "
+                     "or use a unix socket: --admin-listen unix:PATH")
+    elif token is not None:
+        ap.error("--admin-token without --admin-listen: there is no admin listener to protect")
+    if a.workers > 1 and a.state_dir is None:
+        ap.error("--workers > 1 needs --state-dir: the worker processes share admin changes and sessions through it")
+    return Config(bundle=a.bundle, listen=a.listen, admin_listen=a.admin_listen or None, admin_token=token,
+                  tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca, state_dir=a.state_dir,
+                  cache_size=a.cache_size, metrics_listen=a.metrics_listen or None,
+                  decision_log=a.decision_log or None, workers=a.workers, threads=a.threads,
+                  watch_interval=a.watch_interval, drain_grace=a.drain_grace, log_level=a.log_level,
+                  principal_from=a.principal_from.strip(), region=region, trusted_proxies=proxies)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Entry point of `python server.py` and `authz serve`: parse, then run until SIGTERM."""
+    config = parse_config(argv, prog)
+    logging.basicConfig(level=config.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .app import run   # after parsing: --help and flag errors never load gRPC
+    return run(config)

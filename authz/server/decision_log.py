@@ -1,0 +1,87 @@
+"""The decision log: one JSON line per decision, built from an allow-list of fields so that no secret can leak.
+
+What a line holds is fixed by DecisionEvent: who asked for what, the answer, the statements that
+decided it, the revision and the latency. Secrets (secret access keys, session tokens, SigV4
+signatures) never reach an event: AssumeRole's credentials stay in its response, and request
+contexts, which a gateway may fill with anything, are not logged at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+STDOUT = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionEvent:
+    rpc: str                          # Authorize, AuthorizeBatch or AssumeRole
+    request_id: str
+    principal: str
+    action: str
+    resource: str
+    decision: str                     # Allow, ExplicitDeny, ImplicitDeny; AssumeRole refusals: Denied
+    deciding: tuple[str, ...]         # "type:policy-name#index" (+ "/sid" when the statement has one)
+    revision: int
+    latency_seconds: float
+    cached: bool = False
+    session_arn: str = ""             # AssumeRole: the session it created (an ARN, not a credential)
+    time: float = 0.0                 # unix seconds; 0 = when the line is written
+
+    def as_json(self) -> str:
+        when = self.time or time.time()
+        record = {
+            "time": datetime.fromtimestamp(when, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "request_id": self.request_id,
+            "rpc": self.rpc,
+            "principal": self.principal,
+            "action": self.action,
+            "resource": self.resource,
+            "decision": self.decision,
+            "deciding_statements": list(self.deciding),
+            "revision": self.revision,
+            "latency_ms": round(self.latency_seconds * 1000, 3),
+            "cached": self.cached,
+        }
+        if self.session_arn:
+            record["session_arn"] = self.session_arn
+        return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def statement_label(policy_type: str, policy_name: str, index: int, sid: str) -> str:
+    return f"{policy_type}:{policy_name}#{index}" + (f"/{sid}" if sid else "")
+
+
+class DecisionLog:
+    """Appends lines to a file (O_APPEND, one write per line: several --workers processes can share the
+    file without interleaving) or to standard output for `-`."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._lock = threading.Lock()
+        if target == STDOUT:
+            self._fd = sys.stdout.fileno()
+            self._owned = False
+        else:
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            self._owned = True
+
+    def write(self, event: DecisionEvent) -> None:
+        data = (event.as_json() + "\n").encode("utf-8")
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._owned and self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

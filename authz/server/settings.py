@@ -1,0 +1,44 @@
+"""Named constants of the gRPC server: channel options, thread and process counts, Simulate limits, timings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..policy import limits
+
+MIB = 1024 * 1024
+MAX_MESSAGE_BYTES = 4 * MIB            # one message either way; a full batch of 1,000 requests fits easily
+
+# Threads of the grpc.server ThreadPoolExecutor, per process. Decisions are CPU-bound Python, so more
+# threads than this only queue on the GIL; enough that slow callers do not starve fast ones.
+DEFAULT_WORKERS = 8
+
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Off for one process: a second server on a taken port must fail, not silently share it.
+    # app.py turns it on when --workers N > 1 processes share the port on purpose.
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_time_ms", 60_000),                 # ping idle clients every minute ...
+    ("grpc.keepalive_timeout_ms", 20_000),              # ... and drop them when the ping is not answered
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),   # tolerate client keepalives down to 10 s
+    ("grpc.http2.max_ping_strikes", 2),
+]
+
+# Simulate: documents arrive inline, so their number and size are bounded here (the IAM API bounds a policy
+# text parameter at MAX_POLICY_TEXT_CHARS; Organizations trees are at most root + 5 OU levels + the account).
+MAX_SIMULATE_DOCUMENTS = 64                              # every document of one SimulateRequest together
+MAX_SIMULATE_DOCUMENT_CHARS = limits.MAX_POLICY_TEXT_CHARS
+MAX_SCP_LEVELS = 7
+MAX_RCP_LEVELS = MAX_SCP_LEVELS
+
+DRAIN_GRACE_SECONDS = 10.0             # SIGTERM: in-flight calls get this long to finish
+WORKER_SYNC_INTERVAL = 0.2             # --workers: how often each process looks for other processes' changes
+DEFAULT_LISTEN = "127.0.0.1:50051"
+ADMIN_TOKEN_HEADER = "authorization"   # metadata key; value "Bearer <token>"
+REQUEST_ID_HEADER = "x-request-id"     # metadata key read when AuthorizeRequest.request_id is empty
+
+# Health service names: "" is the whole server (what probes ask by default).
+AUTHORIZER_SERVICE = "authz.v1.Authorizer"
+ADMIN_SERVICE = "authz.v1.PolicyAdmin"

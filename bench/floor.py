@@ -1,0 +1,148 @@
+"""The floor: an echo authz.v1.Authorizer that answers a fixed response, served with the real server's settings.
+
+Every gRPC figure of the harness is reported next to this server's figure from the same run. The
+floor pays what any Python gRPC server pays (HTTP/2, protobuf parsing and serialization, the
+thread pool, the GIL) and nothing else, so `server / floor` is the cost of the decision path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from authz.v1 import authz_pb2, authz_pb2_grpc
+
+SETTINGS_MODULE = "authz.server.settings"
+
+# Used only while authz.server.settings does not exist. Chosen for this harness:
+FALLBACK_WORKERS = 8                 # threads: enough for 64 RPCs in flight to queue cheaply on 2 cores
+FALLBACK_OPTIONS: dict[str, Any] = {
+    "grpc.so_reuseport": 0,          # a second server on a taken port must fail, not share the port
+    "grpc.max_receive_message_length": 4 * 1024 * 1024,   # a full batch of 1,000 requests fits
+    "grpc.max_send_message_length": 4 * 1024 * 1024,
+}
+SERVICE_NAME = "authz.v1.Authorizer"
+
+Options = tuple[tuple[str, Any], ...]
+
+
+def _as_options(raw: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> Options:
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    return tuple((str(k), v) for k, v in items)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the floor and the real server share: worker threads and channel options."""
+
+    workers: int
+    options: Options
+    source: str                      # where they came from: the settings module or this file's fallback
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"workers": self.workers, "options": dict(self.options), "source": self.source}
+
+
+def server_settings(overrides: Mapping[str, Any] | None = None, workers: int | None = None,
+                    *, warn: bool = True) -> ServerSettings:
+    """The real server's settings (authz.server.settings), or this file's fallback with a warning."""
+    try:
+        mod = importlib.import_module(SETTINGS_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (SETTINGS_MODULE, "authz.server"):
+            raise
+        mod = None
+    if mod is not None and hasattr(mod, "SERVER_OPTIONS") and hasattr(mod, "DEFAULT_WORKERS"):
+        options = dict(_as_options(mod.SERVER_OPTIONS))
+        default_workers, source = int(mod.DEFAULT_WORKERS), SETTINGS_MODULE
+    else:
+        if warn:
+            print(f"warning: {SETTINGS_MODULE} (SERVER_OPTIONS, DEFAULT_WORKERS) not found; the floor uses "
+                  f"bench.floor's fallback settings: {FALLBACK_WORKERS} workers, {FALLBACK_OPTIONS}",
+                  file=sys.stderr)
+        options, default_workers, source = dict(FALLBACK_OPTIONS), FALLBACK_WORKERS, "bench.floor fallback"
+    if overrides:
+        options.update(overrides)
+        source += " + --server-options"
+    return ServerSettings(workers if workers is not None else default_workers, tuple(options.items()), source)
+
+
+FIXED_RESPONSE = authz_pb2.AuthorizeResponse(
+    decision=authz_pb2.DECISION_ALLOW,
+    deciding_statements=[authz_pb2.MatchedStatement(policy_type="identity", policy_name="p0001", sid="Produce1",
+                                                    index=1, effect="Allow")],
+    revision=1,
+)
+_BATCH_MEMO_MAX = 64
+
+
+class EchoAuthorizer(authz_pb2_grpc.AuthorizerServicer):
+    """Answers every Authorize with FIXED_RESPONSE and every batch with as many copies; decides nothing."""
+
+    def __init__(self) -> None:
+        self._batches: dict[int, authz_pb2.AuthorizeBatchResponse] = {}
+
+    def Authorize(self, request: authz_pb2.AuthorizeRequest,
+                  context: grpc.ServicerContext) -> authz_pb2.AuthorizeResponse:
+        return FIXED_RESPONSE
+
+    def AuthorizeBatch(self, request: authz_pb2.AuthorizeBatchRequest,
+                       context: grpc.ServicerContext) -> authz_pb2.AuthorizeBatchResponse:
+        n = len(request.requests)
+        answer = self._batches.get(n)
+        if answer is None:
+            answer = authz_pb2.AuthorizeBatchResponse(responses=[FIXED_RESPONSE] * n)
+            if len(self._batches) < _BATCH_MEMO_MAX:
+                self._batches[n] = answer
+        return answer
+
+
+def serve(listen: str, workers: int, *, options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None
+          ) -> grpc.Server:
+    """Start the floor on `listen` (host:port) with `workers` threads; options default to server_settings()."""
+    opts = _as_options(options) if options is not None else server_settings(workers=workers).options
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floor"), options=opts)
+    authz_pb2_grpc.add_AuthorizerServicer_to_server(EchoAuthorizer(), server)
+    health_servicer = health.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(listen)   # raises RuntimeError when the address cannot be bound
+    server.start()
+    return server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
+    ap.add_argument("--listen", required=True, help="host:port")
+    ap.add_argument("--workers", type=int, default=None, help="worker threads (default: the server's)")
+    ap.add_argument("--server-options", default=None,
+                    help="JSON object of gRPC channel options, merged over the server's settings")
+    args = ap.parse_args(argv)
+    overrides = json.loads(args.server_options) if args.server_options else None
+    settings = server_settings(overrides, args.workers, warn=overrides is None or args.workers is None)
+    server = serve(args.listen, settings.workers, options=settings.options)
+    stopped = threading.Event()
+
+    def stop(_sig: int, _frame: Any) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    stopped.wait()
+    server.stop(grace=0.5).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The harness's outputs: the environment record, results.json and the results.md tables."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+from .targets import REPO
+
+RESULT_KEYS = ("schema", "environment", "settings", "cases", "comparisons", "notes", "elapsed_s")
+ENVIRONMENT_KEYS = ("date", "cpu_model", "cores_logical", "cores_physical", "python", "implementation",
+                    "platform", "packages", "git_revision", "git_dirty", "load_average")
+COMPARISON_KEYS = ("case", "figure", "unit", "server", "floor", "ratio", "better")
+PACKAGES = ("grpcio", "grpcio-health-checking", "protobuf", "cachetools", "psutil", "matplotlib", "kvs-authz")
+SCHEMA = 1
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str:
+    # Read-only: GIT_OPTIONAL_LOCKS=0 keeps `git status` from refreshing (writing) the index.
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def environment() -> dict[str, Any]:
+    """Where and on what the figures were measured."""
+    import psutil
+
+    versions: dict[str, str] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": _cpu_model(),
+        "cores_logical": os.cpu_count(),
+        "cores_physical": psutil.cpu_count(logical=False),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "git_revision": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "load_average": list(os.getloadavg()),
+    }
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(results: Mapping[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.json"
+    path.write_text(json.dumps(_clean(results), indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) < 1:       # e.g. the floor's 0.042 us: keep three significant digits
+            return f"{value:.3g}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _spread_cell(s: Mapping[str, Any] | None, digits: int = 1) -> str:
+    if not s:
+        return "n/a"
+    return f"{_fmt(s.get('median'), digits)} [{_fmt(s.get('p10'), digits)}–{_fmt(s.get('p90'), digits)}]"
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """results.md: the server-vs-floor table, then each case's own figures and every skip."""
+    env = results["environment"]
+    st = results["settings"]
+    lines = [
+        "# Benchmark results", "",
+        f"{env['date']} · {env['cpu_model']} · {env['cores_logical']} cores · Python {env['python']} · "
+        f"grpcio {env['packages'].get('grpcio')} · git {str(env['git_revision'])[:12]}"
+        f"{' (dirty)' if env['git_dirty'] else ''} · load average at start {_fmt(env['load_average'][0], 2)}", "",
+        f"Mode: {'quick' if st['quick'] else 'full'}; {st['repeats']} repeats per figure; runs of "
+        f"{st['duration_s']} s after {st['warmup_s']} s warm-up"
+        f"{'; ' + str(st['requests']) + ' requests per run' if st.get('requests') else ''}. "
+        f"Server settings: {st['server_settings']['workers']} worker threads ({st['server_settings']['source']}).",
+        "", "Cells are `median [p10–p90]` over the repeats. Ratio = server ÷ floor, measured in the same run.", "",
+        "## Server vs floor", "",
+        "| case | figure | unit | server | floor | ratio | better |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in results["comparisons"]:
+        lines.append(f"| {row['case']} | {row['figure']} | {row['unit']} | {_spread_cell(row['server'])} | "
+                     f"{_spread_cell(row['floor'])} | {_fmt(row['ratio'], 2)} | {row['better']} |")
+    cases = results["cases"]
+    eng = cases.get("engine", {})
+    if "uncached_us" in eng:
+        lines += ["", "## Engine (in process)", "",
+                  "| attached policies | uncached µs/decision | × floor | store uncached µs | store cache-hit µs |",
+                  "| --- | --- | --- | --- | --- |"]
+        store = eng.get("store", {})
+        for n, s in eng["uncached_us"].items():
+            su = store.get("uncached_us", {}).get(n) if isinstance(store, Mapping) else None
+            sc = store.get("cache_hit_us", {}).get(n) if isinstance(store, Mapping) else None
+            lines.append(f"| {n} | {_spread_cell(s, 2)} | {_fmt(eng['ratio_to_floor'][n], 0)} | "
+                         f"{_spread_cell(su, 2)} | {_spread_cell(sc, 2)} |")
+        lines += ["", f"Floor (function call + dict lookup): {_spread_cell(eng['floor_us'], 3)} µs. "
+                  f"{eng.get('target_line', '')}"]
+        if isinstance(store, Mapping) and store.get("skipped"):
+            lines.append(f"Store figures skipped: {store['skipped']}")
+    scale = cases.get("scale", {})
+    if scale.get("sizes"):
+        lines += ["", "## Scale (store, fresh process per size)", "",
+                  "| principals | load s | reload s | RSS loaded MB | RSS after decisions MB | cold µs | warm µs |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for row in scale["sizes"]:
+            if "skipped" in row:
+                lines.append(f"| {row['principals']:,} | skipped: {row['skipped']} | | | | | |")
+                continue
+            lines.append(f"| {row['principals']:,} | {_fmt(row['load_s'], 2)} | {_spread_cell(row['reload_s'], 2)} | "
+                         f"{_fmt(row['rss_mb']['loaded'])} | {_fmt(row['rss_mb']['after_decisions'])} | "
+                         f"{_spread_cell(row['cold_us'])} | {_spread_cell(row['warm_us'])} |")
+    skipped = [(name, c["skipped"]) for name, c in cases.items() if isinstance(c, Mapping) and c.get("skipped")]
+    for row in scale.get("sizes") or ():
+        if row.get("skipped"):
+            skipped.append((f"scale, {row['principals']:,} principals", row["skipped"]))
+    if skipped:
+        lines += ["", "## Skipped", ""] + [f"- {name}: {why}" for name, why in skipped]
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    lines += ["", f"Total time: {_fmt(results.get('elapsed_s'))} s.", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(results: Mapping[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.md"
+    path.write_text(markdown(_clean(results)), encoding="utf-8")
+    return path

@@ -1,0 +1,561 @@
+"""Orchestrates the benchmark cases, pairs every gRPC figure with the floor's from the same run, writes the results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import engine as engine_bench
+from . import plots, report
+from .fixtures import (ENGINE_USERS, REQUEST_CONTEXT, authorize_payloads, batch_payloads, engine_bundle_document,
+                       engine_requests, write_bundle, write_bundle_document)
+from .floor import ServerSettings, server_settings
+from .loadgen import LoadClient, LoadResult, LoadSpec
+from .stats import percentile, ratio, spread
+from .targets import REPO, ServedProcess, StoreTarget, Unavailable, envoy_hop, start_floor, start_server, store_missing
+
+CASES = ("engine", "scale", "closed", "open", "batch", "envoy")
+DEFAULT_OUT = REPO / "bench" / "results"
+FLOOR, SERVER = "floor", "server"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations of one harness run."""
+
+    quick: bool = False
+    cases: tuple[str, ...] = CASES
+    repeats: int = 3
+    duration_s: float = 3.0
+    warmup_s: float = 0.5
+    requests: int | None = None              # bound every load run to this many recorded requests
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)
+    open_fractions: tuple[float, ...] = (0.25, 0.5, 0.8)
+    batch_size: int = 100
+    batch_in_flight: int = 4
+    scale_sizes: tuple[int, ...] = (100, 10_000, 100_000)
+    scale_budget_s: float = 150.0            # per size; a store that takes longer is reported as such
+    engine_samples: int = 40
+    bundle_principals: int = 1_000           # the bundle the gRPC server serves
+    request_principals: int = 64             # distinct users in the gRPC request mix
+    connections: int = 1                     # client connections per run (server.py --workers spreads by connection)
+    server: bool = True
+    server_workers: int | None = None        # server.py --workers (not passed when None)
+    server_options: Mapping[str, Any] | None = None
+    plots: bool = True
+    out: Path = DEFAULT_OUT
+
+    @classmethod
+    def quick_plan(cls) -> "Plan":
+        return cls(quick=True, repeats=2, duration_s=0.5, warmup_s=0.15, scale_sizes=(100, 10_000),
+                   scale_budget_s=60.0, engine_samples=10, bundle_principals=100)
+
+
+class Progress:
+    """One line per step on stderr, stamped with the time since the start."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.t0 = time.monotonic()
+        self.stream = stream if stream is not None else sys.stderr
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {message}", file=self.stream, flush=True)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+
+def _finite_spread(values: Sequence[float]) -> dict[str, Any] | None:
+    xs = [v for v in values if not math.isnan(v)]
+    return spread(xs).as_dict() if xs else None
+
+
+def load_figure(results: Sequence[LoadResult]) -> dict[str, Any]:
+    """Median and spread over the repeats of one load configuration, with every run's summary."""
+    return {
+        "throughput_rps": _finite_spread([r.throughput for r in results]),
+        "decisions_per_s": _finite_spread([r.decisions_per_s for r in results]),
+        "p50_us": _finite_spread([r.percentile(50) for r in results]),
+        "p99_us": _finite_spread([r.percentile(99) for r in results]),
+        "p999_us": _finite_spread([r.percentile(99.9) for r in results]),
+        "sent": sum(r.sent for r in results),
+        "ok": sum(r.ok for r in results),
+        "errors": sum(sum(r.errors.values()) for r in results),
+        "cached_fraction": (sum(r.cached for r in results) / a) if (a := sum(r.answers for r in results)) else 0.0,
+        "runs": [r.summary() for r in results],
+    }
+
+
+def _merged(results: Sequence[LoadResult]) -> list[float]:
+    return sorted(v for r in results for v in r.latencies_us)
+
+
+def _line(r: LoadResult) -> str:
+    rate = f"{r.throughput:,.0f} rps" if r.method == "Authorize" else f"{r.decisions_per_s:,.0f} decisions/s"
+    extra = f", {sum(r.errors.values())} errors" if r.errors else ""
+    if r.answers:
+        extra += f", {r.cached / r.answers:.0%} cached"
+    return (f"{rate}, p50 {percentile(r.latencies_us, 50) / 1000:.2f} ms, "
+            f"p99 {percentile(r.latencies_us, 99) / 1000:.2f} ms{extra}")
+
+
+# ------------------------------------------------------------------ case 1: engine
+
+def case_engine(plan: Plan, progress: Progress) -> dict[str, Any]:
+    """Uncached µs/decision in process (bench.engine), plus the store's uncached and cache-hit paths."""
+    progress(f"engine: {plan.engine_samples} samples x {len(engine_bench.POLICY_COUNTS)} policy counts + floor")
+    fig = engine_bench.measure(samples=plan.engine_samples)
+    for line in engine_bench.report_lines(fig):
+        progress("  " + line)
+    out = fig.as_dict()
+    out["target_line"] = fig.target_line()
+    out["store"] = _engine_store(plan, progress)
+    return out
+
+
+def _engine_store(plan: Plan, progress: Progress) -> dict[str, Any]:
+    missing = store_missing()
+    if missing:
+        progress(f"engine via store: skipped: {missing}")
+        return {"skipped": missing}
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        write_bundle_document(bundle, engine_bundle_document(), len(ENGINE_USERS))
+        with StoreTarget(bundle, Path(tmp) / "state-a", cache=False) as plain, \
+                StoreTarget(bundle, Path(tmp) / "state-b", cache=True) as cached:
+            loops: dict[str, engine_bench.Loop] = {}
+            hit_checks: dict[int, tuple[int, int]] = {}
+            for user, policies in ENGINE_USERS.items():
+                reqs = [(r.principal, r.action, r.resource) for r in engine_requests(principal=user)]
+                for p, a, res in reqs:            # fill the cache and the lazily built policy sets
+                    plain.decide(p, a, res, REQUEST_CONTEXT)
+                    cached.decide(p, a, res, REQUEST_CONTEXT)
+                hit_checks[policies] = (sum(cached.decide(p, a, res, REQUEST_CONTEXT)[1] for p, a, res in reqs),
+                                        len(reqs))
+                loops[f"uncached/{policies}"] = _store_loop(plain, reqs)
+                loops[f"cache_hit/{policies}"] = _store_loop(cached, reqs)
+            loops[engine_bench.FLOOR] = engine_bench.floor_loop(len(engine_requests()))
+            progress(f"engine via store: {plan.engine_samples} samples x {len(loops)} loops")
+            raw = engine_bench.interleaved_samples(loops, plan.engine_samples)
+    out: dict[str, Any] = {"uncached_us": {}, "cache_hit_us": {}, "floor_us": spread(raw[engine_bench.FLOOR]).as_dict()}
+    for policies in ENGINE_USERS.values():
+        out["uncached_us"][str(policies)] = spread(raw[f"uncached/{policies}"]).as_dict()
+        out["cache_hit_us"][str(policies)] = spread(raw[f"cache_hit/{policies}"]).as_dict()
+        hits, total = hit_checks[policies]
+        out.setdefault("cache_hit_fraction", {})[str(policies)] = hits / total
+        progress(f"  store, {policies:>2} policies: uncached {out['uncached_us'][str(policies)]['median']:.2f} us, "
+                 f"cache hit {out['cache_hit_us'][str(policies)]['median']:.2f} us "
+                 f"({hits}/{total} answered by the cache)")
+    return out
+
+
+def _store_loop(store: StoreTarget, reqs: Sequence[tuple[str, str, str]]) -> engine_bench.Loop:
+    return engine_bench.call_loop(store.decide, [(p, a, res, REQUEST_CONTEXT) for p, a, res in reqs])
+
+
+# ------------------------------------------------------------------ case 2: scale
+
+def case_scale(plan: Plan, progress: Progress) -> dict[str, Any]:
+    """Load/reload time, RSS and decision cost per number of principals, each size in a fresh process."""
+    missing = store_missing()
+    if missing:
+        progress(f"scale: skipped: {missing}")
+        return {"skipped": missing}
+    sizes: list[dict[str, Any]] = []
+    over_budget = 0
+    for n in sorted(plan.scale_sizes):
+        if over_budget:
+            sizes.append({"principals": n, "skipped": f"{over_budget:,} principals already took longer than "
+                                                      f"{plan.scale_budget_s:.0f} s"})
+            progress(f"scale: {n:,} principals: {sizes[-1]['skipped']}")
+            continue
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            t0 = time.perf_counter()
+            bundle = write_bundle(Path(tmp) / "bundle", n)
+            write_s = time.perf_counter() - t0
+            progress(f"scale: {n:,} principals: bundle written ({bundle.bytes / 1e6:.1f} MB, {write_s:.1f} s); "
+                     f"loading in a fresh process (budget {plan.scale_budget_s:.0f} s)")
+            argv = [sys.executable, "-m", "bench.scale", "--bundle", str(bundle.directory), "--principals", str(n),
+                    "--samples", "5" if plan.quick else "10", "--reloads", "1" if plan.quick or n > 10_000 else "3"]
+            try:
+                proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=plan.scale_budget_s)
+            except subprocess.TimeoutExpired:     # run() has killed the child
+                over_budget = n
+                row: dict[str, Any] = {"principals": n, "over_budget_s": plan.scale_budget_s,
+                                       "skipped": f"load + decisions + reload did not finish within "
+                                                  f"{plan.scale_budget_s:.0f} s"}
+            else:
+                if proc.returncode != 0 or not proc.stdout.strip():
+                    raise RuntimeError(f"bench.scale failed for {n} principals:\n{proc.stderr[-2000:]}")
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row["bundle_bytes"] = bundle.bytes
+            row["bundle_write_s"] = write_s
+        if "skipped" in row:
+            progress(f"  {row['skipped']}")
+        else:
+            progress(f"  load {row['load_s']:.2f} s, reload {row['reload_s']['median']:.2f} s, "
+                     f"RSS {row['rss_mb']['loaded']:.0f} MB loaded / {row['rss_mb']['after_decisions']:.0f} MB "
+                     f"after decisions, cold {row['cold_us']['median']:.0f} us, warm {row['warm_us']['median']:.1f} us")
+        sizes.append(row)
+    return {"sizes": sizes, "policy_pool": 1_000, "policies_per_principal": 3}
+
+
+# ------------------------------------------------------------------ cases 3-5: gRPC
+
+@dataclass
+class GrpcBench:
+    """The processes of the gRPC cases and the state shared between them."""
+
+    plan: Plan
+    progress: Progress
+    client: LoadClient
+    targets: dict[str, str]                  # name -> address; the server only when it started
+    server_skip: str = ""
+    counter: int = 0                         # next unique-request number (the server's cache outlives runs)
+    latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)   # plot data
+
+    def run(self, target: str, spec: LoadSpec, label: str) -> LoadResult:
+        spec = replace(spec, address=self.targets[target], counter_start=self.counter)
+        result = self.client.run(spec)
+        self.counter = max(self.counter, result.next_counter)
+        self.progress(f"{label} {target:<6}: {_line(result)}")
+        return result
+
+    def spec(self, payloads: Sequence[bytes], **kw: Any) -> LoadSpec:
+        p = self.plan
+        return LoadSpec("", tuple(payloads), duration_s=p.duration_s, warmup_s=p.warmup_s, requests=p.requests,
+                        connections=p.connections, **kw)
+
+    def order(self, rep: int) -> list[str]:
+        """Alternate which target goes first, so drifting machine load does not favour either."""
+        names = list(self.targets)
+        return names if rep % 2 == 0 else names[::-1]
+
+    def repeated(self, label: str, spec: LoadSpec, only: str | None = None) -> dict[str, list[LoadResult]]:
+        """`spec` against every target (or `only` that one), plan.repeats times, alternating the order."""
+        runs: dict[str, list[LoadResult]] = {name: [] for name in self.targets}
+        for rep in range(self.plan.repeats):
+            for name in self.order(rep):
+                if only is None or name == only:
+                    runs[name].append(self.run(name, spec, f"{label} [{rep + 1}/{self.plan.repeats}]"))
+        return runs
+
+    def per_target(self, runs: Mapping[str, Sequence[LoadResult]]) -> dict[str, Any]:
+        out: dict[str, Any] = {name: load_figure(rs) for name, rs in runs.items() if rs}
+        if SERVER not in out:
+            out[SERVER] = {"skipped": self.server_skip}
+        return out
+
+
+def _payloads(plan: Plan, unique: bool) -> list[bytes]:
+    return authorize_payloads(list(range(min(plan.request_principals, plan.bundle_principals))), unique=unique)
+
+
+def case_closed(g: GrpcBench) -> dict[str, Any]:
+    """Authorize, closed loop, every concurrency; uncached (every request names a new resource)."""
+    payloads = _payloads(g.plan, unique=True)
+    out: dict[str, Any] = {"payloads": "unique (uncached)", "by_concurrency": {}}
+    for c in g.plan.concurrency:
+        runs = g.repeated(f"closed c={c:<3}", g.spec(payloads, concurrency=c, unique=True))
+        out["by_concurrency"][str(c)] = g.per_target(runs)
+        if c in (min(g.plan.concurrency), max(g.plan.concurrency)):
+            g.latencies[f"closed, {c} in flight"] = {t: _merged(rs) for t, rs in runs.items()}
+    return out
+
+
+def case_open(g: GrpcBench, closed: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Authorize, open loop at fractions of the server's closed-loop maximum, the same rates for both targets.
+
+    Equal offered load makes server / floor the latency the decision path adds at that rate. The
+    reference is the server's maximum (the floor's when the server is not running).
+    """
+    payloads = _payloads(g.plan, unique=True)
+    top = max(g.plan.concurrency)
+    maxima: dict[str, float] = {}
+    for name in g.targets:
+        fig = ((closed or {}).get("by_concurrency", {}).get(str(top), {}).get(name) or {})
+        if fig.get("throughput_rps"):
+            maxima[name] = fig["throughput_rps"]["median"]
+        else:   # the closed case did not run: measure the maximum now
+            maxima[name] = g.run(name, g.spec(payloads, concurrency=top, unique=True), f"open max c={top}").throughput
+    reference = SERVER if SERVER in maxima else FLOOR
+    out: dict[str, Any] = {"max_rps": maxima, "max_from": f"closed loop, {top} in flight", "reference": reference,
+                           "by_fraction": {}}
+    for f in g.plan.open_fractions:
+        rate = max(1.0, f * maxima[reference])
+        runs = g.repeated(f"open {f:.0%} {rate:,.0f}/s", g.spec(payloads, mode="open", rate=rate, unique=True))
+        fig = g.per_target(runs)
+        fig["rate"] = rate
+        for name, rs in runs.items():
+            if rs:
+                fig[name]["late_sends"] = sum(r.late_sends for r in rs)
+                fig[name]["service_p50_us"] = _finite_spread([percentile(r.service_us, 50) for r in rs])
+                fig[name]["service_p99_us"] = _finite_spread([percentile(r.service_us, 99) for r in rs])
+        out["by_fraction"][f"{f:g}"] = fig
+        g.latencies[f"open, {f:.0%} of max ({rate:,.0f}/s)"] = {t: _merged(rs) for t, rs in runs.items()}
+    return out
+
+
+def case_batch(g: GrpcBench) -> dict[str, Any]:
+    """AuthorizeBatch of plan.batch_size requests: uncached and cache-hit, against the floor."""
+    p = g.plan
+    unique = batch_payloads(_payloads(p, unique=True), p.batch_size)
+    repeated = batch_payloads(_payloads(p, unique=False), p.batch_size)
+    out: dict[str, Any] = {"batch_size": p.batch_size, "in_flight": p.batch_in_flight}
+    uncached = g.repeated("batch uncached", g.spec(unique, method="AuthorizeBatch", concurrency=p.batch_in_flight,
+                                                   unique=True))
+    out["uncached"] = g.per_target(uncached)
+    if SERVER in g.targets:
+        # The warm-up of each run fills the cache with the few distinct requests of `repeated`.
+        hit = g.repeated("batch cache-hit", g.spec(repeated, method="AuthorizeBatch", concurrency=p.batch_in_flight),
+                         only=SERVER)
+        out["cache_hit"] = {SERVER: load_figure(hit[SERVER])}
+    else:
+        out["cache_hit"] = {SERVER: {"skipped": g.server_skip}}
+    out["cache_hit"][FLOOR] = out["uncached"][FLOOR]     # the floor does no work either way
+    return out
+
+
+def grpc_cases(plan: Plan, progress: Progress, settings: ServerSettings, cases: dict[str, Any]) -> None:
+    """Start the floor (and the server when it exists) and run the closed, open and batch cases."""
+    wanted = [c for c in ("closed", "open", "batch") if c in plan.cases]
+    if not wanted:
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp:
+        progress(f"grpc: starting the floor ({settings.workers} worker threads, {settings.source})")
+        started: list[ServedProcess] = []
+        try:
+            floor = start_floor(settings)
+            started.append(floor)
+            progress(f"  floor SERVING on {floor.address} after {floor.ready_s:.1f} s")
+            targets = {FLOOR: floor.address}
+            skip = ""
+            if plan.server:
+                bundle = write_bundle(Path(tmp) / "bundle", plan.bundle_principals)
+                try:
+                    progress(f"grpc: starting server.py with {plan.bundle_principals:,} principals")
+                    server = start_server(bundle.directory, Path(tmp) / "state", plan.server_workers)
+                    started.append(server)
+                    targets[SERVER] = server.address
+                    progress(f"  server SERVING on {server.address} after {server.ready_s:.1f} s")
+                except Unavailable as exc:
+                    skip = f"skipped: {exc}"
+                    progress(f"  server {skip}")
+            else:
+                skip = "skipped: --no-server"
+            with LoadClient() as client:
+                g = GrpcBench(plan, progress, client, targets, skip)
+                runners: dict[str, Callable[[], dict[str, Any]]] = {
+                    "closed": lambda: case_closed(g),
+                    "open": lambda: case_open(g, cases.get("closed")),
+                    "batch": lambda: case_batch(g),
+                }
+                for name in wanted:
+                    cases[name] = _guarded(name, progress, runners[name])
+                cases["_latencies"] = g.latencies
+        finally:
+            for proc in started:
+                proc.stop()
+
+
+# ------------------------------------------------------------------ case 6: envoy
+
+def case_envoy(progress: Progress) -> dict[str, Any]:
+    try:
+        envoy_hop()
+    except Unavailable as exc:
+        progress(f"envoy: skipped: {exc}")
+        return {"skipped": str(exc)}
+    return {}    # pragma: no cover - the hook raises until it is wired
+
+
+# ------------------------------------------------------------------ comparisons and output
+
+def _row(case: str, figure: str, unit: str, server: Any, floor: Any, better: str) -> dict[str, Any]:
+    s = server if isinstance(server, Mapping) and "median" in server else None
+    f = floor if isinstance(floor, Mapping) and "median" in floor else None
+    return {"case": case, "figure": figure, "unit": unit, "server": s, "floor": f,
+            "ratio": ratio(s["median"], f["median"]) if s and f else math.nan, "better": better}
+
+
+def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every server figure next to the floor figure of the same run (ratio = server / floor)."""
+    rows: list[dict[str, Any]] = []
+    eng = cases.get("engine")
+    if isinstance(eng, Mapping) and "uncached_us" in eng:
+        for n, s in eng["uncached_us"].items():
+            rows.append(_row("engine", f"uncached decision, {n} policies (floor: call + dict lookup)", "µs",
+                             s, eng["floor_us"], "lower"))
+        store = eng.get("store", {})
+        for n, s in (store.get("cache_hit_us") or {}).items():
+            rows.append(_row("engine", f"store cache hit, {n} policies", "µs", s, store["floor_us"], "lower"))
+    closed = cases.get("closed")
+    if isinstance(closed, Mapping) and "by_concurrency" in closed:
+        by = closed["by_concurrency"]
+        low, high = min(by, key=int), max(by, key=int)
+        for key, label in (("p50_us", "p50"), ("p99_us", "p99")):
+            rows.append(_row("closed loop", f"Authorize {low} in flight {label}", "µs",
+                             by[low][SERVER].get(key), by[low][FLOOR].get(key), "lower"))
+        for c in sorted(by, key=int):
+            rows.append(_row("closed loop", f"Authorize {c} in flight throughput", "rps",
+                             by[c][SERVER].get("throughput_rps"), by[c][FLOOR].get("throughput_rps"), "higher"))
+        rows[-1]["figure"] = f"Authorize {high} in flight throughput (max)"
+    opened = cases.get("open")
+    if isinstance(opened, Mapping) and "by_fraction" in opened:
+        for f, fig in opened["by_fraction"].items():
+            for key, label in (("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")):
+                rows.append(_row("open loop", f"{float(f):.0%} of max ({fig['rate']:,.0f}/s), {label}", "µs",
+                                 fig[SERVER].get(key), fig[FLOOR].get(key), "lower"))
+    batch = cases.get("batch")
+    if isinstance(batch, Mapping) and "uncached" in batch:
+        for kind in ("uncached", "cache_hit"):
+            rows.append(_row("batch", f"AuthorizeBatch of {batch['batch_size']}, {kind.replace('_', '-')}",
+                             "decisions/s", batch[kind][SERVER].get("decisions_per_s"),
+                             batch[kind][FLOOR].get("decisions_per_s"), "higher"))
+    return rows
+
+
+def _guarded(name: str, progress: Progress, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one case; an unexpected failure is recorded and the harness goes on with the next case."""
+    try:
+        return run()
+    except Exception as exc:
+        progress(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def make_plots(cases: Mapping[str, Any], latencies: Mapping[str, Any], out: Path) -> list[str]:
+    written: list[Path | None] = [plots.latency_distribution(latencies, out / "latency_distribution.png")]
+    closed = cases.get("closed")
+    if isinstance(closed, Mapping) and "by_concurrency" in closed:
+        series: dict[str, dict[int, Any]] = {}
+        for c, fig in closed["by_concurrency"].items():
+            for target, tf in fig.items():
+                if tf.get("throughput_rps"):
+                    series.setdefault(target, {})[int(c)] = tf["throughput_rps"]
+        written.append(plots.throughput_vs_concurrency(series, out / "throughput_vs_concurrency.png"))
+    scale = cases.get("scale")
+    if isinstance(scale, Mapping) and scale.get("sizes"):
+        ok = [r for r in scale["sizes"] if "cold_us" in r]
+        cost = {"first decision per principal (cold)": {r["principals"]: r["cold_us"] for r in ok},
+                "again, no decision cache (warm)": {r["principals"]: r["warm_us"] for r in ok}}
+        written.append(plots.decision_cost("principals in the store", cost, out / "decision_cost_vs_principals.png",
+                                           "Store decision cost vs number of principals"))
+    eng = cases.get("engine")
+    if isinstance(eng, Mapping) and "uncached_us" in eng:
+        series2 = {"engine, uncached": {int(n): s for n, s in eng["uncached_us"].items()}}
+        store = eng.get("store", {})
+        for key, label in (("uncached_us", "store, uncached"), ("cache_hit_us", "store, cache hit")):
+            if store.get(key):
+                series2[label] = {int(n): s for n, s in store[key].items()}
+        series2["floor (call + dict lookup)"] = {int(n): eng["floor_us"] for n in eng["uncached_us"]}
+        written.append(plots.decision_cost("attached identity policies", series2, out / "engine_cost.png",
+                                           "In-process decision cost"))
+    return [p.name for p in written if p is not None]
+
+
+def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the planned cases and write results.json, results.md and the plots into plan.out."""
+    progress = progress or Progress()
+    settings = server_settings(plan.server_options)
+    env = report.environment()
+    progress(f"bench: {'quick' if plan.quick else 'full'} run of {', '.join(plan.cases)} on {env['cpu_model']}, "
+             f"{env['cores_logical']} cores, load average {env['load_average'][0]:.2f}")
+    cases: dict[str, Any] = {}
+    notes: list[str] = []
+    if settings.source != "authz.server.settings":
+        notes.append(f"floor settings came from {settings.source}, not authz.server.settings")
+    if plan.server_options:
+        notes.append("--server-options applies to the floor only; server.py is started with its own settings")
+    if "engine" in plan.cases:
+        cases["engine"] = _guarded("engine", progress, lambda: case_engine(plan, progress))
+    if "scale" in plan.cases:
+        cases["scale"] = _guarded("scale", progress, lambda: case_scale(plan, progress))
+    grpc_cases(plan, progress, settings, cases)
+    latencies = cases.pop("_latencies", {})
+    if "envoy" in plan.cases:
+        cases["envoy"] = case_envoy(progress)
+    results: dict[str, Any] = {
+        "schema": report.SCHEMA,
+        "environment": env,
+        "settings": {
+            "quick": plan.quick, "cases": list(plan.cases), "repeats": plan.repeats, "duration_s": plan.duration_s,
+            "warmup_s": plan.warmup_s, "requests": plan.requests, "concurrency": list(plan.concurrency),
+            "open_fractions": list(plan.open_fractions), "batch_size": plan.batch_size,
+            "batch_in_flight": plan.batch_in_flight, "scale_sizes": list(plan.scale_sizes),
+            "scale_budget_s": plan.scale_budget_s,
+            "engine_samples": plan.engine_samples, "bundle_principals": plan.bundle_principals,
+            "request_principals": plan.request_principals, "connections": plan.connections,
+            "server_workers": plan.server_workers,
+            "server_settings": settings.as_dict(),
+        },
+        "cases": cases,
+        "comparisons": comparisons(cases),
+        "notes": notes,
+        "elapsed_s": 0.0,
+    }
+    if plan.plots:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        results["plots"] = make_plots(cases, latencies, plan.out)
+        progress(f"plots: {', '.join(results['plots']) or 'none'}")
+    results["elapsed_s"] = progress.elapsed
+    json_path = report.write_json(results, plan.out)
+    md_path = report.write_markdown(results, plan.out)
+    progress(f"wrote {json_path} and {md_path.name} ({progress.elapsed:.0f} s)")
+    return results
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def parse_args(argv: Sequence[str] | None) -> Plan:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs (under a minute)")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    ap.add_argument("--repeats", type=int, help="repeats per figure (full 3, quick 2)")
+    ap.add_argument("--duration", type=float, help="seconds per load run (full 3, quick 0.6)")
+    ap.add_argument("--warmup", type=float, help="unrecorded seconds before each load run")
+    ap.add_argument("--requests", type=int, help="bound each load run to this many recorded requests instead")
+    ap.add_argument("--concurrency", type=_ints, help="closed-loop in-flight counts, e.g. 1,4,16,64")
+    ap.add_argument("--scale-sizes", type=_ints, help="principal counts of the scale case")
+    ap.add_argument("--scale-budget", type=float, help="seconds each scale size may take (full 150, quick 60)")
+    ap.add_argument("--bundle-principals", type=int, help="principals in the bundle the gRPC server serves")
+    ap.add_argument("--no-server", action="store_true", help="measure the floor only")
+    ap.add_argument("--server-workers", type=int, help="passed to server.py as --workers N (processes)")
+    ap.add_argument("--connections", type=int, help="client connections per load run (default 1)")
+    ap.add_argument("--server-options", type=json.loads, help="JSON object of gRPC options for the floor")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default bench/results)")
+    a = ap.parse_args(argv)
+    plan = Plan.quick_plan() if a.quick else Plan()
+    cases = tuple(c.strip() for c in a.cases.split(",") if c.strip())
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        ap.error(f"unknown case(s) {sorted(unknown)}; use some of {','.join(CASES)}")
+    overrides: dict[str, Any] = {"cases": cases, "out": a.out, "server": not a.no_server, "plots": not a.no_plots,
+                                 "server_workers": a.server_workers, "server_options": a.server_options}
+    for name, value in (("repeats", a.repeats), ("duration_s", a.duration), ("warmup_s", a.warmup),
+                        ("requests", a.requests), ("concurrency", a.concurrency), ("scale_sizes", a.scale_sizes),
+                        ("scale_budget_s", a.scale_budget),
+                        ("bundle_principals", a.bundle_principals), ("connections", a.connections)):
+        if value is not None:
+            overrides[name] = value
+    return replace(plan, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    results = run(parse_args(argv))
+    failed = [name for name, c in results["cases"].items() if isinstance(c, Mapping) and "error" in c]
+    return 1 if failed else 0

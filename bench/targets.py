@@ -1,0 +1,222 @@
+"""What the harness measures against: the server and floor processes, and the one adapter onto authz.store.
+
+Everything the harness assumes about code that other people are still writing (the store's API,
+server.py's command line, the gateway) lives here, so fixing the harness later means editing this
+file only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any, Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .floor import ServerSettings
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER_SCRIPT = REPO / "server.py"
+READY_TIMEOUT_S = 60.0          # a 100,000-principal bundle may take a while to load
+STOP_TIMEOUT_S = 10.0
+
+
+class Unavailable(Exception):
+    """A target does not exist yet (or cannot start); the case is skipped with this message."""
+
+
+# ------------------------------------------------------------------ processes
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An ephemeral port that was free a moment ago (the server binds without SO_REUSEPORT, so a race fails loudly)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_serving(address: str, timeout_s: float = READY_TIMEOUT_S, proc: subprocess.Popen[Any] | None = None,
+                 service: str = "") -> None:
+    """Block until the gRPC health service at `address` reports SERVING (Health.Watch, no polling sleeps).
+
+    Raises Unavailable when the deadline passes or `proc` exits first.
+    """
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"{address} did not report SERVING within {timeout_s:.0f} s")
+            if proc is not None and proc.poll() is not None:
+                raise Unavailable(f"the process serving {address} exited with status {proc.returncode}")
+            # A short watch so that a dead process is noticed; wait_for_ready waits for the port.
+            try:
+                for answer in stub.Watch(health_pb2.HealthCheckRequest(service=service),
+                                         timeout=min(left, 1.0), wait_for_ready=True):
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.NOT_FOUND):
+                    raise Unavailable(f"health check of {address} failed: {exc.code().name}") from exc
+
+
+class ServedProcess:
+    """A gRPC server in a child process, SERVING when constructed; stop() ends it (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, name: str, argv: Sequence[str], address: str, *, ready_timeout_s: float = READY_TIMEOUT_S,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.address = address
+        self.argv = list(argv)
+        self._log: IO[bytes] = tempfile.TemporaryFile(prefix=f"bench-{name}-")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_serving(address, ready_timeout_s, self.proc)
+        except Unavailable as exc:
+            tail = self.log_tail()
+            self.stop()
+            raise Unavailable(f"{name}: {exc}" + (f"; its output ends with:\n{tail}" if tail else "")) from None
+        self.ready_s = time.monotonic() - t0      # start to SERVING
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 15) -> str:
+        self._log.seek(0)
+        text = self._log.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> "ServedProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_floor(settings: ServerSettings, host: str = "127.0.0.1") -> ServedProcess:
+    """The echo floor (bench.floor) in its own process, with the given settings."""
+    address = f"{host}:{free_port(host)}"
+    argv = [sys.executable, "-m", "bench.floor", "--listen", address, "--workers", str(settings.workers),
+            "--server-options", json.dumps(dict(settings.options))]
+    return ServedProcess("floor", argv, address)
+
+
+def server_missing() -> str | None:
+    """Why the real server cannot be started, or None when server.py exists."""
+    if not SERVER_SCRIPT.exists():
+        return "server not available (no server.py yet)"
+    return None
+
+
+def start_server(bundle_dir: Path, state_dir: Path, workers: int | None = None,
+                 host: str = "127.0.0.1") -> ServedProcess:
+    """The real sidecar: `server.py --bundle DIR --listen HOST:PORT --state-dir DIR [--workers N]`."""
+    missing = server_missing()
+    if missing:
+        raise Unavailable(missing)
+    address = f"{host}:{free_port(host)}"
+    argv = [sys.executable, str(SERVER_SCRIPT), "--bundle", str(bundle_dir), "--listen", address,
+            "--state-dir", str(state_dir)]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    return ServedProcess("server", argv, address)
+
+
+# ------------------------------------------------------------------ the store adapter
+
+def store_missing() -> str | None:
+    """Why the store cannot be used, or None when authz.store provides Store and StoreConfig."""
+    try:
+        mod = importlib.import_module("authz.store")
+    except ImportError as exc:
+        return f"store not available ({exc})"
+    if not all(hasattr(mod, name) for name in ("Store", "StoreConfig")):
+        return "store not available (authz.store has no Store/StoreConfig yet)"
+    return None
+
+
+class StoreTarget:
+    """The harness's one view of authz.store: load a bundle, decide, reload.
+
+    `cache` False builds the store with a zero-capacity decision cache, so every decision is
+    evaluated (the per-principal policy sets the snapshot builds lazily still stay warm).
+    """
+
+    def __init__(self, bundle_dir: Path, state_dir: Path | None = None, *, cache: bool = True) -> None:
+        missing = store_missing()
+        if missing:
+            raise Unavailable(missing)
+        from authz.store import Store, StoreConfig
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench-state-") if state_dir is None else None
+        if self._tmp is not None:
+            state_dir = Path(self._tmp.name)
+        config = StoreConfig(bundle_dir=bundle_dir, state_dir=state_dir, watch_interval=0)
+        if not cache:
+            config = dataclasses.replace(config, cache_size=0)
+        self._store = Store(config)
+        t0 = time.perf_counter()
+        self._store.open()
+        self.load_s = time.perf_counter() - t0
+        status = self._store.status()
+        if not status.ready:
+            self.close()
+            raise Unavailable(f"the store did not load the bundle: {status.last_load_error}")
+        self.counts: dict[str, int] = dict(status.counts)
+
+    def decide(self, principal: str, action: str, resource: str, context: Mapping[str, Any]) -> tuple[str, bool]:
+        """(decision label, whether the decision cache answered)."""
+        answer = self._store.authorize(principal, action, resource, context)
+        return answer.result.decision.value, answer.cached
+
+    def reload(self) -> float:
+        """Re-read the bundle; seconds it took. Raises Unavailable when the bundle no longer loads."""
+        t0 = time.perf_counter()
+        ok, message = self._store.reload()
+        if not ok:
+            raise Unavailable(f"reload failed: {message}")
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self._store.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> "StoreTarget":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------ the gateway hook
+
+def envoy_hop() -> None:
+    """Placeholder for the Envoy ext_authz hop (gateway -> sidecar). Raises Unavailable until it exists."""
+    if importlib.util.find_spec("authz.gateway.ext_authz") is None:
+        raise Unavailable("gateway not available (no authz.gateway.ext_authz yet); the Envoy hop is a hook")
+    raise Unavailable("the Envoy ext_authz hop is a hook: wire it in bench/targets.py envoy_hop()")
+

@@ -1,0 +1,703 @@
+"""Coverage-guided fuzzing (atheris) of the policy validator, the decision engine and the gateway request path."""
+
+from __future__ import annotations
+
+import sys
+
+# A worker (`--worker TARGET`) imports the code under test inside atheris' import hook, so that its
+# branches feed coverage back to libFuzzer. That must happen before anything else imports `authz`.
+if __name__ == "__main__" and "--worker" in sys.argv:
+    import atheris
+
+    # No atheris.enabled_hooks.add("RegEx"): its pattern proxy drops match()'s `pos` argument, which
+    # breaks json's decoder; the libFuzzer dictionaries below give the mutator the literals instead.
+    with atheris.instrument_imports(include=["authz"]):
+        import authz.evaluate  # noqa: F401
+        import authz.gateway.mapping  # noqa: F401
+        import authz.gateway.sigv4  # noqa: F401
+        import authz.policy.validate  # noqa: F401
+        import authz.requests  # noqa: F401
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import resource
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import atheris
+
+from authz.evaluate import CompiledPolicySet, PolicySet, Request, evaluate
+from authz.gateway.mapping import (
+    ROUTES,
+    DictRegistry,
+    Endpoint,
+    Environment,
+    HttpRequest,
+    MappingError,
+    ResourceRecord,
+    map_request,
+    parse_body,
+)
+from authz.gateway.sigv4 import Credential, SignatureError, verify
+from authz.policy import LimitError, Policy, PolicyError, PolicyType, RequestError, compile_policy
+from authz.policy.conditions import BASE_OPERATORS
+from authz.policy.jsontext import load_text, plain
+from authz.policy.validate import parse_policy, validate_document
+from authz.requests import check_context, check_request
+
+TARGETS = ("policy", "request", "http")
+
+# Guards. An input slower than SLOW_SECONDS is a finding (the validator and the engine are linear by
+# design); libFuzzer's own -timeout is the hard stop for a real hang. RLIMIT_AS turns runaway
+# allocation into a MemoryError the harness reports instead of the machine swapping.
+SLOW_SECONDS = 1.0
+HARD_TIMEOUT_SECONDS = 20
+MEMORY_LIMIT_BYTES = 2 << 30
+RSS_LIMIT_MB = 2048
+# Large enough for '?' * 10,000-style patterns (MAX_PATTERN_CHARS is 10,240) inside a policy.
+MAX_LEN = {"policy": 24_576, "request": 4_096, "http": 8_192}
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS_DIR = Path(__file__).resolve().parent / "fuzz_corpus"     # committed seeds and regression inputs
+WORK_DIR = ROOT / "build" / "fuzz"                                 # build/ is git-ignored
+CONFORMANCE_DIR = Path(os.environ.get("AUTHZ_CONFORMANCE_DIR") or ROOT.parent / "shared" / "conformance")
+
+# ---------------------------------------------------------------------------------------------
+# Fixed world: the identifiers of the conformance README, and policies that use every operator family.
+
+ACCOUNT_A = "111122223333"
+ACCOUNT_B = "444455556666"
+S1 = "arn:aws:kinesisvideo:us-east-1:111122223333:stream/cam-01/1600000000000"
+S2 = "arn:aws:kinesisvideo:us-east-1:111122223333:stream/cam-02/1600000000001"
+C1 = "arn:aws:kinesisvideo:us-east-1:111122223333:channel/door-01/1600000000002"
+ALICE = "arn:aws:iam::111122223333:user/alice"
+BOB = "arn:aws:iam::444455556666:user/bob"
+ROLE = "arn:aws:iam::111122223333:role/ops/cam-writer"
+SESSION = "arn:aws:sts::111122223333:assumed-role/cam-writer/dev-42"
+ROOT_A = "arn:aws:iam::111122223333:root"
+FEDERATED = "arn:aws:sts::111122223333:federated-user/alice-tmp"
+NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=timezone.utc)
+
+_IDENTITY_DOCS: tuple[dict[str, Any], ...] = (
+    {"Version": "2012-10-17", "Statement": [
+        {"Sid": "OwnStreams", "Effect": "Allow", "Action": ["kinesisvideo:Get*", "kinesisvideo:Describe?tream"],
+         "Resource": "arn:aws:kinesisvideo:*:111122223333:stream/${aws:username}-*/*",
+         "Condition": {"StringEquals": {"aws:ResourceTag/team": "${aws:PrincipalTag/team, 'none'}"},
+                       "IpAddress": {"aws:SourceIp": ["203.0.113.0/24", "2001:db8::/32"]},
+                       "DateLessThan": {"aws:CurrentTime": "2030-01-01T00:00:00Z"},
+                       "BoolIfExists": {"aws:SecureTransport": "true"}}},
+        {"Sid": "Tagged", "Effect": "Allow", "Action": "kinesisvideo:*", "Resource": "*",
+         "Condition": {"ForAllValues:StringLike": {"aws:TagKeys": ["site", "owner*"]},
+                       "Null": {"aws:TagKeys": "false"},
+                       "ArnLike": {"aws:PrincipalArn": "arn:aws:iam::*:role/ops/*"},
+                       "StringEqualsIgnoreCase": {"aws:RequestTag/site": ["Paris", "${aws:PrincipalTag/site}"]}}},
+        {"Sid": "Read", "Effect": "Allow", "Action": ["kinesisvideo:GetMedia", "kinesisvideo:ListStreams"],
+         "Resource": ["arn:aws:kinesisvideo:us-east-1:111122223333:stream/cam-0?/*", "arn:aws:kinesisvideo:*"],
+         "Condition": {"NumericLessThanEquals": {"aws:MultiFactorAuthAge": "3600"},
+                       "DateGreaterThanIfExists": {"aws:TokenIssueTime": "1767225600"}}},
+    ]},
+    {"Version": "2012-10-17", "Statement": [
+        {"Sid": "NoSecrets", "Effect": "Deny", "NotAction": ["kinesisvideo:List*", "kinesisvideo:Describe*"],
+         "NotResource": "arn:aws:kinesisvideo:us-east-1:111122223333:stream/${aws:username}/*",
+         "Condition": {"ForAnyValue:StringLike": {"aws:TagKeys": ["secret*", "?x*"]},
+                       "StringNotLike": {"aws:userid": "AIDA*:${*}${?}${$}"}}},
+        {"Sid": "Binary", "Effect": "Deny", "Action": "kinesisvideo:PutMedia", "Resource": "*",
+         "Condition": {"BinaryEquals": {"kinesisvideo:Payload": "QmluYXJ5VmFsdWU="},
+                       "NumericNotEquals": {"aws:EpochTime": ["0", "1.5"]},
+                       "ArnNotEquals": {"aws:SourceArn": "arn:aws:iam::111122223333:role/x"}}},
+        {"Sid": "Assume", "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": ROLE},
+    ]},
+    # Valid, and hostile to a backtracking matcher: long fuzzed values must still match in linear time.
+    {"Version": "2012-10-17", "Statement": [
+        {"Sid": "Hostile", "Effect": "Allow", "Action": "kinesisvideo:Get*",
+         "Resource": ["arn:*a*:kinesisvideo:*a*:*1*:stream/x", "arn:aws:kinesisvideo:*:*:stream/*a*a*a*a*a*b"],
+         "Condition": {"ArnLike": {"aws:SourceArn": "arn:*a*:*a*:*a*:*a*:x"},
+                       "StringLike": {"aws:userid": "*a*a*a*a*a*a*b", "aws:PrincipalTag/team": "?" * 300 + "*"}}},
+    ]},
+)
+_RESOURCE_DOC: dict[str, Any] = {"Version": "2012-10-17", "Statement": [
+    {"Sid": "Users", "Effect": "Allow", "Action": "kinesisvideo:*", "Resource": "*",
+     "Principal": {"AWS": [ALICE, ACCOUNT_B, ROLE, SESSION, FEDERATED, "AIDAEXAMPLEUSERID0001"]}},
+    {"Sid": "Everyone", "Effect": "Allow", "Action": "kinesisvideo:GetMedia", "Resource": S1, "Principal": "*",
+     "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-abc123"},
+                   "NotIpAddressIfExists": {"aws:SourceIp": "198.51.100.0/24"}}},
+    {"Sid": "Service", "Effect": "Allow", "Action": "kinesisvideo:PutMedia", "Resource": "*",
+     "Principal": {"Service": "ec2.amazonaws.com"}},
+    {"Sid": "Outsiders", "Effect": "Deny", "Action": "kinesisvideo:Delete*", "Resource": "*",
+     "NotPrincipal": {"AWS": [ROOT_A, ALICE]}},
+]}
+_BOUNDARY_DOC: dict[str, Any] = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": ["kinesisvideo:*", "sts:*"], "Resource": "*"}]}
+_SESSION_DOC: dict[str, Any] = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "kinesisvideo:*", "Resource": "arn:aws:kinesisvideo:*:*:channel/${aws:userid}*",
+     "Condition": {"StringLikeIfExists": {"aws:userid": "AROA*"}}},
+    {"Effect": "Allow", "Action": "kinesisvideo:Describe*", "Resource": "*"}]}
+_SCP_DOCS: tuple[dict[str, Any], ...] = (
+    {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]},
+    {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "kinesisvideo:*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "*", "Resource": "*",
+         "Condition": {"StringNotEqualsIfExists": {"aws:RequestedRegion": ["us-east-1", "eu-west-1"]}}}]},
+)
+_RCP_DOC: dict[str, Any] = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Deny", "Principal": "*", "Action": "kinesisvideo:*", "Resource": "*",
+     "Condition": {"StringNotEqualsIfExists": {"aws:PrincipalAccount": [ACCOUNT_A, ACCOUNT_B]},
+                   "BoolIfExists": {"aws:PrincipalIsAWSService": "false"}}}]}
+
+
+def _fixed_sets() -> tuple[CompiledPolicySet, ...]:
+    # parse_policy raises on an invalid document: the fixed policies double as a validator self-check.
+    identity = tuple(parse_policy(d, "identity", f"identity{i}") for i, d in enumerate(_IDENTITY_DOCS))
+    res = parse_policy(_RESOURCE_DOC, "resource", "resource")
+    full = PolicySet(identity=identity, resource=res, boundary=parse_policy(_BOUNDARY_DOC, "boundary", "boundary"),
+                     session=(parse_policy(_SESSION_DOC, "session", "session"),),
+                     scp_levels=tuple((parse_policy(d, "scp", f"scp{i}"),) for i, d in enumerate(_SCP_DOCS)),
+                     rcp_levels=((parse_policy(_RCP_DOC, "rcp", "rcp"),),))
+    return (CompiledPolicySet(PolicySet(identity=identity)),   # the identity-only fast path
+            CompiledPolicySet(PolicySet(resource=res)),
+            CompiledPolicySet(full))
+
+
+FIXED_SETS = _fixed_sets()
+
+_USER_CONTEXT = {"aws:username": "alice", "aws:userid": "AIDAEXAMPLEUSERID0001", "aws:PrincipalArn": ALICE,
+                 "aws:PrincipalAccount": ACCOUNT_A, "aws:PrincipalType": "User", "aws:PrincipalTag/team": "red",
+                 "aws:ResourceTag/team": "red", "aws:SourceIp": "203.0.113.7", "aws:CurrentTime": "2026-01-15T12:00:00Z",
+                 "aws:EpochTime": "1768478400", "aws:SecureTransport": "true", "aws:TagKeys": ["site", "owner"],
+                 "aws:RequestTag/site": "paris", "aws:MultiFactorAuthAge": "10"}
+_SESSION_CONTEXT = {"aws:userid": "AROAEXAMPLEROLEID0001:dev-42", "aws:PrincipalArn": ROLE,
+                    "aws:PrincipalAccount": ACCOUNT_A, "aws:PrincipalType": "AssumedRole",
+                    "aws:TokenIssueTime": "2026-01-15T11:00:00Z", "aws:MultiFactorAuthPresent": "false",
+                    "aws:SourceIp": "2001:db8::1", "aws:PrincipalOrgID": "o-abc123", "AWS:TagKeys": ["secretive"]}
+# The requests every fuzzed policy is evaluated against, one per kind of requester.
+FIXED_REQUESTS: tuple[Request, ...] = (
+    Request(ALICE, "kinesisvideo:GetMedia", "arn:aws:kinesisvideo:us-east-1:111122223333:stream/alice-1/1",
+            _USER_CONTEXT),
+    Request(SESSION, "KinesisVideo:describestream", S2, _SESSION_CONTEXT),
+    Request(BOB, "kinesisvideo:GetMedia", S1, {"aws:username": "bob", "aws:PrincipalAccount": ACCOUNT_B}),
+    Request("anonymous", "kinesisvideo:GetMedia", S1, {"aws:userid": "anonymous", "aws:SourceIp": "198.51.100.1"}),
+    Request(SESSION, "sts:AssumeRole", ROLE, _SESSION_CONTEXT),
+    Request(ROOT_A, "kinesisvideo:ListStreams", "*", {"aws:PrincipalType": "Account"}),
+)
+
+
+ALLOW_ALL = (parse_policy({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]},
+                          "identity", "allow-all"),)
+
+
+def _slots(policy: Policy) -> tuple[CompiledPolicySet, ...]:
+    """The policy in every place a PolicySet can hold one, next to an allow-all identity policy where the
+    fuzzed one only restricts (so that it decides)."""
+    allow_all = ALLOW_ALL
+    return tuple(CompiledPolicySet(p) for p in (
+        PolicySet(identity=(policy,)),
+        PolicySet(identity=allow_all, resource=policy, boundary=policy, session=(policy,)),
+        PolicySet(identity=allow_all, scp_levels=((policy,),), rcp_levels=((policy,),)),
+    ))
+
+
+# ---------------------------------------------------------------------------------------------
+# Oracles shared by the targets: besides "no crash", answers that must agree.
+
+
+def decide_consistently(request: Request, cps: CompiledPolicySet) -> None:
+    """Evaluate with and without explanation (fast path versus general path) and compare the index."""
+    quick = evaluate(request, cps)
+    full = evaluate(request, cps, explain=True)
+    if quick.decision is not full.decision:
+        raise AssertionError(f"decision {quick.decision.value} without explain but {full.decision.value} with it")
+    action = request.action.lower()
+    if cps.index.candidates(action) != cps.index.full_scan(action):
+        raise AssertionError(f"statement index and full scan disagree for action {action!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Target: policy text -> validator (every type) -> compiled policy -> engine; and the lenient simulate path.
+
+
+def fuzz_policy(data: bytes) -> None:
+    valid: Policy | None = None
+    for ptype in PolicyType:
+        report = validate_document(data, ptype)          # problems are returned, never raised
+        if report.valid:
+            try:
+                valid = parse_policy(data, ptype, "fuzzed")
+            except PolicyError as exc:
+                raise AssertionError(f"validate_document accepted a {ptype.value} policy that parse_policy "
+                                     f"rejects: {exc}") from None
+    if valid is not None:   # the compiled policy does not depend on the type, so one evaluation round is enough
+        for cps in _slots(valid):
+            for request in FIXED_REQUESTS:
+                decide_consistently(request, cps)
+    # The server's Simulate without validation: the strict loader, then a lenient compile.
+    value, _problems = load_text(data, iam_charset=False)
+    if value is not None:
+        decide_consistently(FIXED_REQUESTS[0], _slots(compile_policy(plain(value), "loaded"))[0])
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):   # not JSON: the simulate path never sees it
+        return
+    # `authz simulate` compiles any JSON value without validation and must still decide.
+    for cps in _slots(compile_policy(doc, "simulated")):
+        for request in FIXED_REQUESTS:
+            decide_consistently(request, cps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target: structured requests (FuzzedDataProvider) -> check_request / check_context -> engine.
+
+PRINCIPALS = (ALICE, BOB, ROLE, SESSION, ROOT_A, FEDERATED, "anonymous", "ec2.amazonaws.com",
+              "arn:aws:iam::999988887777:user/carol", "arn:aws:sts::111122223333:assumed-role/cam-writer",
+              "arn:aws-cn:iam::111122223333:user/", "arn:aws:iam::111122223333:user/ops/alice")
+ACTIONS = ("kinesisvideo:GetMedia", "kinesisvideo:PutMedia", "kinesisvideo:DescribeStream", "kinesisvideo:ListStreams",
+           "KinesisVideo:describestream", "kinesisvideo:DeleteStream", "sts:AssumeRole", "s3:GetObject",
+           "kinesisvideo:*", "kinesisvideo:Get?edia")
+RESOURCES = (S1, S2, C1, "*", ROLE, "arn:aws:s3:::bucket/key", "arn:aws:kinesisvideo:us-east-1:444455556666:stream/x/1",
+             "arn:aws:kinesisvideo:us-east-1:111122223333:stream/alice-1/1", "arn:aws:kinesisvideo:us-east-1:1:*",
+             "arn:AWS:KinesisVideo:US-EAST-1:111122223333:stream/cam-01/1")
+CONTEXT_KEYS = ("aws:username", "aws:userid", "aws:PrincipalArn", "aws:PrincipalAccount", "aws:PrincipalType",
+                "aws:PrincipalTag/team", "aws:PrincipalTag/site", "aws:ResourceTag/team", "aws:RequestTag/site",
+                "aws:TagKeys", "aws:SourceIp", "aws:CurrentTime", "aws:EpochTime", "aws:SecureTransport",
+                "aws:MultiFactorAuthPresent", "aws:MultiFactorAuthAge", "aws:PrincipalOrgID", "aws:RequestedRegion",
+                "aws:TokenIssueTime", "aws:SourceArn", "kinesisvideo:Payload", "AWS:UserName", "aws:CalledVia",
+                "aws:PrincipalIsAWSService")
+CONTEXT_VALUES = ("alice", "red", "paris", "Paris", "203.0.113.7", "2001:db8::1", "::ffff:203.0.113.7",
+                  "2026-01-15T12:00:00Z", "1768478400", "true", "false", "3600", "1e3", "QmluYXJ5VmFsdWU=", ROLE,
+                  "*", "${aws:username}", "o-abc123", "", "secret-x", "AROAEXAMPLEROLEID0001:dev-42", "us-east-1")
+
+
+def _repeated(fdp: atheris.FuzzedDataProvider, most: int) -> str:
+    unit = fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(1, 4))
+    return unit * fdp.ConsumeIntInRange(1, most)
+
+
+def _text(fdp: atheris.FuzzedDataProvider, pool: tuple[str, ...], limit: int = 96) -> str:
+    """A pool value; one with fuzzed text spliced in; fuzzed text; or long repetitive text (what exposes
+    super-linear matching): a pool value with a repeated unit inside, or an ARN of repeated fields."""
+    mode = fdp.ConsumeIntInRange(0, 5)
+    if mode == 3:
+        return fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, limit))
+    if mode == 5:
+        return "arn:" + ":".join(_repeated(fdp, 400) for _ in range(5))
+    base = pool[fdp.ConsumeIntInRange(0, len(pool) - 1)]
+    if mode == 4:
+        at = fdp.ConsumeIntInRange(0, len(base))
+        return base[:at] + _repeated(fdp, 1000) + base[at:]
+    if mode == 2:
+        at = fdp.ConsumeIntInRange(0, len(base))
+        cut = fdp.ConsumeIntInRange(0, len(base) - at)
+        return base[:at] + fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 16)) + base[at + cut:]
+    return base
+
+
+def _context_value(fdp: atheris.FuzzedDataProvider) -> Any:
+    kind = fdp.ConsumeIntInRange(0, 9)
+    if kind <= 3:
+        return _text(fdp, CONTEXT_VALUES)
+    if kind == 4:
+        return [_text(fdp, CONTEXT_VALUES, 24) for _ in range(fdp.ConsumeIntInRange(0, 5))]
+    if kind == 5:
+        return fdp.ConsumeBool()
+    if kind == 6:
+        return fdp.ConsumeInt(8)
+    if kind == 7:
+        return fdp.ConsumeFloat()
+    if kind == 8:   # shapes a hand-written client might send; the request checks must refuse them
+        return (None, {"a": "b"}, [["x"]], b"bytes", ("t", 1))[fdp.ConsumeIntInRange(0, 4)]
+    # Just past a limit: too many values, or one value too long.
+    return (["v"] * fdp.ConsumeIntInRange(120, 140) if fdp.ConsumeBool()
+            else "x" * fdp.ConsumeIntInRange(4090, 4100))
+
+
+def fuzz_request(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    principal = _text(fdp, PRINCIPALS)
+    action = _text(fdp, ACTIONS)
+    resource_arn = _text(fdp, RESOURCES)
+    context: dict[str, Any] = {}
+    for _ in range(fdp.ConsumeIntInRange(0, 12)):
+        context[_text(fdp, CONTEXT_KEYS, 40)] = _context_value(fdp)
+    account = (None, ACCOUNT_A, ACCOUNT_B, "*", "")[fdp.ConsumeIntInRange(0, 4)]
+    creator = ("", ALICE)[fdp.ConsumeIntInRange(0, 1)]
+    try:
+        check_request(principal, action, resource_arn, context)
+    except (RequestError, LimitError):
+        pass   # the gRPC entry point refuses it; `authz simulate` checks only the context, below
+    try:
+        check_context(context)
+    except (RequestError, LimitError):
+        return
+    request = Request(principal, action, resource_arn, context, account, creator)
+    for cps in FIXED_SETS:
+        decide_consistently(request, cps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target: raw HTTP request text -> parse_body / map_request -> engine; and SigV4 verification.
+
+REGISTRY = DictRegistry([ResourceRecord("stream", "cam-01", S1, {"site": "paris", "team": "red"}),
+                         ResourceRecord("stream", "cam-02", S2, {}),
+                         ResourceRecord("channel", "door-01", C1, {})])
+ENDPOINT = Endpoint("aws", "us-east-1")
+ENVIRONMENT = Environment(NOW, source_ip="203.0.113.7", user_agent="fuzz")
+LONG_TERM = Credential("AKIAEXAMPLELONGTERM", "long/Secret+Key0123456789abcdefghijklmn", ALICE)
+TEMPORARY = Credential("ASIAEXAMPLETEMPORARY", "temp/Secret+Key0123456789abcdefghijklmn", SESSION,
+                       session_token="FwoGZXIvYXdzEXAMPLETOKEN//////////wEaDH+token/value==",
+                       expires_at=datetime(2026, 1, 15, 13, 0, 0, tzinfo=timezone.utc))
+CREDENTIALS = {c.access_key_id: c for c in (LONG_TERM, TEMPORARY)}
+
+
+@dataclass(frozen=True)
+class WireRequest:
+    """An HTTP/1.1 request as the gateway sees it: raw target, headers in order, body bytes."""
+
+    method: str
+    raw_path: str
+    raw_query: str
+    headers: dict[str, str]
+    body: bytes
+
+    @classmethod
+    def parse(cls, data: bytes) -> "WireRequest":
+        """Lenient on purpose: every byte string is some request, so mutations stay meaningful."""
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if not sep:
+            head, _, body = data.partition(b"\n\n")
+        lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
+        method, _, rest = lines[0].partition(" ")
+        target = rest.rsplit(" HTTP/", 1)[0] if " HTTP/" in rest else rest
+        raw_path, _, raw_query = target.partition("?")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            value = value.strip(" \t")
+            # A repeated header reaches ext_authz joined with "," (as Envoy folds it).
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
+        return cls(method, raw_path, raw_query, headers, body)
+
+    def render(self) -> bytes:
+        lines = [f"{self.method} {self.raw_path}{'?' + self.raw_query if self.raw_query else ''} HTTP/1.1"]
+        lines.extend(f"{k}: {v}" for k, v in self.headers.items())
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+    def query(self) -> dict[str, str] | None:
+        """Decoded query parameters as ext_authz decodes them; None when one repeats (it refuses those)."""
+        params: dict[str, str] = {}
+        for piece in self.raw_query.split("&"):
+            if not piece:
+                continue
+            key, _, value = piece.partition("=")
+            name = unquote(key)
+            if name in params:
+                return None
+            params[name] = unquote(value)
+        return params
+
+    def content_type(self) -> str | None:
+        return next((v for k, v in self.headers.items() if k.lower() == "content-type"), None)
+
+
+def fuzz_http(data: bytes) -> None:
+    wire = WireRequest.parse(data)
+    query = wire.query()
+    if query is not None:
+        body = parse_body(wire.body, wire.content_type())      # errors come back as UnparsableBody
+        request = HttpRequest(wire.method, wire.raw_path, wire.headers, query, body)
+        try:
+            mapped = map_request(request, ACCOUNT_A, ENDPOINT, REGISTRY, ENVIRONMENT)
+        except MappingError:
+            pass
+        else:
+            # What the mapper produces must be a request the engine's entry points accept.
+            try:
+                check_request(ALICE, mapped.action, mapped.resource, mapped.context)
+            except (RequestError, LimitError) as exc:
+                raise AssertionError(f"map_request produced a request check_request refuses: {exc}") from None
+            for cps in FIXED_SETS:
+                decide_consistently(Request(ALICE, mapped.action, mapped.resource, mapped.context), cps)
+    try:
+        caller = verify(wire.method, wire.raw_path, wire.raw_query, wire.headers, wire.body, CREDENTIALS.get, NOW)
+    except SignatureError:
+        return
+    if CREDENTIALS[caller.access_key_id].principal != caller.principal:
+        raise AssertionError("verify returned a principal that is not the signing key's")
+
+
+TARGET_FUNCTIONS: dict[str, Callable[[bytes], None]] = {
+    "policy": fuzz_policy, "request": fuzz_request, "http": fuzz_http}
+
+
+# ---------------------------------------------------------------------------------------------
+# One input through one target, with the guards; shared by the fuzzer and the regression replay.
+
+
+@dataclass(frozen=True)
+class Finding:
+    target: str
+    kind: str            # crash (an exception that is not the project's own) | slow
+    signature: str       # exception type and innermost frame, or "slow": what makes two findings the same bug
+    detail: str
+    data: bytes = field(repr=False)
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.kind}-{hashlib.sha1(self.data).hexdigest()}"
+
+
+def _signature(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if "/authz/" in f.filename] or frames
+    where = f"{Path(own[-1].filename).name}:{own[-1].lineno}" if own else "?"
+    return f"{type(exc).__name__}@{where}"
+
+
+def run_one(target: str, data: bytes, slow_seconds: float = SLOW_SECONDS) -> Finding | None:
+    """None when the input passes; else what went wrong. Targets catch the project's own errors."""
+    start = time.perf_counter()
+    try:
+        TARGET_FUNCTIONS[target](data)
+    except Exception as exc:  # everything that escapes a target is a finding, MemoryError and RecursionError too
+        return Finding(target, "crash", _signature(exc), traceback.format_exc(), data)
+    elapsed = time.perf_counter() - start
+    if elapsed > slow_seconds:
+        return Finding(target, "slow", "slow", f"{elapsed:.2f} s for one {len(data)}-byte input "
+                                               f"(limit {slow_seconds} s)", data)
+    return None
+
+
+def corpus_files(target: str, root: Path = CORPUS_DIR) -> list[Path]:
+    folder = root / target
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds from the conformance cases, and libFuzzer dictionaries.
+
+
+def _jsonl(name: str) -> list[dict[str, Any]]:
+    path = CONFORMANCE_DIR / f"{name}.jsonl"
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def conformance_seeds(target: str) -> list[bytes]:
+    out: list[bytes] = []
+    if target == "policy":
+        for case in _jsonl("validation"):
+            out.append(case["policyText"].encode() if "policyText" in case else json.dumps(case["policy"]).encode())
+        for case in _jsonl("decisions"):
+            docs = [*case.get("identityPolicies", []),
+                    *(case[k] for k in ("resourcePolicy", "permissionBoundary", "sessionPolicy") if k in case),
+                    *(d for k in ("scpLevels", "rcpLevels") for level in case.get(k, []) for d in level)]
+            out.extend(json.dumps(d, indent=1).encode() for d in docs)
+    elif target == "http":
+        for case in _jsonl("http-mapping"):
+            h = case["http"]
+            headers = dict(h["headers"])
+            body = b"" if h["body"] is None else json.dumps(h["body"]).encode()
+            if h["body"] is not None:
+                headers.setdefault("content-type", "application/x-amz-json-1.1")
+            q = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in h["query"].items())
+            headers.setdefault("host", "kinesisvideo.us-east-1.amazonaws.com")
+            out.append(WireRequest(h["method"], h["path"], q, headers, body).render())
+    return list(dict.fromkeys(out))
+
+
+_DICTIONARY: dict[str, tuple[str, ...]] = {
+    "policy": ("Version", "2012-10-17", "2008-10-17", "Statement", "Sid", "Effect", "Allow", "Deny", "Action",
+               "NotAction", "Resource", "NotResource", "Principal", "NotPrincipal", "Condition", "Id", "AWS",
+               "Service", "Federated", "CanonicalUser", "ForAllValues:", "ForAnyValue:", "IfExists",
+               *BASE_OPERATORS, "arn:aws:", "kinesisvideo:", "stream/", "channel/", ":role/", ":user/", ":root",
+               "arn:aws:iam::", "arn:aws:sts::", "assumed-role/", "federated-user/", "saml-provider/",
+               ".amazonaws.com", "${aws:username}", "${*}", "${?}", "${$}", "${", "}", ", '", "aws:SourceIp",
+               "aws:PrincipalTag/", "aws:TagKeys", "aws:CurrentTime", "aws:MultiFactorAuthPresent", "111122223333",
+               "AIDA", "AROA", "true", "false", "null", "\\u0000", "\\ud800", "\\u00ff", "\xef\xbb\xbf", "*", "?"),
+    "http": ("POST", "GET", " HTTP/1.1\r\n", "\r\n\r\n", "content-type: application/json",
+             "application/x-amz-json-1.1", *{r.path for r in ROUTES}, "authorization", "AWS4-HMAC-SHA256",
+             "Credential=", "SignedHeaders=", "Signature=", "aws4_request", "x-amz-date", "20260115T120000Z",
+             "x-amz-content-sha256", "UNSIGNED-PAYLOAD", "x-amz-security-token", "X-Amz-Algorithm=",
+             "X-Amz-Credential=", "X-Amz-Date=", "X-Amz-Expires=", "X-Amz-SignedHeaders=", "X-Amz-Signature=",
+             "X-Amz-ChannelARN=", "X-Amz-ClientId=", "x-amzn-stream-name", "x-amzn-stream-arn", "host",
+             "StreamARN", "StreamName", "ChannelARN", "ChannelName", "ResourceARN", "channelArn", "Tags",
+             "TagKeyList", "Key", "Value", S1, C1, "cam-01", "door-01", "AKIAEXAMPLELONGTERM", "%2F", "%00"),
+}
+
+
+def _dictionary_entry(token: str) -> str:
+    raw = token.encode("utf-8")
+    return '"' + "".join(chr(b) if 0x20 <= b < 0x7f and b not in (0x22, 0x5c) else f"\\x{b:02X}"
+                         for b in raw) + '"'
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker: one target under libFuzzer.
+
+
+class _Recorder:
+    """Writes each distinct finding once: the input as a regression file, a JSON line for the parent."""
+
+    def __init__(self, target: str, findings: Path, artifacts: Path) -> None:
+        self.target = target
+        self.findings = findings
+        self.artifacts = artifacts
+        self.seen: set[str] = set()
+
+    def record(self, finding: Finding) -> None:
+        if finding.signature in self.seen:
+            return
+        self.seen.add(finding.signature)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        path = self.artifacts / finding.file_name
+        path.write_bytes(finding.data)
+        with self.findings.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"target": finding.target, "kind": finding.kind, "signature": finding.signature,
+                                 "file": str(path), "detail": finding.detail}) + "\n")
+        sys.stderr.write(f"\n=== finding {finding.signature} -> {path}\n{finding.detail}\n")
+
+
+def _worker(target: str, findings: Path, artifacts: Path, libfuzzer_args: list[str]) -> None:
+    # The limit goes on after the imports, so only the fuzzed work is bounded by it.
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+    recorder = _Recorder(target, findings, artifacts)
+
+    def one_input(data: bytes) -> None:
+        finding = run_one(target, data)
+        if finding is not None:
+            recorder.record(finding)
+
+    atheris.Setup([sys.argv[0], *libfuzzer_args], one_input)
+    atheris.Fuzz()
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver: seeds, one worker process per target, the summary.
+
+
+@dataclass
+class TargetRun:
+    target: str
+    seconds: int
+    returncode: int = 0
+    executed: int = 0
+    per_second: int = 0
+    new_entries: int = 0
+    coverage: str = ""
+    findings: list[dict[str, str]] = field(default_factory=list)
+    log: Path | None = None
+
+
+_STAT = re.compile(r"^stat::(\w+):\s+(\d+)", re.MULTILINE)
+_COVERAGE = re.compile(r"^#\d+\s+(?:DONE|INITED)\s+(cov: \d+ ft: \d+)", re.MULTILINE)
+_LIBFUZZER_ARTIFACT = re.compile(r"^(crash|timeout|oom|leak|slow-unit)-[0-9a-f]{40}$")
+
+
+def _write_seeds(target: str, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in conformance_seeds(target):
+        (folder / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
+
+
+def _run_target(target: str, seconds: int, corpus_root: Path, artifacts_root: Path, work: Path) -> TargetRun:
+    run = TargetRun(target, seconds)
+    corpus = corpus_root / target
+    corpus.mkdir(parents=True, exist_ok=True)
+    artifacts = artifacts_root / target
+    artifacts.mkdir(parents=True, exist_ok=True)
+    seeds = work / "seeds" / target
+    _write_seeds(target, seeds)
+    dictionary = work / f"{target}.dict"
+    dictionary.write_text("".join(_dictionary_entry(t) + "\n" for t in _DICTIONARY.get(target, ())))
+    findings = work / f"{target}-findings.jsonl"
+    findings.write_text("")
+    run.log = work / f"{target}.log"
+    before = {p.name for p in corpus.iterdir()}
+    artifacts_before = {p.name for p in artifacts.iterdir()}
+
+    inputs = [str(corpus), str(CORPUS_DIR / target), str(seeds)]
+    args = [f"-max_total_time={seconds}", f"-rss_limit_mb={RSS_LIMIT_MB}", f"-timeout={HARD_TIMEOUT_SECONDS}",
+            f"-max_len={MAX_LEN[target]}", f"-artifact_prefix={artifacts}/", "-print_final_stats=1",
+            *([f"-dict={dictionary}"] if target in _DICTIONARY else []), *(i for i in inputs if Path(i).is_dir())]
+    cmd = [sys.executable, "-m", "tests.fuzz", "--worker", target, "--findings", str(findings),
+           "--artifacts", str(artifacts), "--", *args]
+    with run.log.open("w") as log:
+        try:
+            # The grace covers start-up and the initial corpus pass; past it the worker itself hangs.
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=seconds + HARD_TIMEOUT_SECONDS * 3 + 120)
+            run.returncode = proc.returncode
+        except subprocess.TimeoutExpired:
+            run.returncode = -1
+    text = run.log.read_text(errors="replace")
+    stats = {k: int(v) for k, v in _STAT.findall(text)}
+    run.executed = stats.get("number_of_executed_units", 0)
+    run.per_second = stats.get("average_exec_per_sec", 0)
+    run.new_entries = len({p.name for p in corpus.iterdir()} - before)
+    coverage = _COVERAGE.findall(text)
+    run.coverage = coverage[-1] if coverage else ""
+    run.findings = [json.loads(line) for line in findings.read_text().splitlines() if line.strip()]
+    recorded = {Path(f["file"]).name for f in run.findings}
+    for name in sorted({p.name for p in artifacts.iterdir()} - artifacts_before - recorded):
+        if _LIBFUZZER_ARTIFACT.match(name):   # libFuzzer's own: a hard timeout or the RSS limit
+            run.findings.append({"target": target, "kind": name.split("-")[0], "signature": name.split("-")[0],
+                                 "file": str(artifacts / name), "detail": f"see {run.log}"})
+    if run.returncode != 0 and not run.findings:
+        run.findings.append({"target": target, "kind": "worker", "signature": f"exit {run.returncode}",
+                             "file": "", "detail": f"the worker exited with status {run.returncode}; see {run.log}"})
+    return run
+
+
+def _summary_line(r: TargetRun) -> str:
+    return (f"fuzz {r.target}: {r.executed} inputs in {r.seconds} s ({r.per_second}/s), {r.new_entries} new "
+            f"corpus entries, {len(r.findings)} findings, {r.coverage or 'no coverage stats'}; log {r.log}")
+
+
+def _finding_lines(runs: Iterable[TargetRun]) -> Iterator[str]:
+    for r in runs:
+        for f in r.findings:
+            yield f"FINDING {f['target']} {f['kind']} {f['signature']} {f['file']}"
+            yield from ("    " + line for line in f["detail"].rstrip().splitlines()[-12:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__)
+    parser.add_argument("--seconds", type=int, default=60, help="total fuzzing time, split between the targets")
+    parser.add_argument("--target", choices=TARGETS, help="fuzz only this target")
+    parser.add_argument("--corpus", type=Path, default=WORK_DIR / "corpus",
+                        help="working corpus root (new inputs land in DIR/<target>); the committed corpus "
+                             f"{CORPUS_DIR.relative_to(ROOT)} and the conformance cases are read as seeds")
+    parser.add_argument("--artifacts", type=Path, default=CORPUS_DIR,
+                        help="where findings are saved as <target>/crash-* (default: the committed corpus, "
+                             "so that they become regression inputs)")
+    parser.add_argument("--worker", choices=TARGETS, help=argparse.SUPPRESS)
+    parser.add_argument("--findings", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("libfuzzer", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker(args.worker, args.findings, args.artifacts, args.libfuzzer)
+        return 0
+    targets = [args.target] if args.target else list(TARGETS)
+    per_target = max(1, args.seconds // len(targets))
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for t in targets:
+        runs.append(_run_target(t, per_target, args.corpus.resolve(), args.artifacts.resolve(), WORK_DIR))
+        print(_summary_line(runs[-1]), flush=True)
+    for line in _finding_lines(runs):
+        print(line)
+    return 1 if any(r.findings for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
