@@ -27,7 +27,8 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 1e6
 
 
-def measure(bundle: Path, principals: int, samples: int = 10, reloads: int = 1, seed: int = 0) -> dict[str, Any]:
+def measure(bundle: Path, principals: int, samples: int = 10, reloads: int = 1, seed: int = 0,
+            state_dir: Path | None = None) -> dict[str, Any]:
     """Every figure of one size. Decisions use a store without decision cache.
 
     cold: the first decision for a principal after load (the snapshot builds its policy set);
@@ -35,7 +36,7 @@ def measure(bundle: Path, principals: int, samples: int = 10, reloads: int = 1, 
     """
     gc.collect()
     rss_start = _rss_mb()
-    store = StoreTarget(bundle, cache=False)
+    store = StoreTarget(bundle, state_dir, cache=False)
     gc.collect()
     rss_loaded = _rss_mb()
 
@@ -83,9 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--principals", type=int, required=True)
     ap.add_argument("--samples", type=int, default=10)
     ap.add_argument("--reloads", type=int, default=1)
+    ap.add_argument("--state-dir", type=Path, default=None, help="the store state directory (default: temporary)")
     args = ap.parse_args(argv)
     try:
-        out = measure(args.bundle, args.principals, args.samples, args.reloads)
+        out = measure(args.bundle, args.principals, args.samples, args.reloads, state_dir=args.state_dir)
     except Unavailable as exc:
         out = {"principals": args.principals, "skipped": str(exc)}
     print(json.dumps(out))

@@ -119,10 +119,12 @@ _IDENTITY_DOCS: tuple[dict[str, Any], ...] = (
     ]},
     # Valid, and hostile to a backtracking matcher: long fuzzed values must still match in linear time.
     {"Version": "2012-10-17", "Statement": [
-        {"Sid": "Hostile", "Effect": "Allow", "Action": "kinesisvideo:Get*",
-         "Resource": ["arn:*a*:kinesisvideo:*a*:*1*:stream/x", "arn:aws:kinesisvideo:*:*:stream/*a*a*a*a*a*b"],
-         "Condition": {"ArnLike": {"aws:SourceArn": "arn:*a*:*a*:*a*:*a*:x"},
-                       "StringLike": {"aws:userid": "*a*a*a*a*a*a*b", "aws:PrincipalTag/team": "?" * 300 + "*"}}},
+        {"Sid": "HostileResource", "Effect": "Allow", "Action": "kinesisvideo:Get*",
+         "Resource": ["arn:*a*:kinesisvideo:*a*:*1*:stream/x", "arn:aws:kinesisvideo:*:*:stream/*a*a*a*a*a*b"]},
+        {"Sid": "HostileCondition", "Effect": "Deny", "Action": "*", "Resource": "*",
+         "Condition": {"ArnLikeIfExists": {"aws:SourceArn": "arn:*a*:*a*:*a*:*a*:x"},
+                       "StringLikeIfExists": {"aws:userid": "*a*a*a*a*a*a*b",
+                                              "aws:PrincipalTag/team": "?" * 300 + "*"}}},
     ]},
 )
 _RESOURCE_DOC: dict[str, Any] = {"Version": "2012-10-17", "Statement": [

@@ -97,6 +97,7 @@ class Store:
         self.compiler = PolicyCompiler()
         self.cache = DecisionCache(config.cache_size)
         self._write_lock = threading.RLock()
+        self._reload_lock = threading.Lock()    # reloads in order: a later read is never published first
         self._base = IamState()
         self._state = IamState()
         self._ops: list[dict[str, Any]] = []
@@ -163,7 +164,15 @@ class Store:
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the bundle and re-apply the persisted admin changes. A bundle that does not
-        load keeps the last good snapshot serving; the error is returned and kept for Status."""
+        load keeps the last good snapshot serving; the error is returned and kept for Status.
+
+        Reloads (the watcher's and the admin Reload call) run one at a time: otherwise a reload that
+        read the bundle earlier could publish its older content after a later one.
+        """
+        with self._reload_lock:
+            return self._reload()
+
+    def _reload(self) -> tuple[bool, str]:
         try:
             base = load_bundle(self.config.bundle_dir) if self.config.bundle_dir is not None else IamState()
         except (BundleError, OSError, StoreError, ValueError) as exc:
