@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, TextIO
+from typing import Any, Iterator, Sequence, TextIO
 
 from .evaluate import PolicySet, Request, Result, evaluate
 from .policy.errors import AuthzError
@@ -225,33 +225,33 @@ def cmd_test(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
 # ------------------------------------------------------------------ check / serve
 
 
-def _context_pairs(pairs: Iterable[str]) -> dict[str, list[str]]:
-    ctx: dict[str, list[str]] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"authz check: --context takes KEY=VALUE, got {pair!r}")
-        ctx.setdefault(key, []).append(value)
-    return ctx
-
-
 def cmd_check(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    from .client import AuthzClient
+    from google.protobuf.json_format import MessageToDict
 
-    client = AuthzClient(args.addr, token=args.token, ca_file=args.tls_ca)
+    from .client import AuthzClient, CallError, TlsFiles, parse_context
+
     try:
-        answer = client.authorize(args.principal, args.action, args.resource, _context_pairs(args.context),
-                                  explain=args.explain)
-    finally:
-        client.close()
-    stdout.write(json.dumps(answer, indent=2) + "\n")
-    return 0 if answer.get("decision") == "Allow" else 1
+        context = parse_context(args.context)
+    except ValueError as exc:
+        print(f"authz check: {exc}", file=sys.stderr)
+        return 2
+    tls = TlsFiles(ca=Path(args.tls_ca)) if args.tls_ca else None
+    try:
+        with AuthzClient(args.addr, tls=tls, token=args.token, timeout=args.timeout) as client:
+            answer = client.authorize(args.principal, args.action, args.resource, context, explain=args.explain)
+    except CallError as exc:
+        field = f" (field: {exc.field})" if exc.field else ""
+        print(f"authz check: {exc.code.name}: {exc.message}{field}", file=sys.stderr)
+        return 2
+    stdout.write(json.dumps(MessageToDict(answer, preserving_proto_field_name=True), indent=2) + "\n")
+    from .v1 import authz_pb2 as pb
+    return 0 if answer.decision == pb.DECISION_ALLOW else 1
 
 
 def cmd_serve(argv: Sequence[str]) -> int:
     from .server.config import main as serve_main
 
-    return serve_main(list(argv))
+    return serve_main(list(argv), prog="authz serve")
 
 
 # ------------------------------------------------------------------ entry point
@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="also list passing tests")
 
     p = sub.add_parser("check", help="ask a running sidecar for one decision; exit 0 only on Allow",
+                       description="Prints the answer as JSON. Exit status: 0 Allow, 1 deny, 2 error.",
                        epilog="example: authz check --principal arn:aws:iam::123456789012:user/camera "
                               "--action kinesisvideo:PutMedia --resource "
                               "arn:aws:kinesisvideo:us-west-2:123456789012:stream/your_stream/0123456789012")
@@ -306,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a condition key; repeat for more keys or for several values of one key")
     p.add_argument("--explain", action="store_true", help="ask for the full explanation")
     p.add_argument("--token", default=None, help="bearer token, if the listener requires one")
-    p.add_argument("--tls-ca", default=None, help="CA bundle to verify a TLS listener")
+    p.add_argument("--tls-ca", default=None, help="CA bundle to verify a TLS listener (enables TLS)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
 
     sub.add_parser("serve", help="run the sidecar (same flags as server.py; see `authz serve --help`)",
                    add_help=False)

@@ -21,7 +21,8 @@ from .fixtures import (ENGINE_USERS, REQUEST_CONTEXT, authorize_payloads, batch_
 from .floor import ServerSettings, server_settings
 from .loadgen import LoadClient, LoadResult, LoadSpec
 from .stats import percentile, ratio, spread
-from .targets import REPO, ServedProcess, StoreTarget, Unavailable, envoy_hop, start_floor, start_server, store_missing
+from .targets import (REPO, ServedProcess, StoreTarget, Unavailable, measure_envoy, start_floor, start_server,
+                      store_missing)
 
 CASES = ("engine", "scale", "closed", "open", "batch", "envoy")
 DEFAULT_OUT = REPO / "bench" / "results"
@@ -375,13 +376,18 @@ def grpc_cases(plan: Plan, progress: Progress, settings: ServerSettings, cases: 
 
 # ------------------------------------------------------------------ case 6: envoy
 
-def case_envoy(progress: Progress) -> dict[str, Any]:
+def case_envoy(plan: Plan, progress: Progress) -> dict[str, Any]:
+    """The ext_authz hop through Envoy, against the same Envoy without the filter (bench/envoy_hop.py)."""
+    progress("envoy: the same Envoy with and without ext_authz, open loop")
     try:
-        envoy_hop()
+        fig = measure_envoy(plan.quick)
     except Unavailable as exc:
         progress(f"envoy: skipped: {exc}")
         return {"skipped": str(exc)}
-    return {}    # pragma: no cover - the hook raises until it is wired
+    for name in ("with_ext_authz", "without_ext_authz"):
+        progress(f"  {name}: p50 {fig[name]['p50_ms']:.3f} ms, p99 {fig[name]['p99_ms']:.3f} ms, "
+                 f"{fig[name]['requests']} requests at {fig['rate_per_s']:.0f}/s")
+    return fig
 
 
 # ------------------------------------------------------------------ comparisons and output
@@ -427,7 +433,19 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row("batch", f"AuthorizeBatch of {batch['batch_size']}, {kind.replace('_', '-')}",
                              "decisions/s", batch[kind][SERVER].get("decisions_per_s"),
                              batch[kind][FLOOR].get("decisions_per_s"), "higher"))
+    envoy = cases.get("envoy")
+    if isinstance(envoy, Mapping) and "with_ext_authz" in envoy:
+        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
+            # One figure per side (bench/envoy_hop.py alternates blocks A B B A itself): a spread of one.
+            one = {side: _single(envoy[side][key] * 1000) for side in ("with_ext_authz", "without_ext_authz")}
+            rows.append(_row("envoy hop", f"request through Envoy at {envoy['rate_per_s']:.0f}/s, {label} "
+                             f"(floor: the same Envoy without ext_authz)", "µs",
+                             one["with_ext_authz"], one["without_ext_authz"], "lower"))
     return rows
+
+
+def _single(value: float) -> dict[str, Any]:
+    return spread([value]).as_dict()
 
 
 def _guarded(name: str, progress: Progress, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -492,7 +510,7 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
         notes.append(f"gRPC server {server_skip}; its cells are n/a, the floor's are measured")
     latencies = cases.pop("_latencies", {})
     if "envoy" in plan.cases:
-        cases["envoy"] = case_envoy(progress)
+        cases["envoy"] = _guarded("envoy", progress, lambda: case_envoy(plan, progress))
     results: dict[str, Any] = {
         "schema": report.SCHEMA,
         "environment": env,

@@ -212,11 +212,18 @@ class StoreTarget:
         self.close()
 
 
-# ------------------------------------------------------------------ the gateway hook
+# ------------------------------------------------------------------ the gateway hop
 
-def envoy_hop() -> None:
-    """Placeholder for the Envoy ext_authz hop (gateway -> sidecar). Raises Unavailable until it exists."""
-    if importlib.util.find_spec("authz.gateway.ext_authz") is None:
-        raise Unavailable("gateway not available (no authz.gateway.ext_authz yet); the Envoy hop is a hook")
-    raise Unavailable("the Envoy ext_authz hop is a hook: wire it in bench/targets.py envoy_hop()")
+def measure_envoy(quick: bool) -> dict[str, Any]:
+    """The Envoy ext_authz hop: the same Envoy with and without the filter (bench/envoy_hop.py, the gateway's).
 
+    Raises Unavailable (the case is skipped) when that module or the Envoy binary is missing.
+    """
+    if importlib.util.find_spec("bench.envoy_hop") is None:
+        raise Unavailable("gateway hop not available (no bench/envoy_hop.py yet)")
+    from . import envoy_hop
+
+    try:
+        return envoy_hop.measure_envoy_hop(quick)
+    except FileNotFoundError as exc:
+        raise Unavailable(f"Envoy not available ({exc})") from None
