@@ -126,6 +126,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     from .admin import PolicyAdmin
     from .auth import AdminTokenInterceptor, server_credentials
     from .authorizer import Authorizer, Observer
+    from .errors import UndecodableRequests
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     store = Store(StoreConfig(bundle_dir=config.bundle, state_dir=config.state_dir, cache_size=config.cache_size,
@@ -143,7 +144,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
         observers.append(decision_log.write)
 
     decision = grpc.server(ThreadPoolExecutor(config.threads, thread_name_prefix="authz"),
-                           options=server_options(config))
+                           options=server_options(config), interceptors=[UndecodableRequests()])
     authz_pb2_grpc.add_AuthorizerServicer_to_server(Authorizer(store, tuple(observers)), decision)
     ext_authz.register(decision, store, ext_authz.GatewayOptions(
         principal_from=config.principal_from, region=config.region, trusted_proxies=config.trusted_proxies))
@@ -157,7 +158,10 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     servers, healths = [decision], [decision_health]
 
     if config.admin_listen:
-        interceptors = [AdminTokenInterceptor(config.admin_token)] if config.admin_token else []
+        interceptors: list[grpc.ServerInterceptor] = []
+        if config.admin_token:             # first: bytes from callers without the token are not even parsed
+            interceptors.append(AdminTokenInterceptor(config.admin_token))
+        interceptors.append(UndecodableRequests())
         admin = grpc.server(ThreadPoolExecutor(ADMIN_THREADS, thread_name_prefix="authz-admin"),
                             options=settings.SERVER_OPTIONS,     # never shared, even with --workers
                             interceptors=interceptors)

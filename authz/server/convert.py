@@ -6,6 +6,7 @@ import json
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..evaluate import Decision, MatchedStatement, PolicySet, Request, Result
+from ..policy import limits
 from ..policy.conditions import MULTIVALUED_KEYS
 from ..policy.errors import LimitError, RequestError
 from ..policy.jsontext import load_text, plain
@@ -95,10 +96,30 @@ def _policy(doc: pb.PolicyDocument, default_name: str, field: str, ptype: Policy
             detail = "; ".join(str(p) for p in report.errors[:5])
             raise RequestError(f"{field}.document", f"invalid {ptype.value} policy: {detail}")
         return compile_policy(report.document, name)
+    # Without validation the document need not follow the policy grammar, but it must still be one
+    # unambiguous JSON value (no member given twice: which copy would count?) of bounded shape.
     value, problems = load_text(text, iam_charset=False, max_chars=settings.MAX_SIMULATE_DOCUMENT_CHARS)
-    if value is None:
-        raise RequestError(f"{field}.document", "; ".join(str(p) for p in problems[:5]))
+    if value is None or problems:
+        raise RequestError(f"{field}.document", "; ".join(str(p) for p in problems[:5]) + "; send strict JSON: "
+                           f"well-formed, at most {limits.MAX_JSON_DEPTH} levels deep, each member once per object")
+    longest = _longest_array(value)
+    if longest > limits.MAX_LIST_ITEMS:
+        raise LimitError(f"{field}.document", f"an array has {longest} entries; at most {limits.MAX_LIST_ITEMS} "
+                                              "(MAX_LIST_ITEMS): use wildcards or split the statement")
     return compile_policy(plain(value), name)
+
+
+def _longest_array(root: Any) -> int:
+    """Entries of the longest array anywhere in a parsed JSON value (walked without recursion)."""
+    longest, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            longest = max(longest, len(node))
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+    return longest
 
 
 def _levels(levels: Sequence[pb.PolicyLevel], kind: str, ptype: PolicyType, validate: bool

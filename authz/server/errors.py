@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from typing import Callable, NoReturn, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import grpc
 
@@ -90,3 +90,63 @@ def rpc(method: Method[Self, Req, Resp]) -> Method[Self, Req, Resp]:
         except Exception as exc:   # noqa: BLE001 - the one place errors become statuses
             abort(context, exc)
     return wrapper
+
+
+class _Undecodable:
+    """What the checked deserializer hands on when the bytes are not a message of the expected type."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _message_name(deserializer: Callable[[bytes], Any]) -> str:
+    cls = getattr(deserializer, "__self__", None)          # Message.FromString is a bound classmethod
+    descriptor = getattr(cls, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "request"))
+
+
+def _checked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    decode, behaviour = handler.request_deserializer, handler.unary_unary
+    assert decode is not None and behaviour is not None
+    name = _message_name(decode)
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return decode(raw)
+        except Exception as exc:   # noqa: BLE001 - protobuf's DecodeError and anything a parser may raise
+            return _Undecodable(type(exc).__name__)
+
+    def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"the request is not a valid {name} message ({request.reason}): send a well-formed "
+                          "protobuf message of that type; every string field must be valid UTF-8")
+        return behaviour(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=deserialize,
+                                               response_serializer=handler.response_serializer)
+
+
+class UndecodableRequests(grpc.ServerInterceptor):
+    """INVALID_ARGUMENT for request bytes that do not parse (invalid UTF-8 in a string field, a corrupt
+    wire format), instead of gRPC's own INTERNAL "Exception deserializing request!" and a traceback
+    in the log for every such call. Unary-unary methods only; wrapped handlers are remembered per method.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _checked(handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped

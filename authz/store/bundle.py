@@ -75,7 +75,16 @@ def read_file(path: Path) -> Any:
     try:
         return yaml.safe_load(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path.name}: not valid YAML: {exc}") from None
+        raise BundleError(f"{path.name}: not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """What is wrong and where, without PyYAML's quote of the offending line: it may hold a secret key."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return where + "; ".join(str(p) for p in (exc.context, exc.problem) if p)
+    return str(exc)
 
 
 def load_bundle(directory: Path) -> IamState:

@@ -30,13 +30,35 @@ class OpLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL)")
+            st = os.stat(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StorageFailure(f"cannot open the state database {self.path}: {exc}; check that --state-dir "
                                  "exists and is writable") from None
+        self._identity = (st.st_dev, st.st_ino)
+
+    def _check_in_place(self) -> None:
+        """Refuse to write when the database is no longer the file opened at start, or is read-only.
+
+        SQLite writes through the descriptors it opened, and reports success even when --state-dir has
+        since been removed or replaced (the rows are gone at the next start) or made read-only (the
+        next start fails): such a write would be acknowledged and then lost.
+        """
+        refused = "the change was not saved and not applied: "
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise StorageFailure(f"{refused}the state database {self.path} is gone ({exc.strerror}); restore "
+                                 "--state-dir, or restart the server to begin a new one") from None
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise StorageFailure(f"{refused}the state database {self.path} was replaced after the server opened "
+                                 "it; restart the server to use the new one")
+        if not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            raise StorageFailure(f"{refused}{self.path.parent} is read-only; make --state-dir writable, then retry")
 
     def append(self, op: dict[str, Any]) -> int:
         text = json.dumps({k: v for k, v in op.items() if not k.startswith("_")}, separators=(",", ":"))
         with self._lock:
+            self._check_in_place()
             try:
                 cur = self._db.execute("INSERT INTO ops (op) VALUES (?)", (text,))
                 return int(cur.lastrowid or 0)
