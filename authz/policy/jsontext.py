@@ -101,6 +101,41 @@ def _structure_problems(root: Any) -> list[Problem]:
     return problems
 
 
+class _DuplicateSeen(Exception):
+    pass
+
+
+def _plain_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise _DuplicateSeen
+    return d
+
+
+def load_large(text: str | bytes, *, max_chars: int) -> tuple[Any, list[Problem]]:
+    """`load_text` for large trusted-format files (bundles): plain dicts straight from the parser.
+
+    Duplicate members are still refused; only when one is seen is the file parsed again the
+    slow way, to name where it is.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, [Problem("$", f"document is not valid UTF-8 (byte {exc.start})")]
+    if len(text) > max_chars:
+        return None, [Problem("$", f"document has {len(text)} characters; the limit is {max_chars}")]
+    try:
+        return json.loads(text, object_pairs_hook=_plain_pairs, parse_constant=_reject_constant), []
+    except _DuplicateSeen:
+        value, problems = load_text(text, iam_charset=False, max_chars=max_chars)
+        return (plain(value) if value is not None else None), problems
+    except RecursionError:
+        return None, [Problem("$", "JSON nesting is too deep")]
+    except ValueError as exc:
+        return None, [Problem("$", f"malformed JSON: {exc}")]
+
+
 def plain(value: Any) -> Any:
     """Deep-copy a parsed value into plain dicts and lists (drops the duplicate bookkeeping)."""
     if isinstance(value, dict):

@@ -15,9 +15,9 @@ from typing import Any, Iterator
 
 import yaml
 
-from ..policy.jsontext import child_path, load_text, plain
+from ..policy.jsontext import child_path, load_large
 from .errors import InvalidInput, StoreError
-from .state import IamState, account_of_arn, apply_op
+from .state import IamState, account_of_arn, apply_op, transaction
 
 BUNDLE_SUFFIXES = (".json", ".yaml", ".yml")
 MAX_BUNDLE_FILE_BYTES = 256 * 1024 * 1024
@@ -68,10 +68,10 @@ def read_file(path: Path) -> Any:
         raise BundleError(f"{path.name}: {size} bytes is over the {MAX_BUNDLE_FILE_BYTES}-byte limit per file")
     raw = path.read_bytes()
     if path.suffix.lower() == ".json":
-        value, problems = load_text(raw, iam_charset=False, max_chars=MAX_BUNDLE_FILE_BYTES)
+        value, problems = load_large(raw, max_chars=MAX_BUNDLE_FILE_BYTES)
         if problems:
             raise BundleError(f"{path.name}: " + "; ".join(str(p) for p in problems[:5]))
-        return plain(value)
+        return value
     try:
         return yaml.safe_load(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -89,28 +89,41 @@ def _yaml_problem(exc: Exception) -> str:
 
 def load_bundle(directory: Path) -> IamState:
     """Read every file of the bundle and build the state; raises BundleError naming the first fault."""
-    ops: list[tuple[str, dict[str, Any]]] = []
-    for path in bundle_files(directory):
-        doc = read_file(path)
-        ops.extend((path.name, o) for o in ops_of_document(doc, path.name))
-    return apply_ops(ops)
+    docs = [(path.name, read_file(path)) for path in bundle_files(directory)]
+    return apply_documents(docs)
 
 
-def apply_ops(ops: list[tuple[str, dict[str, Any]]]) -> IamState:
-    # Creation before reference: ops are applied in phase order, then file order.
+def apply_documents(docs: list[tuple[str, Any]]) -> IamState:
+    """Build a state from parsed bundle files. Creation comes before reference: ops are applied
+    phase by phase (then in file order), generated afresh for each phase so that the ops of a
+    large bundle never all exist at once."""
     state = IamState()
-    for source, o in sorted(ops, key=lambda item: _PHASE.get(item[1]["op"], 9)):
-        try:
-            state = apply_op(state, o)
-        except StoreError as exc:
-            where = o.get("_where", "")
-            raise BundleError(f"{source}{': ' + where if where else ''}: {exc}") from None
+    with transaction():
+        for phase in range(_PHASES):
+            for source, doc in docs:
+                for o in ops_of_document(doc, source):
+                    if _phase(o) != phase:
+                        continue
+                    try:
+                        state = apply_op(state, o)
+                    except StoreError as exc:
+                        where = o.get("_where", "")
+                        raise BundleError(f"{source}{': ' + where if where else ''}: {exc}") from None
     return state
 
 
-_PHASE = {"CreateAccount": 0, "SetOrganizationPolicies": 1, "CreatePolicy": 1, "CreatePrincipal": 2,
-          "RegisterResource": 2, "PutInlinePolicy": 3, "AttachPolicy": 3, "AddUserToGroup": 3,
-          "SetPermissionsBoundary": 3, "CreateAccessKey": 4}
+_PHASES = 5
+
+
+def _phase(o: dict[str, Any]) -> int:
+    name = o["op"]
+    if name == "CreateAccount":
+        return 0
+    if name in ("CreatePolicy", "SetOrganizationPolicies"):
+        return 1
+    if name == "CreatePrincipal":
+        return 2 if o.get("kind") == "group" else 3     # users name their groups
+    return 4                                            # access keys, resources
 
 
 def ops_of_document(doc: Any, source: str) -> Iterator[dict[str, Any]]:
@@ -176,18 +189,12 @@ def _iam_details_ops(doc: dict[str, Any], source: str) -> Iterator[dict[str, Any
             if kind == "role":
                 create["trust_policy"] = _doc(e.get("AssumeRolePolicyDocument"))
                 create["max_session_duration"] = e.get("MaxSessionDuration") or 3600
+            create["inline"] = {pol.get("PolicyName"): _doc(pol.get("PolicyDocument"))
+                                for pol in e.get(inline_key) or []}
+            create["attached"] = [att.get("PolicyArn") for att in e.get("AttachedManagedPolicies") or []]
+            create["boundary"] = (e.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
+            create["groups"] = list(e.get("GroupList") or []) if kind == "user" else []
             yield create
-            ref = {"account": account, "kind": kind, "name": name, "_where": where}
-            for pol in e.get(inline_key) or []:
-                yield {"op": "PutInlinePolicy", **ref, "policy_name": pol.get("PolicyName"),
-                       "document": _doc(pol.get("PolicyDocument"))}
-            for att in e.get("AttachedManagedPolicies") or []:
-                yield {"op": "AttachPolicy", **ref, "policy_arn": att.get("PolicyArn")}
-            boundary = (e.get("PermissionsBoundary") or {}).get("PermissionsBoundaryArn")
-            if boundary:
-                yield {"op": "SetPermissionsBoundary", **ref, "policy_arn": boundary}
-            for g in e.get("GroupList") or [] if kind == "user" else []:
-                yield {"op": "AddUserToGroup", "account": account, "user": name, "group": g, "_where": where}
 
 
 # ------------------------------------------------------------------ hand-written files
@@ -227,17 +234,11 @@ def _hand_ops(doc: dict[str, Any], source: str) -> Iterator[dict[str, Any]]:
             if kind == "role":
                 create["trust_policy"] = e.get("trust")
                 create["max_session_duration"] = e.get("max_session_duration") or 3600
+            create["inline"] = e.get("inline") or {}
+            create["attached"] = [_policy_ref(account, pol) for pol in e.get("policies") or []]
+            create["boundary"] = _policy_ref(account, e["boundary"]) if e.get("boundary") else None
+            create["groups"] = list(e.get("groups") or [])
             yield create
-            ref = {"account": account, "kind": kind, "name": e.get("name"), "_where": where}
-            for pname, pdoc in (e.get("inline") or {}).items():
-                yield {"op": "PutInlinePolicy", **ref, "policy_name": pname, "document": pdoc}
-            for pol in e.get("policies") or []:
-                yield {"op": "AttachPolicy", **ref, "policy_arn": _policy_ref(account, pol)}
-            if e.get("boundary"):
-                yield {"op": "SetPermissionsBoundary", **ref, "policy_arn": _policy_ref(account, e["boundary"])}
-            for g in e.get("groups") or []:
-                yield {"op": "AddUserToGroup", "account": account, "user": e.get("name"), "group": g,
-                       "_where": where}
             for k in e.get("access_keys") or []:
                 yield {"op": "CreateAccessKey", "account": account, "user": e.get("name"), "id": k.get("id"),
                        "secret": k.get("secret"), "_where": where}
@@ -276,5 +277,5 @@ def dump_example(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["BundleError", "BundleSignature", "load_bundle", "signature", "bundle_files", "apply_ops",
+__all__ = ["BundleError", "BundleSignature", "load_bundle", "signature", "bundle_files", "apply_documents",
            "ops_of_document", "InvalidInput"]

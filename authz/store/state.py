@@ -11,8 +11,10 @@ import base64
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
 
 from ..policy import limits
 from ..policy.model import PolicyType
@@ -30,6 +32,7 @@ SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
 TAG_KEY = re.compile(r"^[\w\s.:/=+\-@]{1,128}$", re.UNICODE)
 TAG_VALUE = re.compile(r"^[\w\s.:/=+\-@]{0,256}$", re.UNICODE)
 MAX_RESOURCE_TAGS = 50
+MAX_ACCESS_KEYS_PER_USER = 2           # IAM's quota
 
 
 # ------------------------------------------------------------------ records
@@ -127,6 +130,7 @@ class IamState:
     resource_names: Mapping[tuple[str, str, str, str, str], str] = field(default_factory=dict)
     access_keys: Mapping[str, AccessKey] = field(default_factory=dict)
     sessions: Mapping[str, Session] = field(default_factory=dict)
+    user_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)    # user ARN -> its access key ids
 
     def counts(self) -> dict[str, int]:
         return {
@@ -139,6 +143,12 @@ class IamState:
             "access_keys": len(self.access_keys),
             "sessions": len(self.sessions),
         }
+
+
+def evolve(obj: Any, **changes: Any) -> Any:
+    """dataclasses.replace without its per-call introspection (a hot spot when loading bundles)."""
+    cls = type(obj)
+    return cls(*[changes[f] if f in changes else getattr(obj, f) for f in cls.__match_args__])
 
 
 # ------------------------------------------------------------------ identifiers
@@ -228,6 +238,35 @@ def check_policy(document: Any, policy_type: PolicyType, field_name: str, size_k
 Apply = Callable[[IamState, dict[str, Any]], IamState]
 _OPS: dict[str, Apply] = {}
 
+# Copy-on-first-write: within one transaction every table is copied at most once, so loading a
+# bundle of 100,000 users costs 100,000 inserts, not 100,000 copies of a growing table. Tables of
+# the state a transaction started from are never modified: snapshots being served stay intact.
+_TXN: ContextVar["set[int] | None"] = ContextVar("iam_state_txn", default=None)
+
+
+@contextmanager
+def transaction() -> Iterator[None]:
+    """Group several apply_op calls; tables created inside it are mutated in place."""
+    if _TXN.get() is not None:
+        yield
+        return
+    token = _TXN.set(set())
+    try:
+        yield
+    finally:
+        _TXN.reset(token)
+
+
+def _own(table: Mapping[Any, Any]) -> dict[Any, Any]:
+    """A table this transaction may modify: the table itself if the transaction made it, else a copy."""
+    owned = _TXN.get()
+    if owned is not None and id(table) in owned:
+        return table  # type: ignore[return-value]
+    copy = dict(table)
+    if owned is not None:
+        owned.add(id(copy))
+    return copy
+
 
 def op(name: str) -> Callable[[Apply], Apply]:
     def register(fn: Apply) -> Apply:
@@ -237,7 +276,11 @@ def op(name: str) -> Callable[[Apply], Apply]:
 
 
 def apply_op(state: IamState, operation: Mapping[str, Any]) -> IamState:
-    """The state after one operation; raises a StoreError and leaves `state` untouched on failure."""
+    """The state after one operation; raises a StoreError and leaves `state` untouched on failure.
+
+    Every op checks all its input before it modifies a table, so a failing op changes nothing even
+    inside a transaction (where tables are modified in place).
+    """
     name = operation.get("op")
     fn = _OPS.get(name) if isinstance(name, str) else None
     if fn is None:
@@ -259,9 +302,9 @@ def _account(state: IamState, account: str, create: bool = False) -> Account:
 
 
 def _with_account(state: IamState, acct: Account) -> IamState:
-    accounts = dict(state.accounts)
+    accounts = _own(state.accounts)
     accounts[acct.id] = acct
-    return replace(state, accounts=accounts)
+    return evolve(state, accounts=accounts)
 
 
 def _get_principal(state: IamState, account: str, kind: str, name: str) -> Principal:
@@ -276,10 +319,10 @@ def _get_principal(state: IamState, account: str, kind: str, name: str) -> Princ
 
 def _put_principal(state: IamState, p: Principal) -> IamState:
     acct = _account(state, p.account, create=True)
-    table = dict(acct.table(p.kind))
+    table = _own(acct.table(p.kind))
     table[p.name.lower()] = p
     changes: dict[str, Any] = {{"user": "users", "group": "groups", "role": "roles"}[p.kind]: table}
-    return _with_account(state, replace(acct, **changes))
+    return _with_account(state, evolve(acct, **changes))
 
 
 def _limit_attached(p: Principal, extra: int = 1) -> None:
@@ -314,11 +357,13 @@ def _set_org(state: IamState, o: dict[str, Any]) -> IamState:
             continue
         levels[kind] = tuple(tuple(check_policy(d, ptype, f"{kind}[{i}][{j}]") for j, d in enumerate(level))
                              for i, level in enumerate(raw))
-    return _with_account(state, replace(acct, **levels))
+    return _with_account(state, evolve(acct, **levels))
 
 
 @op("CreatePrincipal")
 def _create_principal(state: IamState, o: dict[str, Any]) -> IamState:
+    """Create a user, group or role; optionally with its inline policies, attached managed policies,
+    groups and boundary, checked by the same rules as the dedicated ops (bundles use this form)."""
     kind = o.get("kind")
     if kind not in ("user", "group", "role"):
         raise InvalidInput("kind must be user, group or role", "kind")
@@ -342,7 +387,63 @@ def _create_principal(state: IamState, o: dict[str, Any]) -> IamState:
             raise InvalidInput(f"max_session_duration must be {limits.DEFAULT_SESSION_SECONDS}-"
                                f"{limits.MAX_SESSION_SECONDS} seconds, got {max_session}", "max_session_duration")
     p = Principal(kind, account, name, path, arn, uid, tags=tags, trust=trust, max_session=max_session)
+    for pname, doc in (o.get("inline") or {}).items():
+        p = _with_inline(p, pname, doc)
+    for parn in o.get("attached") or ():
+        p = _with_attached(state, p, parn)
+    for g in o.get("groups") or ():
+        p = _with_group(state, p, g)
+    if o.get("boundary"):
+        p = _with_boundary(state, p, o["boundary"])
     return _put_principal(state, p)
+
+
+# Principal transformers: check one change against the state and return the changed principal.
+
+def _with_inline(p: Principal, pname: Any, document: Any) -> Principal:
+    if not isinstance(pname, str) or not INLINE_POLICY_NAME.match(pname):
+        raise InvalidInput("policy_name: 1-128 characters, no white space and none of \\ / * ?", "policy_name")
+    doc = check_policy(document, PolicyType.IDENTITY, "document", _inline_size_kind(p.kind))
+    inline = tuple((n, d) for n, d in p.inline if n != pname) + ((pname, doc),)
+    # Inline policies of one principal share one size quota (spec 8).
+    total = sum(len(json.dumps(json.loads(d), separators=(",", ":"), ensure_ascii=False)) for _, d in inline)
+    cap = limits.SIZE_LIMITS[_inline_size_kind(p.kind)][0]
+    if total > cap:
+        raise QuotaExceeded(f"inline policies of a {p.kind} total at most {cap} characters without white space; "
+                            f"this would make {total}", "document")
+    return evolve(p, inline=inline)
+
+
+def _with_attached(state: IamState, p: Principal, arn: Any) -> Principal:
+    pol = state.policies.get(arn) if isinstance(arn, str) else None
+    if pol is None:
+        raise NotFound(f"policy {arn!r} does not exist", "policy_arn")
+    if pol.arn in p.attached:
+        return p
+    _limit_attached(p)
+    return evolve(p, attached=p.attached + (pol.arn,))   # the policy's own string: shared, not copied
+
+
+def _with_group(state: IamState, user: Principal, group_name: Any) -> Principal:
+    if user.kind != "user":
+        raise InvalidInput("only users can be members of groups", "group")
+    group = _get_principal(state, user.account, "group", str(group_name))
+    if group.name in user.groups:
+        return user
+    if len(user.groups) >= limits.MAX_GROUPS_PER_USER:
+        raise QuotaExceeded(f"a user can be in at most {limits.MAX_GROUPS_PER_USER} groups", "group")
+    return evolve(user, groups=user.groups + (group.name,))
+
+
+def _with_boundary(state: IamState, p: Principal, arn: Any) -> Principal:
+    if p.kind == "group":
+        raise InvalidInput("groups cannot have a permissions boundary; use a user or a role", "principal.kind")
+    if arn is not None:
+        pol = state.policies.get(arn) if isinstance(arn, str) else None
+        if pol is None:
+            raise NotFound(f"policy {arn!r} does not exist", "policy_arn")
+        arn = pol.arn
+    return evolve(p, boundary=arn)
 
 
 @op("DeletePrincipal")
@@ -351,10 +452,10 @@ def _delete_principal(state: IamState, o: dict[str, Any]) -> IamState:
     if p.inline or p.attached:
         raise Conflict(f"{p.arn} still has policies; delete or detach them first", "name")
     acct = _account(state, p.account)
-    table = dict(acct.table(p.kind))
+    table = _own(acct.table(p.kind))
     del table[p.name.lower()]
     changes: dict[str, Any] = {{"user": "users", "group": "groups", "role": "roles"}[p.kind]: table}
-    return _with_account(state, replace(acct, **changes))
+    return _with_account(state, evolve(acct, **changes))
 
 
 @op("CreatePolicy")
@@ -378,10 +479,10 @@ def _create_policy(state: IamState, o: dict[str, Any]) -> IamState:
     else:
         vers = (("v1", check_policy(o.get("document"), PolicyType.IDENTITY, "document", size_kind)),)
         default = "v1"
-    policies = dict(state.policies)
+    policies = _own(state.policies)
     policies[arn] = ManagedPolicy(arn, name, path, vers, default, str(o.get("description") or ""))
     acct_state = state if account in state.accounts or account == "aws" else _with_account(state, Account(account))
-    return replace(acct_state, policies=policies)
+    return evolve(acct_state, policies=policies)
 
 
 @op("CreatePolicyVersion")
@@ -395,11 +496,11 @@ def _create_policy_version(state: IamState, o: dict[str, Any]) -> IamState:
     doc = check_policy(o.get("document"), PolicyType.IDENTITY, "document", "managed")
     nums = [int(v[1:]) for v, _ in pol.versions if v[1:].isdigit()]
     vid = f"v{max(nums, default=0) + 1}"
-    new = replace(pol, versions=pol.versions + ((vid, doc),),
+    new = evolve(pol, versions=pol.versions + ((vid, doc),),
                   default_version=vid if o.get("set_as_default") else pol.default_version)
-    policies = dict(state.policies)
+    policies = _own(state.policies)
     policies[arn] = new
-    return replace(state, policies=policies)
+    return evolve(state, policies=policies)
 
 
 def _attachments(state: IamState, arn: str) -> list[str]:
@@ -421,26 +522,15 @@ def _delete_policy(state: IamState, o: dict[str, Any]) -> IamState:
     if users:
         raise Conflict(f"policy {arn} is still attached to {len(users)} entities (e.g. {users[0]}); detach it first",
                        "arn")
-    policies = dict(state.policies)
+    policies = _own(state.policies)
     del policies[arn]
-    return replace(state, policies=policies)
+    return evolve(state, policies=policies)
 
 
 @op("PutInlinePolicy")
 def _put_inline(state: IamState, o: dict[str, Any]) -> IamState:
     p = _get_principal(state, o["account"], o["kind"], o["name"])
-    pname = o.get("policy_name")
-    if not isinstance(pname, str) or not INLINE_POLICY_NAME.match(pname):
-        raise InvalidInput("policy_name: 1-128 characters, no white space and none of \\ / * ?", "policy_name")
-    doc = check_policy(o.get("document"), PolicyType.IDENTITY, "document", _inline_size_kind(p.kind))
-    inline = tuple((n, d) for n, d in p.inline if n != pname) + ((pname, doc),)
-    # Inline policies of one principal share one size quota (spec 8).
-    total = sum(len(json.dumps(json.loads(d), separators=(",", ":"), ensure_ascii=False)) for _, d in inline)
-    cap = limits.SIZE_LIMITS[_inline_size_kind(p.kind)][0]
-    if total > cap:
-        raise QuotaExceeded(f"inline policies of a {p.kind} total at most {cap} characters without white space; "
-                            f"this would make {total}", "document")
-    return _put_principal(state, replace(p, inline=inline))
+    return _put_principal(state, _with_inline(p, o.get("policy_name"), o.get("document")))
 
 
 @op("DeleteInlinePolicy")
@@ -449,19 +539,14 @@ def _delete_inline(state: IamState, o: dict[str, Any]) -> IamState:
     pname = o.get("policy_name")
     if not any(n == pname for n, _ in p.inline):
         raise NotFound(f"{p.arn} has no inline policy named {pname!r}", "policy_name")
-    return _put_principal(state, replace(p, inline=tuple((n, d) for n, d in p.inline if n != pname)))
+    return _put_principal(state, evolve(p, inline=tuple((n, d) for n, d in p.inline if n != pname)))
 
 
 @op("AttachPolicy")
 def _attach(state: IamState, o: dict[str, Any]) -> IamState:
     p = _get_principal(state, o["account"], o["kind"], o["name"])
-    arn = o.get("policy_arn", "")
-    if arn not in state.policies:
-        raise NotFound(f"policy {arn!r} does not exist", "policy_arn")
-    if arn in p.attached:
-        return state
-    _limit_attached(p)
-    return _put_principal(state, replace(p, attached=p.attached + (arn,)))
+    changed = _with_attached(state, p, o.get("policy_arn", ""))
+    return state if changed is p else _put_principal(state, changed)
 
 
 @op("DetachPolicy")
@@ -470,18 +555,14 @@ def _detach(state: IamState, o: dict[str, Any]) -> IamState:
     arn = o.get("policy_arn", "")
     if arn not in p.attached:
         raise NotFound(f"policy {arn!r} is not attached to {p.arn}", "policy_arn")
-    return _put_principal(state, replace(p, attached=tuple(a for a in p.attached if a != arn)))
+    return _put_principal(state, evolve(p, attached=tuple(a for a in p.attached if a != arn)))
 
 
 @op("AddUserToGroup")
 def _add_to_group(state: IamState, o: dict[str, Any]) -> IamState:
     user = _get_principal(state, o["account"], "user", o["user"])
-    group = _get_principal(state, o["account"], "group", o["group"])
-    if group.name in user.groups:
-        return state
-    if len(user.groups) >= limits.MAX_GROUPS_PER_USER:
-        raise QuotaExceeded(f"a user can be in at most {limits.MAX_GROUPS_PER_USER} groups", "group")
-    return _put_principal(state, replace(user, groups=user.groups + (group.name,)))
+    changed = _with_group(state, user, o["group"])
+    return state if changed is user else _put_principal(state, changed)
 
 
 @op("RemoveUserFromGroup")
@@ -489,18 +570,13 @@ def _remove_from_group(state: IamState, o: dict[str, Any]) -> IamState:
     user = _get_principal(state, o["account"], "user", o["user"])
     if o["group"] not in user.groups:
         raise NotFound(f"user {user.name} is not in group {o['group']!r}", "group")
-    return _put_principal(state, replace(user, groups=tuple(g for g in user.groups if g != o["group"])))
+    return _put_principal(state, evolve(user, groups=tuple(g for g in user.groups if g != o["group"])))
 
 
 @op("SetPermissionsBoundary")
 def _set_boundary(state: IamState, o: dict[str, Any]) -> IamState:
     p = _get_principal(state, o["account"], o["kind"], o["name"])
-    if p.kind == "group":
-        raise InvalidInput("groups cannot have a permissions boundary; use a user or a role", "principal.kind")
-    arn = o.get("policy_arn") or None
-    if arn is not None and arn not in state.policies:
-        raise NotFound(f"policy {arn!r} does not exist", "policy_arn")
-    return _put_principal(state, replace(p, boundary=arn))
+    return _put_principal(state, _with_boundary(state, p, o.get("policy_arn") or None))
 
 
 @op("TagPrincipal")
@@ -513,13 +589,13 @@ def _tag(state: IamState, o: dict[str, Any]) -> IamState:
     new_lower = {k.lower() for k in new}
     merged = {k: v for k, v in p.tags if k.lower() not in remove and k.lower() not in new_lower}
     merged.update(new)
-    return _put_principal(state, replace(p, tags=check_tags(merged)))
+    return _put_principal(state, evolve(p, tags=check_tags(merged)))
 
 
 @op("SetTrustPolicy")
 def _set_trust(state: IamState, o: dict[str, Any]) -> IamState:
     p = _get_principal(state, o["account"], "role", o["name"])
-    return _put_principal(state, replace(p, trust=check_policy(o.get("document"), PolicyType.TRUST, "document")))
+    return _put_principal(state, evolve(p, trust=check_policy(o.get("document"), PolicyType.TRUST, "document")))
 
 
 @op("CreateAccessKey")
@@ -532,11 +608,15 @@ def _create_key(state: IamState, o: dict[str, Any]) -> IamState:
         raise InvalidInput("secret access key must be at least 16 characters", "secret_access_key")
     if kid in state.access_keys:
         raise AlreadyExists(f"access key {kid} already exists", "access_key_id")
-    if sum(1 for k in state.access_keys.values() if k.principal == user.arn) >= 2:
-        raise QuotaExceeded(f"user {user.arn} already has 2 access keys (the IAM limit)", "user")
-    keys = dict(state.access_keys)
+    held = state.user_keys.get(user.arn, ())
+    if len(held) >= MAX_ACCESS_KEYS_PER_USER:
+        raise QuotaExceeded(f"user {user.arn} already has {MAX_ACCESS_KEYS_PER_USER} access keys (the IAM limit); "
+                            "delete one first", "user")
+    keys = _own(state.access_keys)
     keys[kid] = AccessKey(kid, secret, user.arn)
-    return replace(state, access_keys=keys)
+    by_user = _own(state.user_keys)
+    by_user[user.arn] = held + (kid,)
+    return evolve(state, access_keys=keys, user_keys=by_user)
 
 
 @op("DeleteAccessKey")
@@ -544,9 +624,12 @@ def _delete_key(state: IamState, o: dict[str, Any]) -> IamState:
     kid = o.get("id", "")
     if kid not in state.access_keys:
         raise NotFound(f"access key {kid!r} does not exist", "access_key_id")
-    keys = dict(state.access_keys)
-    del keys[kid]
-    return replace(state, access_keys=keys)
+    keys = _own(state.access_keys)
+    gone = keys.pop(kid)
+    by_user = _own(state.user_keys)
+    if gone.principal in by_user:
+        by_user[gone.principal] = tuple(k for k in by_user[gone.principal] if k != kid)
+    return evolve(state, access_keys=keys, user_keys=by_user)
 
 
 def resource_arn(partition: str, region: str, account: str, rtype: str, name: str, created_ms: int) -> str:
@@ -579,12 +662,12 @@ def _register(state: IamState, o: dict[str, Any]) -> IamState:
     policy = o.get("policy")
     if policy is not None:
         policy = check_policy(policy, PolicyType.RESOURCE, "resource_policy")
-    resources = dict(state.resources)
+    resources = _own(state.resources)
     resources[arn] = Resource(arn, rtype, name, partition, region, account, tags, policy)
-    names = dict(state.resource_names)
+    names = _own(state.resource_names)
     names[key] = arn
     base = state if account in state.accounts else _with_account(state, Account(account))
-    return replace(base, resources=resources, resource_names=names)
+    return evolve(base, resources=resources, resource_names=names)
 
 
 @op("DeleteResource")
@@ -593,11 +676,11 @@ def _delete_resource(state: IamState, o: dict[str, Any]) -> IamState:
     res = state.resources.get(arn)
     if res is None:
         raise NotFound(f"resource {arn!r} is not registered", "arn")
-    resources = dict(state.resources)
+    resources = _own(state.resources)
     del resources[arn]
-    names = dict(state.resource_names)
+    names = _own(state.resource_names)
     names.pop((res.type, res.partition, res.region, res.account, res.name), None)
-    return replace(state, resources=resources, resource_names=names)
+    return evolve(state, resources=resources, resource_names=names)
 
 
 @op("CreateSession")
@@ -605,9 +688,16 @@ def _create_session(state: IamState, o: dict[str, Any]) -> IamState:
     s = Session(o["arn"], o["role_arn"], o["role_id"], o["session_name"], float(o["issued"]), float(o["expires"]),
                 o.get("policy"), tuple((k, v) for k, v in (o.get("tags") or {}).items()), o.get("access_key_id", ""),
                 o.get("source", ""))
-    sessions = {k: v for k, v in state.sessions.items() if v.expires > s.issued}   # expired sessions fall away
+    sessions = _own(state.sessions)
+    keys = _own(state.access_keys)
+    n = len(sessions) + 1
+    if n & (n - 1) == 0:
+        # Expired sessions and their keys fall away whenever the table reaches a power of two:
+        # amortised constant work per session (they are refused on use before that anyway).
+        for arn in [a for a, v in sessions.items() if v.expires <= s.issued]:
+            gone = sessions.pop(arn)
+            keys.pop(gone.access_key, None)
     sessions[s.arn] = s
-    keys = {k: v for k, v in state.access_keys.items() if v.expires is None or v.expires > s.issued}
     if s.access_key:
         keys[s.access_key] = AccessKey(s.access_key, o["secret"], s.arn, o.get("session_token"), s.expires)
-    return replace(state, sessions=sessions, access_keys=keys)
+    return evolve(state, sessions=sessions, access_keys=keys)

@@ -6,6 +6,8 @@ serialise on one lock, build the new state off to the side, persist it, and swap
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import secrets
 import string
@@ -28,7 +30,7 @@ from .errors import InvalidInput, NotFound, PermissionDenied, QuotaExceeded, Sto
 from .oplog import OpLog
 from .snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, caller_context
 from .state import (SESSION_NAME, IamState, ManagedPolicy, Principal, apply_op, check_policy, check_tags,
-                    resource_arn)
+                    resource_arn, transaction)
 
 log = logging.getLogger("authz.store")
 
@@ -84,6 +86,16 @@ def _unknown_principal(revision: int, principal: str) -> Answer:
     r = Result(Decision.IMPLICIT_DENY, (), (), "unknown_principal", "", {}, "NONE", False, (),
                (f"unknownPrincipal:{principal[:200]}",), frozenset())
     return Answer(r, revision, False, False)
+
+
+def _release_memory() -> None:
+    """After a reload the previous state is garbage: hand the freed heap back to the system, so
+    resident memory does not ratchet up by one state per reload (glibc keeps it otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to do
+        pass
 
 
 def _token(alphabet: str, n: int) -> str:
@@ -188,17 +200,20 @@ class Store:
             self._last_load = self.clock()
             self._reloads_ok += 1
         log.info("loaded policy set revision %d: %s", self._revision, state.counts())
+        del state, base
+        _release_memory()
         return True, ""
 
     def _replay(self, base: IamState) -> IamState:
         """Apply the persisted ops to `base` and publish the result; callers hold the write lock."""
         state, skipped = base, 0
-        for o in self._ops:
-            try:
-                state = apply_op(state, o)
-            except StoreError as exc:
-                skipped += 1
-                log.warning("persisted change %s no longer applies to the bundle: %s", o.get("op"), exc)
+        with transaction():   # `base` itself is never modified: sync() replays onto it again
+            for o in self._ops:
+                try:
+                    state = apply_op(state, o)
+                except StoreError as exc:
+                    skipped += 1
+                    log.warning("persisted change %s no longer applies to the bundle: %s", o.get("op"), exc)
         self._base = base
         self._replay_skipped = skipped
         self._ready = True          # before the swap, so that on_swap listeners see a ready store
