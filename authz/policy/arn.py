@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from .glob import QMARK, STAR, Glob, Token, tokens_of
+from .glob import QMARK, STAR, Glob, Token, match_tokens, tokens_of
 
 # A pattern is also compiled to one anchored regular expression when that cannot backtrack
 # badly: at most this many stars per head field, and at most one star that may span colons
@@ -13,7 +13,7 @@ from .glob import QMARK, STAR, Glob, Token, tokens_of
 # per-field linear matcher. One star, not two: a head field such as `*a*` matches its span in
 # as many ways as the span has `a`s, and the regex retries every later field for each of them,
 # so four such fields cost O(n^4) (`arn:*a*:*a*:*a*:*a*:x` took 10 s on a 370-character value).
-_MAX_HEAD_STARS = 2
+_MAX_HEAD_STARS = 1
 _MAX_SPANNING_STARS = 1
 from .variables import Lookup, Part, has_variables, render_tokens, static_tokens, variables_of
 
@@ -126,9 +126,14 @@ def _regex(head: list[list[Token]], tail: list[Token], head_ci: bool) -> "re.Pat
 
 
 class ResourcePattern:
-    """One entry of Resource/NotResource, compiled once; variables are rendered per request."""
+    """One entry of Resource/NotResource, compiled once; variables are rendered per request.
 
-    __slots__ = ("source", "any", "parts", "static", "variable_names")
+    Variables may only stand in the resource segment (spec 5.2), so for a six-field pattern the
+    head (`arn:partition:service:region:account:`) is compiled once and only the resource part
+    is rendered and matched per request, by the linear token matcher.
+    """
+
+    __slots__ = ("source", "any", "parts", "static", "variable_names", "head", "tail")
 
     def __init__(self, source: str, parts: tuple[Part, ...]) -> None:
         self.source = source
@@ -136,8 +141,29 @@ class ResourcePattern:
         self.any = source == "*"
         self.variable_names = tuple(v.name for v in variables_of(parts))
         self.static: ArnGlob | None = None
+        self.head: re.Pattern[str] | None = None
+        self.tail: tuple[Part, ...] = ()
         if not self.any and not has_variables(parts):
             self.static = ArnGlob(static_tokens(parts), source)
+        elif not self.any:
+            self._split_head()
+
+    def _split_head(self) -> None:
+        """Compile the head fields when all five colons come before the first variable."""
+        if not parts_start_literal(self.parts):
+            return
+        lead = self.parts[0]
+        assert isinstance(lead, str)
+        pieces = lead.split(":", 5)
+        if len(pieces) != 6 or pieces[0] != "arn":
+            return
+        head = [_lower(tokens_of(f)) for f in pieces[1:5]]
+        if any(sum(1 for t in f if t is STAR) > _MAX_HEAD_STARS for f in head):
+            return
+        fields = [_field_regex(f, "[^:]*", "[^:]") for f in head]
+        fields = [f"(?i:{h})" if any(c.isalpha() for c in h) else h for h in fields]
+        self.head = re.compile(":".join(["arn", *fields]) + ":")
+        self.tail = ((pieces[5],) if pieces[5] else ()) + self.parts[1:]
 
     def matches(self, resource: "PreparedResource", lookup: Lookup) -> bool:
         """True when the request resource matches. An unresolvable variable matches nothing."""
@@ -146,6 +172,12 @@ class ResourcePattern:
         g = self.static
         if g is not None and g.regex is not None:
             return g.regex.fullmatch(resource.raw) is not None
+        if self.head is not None:
+            m = self.head.match(resource.raw)
+            if m is None:
+                return False
+            toks = render_tokens(self.tail, lookup)
+            return toks is not None and match_tokens(toks, resource.raw[m.end():])
         if resource.fields is None:  # the request resource is "*" or not an ARN
             return False
         if g is None:
@@ -154,6 +186,10 @@ class ResourcePattern:
                 return False
             g = ArnGlob(toks, self.source, regex=False)
         return g.match_fields(resource.lowered, resource.fields)  # type: ignore[arg-type]
+
+
+def parts_start_literal(parts: tuple[Part, ...]) -> bool:
+    return bool(parts) and isinstance(parts[0], str)
 
 
 class PreparedResource:

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Union
 
 from .arn import ArnGlob, split_arn
-from .glob import Glob
+from .glob import Glob, TokenGlob
 from .variables import Lookup, Part, Var, has_variables, parse_parts, render_text, render_tokens, static_tokens
 
 # ------------------------------------------------------------------ the operator table
@@ -243,7 +243,7 @@ class _Value:
         if toks is None:
             return None
         if family == "like":
-            return Glob(toks, self.text)
+            return TokenGlob(toks)
         return ArnGlob(toks, self.text, allow_short=False, case_insensitive_head=False, regex=False)
 
 
@@ -312,7 +312,8 @@ MISSING: Any = object()
 class Clause:
     """One (operator, key) pair of a Condition block with its policy values."""
 
-    __slots__ = ("op", "key", "key_name", "values", "family", "negated", "compare", "dynamic")
+    __slots__ = ("op", "key", "key_name", "values", "family", "negated", "compare", "dynamic", "plain",
+                 "pvals", "pset")
 
     def __init__(self, op: OperatorName, key_name: str, values: list[str]) -> None:
         self.op = op
@@ -324,12 +325,29 @@ class Clause:
         self.compare = spec.compare
         self.values = tuple(_Value(v, spec.family, spec.variables) for v in values)
         self.dynamic = any(v.dynamic for v in self.values)
+        # The usual clause (no set qualifier, no variables) takes the fast path in evaluate().
+        self.plain = op.qualifier is None and not self.dynamic and self.family != "null"
+        self.pvals = [v.parsed for v in self.values]
+        self.pset = frozenset(p for p in self.pvals if isinstance(p, str)) if self.family in (
+            "string", "string-ci", "bool") else frozenset()
 
     def variable_names(self) -> tuple[str, ...]:
         return tuple(p.name for v in self.values for p in v.parts if isinstance(p, Var))
 
     def evaluate(self, ctx: "ConditionContext") -> bool:
         raw = ctx.get(self.key)
+        if self.plain and raw.__class__ is str:
+            fam = self.family
+            if fam == "string":
+                hit = raw in self.pset
+            elif fam == "string-ci":
+                hit = raw.casefold() in self.pset
+            elif fam == "bool":
+                low = raw.lower()
+                hit = (low == "true" or low == "false") and low in self.pset
+            else:
+                hit = _positive(fam, self.compare, raw, self.pvals)
+            return not hit if self.negated else hit
         if isinstance(raw, Variants):
             ctx.note("tagKeyCaseAmbiguity:" + self.key)
             return any(self._evaluate(v, ctx) for v in raw)
@@ -370,7 +388,7 @@ class Clause:
         if self.dynamic:
             pvals = [v.resolve(fam, ctx.lookup) for v in self.values]
         else:
-            pvals = [v.parsed for v in self.values]
+            pvals = self.pvals
         hit = _positive(fam, self.compare, c, pvals)
         return not hit if self.negated else hit
 
@@ -417,8 +435,12 @@ def normalise_context(context: dict[str, Any]) -> dict[str, ContextValue]:
     Two spellings of one key keep both values as Variants: any of them may satisfy an operator.
     """
     fast = {k.lower(): v for k, v in context.items()}
-    if len(fast) == len(context) and all(v.__class__ is str for v in fast.values()):
-        return fast   # the common case: single string values, no key spelled twice
+    if len(fast) == len(context):
+        for v in fast.values():
+            if v.__class__ is not str:
+                break
+        else:
+            return fast   # the common case: single string values, no key spelled twice
     out: dict[str, ContextValue] = {}
     for k, v in context.items():
         if isinstance(v, (list, tuple)):

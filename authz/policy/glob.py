@@ -210,6 +210,49 @@ class Glob:
         return True
 
 
+def match_tokens(tokens: list[Token], s: str) -> bool:
+    """Match once, without building a Glob: for patterns rendered per request (policy variables).
+
+    Same algorithm as Glob (anchored first and last chunk, leftmost middle chunks), on plain
+    strings; a pattern with `?` takes the Glob path.
+    """
+    chunks: list[str] = []
+    cur: list[str] = []
+    for t in tokens:
+        if t is STAR:
+            chunks.append("".join(cur))
+            cur = []
+        elif t is QMARK:
+            return Glob(tokens).match(s)
+        else:
+            cur.append(t)  # type: ignore[arg-type]
+    chunks.append("".join(cur))
+    if len(chunks) == 1:
+        return s == chunks[0]
+    first, last = chunks[0], chunks[-1]
+    if len(s) < len(first) + len(last) or not s.startswith(first) or not s.endswith(last):
+        return False
+    pos, end = len(first), len(s) - len(last)
+    for c in chunks[1:-1]:
+        i = s.find(c, pos, end)
+        if i < 0:
+            return False
+        pos = i + len(c)
+    return True
+
+
+class TokenGlob:
+    """A rendered pattern with the Glob interface, matched by match_tokens."""
+
+    __slots__ = ("tokens",)
+
+    def __init__(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+
+    def match(self, s: str) -> bool:
+        return match_tokens(self.tokens, s)
+
+
 def glob_match_slow(pattern: str, s: str) -> bool:
     """The obvious dynamic-programming matcher; the reference the property tests compare with."""
     m, n = len(pattern), len(s)

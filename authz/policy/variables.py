@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Union
 
 from .glob import QMARK, STAR, Token, tokens_of
@@ -87,13 +88,19 @@ def render_text(parts: tuple[Part, ...], lookup: Lookup) -> str | None:
     return "".join(out)
 
 
+@lru_cache(maxsize=4096)
+def _tokens(text: str) -> tuple[Token, ...]:
+    """Tokens of a literal part of a policy string (policy text: a bounded set, so remembered)."""
+    return tuple(tokens_of(text))
+
+
 def render_tokens(parts: tuple[Part, ...], lookup: Lookup) -> list[Token] | None:
     """Glob tokens: wildcards only from the policy's own text; substituted values are literal
     (spec 5.3: a `*` that comes from a context value is not a wildcard)."""
     out: list[Token] = []
     for p in parts:
         if isinstance(p, str):
-            out.extend(tokens_of(p))
+            out.extend(_tokens(p))
         elif isinstance(p, Special):
             out.append(p.char)
         else:

@@ -54,9 +54,15 @@ class DecisionCache:
             self._lru[key] = (keys, vals, result)
 
     def clear(self) -> None:
+        """Forget every entry. The store calls this when it publishes a new revision: entries of older
+        revisions can never be hit again, and would otherwise hold memory until the LRU evicts them
+        (about 0.75 KB each, up to `capacity`). The old map is swapped out, not emptied, so readers
+        never wait while a full cache is freed."""
         if self._lru is not None:
+            fresh: LRUCache[Hashable, tuple[tuple[str, ...], tuple[Any, ...], Result]] = LRUCache(self.capacity)
             with self._lock:
-                self._lru.clear()
+                old, self._lru = self._lru, fresh
+            del old
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -168,6 +168,7 @@ class Store:
         self._revision += 1
         snap = Snapshot(state, self._revision, self.compiler)
         self._snapshot = snap           # the one reference readers take
+        self.cache.clear()              # keys carry the revision: older entries are dead weight from now on
         for listener in self._listeners:
             try:
                 listener(snap)
