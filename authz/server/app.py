@@ -126,7 +126,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     from .admin import PolicyAdmin
     from .auth import AdminTokenInterceptor, server_credentials
     from .authorizer import Authorizer, Observer
-    from .errors import UndecodableRequests
+    from .errors import UndecodableRequests, add_checked, checked
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     store = Store(StoreConfig(bundle_dir=config.bundle, state_dir=config.state_dir, cache_size=config.cache_size,
@@ -144,9 +144,9 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
         observers.append(decision_log.write)
 
     decision = grpc.server(ThreadPoolExecutor(config.threads, thread_name_prefix="authz"),
-                           options=server_options(config), interceptors=[UndecodableRequests()])
-    authz_pb2_grpc.add_AuthorizerServicer_to_server(Authorizer(store, tuple(observers)), decision)
-    ext_authz.register(decision, store, ext_authz.GatewayOptions(
+                           options=server_options(config))
+    add_checked(authz_pb2_grpc.add_AuthorizerServicer_to_server, Authorizer(store, tuple(observers)), decision)
+    ext_authz.register(checked(decision), store, ext_authz.GatewayOptions(
         principal_from=config.principal_from, region=config.region, trusted_proxies=config.trusted_proxies))
     decision_health = _health({"": not_serving, settings.AUTHORIZER_SERVICE: not_serving})
     health_pb2_grpc.add_HealthServicer_to_server(decision_health, decision)

@@ -129,6 +129,35 @@ def _checked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
                                                response_serializer=handler.response_serializer)
 
 
+class _CheckedRegistrar:
+    """Stands in for a grpc.Server while generated `add_*Servicer_to_server` code registers a
+    service, and registers it on the real server with checked deserializers. Doing this once at
+    registration instead of in an interceptor keeps the per-call path free of interceptor work."""
+
+    def __init__(self, server: grpc.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass   # the same handlers arrive through add_registered_method_handlers
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        checked = {name: (_checked(h) if h.unary_unary is not None and h.request_deserializer is not None else h)
+                   for name, h in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, checked),))
+        self._server.add_registered_method_handlers(service, checked)
+
+
+def checked(server: grpc.Server) -> Any:
+    """A stand-in for `server` to pass to generated `add_XServicer_to_server` functions: the service
+    answers INVALID_ARGUMENT for undecodable requests."""
+    return _CheckedRegistrar(server)
+
+
+def add_checked(add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.Server) -> None:
+    """`add_XServicer_to_server(servicer, server)` with INVALID_ARGUMENT for undecodable requests."""
+    add_to_server(servicer, checked(server))
+
+
 class UndecodableRequests(grpc.ServerInterceptor):
     """INVALID_ARGUMENT for request bytes that do not parse (invalid UTF-8 in a string field, a corrupt
     wire format), instead of gRPC's own INTERNAL "Exception deserializing request!" and a traceback

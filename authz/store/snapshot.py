@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Generic, Mapping, TypeVar
 
 from cachetools import LRUCache
 
@@ -53,6 +53,36 @@ class PolicyCompiler:
         return pol
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedMemo(Generic[K, V]):
+    """Remembered pure results of one snapshot, at most `size` of them; full means start over.
+
+    No lock and no LRU bookkeeping: single dict operations are atomic in CPython, and two threads
+    computing the same entry at once both compute the same value. Clearing when full keeps the
+    memory bound with no per-hit cost (the decision cache, where recency matters, is an LRU).
+    """
+
+    __slots__ = ("_data", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._data: dict[K, V] = {}
+        self._size = size
+
+    def get(self, key: K, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def put(self, key: K, value: V) -> None:
+        if len(self._data) >= self._size:
+            self._data.clear()
+        self._data[key] = value
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 @dataclass(frozen=True, slots=True)
 class ResolvedPrincipal:
     """Everything a decision needs about the asking principal, computed once per snapshot."""
@@ -77,9 +107,8 @@ class Snapshot:
         self.state = state
         self.revision = revision
         self.compiler = compiler
-        self._principals: LRUCache[str, ResolvedPrincipal | None] = LRUCache(principal_cache_size)
-        self._sets: LRUCache[tuple[str, str, str], CompiledPolicySet] = LRUCache(principal_cache_size)
-        self._lock = threading.Lock()
+        self._principals: BoundedMemo[str, ResolvedPrincipal | None] = BoundedMemo(principal_cache_size)
+        self._sets: BoundedMemo[tuple[str, str, str], CompiledPolicySet] = BoundedMemo(principal_cache_size)
 
     # ------------------------------------------------------------ principals
 
@@ -106,8 +135,7 @@ class Snapshot:
 
         Sessions expire: an expired session resolves to None (and so is implicitly denied).
         """
-        with self._lock:
-            hit = self._principals.get(principal, _MISS)
+        hit = self._principals.get(principal, _MISS)
         if hit is not _MISS:
             if hit is not None and hit.requester.kind == "assumed-role":
                 s = self.state.sessions.get(principal)
@@ -115,8 +143,7 @@ class Snapshot:
                     return None
             return hit  # type: ignore[return-value]
         resolved = self._resolve(principal, now)
-        with self._lock:
-            self._principals[principal] = resolved
+        self._principals.put(principal, resolved)
         return resolved
 
     def _resolve(self, principal: str, now: float) -> ResolvedPrincipal | None:
@@ -197,16 +224,14 @@ class Snapshot:
                    resource_account: str) -> CompiledPolicySet:
         """The indexed policy set for this principal and this resource's policy and RCPs."""
         key = (principal, resource_key, resource_account)
-        with self._lock:
-            hit = self._sets.get(key)
+        hit = self._sets.get(key)
         if hit is not None:
             return hit
         scp = None if rp.requester.kind == "anonymous" else self.org_levels(rp.account, "scp")
         ps = PolicySet(identity=rp.identity, resource=resource_policy, boundary=rp.boundary, session=rp.session,
                        scp_levels=scp, rcp_levels=self.org_levels(resource_account, "rcp"))
         cps = CompiledPolicySet(ps)
-        with self._lock:
-            self._sets[key] = cps
+        self._sets.put(key, cps)
         return cps
 
     # ------------------------------------------------------------ gateway support
@@ -232,14 +257,12 @@ class Snapshot:
 _MISS: Any = object()
 
 
-def caller_context(context: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The caller's context without the keys the store derives; returns (kept, dropped key names)."""
-    kept: dict[str, Any] = {}
-    dropped: list[str] = []
-    for k, v in context.items():
-        lk = k.lower()
-        if lk in DERIVED_KEYS or lk.startswith(DERIVED_PREFIXES):
-            dropped.append(k)
-        else:
-            kept[k] = v
-    return kept, dropped
+def caller_values(context: Mapping[str, Any], trusted: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The caller's context, normalised, without the keys the store derives (a caller can neither
+    supply nor override them); `trusted` keys (this process's own gateway mapping) are kept."""
+    values = normalise_context(context)
+    for k in [k for k in values if k in DERIVED_KEYS or k.startswith(DERIVED_PREFIXES)]:
+        del values[k]
+    if trusted:
+        values.update(normalise_context(trusted))
+    return values

@@ -20,7 +20,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..evaluate import DEFAULT_OPTIONS, Decision, EngineOptions, Result, decide
 from ..policy import limits
-from ..policy.conditions import normalise_context
 from ..policy.model import PolicyType
 from ..policy.validate import ValidationReport, validate_document
 from ..requests import check_request
@@ -28,7 +27,7 @@ from .bundle import BundleError, load_bundle, signature
 from .cache import DecisionCache
 from .errors import InvalidInput, NotFound, PermissionDenied, QuotaExceeded, StoreError
 from .oplog import OpLog
-from .snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, caller_context
+from .snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, caller_values
 from .state import (SESSION_NAME, IamState, ManagedPolicy, Principal, apply_op, check_policy, check_tags,
                     resource_arn, transaction)
 
@@ -125,6 +124,7 @@ class Store:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._listeners: list[Callable[[Snapshot], None]] = []
+        self._stamp: tuple[int, str, str] = (-1, "", "")   # aws:CurrentTime/EpochTime of the current second
 
     # ------------------------------------------------------------ life cycle
 
@@ -291,15 +291,15 @@ class Store:
 
     def _context(self, snap: Snapshot, rp: ResolvedPrincipal, resource: str, context: Mapping[str, Any],
                  trusted: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
-        kept, _dropped = caller_context(context)
-        if trusted:
-            kept.update(trusted)
-        values = normalise_context(kept)
-        if "aws:currenttime" not in values:
-            values["aws:currenttime"] = datetime.fromtimestamp(int(now), tz=timezone.utc).strftime(
-                "%Y-%m-%dT%H:%M:%SZ")
-        if "aws:epochtime" not in values:
-            values["aws:epochtime"] = str(int(now))
+        values = caller_values(context, trusted)
+        if "aws:currenttime" not in values or "aws:epochtime" not in values:
+            second = int(now)
+            stamp = self._stamp
+            if stamp[0] != second:
+                stamp = self._stamp = (second, datetime.fromtimestamp(second, tz=timezone.utc).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"), str(second))
+            values.setdefault("aws:currenttime", stamp[1])
+            values.setdefault("aws:epochtime", stamp[2])
         values.update(rp.context)
         if resource != "*":
             f = resource.split(":", 5)
