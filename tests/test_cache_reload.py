@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -64,6 +66,35 @@ def test_bundle_change_flips_the_next_decision(server: ServerProcess) -> None:
             assert admin.reload().ok
             flipped = put_media(authz)
             assert (flipped.decision, flipped.cached) == (pb.DECISION_IMPLICIT_DENY, False)
+        finally:
+            path.write_text(original)
+            assert admin.reload().ok
+        assert put_media(authz).decision == pb.DECISION_ALLOW
+
+
+def test_sighup_reloads_the_bundle(server: ServerProcess) -> None:
+    """Watching is off for this server (--watch-interval 0): only the signal can pick the change up."""
+    assert server.bundle is not None
+    path = server.bundle / f"{ACCT}.yaml"
+    original = path.read_text()
+    doc = yaml.safe_load(original)
+    for user in doc["users"]:
+        if user["name"] == "camera":
+            user["policies"] = []
+    with server.client() as authz, server.admin() as admin:
+        before = admin.status().revision
+        assert put_media(authz).decision == pb.DECISION_ALLOW
+        try:
+            path.write_text(yaml.safe_dump(doc))
+            assert put_media(authz).decision == pb.DECISION_ALLOW       # not watched: nothing changed yet
+            server.proc.send_signal(signal.SIGHUP)
+            # The reload runs off the signal handler: poll the condition, with a deadline.
+            deadline = time.monotonic() + 20
+            pause = threading.Event()
+            while admin.status().revision == before and time.monotonic() < deadline:
+                pause.wait(0.05)
+            assert admin.status().revision > before
+            assert put_media(authz).decision == pb.DECISION_IMPLICIT_DENY
         finally:
             path.write_text(original)
             assert admin.reload().ok

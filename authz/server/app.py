@@ -229,6 +229,13 @@ def serve(config: Config) -> int:
     except (StoreError, OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         return 2
+
+    def on_hangup(_signum: int, _frame: object) -> None:
+        # Re-read the bundle off the signal handler's thread; reloads are serialised by the store.
+        log.info("SIGHUP: reloading the bundle")
+        threading.Thread(target=sidecar.store.reload, name="sighup-reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hangup)
     stop.wait()
     sidecar.stop(config.drain_grace)
     log.info("stopped")
@@ -283,6 +290,15 @@ def supervise(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+
+    def hangup(signum: int, _frame: object) -> None:   # every worker re-reads the bundle
+        for child in list(children):
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGHUP, hangup)
     log.info("supervising %d workers on %s:%d", config.workers, host, port)
     result = 0
     while children:
