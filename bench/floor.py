@@ -122,16 +122,59 @@ def serve(listen: str, workers: int, *, options: Mapping[str, Any] | Sequence[tu
     return server
 
 
+class AioEchoAuthorizer(authz_pb2_grpc.AuthorizerServicer):
+    """The same echo for the asyncio server model (grpc.aio)."""
+
+    def __init__(self) -> None:
+        self._sync = EchoAuthorizer()
+
+    async def Authorize(self, request: authz_pb2.AuthorizeRequest,  # type: ignore[override]
+                        context: grpc.aio.ServicerContext) -> authz_pb2.AuthorizeResponse:
+        return FIXED_RESPONSE
+
+    async def AuthorizeBatch(self, request: authz_pb2.AuthorizeBatchRequest,  # type: ignore[override]
+                             context: grpc.aio.ServicerContext) -> authz_pb2.AuthorizeBatchResponse:
+        return self._sync.AuthorizeBatch(request, context)  # type: ignore[arg-type]
+
+
+MODELS = ("sync", "aio", "uvloop")
+
+
+def serve_aio(listen: str, options: Options, stopped: threading.Event, *, use_uvloop: bool) -> None:
+    """Run the floor as a grpc.aio server (on uvloop's event loop when asked) until `stopped` is set."""
+    import asyncio
+
+    async def run() -> None:
+        server = grpc.aio.server(options=options)
+        authz_pb2_grpc.add_AuthorizerServicer_to_server(AioEchoAuthorizer(), server)
+        health_servicer = health.aio.HealthServicer()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        server.add_insecure_port(listen)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, stopped.wait)
+        await server.stop(0.5)
+
+    if use_uvloop:
+        import uvloop
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
     ap.add_argument("--listen", required=True, help="host:port")
     ap.add_argument("--workers", type=int, default=None, help="worker threads (default: the server's)")
     ap.add_argument("--server-options", default=None,
                     help="JSON object of gRPC channel options, merged over the server's settings")
+    ap.add_argument("--model", choices=MODELS, default="sync",
+                    help="server model: sync (thread pool, as the sidecar), aio (grpc.aio), uvloop (grpc.aio on uvloop)")
     args = ap.parse_args(argv)
     overrides = json.loads(args.server_options) if args.server_options else None
     settings = server_settings(overrides, args.workers, warn=overrides is None or args.workers is None)
-    server = serve(args.listen, settings.workers, options=settings.options)
     stopped = threading.Event()
 
     def stop(_sig: int, _frame: Any) -> None:
@@ -139,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if args.model != "sync":
+        serve_aio(args.listen, settings.options, stopped, use_uvloop=args.model == "uvloop")
+        return 0
+    server = serve(args.listen, settings.workers, options=settings.options)
     stopped.wait()
     server.stop(grace=0.5).wait()
     return 0

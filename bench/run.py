@@ -24,7 +24,7 @@ from .stats import percentile, ratio, spread
 from .targets import (REPO, ServedProcess, StoreTarget, Unavailable, measure_envoy, start_floor, start_server,
                       store_missing)
 
-CASES = ("engine", "scale", "closed", "open", "batch", "envoy")
+CASES = ("engine", "scale", "closed", "open", "batch", "model", "workers", "envoy")
 DEFAULT_OUT = REPO / "bench" / "results"
 FLOOR, SERVER = "floor", "server"
 
@@ -374,6 +374,55 @@ def grpc_cases(plan: Plan, progress: Progress, settings: ServerSettings, cases: 
     return skip
 
 
+# ------------------------------------------------------------------ server model and --workers
+
+def case_model(plan: Plan, progress: Progress, settings: ServerSettings) -> dict[str, Any]:
+    """The echo floor under each server model (sync thread pool, grpc.aio, grpc.aio on uvloop): the cost
+    of the model itself, which is what differs between them, since a decision is CPU-bound Python."""
+    payloads = _payloads(plan, unique=False)
+    out: dict[str, Any] = {}
+    for model in ("sync", "aio", "uvloop"):
+        proc = start_floor(settings, model=model)
+        try:
+            with LoadClient() as client:
+                g = GrpcBench(plan, progress, client, {model: proc.address})
+                row: dict[str, Any] = {}
+                for c in (1, max(plan.concurrency)):
+                    runs = g.repeated(f"model c={c:<3}", g.spec(payloads, concurrency=c))
+                    row[str(c)] = load_figure(runs[model])
+                out[model] = row
+        finally:
+            proc.stop()
+    top = str(max(plan.concurrency))
+    best = max(out, key=lambda m: out[m][top]["throughput_rps"]["median"])
+    out["best_throughput"] = best
+    return out
+
+
+def case_workers(plan: Plan, progress: Progress) -> dict[str, Any]:
+    """server.py with --workers 1 and 2 (SO_REUSEPORT), closed loop at the top concurrency over several
+    connections (the kernel spreads connections, not calls, across processes)."""
+    connections = max(plan.connections, 4)
+    payloads = _payloads(plan, unique=True)
+    out: dict[str, Any] = {"connections": connections}
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        bundle = write_bundle(Path(tmp) / "bundle", plan.bundle_principals)
+        for n in (1, 2):
+            proc = start_server(bundle.directory, Path(tmp) / f"state{n}", n)
+            try:
+                with LoadClient() as client:
+                    g = GrpcBench(plan, progress, client, {f"workers={n}": proc.address})
+                    spec = replace(g.spec(payloads, concurrency=max(plan.concurrency), unique=True),
+                                   connections=connections)
+                    runs = g.repeated(f"workers={n}", spec)
+                    out[str(n)] = load_figure(runs[f"workers={n}"])
+            finally:
+                proc.stop()
+    one, two = (out[k]["throughput_rps"]["median"] for k in ("1", "2"))
+    out["speedup"] = ratio(two, one)
+    return out
+
+
 # ------------------------------------------------------------------ case 6: envoy
 
 def case_envoy(plan: Plan, progress: Progress) -> dict[str, Any]:
@@ -509,6 +558,10 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
     if server_skip:
         notes.append(f"gRPC server {server_skip}; its cells are n/a, the floor's are measured")
     latencies = cases.pop("_latencies", {})
+    if "model" in plan.cases:
+        cases["model"] = _guarded("model", progress, lambda: case_model(plan, progress, settings))
+    if "workers" in plan.cases and plan.server:
+        cases["workers"] = _guarded("workers", progress, lambda: case_workers(plan, progress))
     if "envoy" in plan.cases:
         cases["envoy"] = _guarded("envoy", progress, lambda: case_envoy(plan, progress))
     results: dict[str, Any] = {

@@ -116,12 +116,12 @@ class ServedProcess:
         self.stop()
 
 
-def start_floor(settings: ServerSettings, host: str = "127.0.0.1") -> ServedProcess:
-    """The echo floor (bench.floor) in its own process, with the given settings."""
+def start_floor(settings: ServerSettings, host: str = "127.0.0.1", model: str = "sync") -> ServedProcess:
+    """The echo floor (bench.floor) in its own process, with the given settings and server model."""
     address = f"{host}:{free_port(host)}"
     argv = [sys.executable, "-m", "bench.floor", "--listen", address, "--workers", str(settings.workers),
-            "--server-options", json.dumps(dict(settings.options))]
-    return ServedProcess("floor", argv, address)
+            "--server-options", json.dumps(dict(settings.options)), "--model", model]
+    return ServedProcess("floor" if model == "sync" else f"floor-{model}", argv, address)
 
 
 def server_missing() -> str | None:
