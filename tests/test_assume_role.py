@@ -41,18 +41,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     s.kill()
 
 
-@pytest.fixture(scope="module")
-def authz(server: ServerProcess) -> Iterator[AuthzClient]:
-    with server.client() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def admin(server: ServerProcess) -> Iterator[AdminClient]:
-    with server.admin() as c:
-        yield c
-
-
 def put_media(authz: AuthzClient, principal: str, stream: str = SHARED_STREAM) -> int:
     return authz.authorize(principal, "kinesisvideo:PutMedia", stream).decision
 

@@ -50,18 +50,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     s.kill()
 
 
-@pytest.fixture(scope="module")
-def authz(server: ServerProcess) -> Iterator[AuthzClient]:
-    with server.client() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def admin(server: ServerProcess) -> Iterator[AdminClient]:
-    with server.admin() as c:
-        yield c
-
-
 def call_error(fn: Any, *args: Any, **kw: Any) -> CallError:
     with pytest.raises(CallError) as info:
         fn(*args, **kw)

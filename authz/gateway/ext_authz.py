@@ -25,7 +25,8 @@ from ..evaluate import Decision, Result
 from ..policy.errors import LimitError, RequestError
 from ..store import Store
 from .sigv4 import DEFAULT_MAX_SKEW_SECONDS
-from .mapping import Endpoint, Environment, HttpRequest, MappedRequest, MappingError, map_request, parse_body
+from .mapping import (Endpoint, Environment, HttpRefusal, HttpRequest, MappedRequest, MappingError, map_request,
+                      parse_body)
 from .principal import AuthenticationError, Caller, PrincipalSource, SignedRequest, authenticate, \
     parse_principal_from, parse_region, parse_trusted_proxies
 
@@ -100,14 +101,8 @@ class GatewayOptions:
         return parse_principal_from(self.principal_from)
 
 
-class _Refusal(Exception):
+class _Refusal(HttpRefusal):
     """An answer other than allow, decided before or by the store."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -247,14 +247,18 @@ class MappedRequest:
     notes: tuple[str, ...] = ()              # NOTE_* constants: what the mapper had to assume
 
 
-class MappingError(Exception):
-    """The request is refused before authorization (bad argument, unknown route, body too large)."""
+class HttpRefusal(Exception):
+    """An HTTP answer other than allow: status, AWS error code, and a message that says what to fix."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+
+
+class MappingError(HttpRefusal):
+    """The request is refused before authorization (bad argument, unknown route, body too large)."""
 
 
 @dataclass(frozen=True)

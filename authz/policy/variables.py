@@ -79,13 +79,17 @@ def render_text(parts: tuple[Part, ...], lookup: Lookup) -> str | None:
         elif isinstance(p, Special):
             out.append(p.char)
         else:
-            v = lookup(p.key)
+            v = _value(p, lookup)
             if v is None:
-                v = p.default
-                if v is None:
-                    return None
+                return None
             out.append(v)
     return "".join(out)
+
+
+def _value(var: Var, lookup: Lookup) -> str | None:
+    """A variable's value: the context's, else its default, else none (spec 5.4)."""
+    v = lookup(var.key)
+    return var.default if v is None else v
 
 
 @lru_cache(maxsize=4096)
@@ -104,11 +108,9 @@ def render_tokens(parts: tuple[Part, ...], lookup: Lookup) -> list[Token] | None
         elif isinstance(p, Special):
             out.append(p.char)
         else:
-            v = lookup(p.key)
+            v = _value(p, lookup)
             if v is None:
-                v = p.default
-                if v is None:
-                    return None
+                return None
             out.append(v)
     return out
 
