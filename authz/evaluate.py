@@ -304,11 +304,13 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
     same_account = bool(r.account) and r.kind != "anonymous" and r.account == res_account
 
     # Allow statements: per group, whether any matches; for the resource policy the strongest kind.
+    # Only WILDCARD ends the resource scan early: the anonymous and session-cap rules below tell it
+    # from EXACT, so stopping at EXACT made the answer depend on statement order (and on explain).
     allowed_groups: dict[int, list[MatchedStatement]] = {}
     best_kind = _NONE
     if not deny_hits or explain:
         for _seq, group, st, m, _f in allows:
-            if not explain and group in allowed_groups and (group != RESOURCE or best_kind >= _EXACT):
+            if not explain and group in allowed_groups and (group != RESOURCE or best_kind is GrantKind.WILDCARD):
                 continue
             kind = _statement_applies(st, resource, ctx, r, cps, options)
             if kind is _NONE:

@@ -27,7 +27,7 @@ import resource
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +36,7 @@ from urllib.parse import quote, unquote
 
 import atheris
 
-from authz.evaluate import CompiledPolicySet, PolicySet, Request, evaluate
+from authz.evaluate import DEFAULT_OPTIONS, CompiledPolicySet, EngineOptions, PolicySet, Request, evaluate
 from authz.gateway.mapping import (
     ROUTES,
     DictRegistry,
@@ -61,6 +61,7 @@ TARGETS = ("policy", "request", "http")
 # design); libFuzzer's own -timeout is the hard stop for a real hang. RLIMIT_AS turns runaway
 # allocation into a MemoryError the harness reports instead of the machine swapping.
 SLOW_SECONDS = 1.0
+SLOW_KEEP = 5                 # slow inputs recorded per worker run
 HARD_TIMEOUT_SECONDS = 20
 MEMORY_LIMIT_BYTES = 2 << 30
 RSS_LIMIT_MB = 2048
@@ -174,7 +175,8 @@ FIXED_SETS = _fixed_sets()
 
 _USER_CONTEXT = {"aws:username": "alice", "aws:userid": "AIDAEXAMPLEUSERID0001", "aws:PrincipalArn": ALICE,
                  "aws:PrincipalAccount": ACCOUNT_A, "aws:PrincipalType": "User", "aws:PrincipalTag/team": "red",
-                 "aws:ResourceTag/team": "red", "aws:SourceIp": "203.0.113.7", "aws:CurrentTime": "2026-01-15T12:00:00Z",
+                 "aws:ResourceTag/team": "red", "aws:SourceIp": "203.0.113.7",
+                 "aws:CurrentTime": "2026-01-15T12:00:00Z",
                  "aws:EpochTime": "1768478400", "aws:SecureTransport": "true", "aws:TagKeys": ["site", "owner"],
                  "aws:RequestTag/site": "paris", "aws:MultiFactorAuthAge": "10"}
 _SESSION_CONTEXT = {"aws:userid": "AROAEXAMPLEROLEID0001:dev-42", "aws:PrincipalArn": ROLE,
@@ -212,10 +214,10 @@ def _slots(policy: Policy) -> tuple[CompiledPolicySet, ...]:
 # Oracles shared by the targets: besides "no crash", answers that must agree.
 
 
-def decide_consistently(request: Request, cps: CompiledPolicySet) -> None:
+def decide_consistently(request: Request, cps: CompiledPolicySet, options: EngineOptions = DEFAULT_OPTIONS) -> None:
     """Evaluate with and without explanation (fast path versus general path) and compare the index."""
-    quick = evaluate(request, cps)
-    full = evaluate(request, cps, explain=True)
+    quick = evaluate(request, cps, options=options)
+    full = evaluate(request, cps, explain=True, options=options)
     if quick.decision is not full.decision:
         raise AssertionError(f"decision {quick.decision.value} without explain but {full.decision.value} with it")
     action = request.action.lower()
@@ -555,9 +557,16 @@ class _Recorder:
         self.findings = findings
         self.artifacts = artifacts
         self.seen: set[str] = set()
+        self.slow = 0
 
     def record(self, finding: Finding) -> None:
-        if finding.signature in self.seen:
+        if finding.kind == "slow":
+            # All share one signature, yet a few are kept: the driver drops those that are slow only
+            # under instrumentation, and a real one may come after them.
+            if self.slow >= SLOW_KEEP:
+                return
+            self.slow += 1
+        elif finding.signature in self.seen:
             return
         self.seen.add(finding.signature)
         self.artifacts.mkdir(parents=True, exist_ok=True)
@@ -597,12 +606,14 @@ class TargetRun:
     new_entries: int = 0
     coverage: str = ""
     findings: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     log: Path | None = None
 
 
 _STAT = re.compile(r"^stat::(\w+):\s+(\d+)", re.MULTILINE)
 _COVERAGE = re.compile(r"^#\d+\s+(?:DONE|INITED)\s+(cov: \d+ ft: \d+)", re.MULTILINE)
-_LIBFUZZER_ARTIFACT = re.compile(r"^(crash|timeout|oom|leak|slow-unit)-[0-9a-f]{40}$")
+_WRITTEN = re.compile(r"Test unit written to (\S+)")     # libFuzzer's own findings: hard timeout, RSS limit
+SLOW_RETRIES = 3
 
 
 def _write_seeds(target: str, folder: Path) -> None:
@@ -626,7 +637,6 @@ def _run_target(target: str, seconds: int, corpus_root: Path, artifacts_root: Pa
     run.log = work / f"{target}.log"
     before = {p.name for p in corpus.iterdir()}
     artifacts_before = {p.name for p in artifacts.iterdir()}
-
     inputs = [str(corpus), str(CORPUS_DIR / target), str(seeds)]
     args = [f"-max_total_time={seconds}", f"-rss_limit_mb={RSS_LIMIT_MB}", f"-timeout={HARD_TIMEOUT_SECONDS}",
             f"-max_len={MAX_LEN[target]}", f"-artifact_prefix={artifacts}/", "-print_final_stats=1",
@@ -649,15 +659,32 @@ def _run_target(target: str, seconds: int, corpus_root: Path, artifacts_root: Pa
     coverage = _COVERAGE.findall(text)
     run.coverage = coverage[-1] if coverage else ""
     run.findings = [json.loads(line) for line in findings.read_text().splitlines() if line.strip()]
-    recorded = {Path(f["file"]).name for f in run.findings}
-    for name in sorted({p.name for p in artifacts.iterdir()} - artifacts_before - recorded):
-        if _LIBFUZZER_ARTIFACT.match(name):   # libFuzzer's own: a hard timeout or the RSS limit
-            run.findings.append({"target": target, "kind": name.split("-")[0], "signature": name.split("-")[0],
-                                 "file": str(artifacts / name), "detail": f"see {run.log}"})
+    recorded = {f["file"] for f in run.findings}
+    for written in dict.fromkeys(_WRITTEN.findall(text)):
+        if written not in recorded:
+            kind = Path(written).name.split("-")[0]
+            run.findings.append({"target": target, "kind": kind, "signature": kind, "file": written,
+                                 "detail": f"libFuzzer stopped the worker ({kind}); see {run.log}"})
+    run.findings = [f for f in run.findings if _confirmed(f, run, artifacts_before)]
     if run.returncode != 0 and not run.findings:
         run.findings.append({"target": target, "kind": "worker", "signature": f"exit {run.returncode}",
                              "file": "", "detail": f"the worker exited with status {run.returncode}; see {run.log}"})
     return run
+
+
+def _confirmed(finding: dict[str, str], run: TargetRun, artifacts_before: set[str]) -> bool:
+    """A slow input counts only if it is slow here too, without the coverage instrumentation (which
+    makes the worker several times slower); otherwise it is noted and its file removed."""
+    path = Path(finding["file"])
+    if finding["kind"] != "slow" or not path.is_file():
+        return True
+    data = path.read_bytes()
+    if all(run_one(run.target, data) is not None for _ in range(SLOW_RETRIES)):
+        return True
+    run.notes.append(f"{path.name} was slow only under instrumentation ({finding['detail']})")
+    if path.name not in artifacts_before:
+        path.unlink()
+    return False
 
 
 def _summary_line(r: TargetRun) -> str:
@@ -667,6 +694,7 @@ def _summary_line(r: TargetRun) -> str:
 
 def _finding_lines(runs: Iterable[TargetRun]) -> Iterator[str]:
     for r in runs:
+        yield from (f"note {r.target}: {n}" for n in r.notes)
         for f in r.findings:
             yield f"FINDING {f['target']} {f['kind']} {f['signature']} {f['file']}"
             yield from ("    " + line for line in f["detail"].rstrip().splitlines()[-12:])
@@ -682,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, default=CORPUS_DIR,
                         help="where findings are saved as <target>/crash-* (default: the committed corpus, "
                              "so that they become regression inputs)")
+    parser.add_argument("--work", type=Path, default=WORK_DIR, help="logs, generated seeds and dictionaries")
     parser.add_argument("--worker", choices=TARGETS, help=argparse.SUPPRESS)
     parser.add_argument("--findings", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("libfuzzer", nargs="*", help=argparse.SUPPRESS)
@@ -691,10 +720,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     targets = [args.target] if args.target else list(TARGETS)
     per_target = max(1, args.seconds // len(targets))
-    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
     runs = []
     for t in targets:
-        runs.append(_run_target(t, per_target, args.corpus.resolve(), args.artifacts.resolve(), WORK_DIR))
+        runs.append(_run_target(t, per_target, args.corpus.resolve(), args.artifacts.resolve(), work))
         print(_summary_line(runs[-1]), flush=True)
     for line in _finding_lines(runs):
         print(line)

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timezone
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from authz.evaluate import Request
+from authz.evaluate import DEFAULT_OPTIONS, Decision, EngineOptions, Request, evaluate
 from authz.gateway.mapping import MappingError, HttpRequest, map_request, parse_body
 from authz.gateway.sigv4 import Credential, SignatureError, verify
 from authz.policy import LimitError, PolicyType, RequestError, compile_policy, limits
@@ -246,20 +247,42 @@ def _check_report(report: ValidationReport) -> None:
         assert isinstance(p, Problem) and p.path.startswith("$") and p.message, p
 
 
-def _evaluate_everywhere(policy: Any) -> None:
+def _evaluate_everywhere(policy: Any, options: EngineOptions = DEFAULT_OPTIONS) -> None:
     for cps in fuzz._slots(policy):
         for request in FIXED_REQUESTS:
-            decide_consistently(request, cps)
+            decide_consistently(request, cps, options)
+
+
+# The [UNC] choices the engine can be configured for (spec 3.4, 2.7): the fast path must agree under each.
+_OTHER_OPTIONS = EngineOptions(not_principal_strict=False, session_policy_caps_session_arn_grants=True,
+                               org_failure_label="ExplicitDeny")
 
 
 @PROPERTY_SETTINGS
-@given(valid_policy())
-def test_valid_policies_are_accepted_and_evaluate(case: tuple[PolicyType, dict[str, Any]]) -> None:
+@given(valid_policy(), st.sampled_from((DEFAULT_OPTIONS, _OTHER_OPTIONS)))
+def test_valid_policies_are_accepted_and_evaluate(case: tuple[PolicyType, dict[str, Any]],
+                                                  options: EngineOptions) -> None:
     ptype, doc = case
     report = validate_document(doc, ptype)
     _check_report(report)
     assert report.valid, [str(e) for e in report.errors]
-    _evaluate_everywhere(parse_policy(doc, ptype))
+    _evaluate_everywhere(parse_policy(doc, ptype), options)
+
+
+def test_resource_grant_kind_does_not_depend_on_statement_order() -> None:
+    # An exact session-ARN grant before a "*" grant used to end the scan at the exact one; with the
+    # session-policy cap on, that denied what explain (and the reverse order) allowed.
+    grants = [{"Effect": "Allow", "Principal": {"AWS": SESSION}, "Action": "kinesisvideo:GetMedia", "Resource": S1},
+              {"Effect": "Allow", "Principal": "*", "Action": "kinesisvideo:GetMedia", "Resource": S1}]
+    session_policy = parse_policy({"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}, "session")
+    request = Request(SESSION, "kinesisvideo:GetMedia", S1, {"aws:userid": "AROAEXAMPLEROLEID0001:dev-42"})
+    answers = set()
+    for statements in (grants, grants[::-1]):
+        resource_policy = parse_policy({"Version": "2012-10-17", "Statement": statements}, "resource")
+        cps = fuzz.CompiledPolicySet(fuzz.PolicySet(resource=resource_policy, session=(session_policy,)))
+        for explain in (False, True):
+            answers.add(evaluate(request, cps, explain=explain, options=_OTHER_OPTIONS).decision)
+    assert answers == {Decision.ALLOW}
 
 
 @PROPERTY_SETTINGS
@@ -293,6 +316,51 @@ def test_pathological_patterns_are_rejected_or_evaluated(pattern: str, where: st
         assert any("limit for one pattern" in e.message for e in report.errors)
     finding = run_one("policy", json.dumps(doc).encode(), slow_seconds=REPLAY_SLOW_SECONDS)
     assert finding is None, finding.detail
+
+
+def _at_depth(frames: int, fn: Callable[[], Any]) -> Any:
+    return fn() if frames == 0 else _at_depth(frames - 1, fn)
+
+
+@pytest.mark.parametrize("member", ("Statement", "Principal", "Condition"))
+def test_simulate_compiles_documents_as_deep_as_json_allows(member: str) -> None:
+    # `authz simulate` loads a document near the top of the stack and compiles it further down, so
+    # anything recursive in compile_policy (json.dumps, str() of a list) met Python's recursion limit.
+    for depth in range(900, 1000, 3):
+        nested = "[" * depth + "]" * depth
+        text = (f'{{"Statement":{nested}}}' if member == "Statement" else
+                f'{{"Statement":[{{"Effect":"Deny","Action":"*","Resource":"*","{member}":{nested}}}]}}')
+        try:
+            doc = json.loads(text)
+        except RecursionError:
+            break   # the loader's own limit: such a document never reaches compile_policy
+        for frames in (0, 10, 40):
+            policy = _at_depth(frames, lambda: compile_policy(doc, "deep"))
+            _evaluate_everywhere(policy)
+        assert not validate_document(text, "identity").valid
+
+
+_HOSTILE_ARN_POLICY = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": "kinesisvideo:GetMedia", "Resource": "arn:*a*:kinesisvideo:*a*:*1*:stream/x"},
+    {"Effect": "Deny", "Action": "kinesisvideo:GetMedia", "Resource": "*",
+     "Condition": {"ArnLike": {"aws:SourceArn": "arn:*a*:*a*:*a*:*a*:x"}}}]}
+
+
+# Sizes where the old regex took 10-20 s (it grows as n^3 and n^4), not hours: a regression fails, not hangs.
+@pytest.mark.parametrize("where, n", (("condition", 90), ("resource", 300)))
+def test_hostile_arn_patterns_match_in_linear_time(where: str, n: int) -> None:
+    # A head field `*a*` matches an all-`a` span in n ways, and a backtracking regex retried every later
+    # field for each of them. The per-field glob matcher answers in microseconds.
+    cps = fuzz.CompiledPolicySet(fuzz.PolicySet(identity=(parse_policy(_HOSTILE_ARN_POLICY, "identity"),)))
+    if where == "condition":
+        arn_value = "arn:" + ":".join(["a" * n] * 4) + ":y"
+        request = Request(ALICE, "kinesisvideo:GetMedia", S1, {"aws:SourceArn": arn_value})
+    else:
+        request = Request(ALICE, "kinesisvideo:GetMedia", f"arn:{'a' * n}:kinesisvideo:{'a' * n}:{'1' * n}:c/y", {})
+    check_request(request.principal, request.action, request.resource, request.context)
+    start = time.perf_counter()
+    decide_consistently(request, cps)
+    assert time.perf_counter() - start < REPLAY_SLOW_SECONDS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,7 +596,8 @@ _SUMMARY = re.compile(r"^fuzz (\w+): (\d+) inputs in \d+ s \((\d+)/s\), (\d+) ne
 def test_bounded_atheris_run(tmp_path: Path) -> None:
     # Findings go to tmp_path, not into the committed corpus: a test run does not edit the repository.
     proc = subprocess.run([sys.executable, "-m", "tests.fuzz", "--seconds", str(FUZZ_SECONDS),
-                           "--corpus", str(tmp_path / "corpus"), "--artifacts", str(tmp_path / "findings")],
+                           "--corpus", str(tmp_path / "corpus"), "--artifacts", str(tmp_path / "findings"),
+                           "--work", str(tmp_path / "work")],
                           cwd=fuzz.ROOT, capture_output=True, text=True, timeout=FUZZ_SECONDS * 4 + 300)
     output = proc.stdout + proc.stderr
     executed = {m[0]: int(m[1]) for m in _SUMMARY.findall(output)}
