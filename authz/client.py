@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -83,6 +83,9 @@ class Check:
                                    request_id=self.request_id)
 
 
+ClientT = TypeVar("ClientT", bound="_Client")
+
+
 class _Client:
     def __init__(self, addr: str, *, tls: TlsFiles | bool | None = None, token: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, options: Sequence[tuple[str, Any]] = ()) -> None:
@@ -123,7 +126,7 @@ class _Client:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "_Client":
+    def __enter__(self: "ClientT") -> "ClientT":
         return self
 
     def __exit__(self, *exc: object) -> None:

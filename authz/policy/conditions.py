@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Union
+from typing import Any, Callable, Mapping, Union
 
 from .arn import ArnGlob, split_arn
 from .glob import Glob, TokenGlob
@@ -429,7 +429,7 @@ class ConditionContext:
             self.notes.append(text)
 
 
-def normalise_context(context: dict[str, Any]) -> dict[str, ContextValue]:
+def normalise_context(context: Mapping[str, Any]) -> dict[str, ContextValue]:
     """Lower-case key names (they are case-insensitive, spec 1.9) and turn values into text.
 
     Two spellings of one key keep both values as Variants: any of them may satisfy an operator.
