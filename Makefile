@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTO_OUT := authz/v1/authz_pb2.py
 ARGS ?=
 
-.PHONY: all setup protos test test-fast run bench bench-quick bench-engine fuzz typecheck clean help
+.PHONY: all setup protos test test-fast run bench bench-quick bench-engine soak fuzz typecheck clean help
 
 help:
 	@echo "make run          - set up and serve the bundled example policies on 127.0.0.1:50051"
@@ -14,6 +14,7 @@ help:
 	@echo "make bench        - full benchmark harness (about 10 minutes on 2 cores)"
 	@echo "make bench-quick  - benchmark smoke run (under a minute)"
 	@echo "make bench-engine - in-process engine micro-benchmark (us per decision)"
+	@echo "make soak         - 10 minutes at 80% of max rate, reloads and admin writes (bench/results/soak.json)"
 	@echo "make fuzz         - longer fuzzing run of the policy parser and request path"
 	@echo "make typecheck    - mypy over the authz package"
 
@@ -46,6 +47,9 @@ bench-quick: setup
 
 bench-engine: setup
 	$(PY) -m bench.engine $(ARGS)
+
+soak: setup
+	$(PY) -m bench.soak --minutes 10 $(ARGS)
 
 fuzz: setup
 	$(PY) -m tests.fuzz --seconds 600 $(ARGS)

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -47,7 +47,7 @@ import psutil
 from authz.client import AdminClient, AuthzClient, CallError
 from authz.v1 import authz_pb2 as pb
 
-from .loadgen import CLIENT_OPTIONS, LoadClient, LoadSpec
+from .loadgen import CLIENT_OPTIONS
 from .stats import percentile
 from .targets import REPO, SERVER_SCRIPT, ServedProcess, free_port
 
@@ -59,7 +59,9 @@ PUT, GET, DESCRIBE = "kinesisvideo:PutMedia", "kinesisvideo:GetMedia", "kinesisv
 AUTHORIZE = "/authz.v1.Authorizer/Authorize"
 TOKEN = "soak-admin-token"
 BROKEN_EVERY = 5                     # version v is broken when v % BROKEN_EVERY == BROKEN_EVERY - 1
-PROBE_CONCURRENCY = 32               # closed-loop in-flight requests when measuring the maximum rate
+PROBE_CONCURRENCY = 32               # closed-loop in-flight requests when measuring the ceiling
+RAMP = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)   # open-loop steps, as fractions of the closed-loop ceiling
+KEEPS_UP_MS = 50.0                   # an open-loop step keeps up when p99 and the worst send lag stay within this
 DEFAULT_OUT = REPO / "bench" / "results" / "soak.json"
 MAX_EXAMPLES = 10
 
@@ -161,52 +163,97 @@ class Checker:
                 self.examples.append(f"revision {r.revision} named versions {self.revisions[r.revision]} and {version}")
 
 
-# ------------------------------------------------------------------ the open-loop load (a child process)
+# ------------------------------------------------------------------ the load (a child process)
 
 
 @dataclass(frozen=True)
 class LoadPlan:
+    """Open loop at `rate` (the soak), or closed loop with `concurrency` in flight (the maximum-rate probe).
+    Both use the same client and check every answer, so the probe measures what the soak's client and the
+    sidecar together can do on this machine."""
+
     address: str
-    rate: float
     duration_s: float
     timeout_s: float
     window_s: float
+    rate: float = 0.0
+    concurrency: int = 0
 
 
-async def _open_loop(plan: LoadPlan, started: Any) -> dict[str, Any]:
-    """Sends on the schedule t0 + i / rate; latency counts from the scheduled time (no coordinated omission)."""
+@dataclass
+class _Recorder:
+    window_s: float
+    checker: Checker = field(default_factory=Checker)
+    latencies: array.array = field(default_factory=lambda: array.array("d"))   # type: ignore[type-arg]
+    answers: Counter[int] = field(default_factory=Counter)      # per window
+    failures: Counter[int] = field(default_factory=Counter)
+    worst: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+    examples: list[str] = field(default_factory=list)
+
+    def answered(self, raw: bytes, i: int, at: float, latency: float) -> None:
+        window = int(at // self.window_s)
+        self.latencies.append(latency)
+        self.answers[window] += 1
+        self.worst[window] = max(self.worst[window], latency)
+        action, k = MIX[i % len(MIX)]
+        self.checker.answer(raw, action, k)
+
+    def failed(self, exc: grpc.aio.AioRpcError, at: float) -> None:
+        self.checker.failed[exc.code().name] += 1
+        self.failures[int(at // self.window_s)] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(f"{at:.3f} s: {exc.code().name}: {exc.details()}")
+
+    def result(self, sent: int, elapsed: float, late: int, max_lag: float) -> dict[str, Any]:
+        c, ordered = self.checker, sorted(self.latencies)
+        return {
+            "sent": sent, "ok": c.ok, "failed": dict(c.failed), "failure_examples": self.examples,
+            "elapsed_s": round(elapsed, 3), "achieved_rps": round(c.ok / elapsed, 1) if elapsed > 0 else 0.0,
+            "mismatches": c.mismatches, "revision_conflicts": c.conflicts, "examples": c.examples,
+            "versions_answered": sorted(c.versions), "revisions_answered": len(c.revisions),
+            "latency_ms": {q: round(percentile(ordered, p) * 1e3, 3) for q, p in (("p50", 50), ("p99", 99),
+                                                                                  ("p999", 99.9))}
+            | {"max": round(ordered[-1] * 1e3, 3) if ordered else None},
+            "late_sends": late, "max_send_lag_ms": round(max_lag * 1e3, 3),
+            "windows": [{"start_s": w * self.window_s, "answers": self.answers[w], "failed": self.failures[w],
+                         "max_ms": round(self.worst[w] * 1e3, 1)}
+                        for w in range(max([*self.answers, *self.failures], default=-1) + 1)],
+        }
+
+
+async def _drive(plan: LoadPlan, started: Any) -> dict[str, Any]:
     sends = payloads()
-    checker = Checker()
-    latencies = array.array("d")
-    total = int(plan.rate * plan.duration_s)
-    windows: Counter[int] = Counter()
-    window_failures: Counter[int] = Counter()
+    rec = _Recorder(plan.window_s)
     clock = time.perf_counter
-    late, max_lag = 0, 0.0
-    failures: list[str] = []
     async with grpc.aio.insecure_channel(plan.address, options=CLIENT_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), plan.timeout_s)
         call = channel.unary_unary(AUTHORIZE)
         started.set()
         start = clock() + 0.01
-        interval = 1.0 / plan.rate
-        pending: set[asyncio.Future[None]] = set()
 
         async def one(i: int, due: float) -> None:
-            action, k = MIX[i % len(MIX)]
-            window = int((due - start) // plan.window_s)
             try:
                 raw = await call(sends[i % len(sends)], timeout=plan.timeout_s)
             except grpc.aio.AioRpcError as exc:
-                checker.failed[exc.code().name] += 1
-                window_failures[window] += 1
-                if len(failures) < MAX_EXAMPLES:
-                    failures.append(f"{due - start:.3f} s: {exc.code().name}: {exc.details()}")
+                rec.failed(exc, due - start)
                 return
-            latencies.append(clock() - due)
-            windows[window] += 1
-            checker.answer(raw, action, k)
+            rec.answered(raw, i, due - start, clock() - due)
 
+        if plan.concurrency:                      # closed loop: each worker sends again when answered
+            stop_at, counter = start + plan.duration_s, iter(range(10 ** 12))
+
+            async def worker() -> None:
+                while clock() < stop_at:
+                    await one(next(counter), clock())
+
+            await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
+            return rec.result(next(counter), clock() - start, 0, 0.0)
+
+        # Open loop: sends on the schedule start + i / rate; latency counts from the scheduled time, so a
+        # client or server that falls behind shows as latency, not as fewer requests (no coordinated omission).
+        total, interval = int(plan.rate * plan.duration_s), 1.0 / plan.rate
+        late, max_lag = 0, 0.0
+        pending: set[asyncio.Future[None]] = set()
         for i in range(total):
             due = start + i * interval
             delay = due - clock()
@@ -219,30 +266,45 @@ async def _open_loop(plan: LoadPlan, started: Any) -> dict[str, Any]:
             task.add_done_callback(pending.discard)
         if pending:
             await asyncio.gather(*pending)
-        elapsed = clock() - start
-    ordered = sorted(latencies)
-    return {
-        "sent": total, "ok": checker.ok, "failed": dict(checker.failed), "failure_examples": failures,
-        "elapsed_s": round(elapsed, 3),
-        "achieved_rps": round(checker.ok / elapsed, 1) if elapsed > 0 else 0.0,
-        "mismatches": checker.mismatches, "revision_conflicts": checker.conflicts, "examples": checker.examples,
-        "versions_answered": sorted(checker.versions), "revisions_answered": len(checker.revisions),
-        "latency_ms": {q: round(percentile(ordered, p) * 1e3, 3) for q, p in (("p50", 50), ("p99", 99),
-                                                                              ("p999", 99.9))}
-        | {"max": round(ordered[-1] * 1e3, 3) if ordered else None},
-        "late_sends": late, "max_send_lag_ms": round(max_lag * 1e3, 3),
-        "windows": [{"start_s": w * plan.window_s, "answers": windows[w], "failed": window_failures[w]}
-                    for w in range(max([*windows, *window_failures], default=-1) + 1)],
-    }
+        return rec.result(total, clock() - start, late, max_lag)
 
 
 def _load_child(plan: LoadPlan, started: Any, results: Any) -> None:   # pragma: no cover - runs in the child
     # select(), not epoll: epoll rounds timers up to whole milliseconds (see bench/loadgen.py).
     with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selectors.SelectSelector())) as runner:
         try:
-            results.put(runner.run(_open_loop(plan, started)))
+            results.put(runner.run(_drive(plan, started)))
         except BaseException as exc:   # noqa: BLE001 - reported to the parent, which fails the run
             results.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+class LoadProcess:
+    """The load in a spawned process of its own (own interpreter and GIL: it competes for CPU only)."""
+
+    def __init__(self, plan: LoadPlan) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._started, self._results = ctx.Event(), ctx.Queue()
+        self._plan = plan
+        self._proc = ctx.Process(target=_load_child, name="soak-load", args=(plan, self._started, self._results))
+        self._proc.start()
+        if not self._started.wait(60):
+            self._proc.kill()
+            raise RuntimeError("the load process did not start")
+
+    def result(self) -> dict[str, Any]:
+        try:
+            out: dict[str, Any] = self._results.get(timeout=self._plan.duration_s + 120)
+        finally:
+            self.close()
+        if "error" in out:
+            raise RuntimeError(f"the load process failed: {out['error']}")
+        return out
+
+    def close(self) -> None:
+        """End the process (at once, when its result was not collected)."""
+        if self._proc.is_alive() and self._results.empty():
+            self._proc.kill()
+        self._proc.join(30)
 
 
 # ------------------------------------------------------------------ admin writes between reloads
@@ -281,7 +343,9 @@ class SoakPlan:
     fraction: float = 0.8
     rate_cap: float | None = None        # an upper bound on the rate (bounds the request count of short runs)
     reload_every_s: float = 10.0
-    probe_s: float = 5.0                 # closed-loop run that measures the maximum rate
+    probe_s: float = 5.0                 # closed-loop runs that measure the maximum rate ...
+    probes: int = 3                      # ... this many; their median is the ceiling
+    ramp: bool = True                    # then open-loop steps below the ceiling (see measure_max_rate)
     warmup_s: float = 60.0               # memory is compared from here on
     timeout_s: float = 10.0              # per call: a call slower than this is a failed call
     growth_limit: float = 0.05
@@ -290,7 +354,8 @@ class SoakPlan:
 
     @classmethod
     def quick_plan(cls, minutes: float = 0.6) -> SoakPlan:
-        return cls(minutes=minutes, rate_cap=600.0, reload_every_s=2.5, probe_s=2.0, warmup_s=8.0, quick=True)
+        return cls(minutes=minutes, rate_cap=600.0, reload_every_s=2.5, probe_s=2.0, probes=1, ramp=False,
+                   warmup_s=8.0, quick=True)
 
     @property
     def duration_s(self) -> float:
@@ -341,14 +406,38 @@ def memory_figures(samples: list[tuple[float, int]], warmup_s: float, window_s: 
             "series_mib": [[round(t, 1), round(rss / mib, 2)] for t, rss in samples]}
 
 
-def measure_max_rate(address: str, probe_s: float) -> float:
-    spec = LoadSpec(address, tuple(payloads()), mode="closed", concurrency=PROBE_CONCURRENCY, duration_s=probe_s,
-                    warmup_s=0.5)
-    with LoadClient() as client:
-        result = client.run(spec)
-    if result.errors:
-        raise RuntimeError(f"the maximum-rate probe failed calls: {result.errors}")
-    return result.throughput
+def measure_max_rate(address: str, plan: SoakPlan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The maximum rate: the highest open-loop rate that keeps up, with the soak's own checking client.
+
+    Closed-loop probes (PROBE_CONCURRENCY in flight) give the ceiling C. On a small machine the load
+    generator shares the CPU with the sidecar, and an open loop costs its client more than a closed one,
+    so open-loop steps at RAMP fractions of C, highest first, find the first rate that keeps up: no failed
+    call, p99 and the worst send lag within KEEPS_UP_MS.
+    """
+    closed = []
+    for _ in range(plan.probes):
+        probe = LoadProcess(LoadPlan(address, plan.probe_s, plan.timeout_s, plan.probe_s,
+                                     concurrency=PROBE_CONCURRENCY)).result()
+        if probe["failed"] or probe["mismatches"]:
+            raise RuntimeError(f"the maximum-rate probe failed: {probe['failed']} {probe['examples']}")
+        closed.append(probe["achieved_rps"])
+    ceiling = statistics.median(closed)
+    steps: list[dict[str, Any]] = []
+    for fraction in RAMP if plan.ramp else ():
+        step = LoadProcess(LoadPlan(address, plan.probe_s, plan.timeout_s, plan.probe_s,
+                                    rate=fraction * ceiling)).result()
+        keeps_up = (not step["failed"] and not step["mismatches"] and step["latency_ms"]["p99"] <= KEEPS_UP_MS
+                    and step["max_send_lag_ms"] <= KEEPS_UP_MS)
+        steps.append({"rate_rps": round(fraction * ceiling, 1), "keeps_up": keeps_up,
+                      "p99_ms": step["latency_ms"]["p99"], "max_send_lag_ms": step["max_send_lag_ms"],
+                      "failed": step["failed"]})
+        progress(f"soak:   open loop at {fraction * ceiling:.0f}/s: " + ("keeps up" if keeps_up else
+                 f"falls behind (p99 {step['latency_ms']['p99']:.0f} ms, lag {step['max_send_lag_ms']:.0f} ms)"))
+        if keeps_up:
+            break
+    kept = [s["rate_rps"] for s in steps if s["keeps_up"]]
+    return {"closed_loop_rps": closed, "open_loop_steps": steps,
+            "max_rps": ceiling if not plan.ramp else kept[0] if kept else RAMP[-1] * ceiling}
 
 
 def pace(stop: threading.Event, until: float) -> None:
@@ -374,11 +463,14 @@ def run(plan: SoakPlan, progress: Callable[[str], None] = lambda m: print(m, fil
 
 def _soak(plan: SoakPlan, progress: Callable[[str], None], sidecar: ServedProcess, admin: AdminClient,
           authz: AuthzClient, bundle: Path) -> dict[str, Any]:
+    measured: dict[str, Any] = {}
     if plan.rate is not None:
         max_rate, rate = None, plan.rate
     else:
-        progress(f"soak: measuring the maximum rate ({plan.probe_s:.0f} s, {PROBE_CONCURRENCY} in flight)")
-        max_rate = measure_max_rate(sidecar.address, plan.probe_s)
+        progress(f"soak: measuring the maximum rate ({plan.probes} closed-loop probes, then open-loop steps, "
+                 f"{plan.probe_s:.0f} s each)")
+        measured = measure_max_rate(sidecar.address, plan, progress)
+        max_rate = measured["max_rps"]
         rate = plan.fraction * max_rate
     if plan.rate_cap is not None:
         rate = min(rate, plan.rate_cap)
@@ -386,14 +478,7 @@ def _soak(plan: SoakPlan, progress: Callable[[str], None], sidecar: ServedProces
              + (f" ({plan.fraction:.0%} of the measured {max_rate:.0f}/s)" if max_rate else "")
              + f", a reload every {plan.reload_every_s:g} s, admin writes in between")
 
-    ctx = multiprocessing.get_context("spawn")
-    started, results = ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=_load_child, name="soak-load", args=(
-        LoadPlan(sidecar.address, rate, plan.duration_s, plan.timeout_s, plan.window_s), started, results))
-    child.start()
-    if not started.wait(60):
-        child.kill()
-        raise RuntimeError("the load process did not start")
+    load_process = LoadProcess(LoadPlan(sidecar.address, plan.duration_s, plan.timeout_s, plan.window_s, rate=rate))
     sampler = RssSampler(sidecar.pid)
     stop = threading.Event()
     reloads: list[dict[str, Any]] = []
@@ -424,14 +509,10 @@ def _soak(plan: SoakPlan, progress: Callable[[str], None], sidecar: ServedProces
             if period % max(1, int(60 / plan.reload_every_s)) == 0:
                 progress(f"soak: {time.monotonic() - t0:5.0f} s, {len(reloads)} reloads, {bursts} admin bursts, "
                          f"RSS {sampler.samples[-1][1] / 2**20:.1f} MiB")
-        load = results.get(timeout=plan.duration_s + 120)
+        load = load_process.result()
     finally:
         sampler.stop()
-        child.join(30)
-        if child.is_alive():
-            child.kill()
-    if "error" in load:
-        raise RuntimeError(f"the load process failed: {load['error']}")
+        load_process.close()
 
     memory = memory_figures(sampler.samples, plan.warmup_s, plan.window_s)
     unexpected = [r for r in reloads if r["ok"] != r["expected_ok"]]
@@ -444,7 +525,8 @@ def _soak(plan: SoakPlan, progress: Callable[[str], None], sidecar: ServedProces
     reload_ms = sorted(r["ms"] for r in reloads if "ms" in r)
     return {
         "plan": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(plan).items()},
-        "max_rate_rps": round(max_rate, 1) if max_rate else None, "target_rate_rps": round(rate, 1),
+        "max_rate_rps": round(max_rate, 1) if max_rate else None, "max_rate_measurement": measured,
+        "target_rate_rps": round(rate, 1),
         "duration_s": plan.duration_s, "load": load,
         "reloads": {"attempted": len(reloads), "ok": sum(r["ok"] for r in reloads),
                     "refused_as_expected": sum(not r["ok"] and not r["expected_ok"] for r in reloads),

@@ -3,14 +3,17 @@
 * kill -9 in the middle of a stream of admin writes, three times over, with restarts in between;
 * the state directory full (a real full tmpfs, and the file-size limit), read-only, removed or replaced;
 * the bundle directory gone, its files replaced by garbage, a file caught half-written;
-* the sidecar hung (SIGSTOP) behind the real Envoy.
+* the sidecar hung (SIGSTOP) behind the real Envoy;
+* SIGTERM received by a thread other than the main one.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
+import platform
 import random
 import resource
 import shutil
@@ -18,6 +21,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -137,10 +141,18 @@ def sequence(upto: int) -> list[tuple[int, str]]:
 
 
 def persisted_ops(state: Path) -> list[dict[str, Any]]:
-    """The op log as the next start will read it (opened read-only: no recovery is written)."""
-    with sqlite3.connect(f"file:{state / DB_NAME}?mode=ro", uri=True) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        return [json.loads(row[0]) for row in db.execute("SELECT op FROM ops ORDER BY seq")]
+    """The op log as the next start will read it: the database and its write-ahead log, copied (so that
+    reading recovers nothing in place, and a directory seen through /proc/PID/root can be read)."""
+    with tempfile.TemporaryDirectory() as copy:
+        for name in (DB_NAME, f"{DB_NAME}-wal"):
+            if (state / name).exists():
+                shutil.copyfile(state / name, Path(copy) / name)
+        db = sqlite3.connect(Path(copy) / DB_NAME)
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            return [json.loads(row[0]) for row in db.execute("SELECT op FROM ops ORDER BY seq")]
+        finally:
+            db.close()
 
 
 def test_kill_9_during_admin_writes_loses_nothing_acknowledged(tmp_path: Path) -> None:
@@ -417,10 +429,17 @@ GARBAGE: dict[str, Callable[[], tuple[str, bytes]]] = {
     "an empty file": lambda: ("versioned.json", b""),
     "NUL bytes in a YAML file": lambda: ("zz-garbage.yaml", b"account: \0\0\0\x01\x02"),
     "YAML that is not a mapping": lambda: ("zz-garbage.yaml", b"- just\n- a list\n"),
-    "an invalid policy": lambda: ("versioned.json", versioned_bundle(9).replace('"Allow"', '"Permit"').encode()),
-    "a policy naming a managed policy that does not exist": lambda: ("versioned.json", versioned_bundle(9).replace(
-        '"policies": ["Versioned"]', '"policies": ["Missing"]').encode()),
+    "an invalid policy": lambda: ("versioned.json", edited(
+        versioned_bundle(9), lambda d: d["policies"][0]["document"]["Statement"][0].update(Effect="Permit"))),
+    "a user attached to a managed policy that does not exist": lambda: ("versioned.json", edited(
+        versioned_bundle(9), lambda d: d["users"][0].update(policies=["Missing"]))),
 }
+
+
+def edited(text: str, change: Callable[[dict[str, Any]], Any]) -> bytes:
+    doc = json.loads(text)
+    change(doc)
+    return json.dumps(doc).encode()
 
 
 def test_bundle_replaced_by_garbage_keeps_the_last_good_snapshot(tmp_path: Path) -> None:
@@ -478,3 +497,25 @@ def test_sidecar_hung_behind_envoy_refuses_and_forwards_nothing(private_gateway:
     finally:
         os.kill(gw.sidecar.proc.pid, signal.SIGCONT)
     poll(lambda: put_media(gw, CAMERA_KEY, name="your_stream").status == 200, "the sidecar to answer again")
+
+
+# ------------------------------------------------------------------ SIGTERM, whichever thread gets it
+
+SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+
+
+@pytest.mark.skipif(sys.platform != "linux" or SYS_TGKILL is None, reason="needs Linux tgkill")
+def test_sigterm_stops_the_sidecar_whichever_thread_receives_it(tmp_path: Path) -> None:
+    # The kernel gives a process-directed signal to any thread that does not block it, often one of
+    # gRPC's. Send it to such a thread on purpose: the sidecar must still drain and exit.
+    s = start_server(copy_example_bundle(tmp_path / "bundle"), None, "--drain-grace", "0", admin=None, token=None)
+    try:
+        pid = s.proc.pid
+        others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+        assert others, "the server has no other threads"
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(SYS_TGKILL, pid, others[0], signal.SIGTERM) == 0
+        assert s.proc.wait(timeout=15) == 0
+        poll(lambda: any("stopped" in line for line in s.log), "the log to say it stopped")
+    finally:
+        s.kill()

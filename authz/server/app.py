@@ -55,6 +55,7 @@ if TYPE_CHECKING:   # gRPC itself is imported only inside a serving process (see
 log = logging.getLogger("authz.server")
 
 ADMIN_THREADS = 4          # admin calls are rare and serialise on the store's write lock anyway
+SIGNAL_POLL_SECONDS = 0.5  # the longest a SIGTERM received by another thread waits for its handler (see serve)
 
 
 @dataclass
@@ -236,7 +237,10 @@ def serve(config: Config) -> int:
         threading.Thread(target=sidecar.store.reload, name="sighup-reload", daemon=True).start()
 
     signal.signal(signal.SIGHUP, on_hangup)
-    stop.wait()
+    # Never one unbounded wait: the kernel may hand SIGTERM to one of gRPC's threads, and then only this
+    # thread's next wake-up runs the Python handler; a wait without a timeout could miss it for good.
+    while not stop.wait(SIGNAL_POLL_SECONDS):
+        pass
     sidecar.stop(config.drain_grace)
     log.info("stopped")
     return 0
