@@ -9,9 +9,12 @@ from ..policy import limits
 MIB = 1024 * 1024
 MAX_MESSAGE_BYTES = 4 * MIB            # one message either way; a full batch of 1,000 requests fits easily
 
-# Threads of the grpc.server ThreadPoolExecutor, per process. Decisions are CPU-bound Python, so more
-# threads than this only queue on the GIL; enough that slow callers do not starve fast ones.
-DEFAULT_WORKERS = 8
+# Threads of the grpc.server ThreadPoolExecutor, per process. Decisions are CPU-bound Python: every
+# extra thread only competes for the GIL with the others and with gRPC's own polling thread. Measured
+# with `make bench` (closed loop, 64 in flight, 2 cores): 8 threads 2,300-2,600 calls/s, 4 threads
+# ~3,400, 2 threads ~3,850. Two, so that one slow call (a large Simulate) does not stall the rest;
+# scale out with --workers (processes), not threads.
+DEFAULT_WORKERS = 2
 
 # Calls gRPC core holds until a server thread takes them. Above gRPC's default soft limit of 1,000 it
 # cancels the oldest (the client sees CANCELLED): at 2,000 calls/s a pause of half a second (a reload, a
