@@ -34,6 +34,7 @@ $(PROTO_OUT): protos/authz/v1/authz.proto $(STAMP)
 protos: $(PROTO_OUT)
 
 test: setup
+	$(PY) -m mypy
 	$(PY) -m pytest -q $(ARGS)
 
 run: setup

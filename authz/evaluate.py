@@ -403,6 +403,8 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
 
 
 _EMPTY: dict[str, str] = {}
+# Result(...) runs NamedTuple's Python-level __new__; building the tuple directly is about 3x cheaper.
+_new_result = tuple.__new__
 
 
 def _dedupe_keys(keys: list[str]) -> tuple[str, ...]:
@@ -444,8 +446,8 @@ def _identity_only(denies: Sequence[_Entry], allows: Sequence[_Entry], resource:
                 decision, decided_by, deciding = Decision.ALLOW, "identity", (m,)
                 break
     missing = _dedupe_keys(ctx.missing_keys) if ctx.missing_keys else ()
-    return Result(decision, deciding, deciding, decided_by, "", _EMPTY, "NONE", True, missing, tuple(ctx.notes),
-                  frozenset(ctx.read))
+    return _new_result(Result, (decision, deciding, deciding, decided_by, "", _EMPTY, "NONE", True, missing,
+                                tuple(ctx.notes), frozenset(ctx.read)))
 
 
 class _Outcome:
@@ -465,8 +467,9 @@ class _Outcome:
              blocked_by: str = "") -> Result:
         ctx = self.ctx
         missing = _dedupe_keys(ctx.missing_keys) if ctx.missing_keys else ()
-        return Result(decision, tuple(deciding), tuple(self.matched), decided_by, blocked_by, self.per_type,
-                      self.kind, self.same_account, missing, tuple(ctx.notes), frozenset(ctx.read))
+        return _new_result(Result, (decision, tuple(deciding), tuple(self.matched), decided_by, blocked_by,
+                                    self.per_type, self.kind, self.same_account, missing, tuple(ctx.notes),
+                                    frozenset(ctx.read)))
 
 
 def _per_type(cps: CompiledPolicySet, allowed: dict[int, list[MatchedStatement]],

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authz.policy.arn import PreparedResource, ResourcePattern, arn_like
 from authz.policy.glob import tokens_of
@@ -104,3 +106,23 @@ def test_not_principal_strict_and_lenient() -> None:
     assert not not_principal_applies(listed, r, strict=False)  # exact ARN listed: excluded
     full = compile_principal({"AWS": [SESS, "arn:aws:iam::111122223333:role/ops/cam-writer", "111122223333"]})
     assert not not_principal_applies(full, r, strict=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab-*?", min_size=1, max_size=6), st.text(alphabet="ab-", max_size=8),
+       st.sampled_from(["stream/${aws:username}-*/*", "stream/x${aws:username}/*", "stream/${*}${aws:username}*",
+                        "stream/${aws:username, 'dflt'}-?/*", "str*/${aws:username}"]))
+def test_variable_resources_match_like_their_substituted_form(name: str, resource_name: str, tail: str) -> None:
+    """Rendering per request (head compiled once, literal start tested first) = the pattern with the value
+    written in, with the value's own * and ? taken literally."""
+    dynamic = f"arn:aws:kinesisvideo:us-east-1:111122223333:{tail}"
+    resource = f"arn:aws:kinesisvideo:us-east-1:111122223333:stream/{resource_name}/1"
+    got = _match(dynamic, resource, {"aws:username": name})
+    literal = name.replace("*", "\0").replace("?", "\1")         # stand-ins that the glob treats as text
+    written = tail.replace("${aws:username, 'dflt'}", literal).replace("${aws:username}", literal)
+    written = written.replace("${*}", "\2")
+    pattern = f"arn:aws:kinesisvideo:us-east-1:111122223333:{written}"
+    target = resource.replace("*", "\0").replace("?", "\1")
+    expected = _match(pattern, target.replace("\2", "*")) if "\2" not in written else \
+        _match(pattern.replace("\2", "\3"), target.replace("*", "\3"))
+    assert got == expected

@@ -15,7 +15,7 @@ from .glob import QMARK, STAR, Glob, Token, match_tokens, tokens_of
 # so four such fields cost O(n^4) (`arn:*a*:*a*:*a*:*a*:x` took 10 s on a 370-character value).
 _MAX_HEAD_STARS = 1
 _MAX_SPANNING_STARS = 1
-from .variables import Lookup, Part, has_variables, render_tokens, static_tokens, variables_of
+from .variables import Lookup, Part, has_variables, render_text, render_tokens, static_tokens, variables_of
 
 
 def split_arn(value: str) -> list[str] | None:
@@ -133,7 +133,7 @@ class ResourcePattern:
     is rendered and matched per request, by the linear token matcher.
     """
 
-    __slots__ = ("source", "any", "parts", "static", "variable_names", "head", "tail")
+    __slots__ = ("source", "any", "parts", "static", "variable_names", "head", "tail", "tail_fixed")
 
     def __init__(self, source: str, parts: tuple[Part, ...]) -> None:
         self.source = source
@@ -143,6 +143,7 @@ class ResourcePattern:
         self.static: ArnGlob | None = None
         self.head: re.Pattern[str] | None = None
         self.tail: tuple[Part, ...] = ()
+        self.tail_fixed: tuple[Part, ...] = ()   # the tail up to its first wildcard: a cheap first test
         if not self.any and not has_variables(parts):
             self.static = ArnGlob(static_tokens(parts), source)
         elif not self.any:
@@ -164,6 +165,15 @@ class ResourcePattern:
         fields = [f"(?i:{h})" if any(c.isalpha() for c in h) else h for h in fields]
         self.head = re.compile(":".join(["arn", *fields]) + ":")
         self.tail = ((pieces[5],) if pieces[5] else ()) + self.parts[1:]
+        fixed: list[Part] = []
+        for part in self.tail:
+            if isinstance(part, str) and ("*" in part or "?" in part):
+                cut = min(i for i in (part.find("*"), part.find("?")) if i >= 0)
+                if cut:
+                    fixed.append(part[:cut])
+                break
+            fixed.append(part)
+        self.tail_fixed = tuple(fixed)
 
     def matches(self, resource: "PreparedResource", lookup: Lookup) -> bool:
         """True when the request resource matches. An unresolvable variable matches nothing."""
@@ -176,8 +186,14 @@ class ResourcePattern:
             m = self.head.match(resource.raw)
             if m is None:
                 return False
+            tail = resource.raw[m.end():]
+            if self.tail_fixed:
+                # Most candidates fail on the literal start: decide that before rendering everything.
+                start = render_text(self.tail_fixed, lookup)
+                if start is None or not tail.startswith(start):
+                    return False
             toks = render_tokens(self.tail, lookup)
-            return toks is not None and match_tokens(toks, resource.raw[m.end():])
+            return toks is not None and match_tokens(toks, tail)
         if resource.fields is None:  # the request resource is "*" or not an ARN
             return False
         if g is None:
