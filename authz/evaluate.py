@@ -242,9 +242,21 @@ def _statement_applies(st: Statement, resource: PreparedResource, ctx: Condition
                     hit = True
                     break
         else:
-            lookup = ctx.lookup
             for pat in st.resources:  # type: ignore[union-attr]
-                if pat.matches(resource, lookup):
+                g = pat.static
+                if g is not None and g.regex is not None:
+                    matched = g.regex.fullmatch(resource.raw) is not None
+                elif pat.any or g is not None:
+                    matched = pat.matches(resource, ctx.lookup)
+                else:
+                    # A pattern with variables: the same text often stands in several policies; render
+                    # and match it once per request.
+                    seen = ctx.patterns
+                    known = seen.get(pat.source)
+                    if known is None:
+                        known = seen[pat.source] = pat.matches(resource, ctx.lookup)
+                    matched = known
+                if matched:
                     hit = True
                     break
         if hit is st.not_resource:

@@ -396,13 +396,14 @@ class Clause:
 class ConditionContext:
     """What conditions read from a request: context values, variable lookups, notes, missing keys."""
 
-    __slots__ = ("values", "missing_keys", "notes", "read")
+    __slots__ = ("values", "missing_keys", "notes", "read", "patterns")
 
     def __init__(self, values: dict[str, ContextValue]) -> None:
         self.values = values            # lower-cased key -> value
         self.missing_keys: list[str] = []
         self.notes: list[str] = []
         self.read: set[str] = set()     # every key consulted, present or not (for the decision cache)
+        self.patterns: dict[str, bool] = {}   # resource patterns with variables, matched in this request
 
     def get(self, key: str) -> Any:
         self.read.add(key)
