@@ -50,7 +50,8 @@ def test_admin_change_flips_the_next_decision(server: ServerProcess) -> None:
         assert put_media(authz).decision == pb.DECISION_ALLOW
 
 
-def test_bundle_change_flips_the_next_decision(server: ServerProcess) -> None:
+def camera_without_policies(server: ServerProcess) -> tuple[Path, str, str]:
+    """(bundle file, its text, the same bundle with the camera's policies removed)."""
     assert server.bundle is not None
     path = server.bundle / f"{ACCT}.yaml"
     original = path.read_text()
@@ -58,11 +59,16 @@ def test_bundle_change_flips_the_next_decision(server: ServerProcess) -> None:
     for user in doc["users"]:
         if user["name"] == "camera":
             user["policies"] = []
+    return path, original, yaml.safe_dump(doc)
+
+
+def test_bundle_change_flips_the_next_decision(server: ServerProcess) -> None:
+    path, original, changed = camera_without_policies(server)
     with server.client() as authz, server.admin() as admin:
         assert put_media(authz).decision == pb.DECISION_ALLOW
         assert put_media(authz).cached
         try:
-            path.write_text(yaml.safe_dump(doc))
+            path.write_text(changed)
             assert admin.reload().ok
             flipped = put_media(authz)
             assert (flipped.decision, flipped.cached) == (pb.DECISION_IMPLICIT_DENY, False)
@@ -74,18 +80,12 @@ def test_bundle_change_flips_the_next_decision(server: ServerProcess) -> None:
 
 def test_sighup_reloads_the_bundle(server: ServerProcess) -> None:
     """Watching is off for this server (--watch-interval 0): only the signal can pick the change up."""
-    assert server.bundle is not None
-    path = server.bundle / f"{ACCT}.yaml"
-    original = path.read_text()
-    doc = yaml.safe_load(original)
-    for user in doc["users"]:
-        if user["name"] == "camera":
-            user["policies"] = []
+    path, original, changed = camera_without_policies(server)
     with server.client() as authz, server.admin() as admin:
         before = admin.status().revision
         assert put_media(authz).decision == pb.DECISION_ALLOW
         try:
-            path.write_text(yaml.safe_dump(doc))
+            path.write_text(changed)
             assert put_media(authz).decision == pb.DECISION_ALLOW       # not watched: nothing changed yet
             server.proc.send_signal(signal.SIGHUP)
             # The reload runs off the signal handler: poll the condition, with a deadline.

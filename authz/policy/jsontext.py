@@ -43,11 +43,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def load_text(text: str | bytes, *, iam_charset: bool = True,
-              max_chars: int = MAX_POLICY_TEXT_CHARS) -> tuple[Any, list[Problem]]:
-    """Parse policy text strictly. Returns (value, problems); value is None when unusable."""
+def _decoded(text: str | bytes, max_chars: int) -> tuple[str | None, list[Problem]]:
+    """The text as str within `max_chars`, or the problem that stops it (size, UTF-8)."""
     if isinstance(text, (bytes, bytearray)):
-        if len(text) > max_chars * 2:
+        if len(text) > max_chars * 4:   # UTF-8 needs at most 4 bytes a character
             return None, [Problem("$", f"document is larger than {max_chars} characters")]
         try:
             text = bytes(text).decode("utf-8")
@@ -55,6 +54,16 @@ def load_text(text: str | bytes, *, iam_charset: bool = True,
             return None, [Problem("$", f"document is not valid UTF-8 (byte {exc.start})")]
     if len(text) > max_chars:
         return None, [Problem("$", f"document has {len(text)} characters; the limit is {max_chars}")]
+    return text, []
+
+
+def load_text(text: str | bytes, *, iam_charset: bool = True,
+              max_chars: int = MAX_POLICY_TEXT_CHARS) -> tuple[Any, list[Problem]]:
+    """Parse policy text strictly. Returns (value, problems); value is None when unusable."""
+    decoded, refused = _decoded(text, max_chars)
+    if decoded is None:
+        return None, refused
+    text = decoded
     problems: list[Problem] = []
     if iam_charset:
         bad = _IAM_BAD_CHAR.search(text)
@@ -118,13 +127,10 @@ def load_large(text: str | bytes, *, max_chars: int) -> tuple[Any, list[Problem]
     Duplicate members are still refused; only when one is seen is the file parsed again the
     slow way, to name where it is.
     """
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return None, [Problem("$", f"document is not valid UTF-8 (byte {exc.start})")]
-    if len(text) > max_chars:
-        return None, [Problem("$", f"document has {len(text)} characters; the limit is {max_chars}")]
+    decoded, refused = _decoded(text, max_chars)
+    if decoded is None:
+        return None, refused
+    text = decoded
     try:
         return json.loads(text, object_pairs_hook=_plain_pairs, parse_constant=_reject_constant), []
     except _DuplicateSeen:
