@@ -31,42 +31,13 @@ from authz.gateway.ext_authz import PRINCIPAL_HEADER, ExtAuthzServicer, GatewayO
 from authz.gateway.principal import PrincipalSource, parse_principal_from
 from authz.policy.errors import RequestError
 from authz.store import Store, StoreConfig
+from tests.example_ids import (ACCOUNT, ADMIN, CAMERA, OTHER_STREAM, PARTNER_ROLE, REGION, SHARED_STREAM, VIEWER,
+                                WRITER, YOUR_CHANNEL, YOUR_STREAM, Key, stream, user)
 
 BUNDLE = Path(__file__).resolve().parent.parent / "examples" / "bundle"
 T0 = datetime(2026, 1, 15, 12, 0, 0, tzinfo=timezone.utc)
-ACCOUNT = "123456789012"
-REGION = "us-west-2"
 GATEWAY = "127.0.0.1:8080"
-
-
-def user(name: str, account: str = ACCOUNT) -> str:
-    return f"arn:aws:iam::{account}:user/{name}"
-
-
-def stream(name: str, ctime: str) -> str:
-    return f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{name}/{ctime}"
-
-
-YOUR_STREAM = stream("your_stream", "0123456789012")
-OTHER_STREAM = stream("other_stream", "0123456789013")
-SHARED_STREAM = stream("shared_stream", "0123456789014")
-YOUR_CHANNEL = f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:channel/your_channel/0123456789015"
-
-
-@dataclass(frozen=True)
-class Key:
-    access_key_id: str
-    secret: str
-    token: str | None = None
-
-
-# The example access keys of examples/bundle/*.yaml.
-VIEWER = Key("AKIAEXAMPLEVIEWER001", "viewer/EXAMPLE/secret/key/do/not/use/00")
-CAMERA = Key("AKIAEXAMPLECAMERA001", "camera/EXAMPLE/secret/key/do/not/use/00")
-ADMIN = Key("AKIAEXAMPLEADMIN0001", "admin/EXAMPLE/secret/key/do/not/use/000")
-WRITER = Key("AKIAEXAMPLEWRITER001", "writer/EXAMPLE/secret/key/do/not/use/00")
 PARTNER = user("partner-uploader", "111111111111")
-PARTNER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/PartnerStreamWriter"
 
 
 @pytest.fixture(scope="module")

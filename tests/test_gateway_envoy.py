@@ -23,52 +23,20 @@ import pytest
 from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from botocore.utils import percent_encode_sequence
 
 from authz.server import healthcheck
 from authz.v1 import authz_pb2, authz_pb2_grpc
 
+from tests.example_ids import (ACCOUNT, ADMIN, CAMERA, OTHER_STREAM, PARTNER_ROLE, REGION, SHARED_STREAM, VIEWER,
+                                WRITER, YOUR_CHANNEL, YOUR_STREAM, Key, stream, user)
 from tests.gateway_env import (  # noqa: F401 (gateway, private_gateway: fixtures)
     ENVOY_BIN, SHIPPED_ENVOY_CONFIG, Gateway, gateway, make_test_pki, private_gateway, start_gateway)
 
 pytestmark = pytest.mark.integration
 
-ACCOUNT = "123456789012"
-REGION = "us-west-2"
 TEST_ID = "x-test-id"          # a header every test request carries, to find it (or not) at the upstream
-
-
-def user(name: str, account: str = ACCOUNT) -> str:
-    return f"arn:aws:iam::{account}:user/{name}"
-
-
-def stream(name: str, ctime: str) -> str:
-    return f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:stream/{name}/{ctime}"
-
-
-YOUR_STREAM = stream("your_stream", "0123456789012")
-OTHER_STREAM = stream("other_stream", "0123456789013")
-SHARED_STREAM = stream("shared_stream", "0123456789014")
-YOUR_CHANNEL = f"arn:aws:kinesisvideo:{REGION}:{ACCOUNT}:channel/your_channel/0123456789015"
-PARTNER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/PartnerStreamWriter"
-
-
-@dataclass(frozen=True)
-class Key:
-    access_key_id: str
-    secret: str
-    token: str | None = None
-
-    def credentials(self) -> Credentials:
-        return Credentials(self.access_key_id, self.secret, self.token)
-
-
-VIEWER = Key("AKIAEXAMPLEVIEWER001", "viewer/EXAMPLE/secret/key/do/not/use/00")
-CAMERA = Key("AKIAEXAMPLECAMERA001", "camera/EXAMPLE/secret/key/do/not/use/00")
-ADMIN = Key("AKIAEXAMPLEADMIN0001", "admin/EXAMPLE/secret/key/do/not/use/000")
-WRITER = Key("AKIAEXAMPLEWRITER001", "writer/EXAMPLE/secret/key/do/not/use/00")
 
 MKV = b"\x1a\x45\xdf\xa3" + bytes(range(256)) * 64      # an EBML header and 16 KiB of "media"
 

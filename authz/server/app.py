@@ -283,26 +283,21 @@ def supervise(config: Config) -> int:
         children.add(pid)
     stopping = False
 
+    def to_children(signum: int) -> None:
+        for child in list(children):
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for child in list(children):
-            try:
-                os.kill(child, signum)
-            except ProcessLookupError:
-                pass
+        to_children(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-
-    def hangup(signum: int, _frame: object) -> None:   # every worker re-reads the bundle
-        for child in list(children):
-            try:
-                os.kill(child, signum)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGHUP, hangup)
+    signal.signal(signal.SIGHUP, lambda signum, _frame: to_children(signum))   # every worker re-reads the bundle
     log.info("supervising %d workers on %s:%d", config.workers, host, port)
     result = 0
     while children:
