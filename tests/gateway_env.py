@@ -62,9 +62,19 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def stop_process(proc: "subprocess.Popen[Any]") -> None:
+    """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S; always reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 # ---------------------------------------------------------------------------------------------
 # The fake media upstream
-
 
 @dataclass(frozen=True)
 class Recorded:
@@ -246,13 +256,7 @@ class Sidecar:
 
     def stop(self) -> None:
         """SIGTERM, then wait for the process to be gone (it drains with --drain-grace 0)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,13 +403,7 @@ class Envoy:
         return 0
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 # ---------------------------------------------------------------------------------------------

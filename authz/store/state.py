@@ -301,6 +301,11 @@ def _account(state: IamState, account: str, create: bool = False) -> Account:
     return acct
 
 
+def _ensure_account(state: IamState, account: str) -> IamState:
+    """The state with `account` present (an empty one is added when the account is new)."""
+    return state if account in state.accounts else _with_account(state, Account(account))
+
+
 def _with_account(state: IamState, acct: Account) -> IamState:
     accounts = _own(state.accounts)
     accounts[acct.id] = acct
@@ -481,8 +486,7 @@ def _create_policy(state: IamState, o: dict[str, Any]) -> IamState:
         default = "v1"
     policies = _own(state.policies)
     policies[arn] = ManagedPolicy(arn, name, path, vers, default, str(o.get("description") or ""))
-    acct_state = state if account in state.accounts or account == "aws" else _with_account(state, Account(account))
-    return evolve(acct_state, policies=policies)
+    return evolve(state if account == "aws" else _ensure_account(state, account), policies=policies)
 
 
 @op("CreatePolicyVersion")
@@ -666,8 +670,7 @@ def _register(state: IamState, o: dict[str, Any]) -> IamState:
     resources[arn] = Resource(arn, rtype, name, partition, region, account, tags, policy)
     names = _own(state.resource_names)
     names[key] = arn
-    base = state if account in state.accounts else _with_account(state, Account(account))
-    return evolve(base, resources=resources, resource_names=names)
+    return evolve(_ensure_account(state, account), resources=resources, resource_names=names)
 
 
 @op("DeleteResource")
