@@ -22,6 +22,7 @@ COPY authz/ authz/
 COPY server.py ./
 RUN /opt/protoc/bin/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
       protos/authz/v1/authz.proto \
+ && /opt/protoc/bin/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/authz/v1/wire.proto \
  && /opt/venv/bin/python -c "import authz.gateway.ext_authz, authz.server.app"
 
 FROM ${PYTHON_IMAGE}

@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP) $(PROTO_OUT)
 
-$(PROTO_OUT): protos/authz/v1/authz.proto $(STAMP)
+$(PROTO_OUT): protos/authz/v1/authz.proto protos/authz/v1/wire.proto $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/authz/v1/authz.proto
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. protos/authz/v1/wire.proto
 
 protos: $(PROTO_OUT)
 

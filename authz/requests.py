@@ -20,6 +20,12 @@ _ACTION = re.compile(r"^[A-Za-z0-9.-]+:[A-Za-z0-9]+$")
 
 def check_request(principal: str, action: str, resource: str, context: Mapping[str, Any]) -> None:
     """Raise RequestError/LimitError naming the field when the request cannot be evaluated."""
+    check_target(principal, action, resource)
+    check_context(context)
+
+
+def check_target(principal: str, action: str, resource: str) -> None:
+    """The checks of check_request on everything but the context."""
     if not principal:
         raise RequestError("principal", "required: an ARN (arn:aws:iam::ACCOUNT:user/NAME, "
                                         "arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION, ...) or 'anonymous'")
@@ -41,7 +47,6 @@ def check_request(principal: str, action: str, resource: str, context: Mapping[s
     if resource != "*" and (not resource.startswith("arn:") or resource.count(":") < 5):
         raise RequestError("resource", f"must be '*' or an ARN (arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE); "
                                        f"got {resource[:80]!r}")
-    check_context(context)
 
 
 def check_context(context: Mapping[str, Any]) -> None:

@@ -85,6 +85,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 def uncached(rig: Rig) -> None:
     """Every test decides afresh: a decision cached before a fault was a real decision, and would hide it."""
     rig.store.cache.clear()
+    assert rig.sidecar.answers is not None
+    rig.sidecar.answers.clear()
 
 
 def boom(*_args: Any, **_kw: Any) -> Any:

@@ -29,6 +29,7 @@ and appends to the same decision log.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -50,6 +51,8 @@ from .metrics import Metrics, MetricsServer
 
 if TYPE_CHECKING:   # gRPC itself is imported only inside a serving process (see the module docstring)
     import grpc
+
+    from .answers import Answers
     from grpc_health.v1.health import HealthServicer
 
 log = logging.getLogger("authz.server")
@@ -69,6 +72,7 @@ class Sidecar:
     addresses: dict[str, str]
     metrics_server: MetricsServer | None = None
     decision_log: DecisionLog | None = None
+    answers: Answers | None = None        # the decision port's memos (authz.server.answers)
     _sync_stop: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace: float | None = None) -> None:
@@ -125,20 +129,23 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     from ..gateway import ext_authz
     from ..v1 import authz_pb2, authz_pb2_grpc
     from .admin import PolicyAdmin
+    from .answers import Answers
     from .auth import AdminTokenInterceptor, server_credentials
     from .authorizer import Authorizer, Observer
     from .errors import UndecodableRequests, add_checked, checked
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    gc.set_threshold(*settings.GC_THRESHOLDS)
     store = Store(StoreConfig(bundle_dir=config.bundle, state_dir=config.state_dir, cache_size=config.cache_size,
                               watch_interval=config.watch_interval), clock=clock)
     credentials = (server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
                    if config.tls_cert is not None and config.tls_key is not None else None)
 
     observers: list[Observer] = []
+    answers = Answers(store)
     metrics: Metrics | None = None
     if config.metrics_listen:
-        metrics = Metrics(store.status)
+        metrics = Metrics(store.status, answers.stats)
         observers.append(metrics.observe)
     decision_log = DecisionLog(config.decision_log) if config.decision_log else None
     if decision_log is not None:
@@ -146,7 +153,8 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
 
     decision = grpc.server(ThreadPoolExecutor(config.threads, thread_name_prefix="authz"),
                            options=server_options(config))
-    add_checked(authz_pb2_grpc.add_AuthorizerServicer_to_server, Authorizer(store, tuple(observers)), decision)
+    add_checked(authz_pb2_grpc.add_AuthorizerServicer_to_server, Authorizer(store, tuple(observers), answers=answers),
+                decision)
     ext_authz.register(checked(decision), store, ext_authz.GatewayOptions(
         principal_from=config.principal_from, region=config.region, trusted_proxies=config.trusted_proxies))
     decision_health = _health({"": not_serving, settings.AUTHORIZER_SERVICE: not_serving})
@@ -185,7 +193,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
         s.start()
     if config.admin_listen and config.admin_listen.startswith(UNIX_PREFIX):
         os.chmod(config.admin_listen[len(UNIX_PREFIX):], 0o600)   # only this user may administer
-    sidecar = Sidecar(config, store, servers, healths, addresses, decision_log=decision_log)
+    sidecar = Sidecar(config, store, servers, healths, addresses, decision_log=decision_log, answers=answers)
     try:
         store.open()
         if metrics is not None and config.metrics_listen:

@@ -9,15 +9,16 @@ from typing import Callable, Mapping
 
 import grpc
 
-from ..evaluate import EngineOptions, evaluate
+from ..evaluate import EngineOptions, Result, evaluate
 from ..policy.errors import LimitError, RequestError
 from ..requests import MAX_BATCH, check_request
-from ..store import Answer, PermissionDenied, Store
+from ..store import PermissionDenied, Store
 from ..v1 import authz_pb2 as pb
 from ..v1 import authz_pb2_grpc as pb_grpc
 from . import convert, settings
+from .answers import Answers, Decided, encode_batch, parse_batch
 from .decision_log import DecisionEvent, statement_label
-from .errors import NotServing, rpc
+from .errors import NotServing, Undecodable, raw_bytes, rpc
 
 Observer = Callable[[DecisionEvent], None]
 FieldError = RequestError | LimitError
@@ -56,11 +57,12 @@ def check_simulate(req: pb.SimulateRequest) -> None:
 
 
 class Authorizer(pb_grpc.AuthorizerServicer):
-    def __init__(self, store: Store, observers: tuple[Observer, ...] = (), options: EngineOptions | None = None
-                 ) -> None:
+    def __init__(self, store: Store, observers: tuple[Observer, ...] = (), options: EngineOptions | None = None,
+                 answers: Answers | None = None) -> None:
         self.store = store
         self.observers = observers
         self.options = options if options is not None else store.config.options
+        self.answers = answers if answers is not None else Answers(store)
 
     def _require_ready(self) -> None:
         if not self.store.ready:
@@ -73,51 +75,59 @@ class Authorizer(pb_grpc.AuthorizerServicer):
                 observe(event)
 
     @staticmethod
-    def _event(rpc_name: str, request_id: str, r: pb.AuthorizeRequest, answer: Answer, seconds: float
-               ) -> DecisionEvent:
-        result = answer.result
-        return DecisionEvent(rpc_name, request_id, r.principal, r.action, r.resource, result.decision.value,
+    def _event(rpc_name: str, request_id: str, principal: str, action: str, resource: str, result: Result,
+               revision: int, seconds: float, cached: bool) -> DecisionEvent:
+        return DecisionEvent(rpc_name, request_id, principal, action, resource, result.decision.value,
                              tuple(statement_label(m.policy_type, m.policy_name, m.index, m.sid)
                                    for m in result.deciding),
-                             answer.revision, seconds, answer.cached)
+                             revision, seconds, cached)
 
-    def _decide(self, r: pb.AuthorizeRequest) -> Answer:
-        principal, action, resource, context = convert.authorize_args(r)
-        return self.store.authorize(principal, action, resource, context, explain=r.explain)
+    def _decided_event(self, rpc_name: str, request_id: str, d: Decided, seconds: float) -> DecisionEvent:
+        v = d.view
+        return self._event(rpc_name, request_id, v.principal, v.action, v.resource, d.result, d.revision, seconds,
+                           d.cached)
 
+    # Authorize and AuthorizeBatch take and return bytes: see authz.server.answers.
+
+    @raw_bytes
     @rpc
-    def Authorize(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> pb.AuthorizeResponse:
+    def Authorize(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._require_ready()
         start = time.perf_counter()
-        answer = self._decide(request)
-        elapsed = time.perf_counter() - start
+        decided = self.answers.decide(request)
         if self.observers:
-            self._emit([self._event("Authorize", _request_id(request.request_id, context), request, answer,
-                                    elapsed)])
-        return convert.result_to_proto(answer.result, answer.revision, answer.cached, request.explain)
+            self._emit([self._decided_event("Authorize", _request_id(decided.view.request_id, context), decided,
+                                            time.perf_counter() - start)])
+        return decided.data
 
+    @raw_bytes
     @rpc
-    def AuthorizeBatch(self, request: pb.AuthorizeBatchRequest, context: grpc.ServicerContext
-                       ) -> pb.AuthorizeBatchResponse:
-        n = len(request.requests)
+    def AuthorizeBatch(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        items = parse_batch(request)
+        n = len(items)
         if n > MAX_BATCH:
             raise LimitError("requests", f"{n} requests in one batch; at most {MAX_BATCH} (MAX_BATCH)")
         self._require_ready()
-        batch_id = _request_id("", context)
-        out = pb.AuthorizeBatchResponse()
-        events: list[DecisionEvent] = []
-        for i, r in enumerate(request.requests):
+        decide = self.answers.decide
+        out: list[bytes] = []
+        observed = bool(self.observers)
+        events: list[tuple[Decided, float]] = []
+        for i, raw in enumerate(items):
             start = time.perf_counter()
             try:
-                answer = self._decide(r)
+                decided = decide(raw)
             except (RequestError, LimitError) as exc:
                 raise renamed(exc, f"requests[{i}].{exc.field}") from None
-            elapsed = time.perf_counter() - start
-            if self.observers:
-                events.append(self._event("AuthorizeBatch", r.request_id or f"{batch_id}.{i}", r, answer, elapsed))
-            out.responses.append(convert.result_to_proto(answer.result, answer.revision, answer.cached, r.explain))
-        self._emit(events)   # only once every answer exists: a rejected batch logs nothing
-        return out
+            except Undecodable as exc:
+                raise Undecodable("authz.v1.AuthorizeBatchRequest", f"requests[{i}]: {exc.reason}") from None
+            out.append(decided.data)
+            if observed:
+                events.append((decided, time.perf_counter() - start))
+        if observed:   # only once every answer exists: a rejected batch logs nothing
+            batch_id = _request_id("", context)
+            self._emit([self._decided_event("AuthorizeBatch", d.view.request_id or f"{batch_id}.{i}", d, seconds)
+                        for i, (d, seconds) in enumerate(events)])
+        return encode_batch(out)
 
     @rpc
     def Simulate(self, request: pb.SimulateRequest, context: grpc.ServicerContext) -> pb.SimulateResponse:

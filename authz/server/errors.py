@@ -22,9 +22,19 @@ class NotServing(AuthzError):
     """No policy set has loaded yet, so no decision can be made (gRPC UNAVAILABLE: retry elsewhere or later)."""
 
 
+class Undecodable(AuthzError):
+    """Request bytes that are not a message of the expected type (a corrupt wire format, invalid UTF-8)."""
+
+    def __init__(self, message_name: str, reason: str) -> None:
+        self.message_name, self.reason = message_name, reason
+        super().__init__(f"the request is not a valid {message_name} message ({reason}): send a well-formed "
+                         "protobuf message of that type; every string field must be valid UTF-8")
+
+
 # Most specific first: InvalidInput and friends are StoreErrors, so the order of this table matters.
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (Undecodable, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (PolicyError, grpc.StatusCode.INVALID_ARGUMENT),
     (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -120,13 +130,30 @@ def _checked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
     def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, _Undecodable):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"the request is not a valid {name} message ({request.reason}): send a well-formed "
-                          "protobuf message of that type; every string field must be valid UTF-8")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(Undecodable(name, request.reason)))
         return behaviour(request, context)
 
     return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=deserialize,
                                                response_serializer=handler.response_serializer)
+
+
+RAW_BYTES_ATTRIBUTE = "__raw_bytes__"
+
+
+def raw_bytes(method: Method[Self, Req, Resp]) -> Method[Self, Req, Resp]:
+    """Mark a servicer method that takes the request's bytes and returns the response's bytes: it is
+    registered without gRPC's protobuf (de)serializers, and decodes (raising Undecodable) itself."""
+    setattr(method, RAW_BYTES_ATTRIBUTE, True)
+    return method
+
+
+def _registered(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    behaviour = handler.unary_unary
+    if behaviour is not None and getattr(behaviour, RAW_BYTES_ATTRIBUTE, False):
+        return grpc.unary_unary_rpc_method_handler(behaviour)   # bytes in, bytes out
+    if behaviour is not None and handler.request_deserializer is not None:
+        return _checked(handler)
+    return handler
 
 
 class _CheckedRegistrar:
@@ -141,15 +168,14 @@ class _CheckedRegistrar:
         pass   # the same handlers arrive through add_registered_method_handlers
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        checked = {name: (_checked(h) if h.unary_unary is not None and h.request_deserializer is not None else h)
-                   for name, h in handlers.items()}
+        checked = {name: _registered(h) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, checked),))
         self._server.add_registered_method_handlers(service, checked)
 
 
 def checked(server: grpc.Server) -> Any:
     """A stand-in for `server` to pass to generated `add_XServicer_to_server` functions: the service
-    answers INVALID_ARGUMENT for undecodable requests."""
+    answers INVALID_ARGUMENT for undecodable requests, and methods marked @raw_bytes get bytes."""
     return _CheckedRegistrar(server)
 
 

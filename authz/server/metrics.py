@@ -46,8 +46,10 @@ def _fmt(value: float) -> str:
 class Metrics:
     """Decision counters and latency histograms, fed with DecisionEvents; rendered on scrape."""
 
-    def __init__(self, status: Callable[[], StoreStatus]) -> None:
+    def __init__(self, status: Callable[[], StoreStatus],
+                 memo: Callable[[], dict[str, int]] | None = None) -> None:
         self._status = status
+        self._memo = memo        # the decision port's answer memo (authz.server.answers), when there is one
         self._lock = threading.Lock()
         self._decisions: dict[tuple[str, str], int] = {}
         self._latency: dict[str, _Histogram] = {}
@@ -88,12 +90,16 @@ class Metrics:
             lines.append(f'authz_decision_latency_seconds_bucket{{rpc="{rpc}",le="+Inf"}} {count}')
             lines.append(f'authz_decision_latency_seconds_sum{{rpc="{rpc}"}} {_fmt(total)}')
             lines.append(f'authz_decision_latency_seconds_count{{rpc="{rpc}"}} {count}')
-        family("authz_cache_hits_total", "counter", "Decision cache hits.")
+        memo = self._memo() if self._memo is not None else {}
+        family("authz_cache_hits_total", "counter",
+               "Decisions answered from a cache: the answer memo of the decision port or the decision cache.")
         lines.append(f"authz_cache_hits_total {st.cache.get('hits', 0)}")
-        family("authz_cache_misses_total", "counter", "Decision cache misses.")
+        family("authz_cache_misses_total", "counter", "Decisions evaluated because no cache had them.")
         lines.append(f"authz_cache_misses_total {st.cache.get('misses', 0)}")
-        family("authz_cache_entries", "gauge", "Decisions currently cached.")
+        family("authz_cache_entries", "gauge", "Decisions currently in the decision cache.")
         lines.append(f"authz_cache_entries {st.cache.get('size', 0)}")
+        family("authz_answer_memo_entries", "gauge", "Encoded answers currently in the decision port's answer memo.")
+        lines.append(f"authz_answer_memo_entries {memo.get('answers', 0)}")
         family("authz_policy_revision", "gauge", "Revision of the policy set being served.")
         lines.append(f"authz_policy_revision {st.revision}")
         family("authz_reloads_total", "counter", "Policy set loads (bundle reads), by outcome.")

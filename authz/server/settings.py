@@ -37,6 +37,18 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.max_ping_strikes", 2),
 ]
 
+# Authorize on raw bytes (authz.server.answers). The answer memo holds up to --cache-size encoded answers
+# (0 disables it with the decision cache). Distinct request contexts are few (a gateway sends the same
+# source address and transport flags again and again), so their memo is small.
+CONTEXT_MEMO_SIZE = 4_096
+
+# The cyclic garbage collector's thresholds in a server process (gc.set_threshold). Python's default
+# (700, 10, 10) collects the young generation every 700 net allocations; with caches filling on
+# uncached traffic that also promotes and rescans their entries over and over. Measured in process on
+# uncached Authorize requests: about 27 us per call with the default, 19 us with these (as with the
+# collector off). Decisions make no reference cycles; the loaded state is frozen (store._release_memory).
+GC_THRESHOLDS = (50_000, 20, 20)
+
 # Simulate: documents arrive inline, so their number and size are bounded here (the IAM API bounds a policy
 # text parameter at MAX_POLICY_TEXT_CHARS; Organizations trees are at most root + 5 OU levels + the account).
 MAX_SIMULATE_DOCUMENTS = 64                              # every document of one SimulateRequest together

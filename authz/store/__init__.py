@@ -2,7 +2,7 @@
 
 from .errors import (AlreadyExists, Conflict, InvalidInput, NotFound, PermissionDenied, QuotaExceeded,
                      StorageFailure, StoreError)
-from .store import Answer, SessionGrant, Store, StoreConfig, StoreStatus
+from .store import Answer, PreparedContext, SessionGrant, Store, StoreConfig, StoreStatus
 
-__all__ = ["Store", "StoreConfig", "Answer", "SessionGrant", "StoreStatus", "StoreError", "NotFound",
+__all__ = ["Store", "StoreConfig", "Answer", "PreparedContext", "SessionGrant", "StoreStatus", "StoreError", "NotFound",
            "AlreadyExists", "InvalidInput", "QuotaExceeded", "Conflict", "PermissionDenied", "StorageFailure"]

@@ -45,6 +45,12 @@ class DecisionCache:
             self.misses += 1
             return None
 
+    def note_hit(self) -> None:
+        """Count a decision answered by a cache in front of this one (the decision port's answer memo),
+        so that `hits` counts every decision answered from a cache."""
+        with self._lock:
+            self.hits += 1
+
     def put(self, key: Hashable, values: Mapping[str, Any], result: Result) -> None:
         if self._lru is None:
             return

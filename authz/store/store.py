@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import math
 import secrets
 import string
 import threading
@@ -22,7 +23,7 @@ from ..evaluate import DEFAULT_OPTIONS, Decision, EngineOptions, Result, decide
 from ..policy import limits
 from ..policy.model import PolicyType
 from ..policy.validate import ValidationReport, validate_document
-from ..requests import check_request
+from ..requests import check_context, check_target
 from .bundle import BundleError, load_bundle, signature
 from .cache import DecisionCache
 from .errors import InvalidInput, NotFound, PermissionDenied, QuotaExceeded, StoreError
@@ -55,6 +56,21 @@ class Answer:
     revision: int
     cached: bool
     principal_known: bool
+    # Until this time (the store's clock) the same request against the same revision gets this
+    # answer: infinity, or the end of the current second when the decision read aws:CurrentTime or
+    # aws:EpochTime from the clock, or the end of a role session. Callers that keep answers use it.
+    valid_until: float = math.inf
+
+
+class PreparedContext:
+    """A caller's request context, checked against the request limits and normalised, with the keys the
+    store derives removed. Immutable once built, so one can serve any number of requests that carry
+    the same context (the gRPC servicer keeps them per distinct context)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values: Mapping[str, Any] = values
 
 
 @dataclass(frozen=True)
@@ -87,10 +103,21 @@ def _unknown_principal(revision: int, principal: str) -> Answer:
     return Answer(r, revision, False, False)
 
 
+_CLOCK_KEYS = ("aws:currenttime", "aws:epochtime")   # the keys the store fills from its clock
+
+
 def _release_memory() -> None:
     """After a reload the previous state is garbage: hand the freed heap back to the system, so
-    resident memory does not ratchet up by one state per reload (glibc keeps it otherwise)."""
+    resident memory does not ratchet up by one state per reload (glibc keeps it otherwise).
+
+    What survives (the new state, hundreds of thousands of objects at scale) is then frozen out of
+    the cyclic collector's way: later collections scan only objects made since, instead of walking
+    the whole policy set every time caches grow. The next reload unfreezes it first, so a
+    superseded state is always collected.
+    """
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):   # not glibc: nothing to do
@@ -263,35 +290,53 @@ class Store:
 
     # ------------------------------------------------------------ decisions
 
+    def prepare_context(self, context: Mapping[str, Any], trusted_context: Mapping[str, Any] | None = None
+                        ) -> PreparedContext:
+        """The caller's `context` checked and normalised once, for `authorize(..., prepared=...)`.
+
+        Keys the store derives (principal and resource facts) are dropped from it. `trusted_context`
+        comes from this process's own gateway mapping and may carry aws:ResourceTag/* for resources
+        being created.
+        """
+        check_context(context)
+        return PreparedContext(caller_values(context, trusted_context))
+
     def authorize(self, principal: str, action: str, resource: str, context: Mapping[str, Any] | None = None, *,
-                  explain: bool = False, trusted_context: Mapping[str, Any] | None = None) -> Answer:
+                  explain: bool = False, trusted_context: Mapping[str, Any] | None = None,
+                  prepared: PreparedContext | None = None) -> Answer:
         """Decide one request against the current snapshot.
 
-        `context` comes from the caller: keys the store derives (principal and resource facts) are
-        dropped from it. `trusted_context` comes from this process's own gateway mapping and may
-        carry aws:ResourceTag/* for resources being created.
+        The caller's context comes either as `context` (and `trusted_context`; see prepare_context)
+        or already prepared.
         """
-        context = context or {}
-        check_request(principal, action, resource, context)
+        check_target(principal, action, resource)
+        caller = (prepared if prepared is not None else self.prepare_context(context or {}, trusted_context)).values
         snap = self._snapshot
         now = self.clock()
         rp = snap.resolve(principal, now)
         if rp is None:
             return _unknown_principal(snap.revision, principal)
-        values = self._context(snap, rp, resource, context, trusted_context, now)
+        values = self._context(snap, rp, resource, caller, now)
         key = (snap.revision, principal, action.lower(), resource)
-        if not explain:
-            hit = self.cache.get(key, values)
-            if hit is not None:
-                return Answer(hit, snap.revision, True, True)
-        result = self._decide(snap, principal, rp, action, resource, values, explain)
-        if not explain:
-            self.cache.put(key, values, result)
-        return Answer(result, snap.revision, False, True)
+        result = None if explain else self.cache.get(key, values)
+        cached = result is not None
+        if result is None:
+            result = self._decide(snap, principal, rp, action, resource, values, explain)
+            if not explain:
+                self.cache.put(key, values, result)
+        until = math.inf
+        read = result.keys_read
+        for k in _CLOCK_KEYS:
+            if k in read and k not in caller:
+                until = float(int(now) + 1)      # the clock's values hold for the rest of this second
+        if rp.requester.kind == "assumed-role":
+            session = snap.state.sessions.get(principal)
+            until = min(until, session.expires if session is not None else now)
+        return Answer(result, snap.revision, cached, True, until)
 
-    def _context(self, snap: Snapshot, rp: ResolvedPrincipal, resource: str, context: Mapping[str, Any],
-                 trusted: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
-        values = caller_values(context, trusted)
+    def _context(self, snap: Snapshot, rp: ResolvedPrincipal, resource: str, caller: Mapping[str, Any],
+                 now: float) -> dict[str, Any]:
+        values = dict(caller)
         if "aws:currenttime" not in values or "aws:epochtime" not in values:
             second = int(now)
             stamp = self._stamp

@@ -1,0 +1,147 @@
+"""Authorize on raw bytes: an answer memo for repeated requests, wire views and prepared contexts for the rest.
+
+A gateway asks the same few questions over and over (the same camera pushing to the same stream,
+the same player reading it), so the decision RPCs work on the bytes gRPC receives:
+
+- Answer memo: the request's bytes -> the encoded response, valid for the store revision it was
+  decided against and until the answer's `valid_until` (the end of the current second for a
+  decision that read the clock's aws:CurrentTime, the end of a role session). A hit parses,
+  evaluates and encodes nothing; its response says `cached`. Requests that differ only in their
+  bytes (another request_id, another key order) miss here and meet the store's decision cache.
+- Otherwise the request is parsed with its wire view (authz.v1.AuthorizeRequestView, protobuf's C
+  parser), which yields principal, action and resource as strings and every context map entry as
+  the bytes the client sent.
+- Context memo: the tuple of context entry bytes -> the store's PreparedContext (limits checked,
+  keys normalised, derived keys dropped). A miss parses the request fully (which also checks that
+  every entry is valid UTF-8) and prepares it once.
+
+Identical bytes always parse to the identical request, so neither memo can change an answer; both
+are emptied when the store publishes a new revision. Requests with `explain` are never memoised.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..evaluate import Result
+from ..requests import check_target
+from ..store import PreparedContext, Store
+from ..store.snapshot import BoundedMemo
+from ..v1 import authz_pb2 as pb
+from ..v1 import wire_pb2
+from . import convert, settings
+from .errors import Undecodable
+
+ContextKey = tuple[bytes, ...]
+
+
+class Decided(NamedTuple):
+    """One answered request: the encoded response and what the decision log needs."""
+
+    data: bytes
+    raw: bytes                                   # the request
+    result: Result
+    revision: int
+    cached: bool
+    parsed: wire_pb2.AuthorizeRequestView | None   # the request's view, when it was parsed
+
+    @property
+    def view(self) -> wire_pb2.AuthorizeRequestView:
+        """The request's fields (parsed now for an answer from the memo: only the decision log asks)."""
+        return self.parsed if self.parsed is not None else parse_view(self.raw)
+
+
+class _Memo(NamedTuple):
+    revision: int
+    valid_until: float
+    decided: Decided       # its response encoded with `cached` set
+
+
+def parse_view(raw: bytes) -> wire_pb2.AuthorizeRequestView:
+    try:
+        return wire_pb2.AuthorizeRequestView.FromString(raw)
+    except Exception as exc:   # noqa: BLE001 - protobuf's DecodeError and anything a parser may raise
+        raise Undecodable("authz.v1.AuthorizeRequest", type(exc).__name__) from None
+
+
+def parse_batch(raw: bytes) -> list[bytes]:
+    """The encoded requests of an AuthorizeBatchRequest, in order."""
+    try:
+        return list(wire_pb2.AuthorizeBatchRequestView.FromString(raw).requests)
+    except Exception as exc:   # noqa: BLE001
+        raise Undecodable("authz.v1.AuthorizeBatchRequest", type(exc).__name__) from None
+
+
+def encode_batch(responses: list[bytes]) -> bytes:
+    """An encoded AuthorizeBatchResponse holding the encoded responses, in order."""
+    return wire_pb2.AuthorizeBatchResponseView(responses=responses).SerializeToString()
+
+
+class Answers:
+    """Decides requests given as bytes, through the store, with the two memos of the module docstring."""
+
+    def __init__(self, store: Store, answer_memo_size: int | None = None,
+                 context_memo_size: int = settings.CONTEXT_MEMO_SIZE) -> None:
+        if answer_memo_size is None:
+            answer_memo_size = store.config.cache_size     # --cache-size sizes both caches; 0 disables both
+        self.store = store
+        self._answer_size = answer_memo_size
+        self._context_size = context_memo_size
+        self._answers: BoundedMemo[bytes, _Memo] = BoundedMemo(max(1, answer_memo_size))
+        self._contexts: BoundedMemo[ContextKey, PreparedContext] = BoundedMemo(max(1, context_memo_size))
+        store.on_swap(lambda _snapshot: self.clear())
+
+    def clear(self) -> None:
+        """Forget both memos. Called on every new revision: no entry can be used again, and the memory
+        goes now rather than when the memo fills."""
+        self._answers = BoundedMemo(max(1, self._answer_size))
+        self._contexts = BoundedMemo(max(1, self._context_size))
+
+    def decide(self, raw: bytes) -> Decided:
+        """Answer one encoded AuthorizeRequest with an encoded AuthorizeResponse.
+
+        Raises Undecodable for bytes that are not a request, and the store's RequestError/LimitError
+        for a request it cannot evaluate.
+        """
+        store = self.store
+        memo = self._answers.get(raw)
+        if memo is not None and memo.revision == store.revision and store.clock() < memo.valid_until:
+            store.cache.note_hit()
+            return memo.decided
+        view = parse_view(raw)
+        if view.explain:
+            return self._explained(raw, view)
+        principal, action, resource, ctx_key = view.principal, view.action, view.resource, tuple(view.context)
+        prepared = self._contexts.get(ctx_key)
+        if prepared is None:
+            check_target(principal, action, resource)   # its errors come before the context's
+            prepared = store.prepare_context(convert.context_from_proto(self._full(raw).context))
+            if self._context_size > 0:
+                self._contexts.put(ctx_key, prepared)
+        answer = store.authorize(principal, action, resource, prepared=prepared)
+        response = convert.result_to_proto(answer.result, answer.revision, answer.cached, False)
+        decided = Decided(response.SerializeToString(), raw, answer.result, answer.revision, answer.cached, view)
+        if self._answer_size > 0 and answer.valid_until > store.clock():
+            response.cached = True
+            self._answers.put(raw, _Memo(answer.revision, answer.valid_until,
+                                         decided._replace(data=response.SerializeToString(), cached=True,
+                                                          parsed=None)))
+        return decided
+
+    def _explained(self, raw: bytes, view: wire_pb2.AuthorizeRequestView) -> Decided:
+        request = self._full(raw)
+        principal, action, resource, context = convert.authorize_args(request)
+        answer = self.store.authorize(principal, action, resource, context, explain=True)
+        response = convert.result_to_proto(answer.result, answer.revision, answer.cached, True)
+        return Decided(response.SerializeToString(), raw, answer.result, answer.revision, answer.cached, view)
+
+    @staticmethod
+    def _full(raw: bytes) -> pb.AuthorizeRequest:
+        try:
+            return pb.AuthorizeRequest.FromString(raw)
+        except Exception as exc:   # noqa: BLE001
+            raise Undecodable("authz.v1.AuthorizeRequest", type(exc).__name__) from None
+
+    def stats(self) -> dict[str, int]:
+        return {"answers": len(self._answers), "contexts": len(self._contexts),
+                "answer_capacity": self._answer_size, "context_capacity": self._context_size}
