@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -87,13 +88,22 @@ _BATCH_MEMO_MAX = 64
 
 
 class EchoAuthorizer(authz_pb2_grpc.AuthorizerServicer):
-    """Answers every Authorize with FIXED_RESPONSE and every batch with as many copies; decides nothing."""
+    """Answers every Authorize with FIXED_RESPONSE and every batch with as many copies; decides nothing.
 
-    def __init__(self) -> None:
+    With `handler_us`, each Authorize first holds the GIL in a busy loop for that long: the floor
+    with a handler of known cost, which shows how much work per call a throughput ratio allows.
+    """
+
+    def __init__(self, handler_us: float = 0.0) -> None:
         self._batches: dict[int, authz_pb2.AuthorizeBatchResponse] = {}
+        self._handler_s = handler_us / 1e6
 
     def Authorize(self, request: authz_pb2.AuthorizeRequest,
                   context: grpc.ServicerContext) -> authz_pb2.AuthorizeResponse:
+        if self._handler_s:
+            end = time.perf_counter() + self._handler_s
+            while time.perf_counter() < end:
+                pass
         return FIXED_RESPONSE
 
     def AuthorizeBatch(self, request: authz_pb2.AuthorizeBatchRequest,
@@ -107,12 +117,12 @@ class EchoAuthorizer(authz_pb2_grpc.AuthorizerServicer):
         return answer
 
 
-def serve(listen: str, workers: int, *, options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None
-          ) -> grpc.Server:
+def serve(listen: str, workers: int, *, options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+          handler_us: float = 0.0) -> grpc.Server:
     """Start the floor on `listen` (host:port) with `workers` threads; options default to server_settings()."""
     opts = _as_options(options) if options is not None else server_settings(workers=workers).options
     server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floor"), options=opts)
-    authz_pb2_grpc.add_AuthorizerServicer_to_server(EchoAuthorizer(), server)
+    authz_pb2_grpc.add_AuthorizerServicer_to_server(EchoAuthorizer(handler_us), server)
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -170,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="worker threads (default: the server's)")
     ap.add_argument("--server-options", default=None,
                     help="JSON object of gRPC channel options, merged over the server's settings")
+    ap.add_argument("--handler-us", type=float, default=0.0,
+                    help="sync model: busy-wait this many microseconds in every Authorize (a handler of known cost)")
     ap.add_argument("--model", choices=MODELS, default="sync",
                     help="server model: sync (thread pool, as the sidecar), aio (grpc.aio), uvloop (grpc.aio on uvloop)")
     args = ap.parse_args(argv)
@@ -185,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model != "sync":
         serve_aio(args.listen, settings.options, stopped, use_uvloop=args.model == "uvloop")
         return 0
-    server = serve(args.listen, settings.workers, options=settings.options)
+    server = serve(args.listen, settings.workers, options=settings.options, handler_us=args.handler_us)
     stopped.wait()
     server.stop(grace=0.5).wait()
     return 0

@@ -128,16 +128,22 @@ def markdown(results: Mapping[str, Any]) -> str:
     eng = cases.get("engine", {})
     if "uncached_us" in eng:
         lines += ["", "## Engine (in process)", "",
-                  "| attached policies | uncached µs/decision | × floor | store uncached µs | store cache-hit µs |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| attached policies | uncached µs/decision | × floor | store uncached µs | store cache-hit µs | "
+                  "server path uncached µs | server path repeated µs |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         store = eng.get("store", {})
         for n, s in eng["uncached_us"].items():
             su = store.get("uncached_us", {}).get(n) if isinstance(store, Mapping) else None
             sc = store.get("cache_hit_us", {}).get(n) if isinstance(store, Mapping) else None
+            pu = store.get("server_uncached_us", {}).get(n) if isinstance(store, Mapping) else None
+            pr = store.get("server_repeated_us", {}).get(n) if isinstance(store, Mapping) else None
             lines.append(f"| {n} | {_spread_cell(s, 2)} | {_fmt(eng['ratio_to_floor'][n], 0)} | "
-                         f"{_spread_cell(su, 2)} | {_spread_cell(sc, 2)} |")
+                         f"{_spread_cell(su, 2)} | {_spread_cell(sc, 2)} | {_spread_cell(pu, 2)} | "
+                         f"{_spread_cell(pr, 2)} |")
         lines += ["", f"Floor (function call + dict lookup): {_spread_cell(eng['floor_us'], 3)} µs. "
-                  f"{eng.get('target_line', '')}"]
+                  f"{eng.get('target_line', '')}", "",
+                  "Server path: what the gRPC servicer does with one encoded AuthorizeRequest (parse, decide, "
+                  "encode; authz.server.answers), without gRPC itself; repeated requests come from its answer memo."]
         if isinstance(store, Mapping) and store.get("skipped"):
             lines.append(f"Store figures skipped: {store['skipped']}")
     scale = cases.get("scale", {})
@@ -152,6 +158,15 @@ def markdown(results: Mapping[str, Any]) -> str:
             lines.append(f"| {row['principals']:,} | {_fmt(row['load_s'], 2)} | {_spread_cell(row['reload_s'], 2)} | "
                          f"{_fmt(row['rss_mb']['loaded'])} | {_fmt(row['rss_mb']['after_decisions'])} | "
                          f"{_spread_cell(row['cold_us'])} | {_spread_cell(row['warm_us'])} |")
+    budget = cases.get("budget", {})
+    if budget.get("by_handler_us"):
+        lines += ["", "## Work per call against throughput", "",
+                  f"The floor with a busy handler of known cost, {budget.get('concurrency', '')} in flight, unique "
+                  "requests: the throughput each amount of work per call leaves, as a ratio to the plain floor.", ""]
+        lines += ["| handler µs per call | throughput rps | × plain floor |", "| --- | --- | --- |",
+                  f"| 0 (plain floor) | {_spread_cell(budget.get('floor_rps'), 0)} | 1 |"]
+        for us, fig in budget["by_handler_us"].items():
+            lines.append(f"| {us} | {_spread_cell(fig['throughput_rps'], 0)} | {_fmt(fig['ratio'], 2)} |")
     skipped = [(name, c["skipped"]) for name, c in cases.items() if isinstance(c, Mapping) and c.get("skipped")]
     for row in scale.get("sizes") or ():
         if row.get("skipped"):

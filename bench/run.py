@@ -24,7 +24,7 @@ from .stats import percentile, ratio, spread
 from .targets import (REPO, ServedProcess, StoreTarget, Unavailable, measure_envoy, start_floor, start_server,
                       store_missing)
 
-CASES = ("engine", "scale", "closed", "open", "batch", "model", "workers", "envoy")
+CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy")
 DEFAULT_OUT = REPO / "bench" / "results"
 FLOOR, SERVER = "floor", "server"
 
@@ -41,6 +41,7 @@ class Plan:
     requests: int | None = None              # bound every load run to this many recorded requests
     concurrency: tuple[int, ...] = (1, 4, 16, 64)
     open_fractions: tuple[float, ...] = (0.25, 0.5, 0.8)
+    handler_budget_us: tuple[float, ...] = (10.0, 20.0, 40.0)   # case "budget": busy handlers of the floor
     batch_size: int = 100
     batch_in_flight: int = 4
     scale_sizes: tuple[int, ...] = (100, 10_000, 100_000)
@@ -145,18 +146,36 @@ def _engine_store(plan: Plan, progress: Progress) -> dict[str, Any]:
                                         len(reqs))
                 loops[f"uncached/{policies}"] = _store_loop(plain, reqs)
                 loops[f"cache_hit/{policies}"] = _store_loop(cached, reqs)
+                encoded = [(r,) for r in _encoded(reqs)]
+                loops[f"server_uncached/{policies}"] = engine_bench.call_loop(plain.server_path(), encoded)
+                loops[f"server_repeated/{policies}"] = engine_bench.call_loop(cached.server_path(), encoded)
             loops[engine_bench.FLOOR] = engine_bench.floor_loop(len(engine_requests()))
             progress(f"engine via store: {plan.engine_samples} samples x {len(loops)} loops")
             raw = engine_bench.interleaved_samples(loops, plan.engine_samples)
-    out: dict[str, Any] = {"uncached_us": {}, "cache_hit_us": {}, "floor_us": spread(raw[engine_bench.FLOOR]).as_dict()}
+    out: dict[str, Any] = {"uncached_us": {}, "cache_hit_us": {}, "server_uncached_us": {}, "server_repeated_us": {},
+                           "floor_us": spread(raw[engine_bench.FLOOR]).as_dict()}
     for policies in ENGINE_USERS.values():
-        out["uncached_us"][str(policies)] = spread(raw[f"uncached/{policies}"]).as_dict()
-        out["cache_hit_us"][str(policies)] = spread(raw[f"cache_hit/{policies}"]).as_dict()
+        for kind in ("uncached", "cache_hit", "server_uncached", "server_repeated"):
+            out[f"{kind}_us"][str(policies)] = spread(raw[f"{kind}/{policies}"]).as_dict()
         hits, total = hit_checks[policies]
         out.setdefault("cache_hit_fraction", {})[str(policies)] = hits / total
         progress(f"  store, {policies:>2} policies: uncached {out['uncached_us'][str(policies)]['median']:.2f} us, "
                  f"cache hit {out['cache_hit_us'][str(policies)]['median']:.2f} us "
-                 f"({hits}/{total} answered by the cache)")
+                 f"({hits}/{total} answered by the cache); server path from request bytes: uncached "
+                 f"{out['server_uncached_us'][str(policies)]['median']:.2f} us, repeated request "
+                 f"{out['server_repeated_us'][str(policies)]['median']:.2f} us")
+    return out
+
+
+def _encoded(reqs: Sequence[tuple[str, str, str]]) -> list[bytes]:
+    """The requests as the gRPC server receives them: encoded AuthorizeRequests with REQUEST_CONTEXT."""
+    from authz.v1 import authz_pb2
+    out = []
+    for p, a, res in reqs:
+        msg = authz_pb2.AuthorizeRequest(principal=p, action=a, resource=res)
+        for key, value in REQUEST_CONTEXT.items():
+            msg.context[key].values.append(value)
+        out.append(msg.SerializeToString())
     return out
 
 
@@ -264,14 +283,58 @@ def _payloads(plan: Plan, unique: bool) -> list[bytes]:
 
 
 def case_closed(g: GrpcBench) -> dict[str, Any]:
-    """Authorize, closed loop, every concurrency; uncached (every request names a new resource)."""
-    payloads = _payloads(g.plan, unique=True)
-    out: dict[str, Any] = {"payloads": "unique (uncached)", "by_concurrency": {}}
+    """Authorize, closed loop: every concurrency with unique requests (each names a new resource, so no
+    cache can answer), and the lowest and highest with repeated requests (the mix's few distinct
+    requests over and over, as a gateway asks them: answered from the server's answer memo).
+    """
+    unique = _payloads(g.plan, unique=True)
+    out: dict[str, Any] = {"payloads": "unique (uncached)", "by_concurrency": {}, "repeated": {}}
     for c in g.plan.concurrency:
-        runs = g.repeated(f"closed c={c:<3}", g.spec(payloads, concurrency=c, unique=True))
+        runs = g.repeated(f"closed c={c:<3}", g.spec(unique, concurrency=c, unique=True))
         out["by_concurrency"][str(c)] = g.per_target(runs)
         if c in (min(g.plan.concurrency), max(g.plan.concurrency)):
             g.latencies[f"closed, {c} in flight"] = {t: _merged(rs) for t, rs in runs.items()}
+    repeated = _payloads(g.plan, unique=False)
+    for c in sorted({min(g.plan.concurrency), max(g.plan.concurrency)}):
+        runs = g.repeated(f"closed repeated c={c:<3}", g.spec(repeated, concurrency=c))
+        out["repeated"][str(c)] = g.per_target(runs)
+        if c == max(g.plan.concurrency):
+            g.latencies[f"closed, {c} in flight, repeated requests"] = {t: _merged(rs) for t, rs in runs.items()}
+    return out
+
+
+def case_budget(g: GrpcBench) -> dict[str, Any]:
+    """The floor with a handler of known cost: throughput at the highest concurrency, as a ratio to the
+    plain floor, for each busy-wait in plan.handler_budget_us. It shows how much work per call a
+    throughput ratio allows on this machine; case_engine measures the server's own work per call."""
+    p = g.plan
+    payloads = _payloads(p, unique=True)
+    top = max(p.concurrency)
+    spec = g.spec(payloads, concurrency=top, unique=True)
+    settings = server_settings(p.server_options)
+    out: dict[str, Any] = {"concurrency": top, "by_handler_us": {}}
+    floors: dict[float, ServedProcess] = {}
+    try:
+        for us in p.handler_budget_us:
+            floors[us] = start_floor(settings, handler_us=us)
+        runs: dict[float, list[LoadResult]] = {0.0: [], **{us: [] for us in floors}}
+        for rep in range(p.repeats):
+            for us in sorted(runs):
+                address = g.targets[FLOOR] if us == 0.0 else floors[us].address
+                label = f"budget +{us:g} us [{rep + 1}/{p.repeats}]"
+                result = g.client.run(replace(spec, address=address, counter_start=g.counter))
+                g.counter = max(g.counter, result.next_counter)
+                g.progress(f"{label}: {_line(result)}")
+                runs[us].append(result)
+        plain = spread([r.throughput for r in runs[0.0]])
+        out["floor_rps"] = plain.as_dict()
+        for us in floors:
+            fig = spread([r.throughput for r in runs[us]])
+            out["by_handler_us"][f"{us:g}"] = {"throughput_rps": fig.as_dict(),
+                                               "ratio": ratio(fig.median, plain.median)}
+    finally:
+        for proc in floors.values():
+            proc.stop()
     return out
 
 
@@ -333,7 +396,7 @@ def grpc_cases(plan: Plan, progress: Progress, settings: ServerSettings, cases: 
 
     Returns why the server was skipped, or "" when it ran.
     """
-    wanted = [c for c in ("closed", "open", "batch") if c in plan.cases]
+    wanted = [c for c in ("closed", "open", "batch", "budget") if c in plan.cases]
     if not wanted:
         return ""
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp:
@@ -364,6 +427,7 @@ def grpc_cases(plan: Plan, progress: Progress, settings: ServerSettings, cases: 
                     "closed": lambda: case_closed(g),
                     "open": lambda: case_open(g, cases.get("closed")),
                     "batch": lambda: case_batch(g),
+                    "budget": lambda: case_budget(g),
                 }
                 for name in wanted:
                     cases[name] = _guarded(name, progress, runners[name])
@@ -470,6 +534,14 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row("closed loop", f"Authorize {c} in flight throughput", "rps",
                              by[c][SERVER].get("throughput_rps"), by[c][FLOOR].get("throughput_rps"), "higher"))
         rows[-1]["figure"] = f"Authorize {high} in flight throughput (max)"
+        rep = closed.get("repeated") or {}
+        if low in rep:
+            rows.append(_row("closed loop", f"Authorize {low} in flight p50, repeated requests", "µs",
+                             rep[low][SERVER].get("p50_us"), rep[low][FLOOR].get("p50_us"), "lower"))
+        if high in rep:
+            rows.append(_row("closed loop", f"Authorize {high} in flight throughput, repeated requests", "rps",
+                             rep[high][SERVER].get("throughput_rps"), rep[high][FLOOR].get("throughput_rps"),
+                             "higher"))
     opened = cases.get("open")
     if isinstance(opened, Mapping) and "by_fraction" in opened:
         for f, fig in opened["by_fraction"].items():

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Mapping, Sequence
+from typing import Callable, IO, Any, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -116,12 +116,18 @@ class ServedProcess:
         self.stop()
 
 
-def start_floor(settings: ServerSettings, host: str = "127.0.0.1", model: str = "sync") -> ServedProcess:
-    """The echo floor (bench.floor) in its own process, with the given settings and server model."""
+def start_floor(settings: ServerSettings, host: str = "127.0.0.1", model: str = "sync",
+                handler_us: float = 0.0) -> ServedProcess:
+    """The echo floor (bench.floor) in its own process, with the given settings and server model, and
+    optionally a busy handler of `handler_us` microseconds per Authorize."""
     address = f"{host}:{free_port(host)}"
     argv = [sys.executable, "-m", "bench.floor", "--listen", address, "--workers", str(settings.workers),
             "--server-options", json.dumps(dict(settings.options)), "--model", model]
-    return ServedProcess("floor" if model == "sync" else f"floor-{model}", argv, address)
+    name = "floor" if model == "sync" else f"floor-{model}"
+    if handler_us:
+        argv += ["--handler-us", str(handler_us)]
+        name += f"+{handler_us:g}us"
+    return ServedProcess(name, argv, address)
 
 
 def server_missing() -> str | None:
@@ -191,6 +197,13 @@ class StoreTarget:
         """(decision label, whether the decision cache answered)."""
         answer = self._store.authorize(principal, action, resource, context)
         return answer.result.decision.value, answer.cached
+
+    def server_path(self) -> Callable[[bytes], bytes]:
+        """What the gRPC server does with one encoded AuthorizeRequest (authz.server.answers), as a function
+        from request bytes to response bytes, over this store; with `cache`, repeats come from the memo."""
+        from authz.server.answers import Answers
+        answers = Answers(self._store)
+        return lambda raw: answers.decide(raw).data
 
     def reload(self) -> float:
         """Re-read the bundle; seconds it took. Raises Unavailable when the bundle no longer loads."""

@@ -81,10 +81,11 @@ class Answers:
     """Decides requests given as bytes, through the store, with the two memos of the module docstring."""
 
     def __init__(self, store: Store, answer_memo_size: int | None = None,
-                 context_memo_size: int = settings.CONTEXT_MEMO_SIZE) -> None:
+                 context_memo_size: int = settings.CONTEXT_MEMO_SIZE, *, keep_views: bool = False) -> None:
         if answer_memo_size is None:
             answer_memo_size = store.config.cache_size     # --cache-size sizes both caches; 0 disables both
         self.store = store
+        self.keep_views = keep_views   # memoised answers keep their parsed request (for a decision log or metrics)
         self._answer_size = answer_memo_size
         self._context_size = context_memo_size
         self._answers: BoundedMemo[bytes, _Memo] = BoundedMemo(max(1, answer_memo_size))
@@ -125,7 +126,7 @@ class Answers:
             response.cached = True
             self._answers.put(raw, _Memo(answer.revision, answer.valid_until,
                                          decided._replace(data=response.SerializeToString(), cached=True,
-                                                          parsed=None)))
+                                                          parsed=view if self.keep_views else None)))
         return decided
 
     def _explained(self, raw: bytes, view: wire_pb2.AuthorizeRequestView) -> Decided:

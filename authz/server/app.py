@@ -142,7 +142,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
                    if config.tls_cert is not None and config.tls_key is not None else None)
 
     observers: list[Observer] = []
-    answers = Answers(store)
+    answers = Answers(store, keep_views=bool(config.metrics_listen or config.decision_log))
     metrics: Metrics | None = None
     if config.metrics_listen:
         metrics = Metrics(store.status, answers.stats)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import grpc
 
@@ -20,7 +20,7 @@ from .answers import Answers, Decided, encode_batch, parse_batch
 from .decision_log import DecisionEvent, statement_label
 from .errors import NotServing, Undecodable, raw_bytes, rpc
 
-Observer = Callable[[DecisionEvent], None]
+Observer = Callable[[Sequence[DecisionEvent]], None]   # gets the events of one call together
 FieldError = RequestError | LimitError
 
 
@@ -71,8 +71,7 @@ class Authorizer(pb_grpc.AuthorizerServicer):
 
     def _emit(self, events: list[DecisionEvent]) -> None:
         for observe in self.observers:
-            for event in events:
-                observe(event)
+            observe(events)
 
     @staticmethod
     def _event(rpc_name: str, request_id: str, principal: str, action: str, resource: str, result: Result,

@@ -8,19 +8,19 @@ contexts, which a gateway may fill with anything, are not logged at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple, Sequence
 from datetime import datetime, timezone
 
 STDOUT = "-"
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionEvent:
+class DecisionEvent(NamedTuple):     # a NamedTuple: built for every decision, and cheaper than a dataclass
     rpc: str                          # Authorize, AuthorizeBatch or AssumeRole
     request_id: str
     principal: str
@@ -54,6 +54,7 @@ class DecisionEvent:
         return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
+@functools.lru_cache(maxsize=4096)
 def statement_label(policy_type: str, policy_name: str, index: int, sid: str) -> str:
     return f"{policy_type}:{policy_name}#{index}" + (f"/{sid}" if sid else "")
 
@@ -72,8 +73,11 @@ class DecisionLog:
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
             self._owned = True
 
-    def write(self, event: DecisionEvent) -> None:
-        data = (event.as_json() + "\n").encode("utf-8")
+    def write(self, events: Sequence[DecisionEvent]) -> None:
+        """Append one line per event, all in one write (a batch's lines stay together)."""
+        if not events:
+            return
+        data = "".join(event.as_json() + "\n" for event in events).encode("utf-8")
         with self._lock:
             view = memoryview(data)
             while view:

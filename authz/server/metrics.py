@@ -10,7 +10,7 @@ import bisect
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..store import StoreStatus
 from .decision_log import DecisionEvent
@@ -54,15 +54,16 @@ class Metrics:
         self._decisions: dict[tuple[str, str], int] = {}
         self._latency: dict[str, _Histogram] = {}
 
-    def observe(self, event: DecisionEvent) -> None:
-        label = DECISION_LABELS.get(event.decision, event.decision.lower())
+    def observe(self, events: Sequence[DecisionEvent]) -> None:
         with self._lock:
-            key = (event.rpc, label)
-            self._decisions[key] = self._decisions.get(key, 0) + 1
-            hist = self._latency.get(event.rpc)
-            if hist is None:
-                hist = self._latency[event.rpc] = _Histogram()
-            hist.observe(event.latency_seconds)
+            for event in events:
+                label = DECISION_LABELS.get(event.decision) or event.decision.lower()
+                key = (event.rpc, label)
+                self._decisions[key] = self._decisions.get(key, 0) + 1
+                hist = self._latency.get(event.rpc)
+                if hist is None:
+                    hist = self._latency[event.rpc] = _Histogram()
+                hist.observe(event.latency_seconds)
 
     def render(self) -> str:
         st = self._status()
