@@ -4,8 +4,8 @@ A gateway asks the same few questions over and over (the same camera pushing to 
 the same player reading it), so the decision RPCs work on the bytes gRPC receives:
 
 - Answer memo: the request's bytes -> the encoded response, valid for the store revision it was
-  decided against and until the answer's `valid_until` (the end of the current second for a
-  decision that read the clock's aws:CurrentTime, the end of a role session). A hit parses,
+  decided against and while the store's clock is within the answer's validity (the current second
+  for a decision that read the clock's aws:CurrentTime, until the end of a role session). A hit parses,
   evaluates and encodes nothing; its response says `cached`. Requests that differ only in their
   bytes (another request_id, another key order) miss here and meet the store's decision cache.
 - Otherwise the request is parsed with its wire view (authz.v1.AuthorizeRequestView, protobuf's C
@@ -53,6 +53,7 @@ class Decided(NamedTuple):
 
 class _Memo(NamedTuple):
     revision: int
+    valid_from: float      # the store's clock must be in [valid_from, valid_until): see store.Answer
     valid_until: float
     decided: Decided       # its response encoded with `cached` set
 
@@ -106,7 +107,8 @@ class Answers:
         """
         store = self.store
         memo = self._answers.get(raw)
-        if memo is not None and memo.revision == store.revision and store.clock() < memo.valid_until:
+        if (memo is not None and memo.revision == store.revision
+                and memo.valid_from <= store.clock() < memo.valid_until):
             store.cache.note_hit()
             return memo.decided
         view = parse_view(raw)
@@ -124,7 +126,7 @@ class Answers:
         decided = Decided(response.SerializeToString(), raw, answer.result, answer.revision, answer.cached, view)
         if self._answer_size > 0 and answer.valid_until > store.clock():
             response.cached = True
-            self._answers.put(raw, _Memo(answer.revision, answer.valid_until,
+            self._answers.put(raw, _Memo(answer.revision, answer.valid_from, answer.valid_until,
                                          decided._replace(data=response.SerializeToString(), cached=True,
                                                           parsed=view if self.keep_views else None)))
         return decided

@@ -56,10 +56,11 @@ class Answer:
     revision: int
     cached: bool
     principal_known: bool
-    # Until this time (the store's clock) the same request against the same revision gets this
-    # answer: infinity, or the end of the current second when the decision read aws:CurrentTime or
-    # aws:EpochTime from the clock, or the end of a role session. Callers that keep answers use it.
+    # While valid_from <= the store's clock < valid_until, the same request against the same revision
+    # gets this answer: always, or only within the current second when the decision read aws:CurrentTime
+    # or aws:EpochTime from the clock, and only until a role session ends. Callers that keep answers use it.
     valid_until: float = math.inf
+    valid_from: float = -math.inf
 
 
 class PreparedContext:
@@ -324,15 +325,15 @@ class Store:
             result = self._decide(snap, principal, rp, action, resource, values, explain)
             if not explain:
                 self.cache.put(key, values, result)
-        until = math.inf
+        since, until = -math.inf, math.inf
         read = result.keys_read
         for k in _CLOCK_KEYS:
             if k in read and k not in caller:
-                until = float(int(now) + 1)      # the clock's values hold for the rest of this second
+                since, until = float(int(now)), float(int(now) + 1)   # the clock's values hold for this second
         if rp.requester.kind == "assumed-role":
             session = snap.state.sessions.get(principal)
             until = min(until, session.expires if session is not None else now)
-        return Answer(result, snap.revision, cached, True, until)
+        return Answer(result, snap.revision, cached, True, until, since)
 
     def _context(self, snap: Snapshot, rp: ResolvedPrincipal, resource: str, caller: Mapping[str, Any],
                  now: float) -> dict[str, Any]:
