@@ -58,8 +58,9 @@ class Plan:
 
     @classmethod
     def quick_plan(cls) -> "Plan":
-        return cls(quick=True, repeats=2, duration_s=0.5, warmup_s=0.15, scale_sizes=(100, 5_000),
-                   scale_budget_s=60.0, engine_samples=10, bundle_principals=100)
+        return cls(quick=True, repeats=2, duration_s=0.4, warmup_s=0.1, scale_sizes=(100, 5_000),
+                   scale_budget_s=60.0, engine_samples=10, bundle_principals=100, concurrency=(1, 64),
+                   handler_budget_us=(20.0,))
 
 
 class Progress:
@@ -675,7 +676,7 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     ap.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs (under a minute)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--repeats", type=int, help="repeats per figure (full 3, quick 2)")
-    ap.add_argument("--duration", type=float, help="seconds per load run (full 3, quick 0.6)")
+    ap.add_argument("--duration", type=float, help="seconds per load run (full 3, quick 0.4)")
     ap.add_argument("--warmup", type=float, help="unrecorded seconds before each load run")
     ap.add_argument("--requests", type=int, help="bound each load run to this many recorded requests instead")
     ap.add_argument("--concurrency", type=_ints, help="closed-loop in-flight counts, e.g. 1,4,16,64")

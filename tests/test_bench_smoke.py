@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -72,8 +73,9 @@ def test_batch_counts_every_decision(floor: ServedProcess, client: LoadClient) -
 
 
 def test_harness_writes_documented_results(tmp_path: Path) -> None:
-    plan = Plan(cases=("closed", "open", "batch"), repeats=1, warmup_s=0.0, requests=20,
-                concurrency=(1, 4), open_fractions=(0.5,), batch_size=5, server=False, out=tmp_path)
+    plan = Plan(cases=("closed", "open", "batch", "budget"), repeats=1, warmup_s=0.0, requests=20,
+                concurrency=(1, 4), open_fractions=(0.5,), batch_size=5, server=False, out=tmp_path,
+                handler_budget_us=(50.0,))
     run(plan)
     data = json.loads((tmp_path / "results.json").read_text())
     assert tuple(k for k in data if k in report.RESULT_KEYS) == report.RESULT_KEYS
@@ -87,6 +89,11 @@ def test_harness_writes_documented_results(tmp_path: Path) -> None:
         for run_summary in fig["runs"]:
             assert set(SUMMARY_KEYS) <= set(run_summary)
     assert cases["batch"]["uncached"]["floor"]["runs"][0]["decisions"] == {"ALLOW": 100}
+    # Repeated requests run on the floor too; the budget case measured a floor with a 50 µs handler.
+    assert cases["closed"]["repeated"]["4"]["floor"]["sent"] == 20
+    busy = cases["budget"]["by_handler_us"]["50"]
+    assert busy["throughput_rps"]["median"] > 0 and math.isfinite(busy["ratio"]) and busy["ratio"] > 0
+    assert "## Work per call against throughput" in (tmp_path / "results.md").read_text()
     assert data["comparisons"] and all(set(report.COMPARISON_KEYS) == set(row) for row in data["comparisons"])
     assert all(row["ratio"] is None for row in data["comparisons"])   # no server: no ratio
     assert (tmp_path / "results.md").read_text().startswith("# Benchmark results")

@@ -125,7 +125,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     flag("--state-dir", "directory for the SQLite log of admin changes and sessions, replayed at start; "
                         "without it admin changes live only in memory; e.g. --state-dir /var/lib/authz",
          type=Path, metavar="DIR")
-    flag("--cache-size", "decision cache entries (0 disables the cache); e.g. --cache-size 200000",
+    flag("--cache-size", "entries of the decision cache and of the decision port's answer memo, each "
+         "(0 disables both); e.g. --cache-size 200000",
          type=_positive(int, 0), default=DEFAULT_CACHE_SIZE, metavar="N")
     flag("--metrics-listen", "serve Prometheus metrics (text format) at http://ADDR/metrics (with --workers N, "
                              "worker i on PORT+i); e.g. --metrics-listen 127.0.0.1:9464", metavar="HOST:PORT")
