@@ -162,3 +162,13 @@ def server_factory() -> Iterator[Any]:
     yield factory
     for s in started:
         s.kill()
+
+
+@dataclass
+class ManualClock:
+    """A clock for in-process servers (`app.start(..., clock=...)`) that moves only when a test sets `now`."""
+
+    now: float
+
+    def __call__(self) -> float:
+        return self.now

@@ -34,7 +34,7 @@ from authz.store import Store, StoreConfig
 from authz.v1 import authz_pb2 as pb
 from authz.v1 import wire_pb2
 from tests import example_ids as ids
-from tests.server_fixture import copy_example_bundle
+from tests.server_fixture import ManualClock, copy_example_bundle
 
 ACCT = ids.ACCOUNT
 PARTNER_USER = ids.user("partner-uploader", "111111111111")
@@ -140,17 +140,9 @@ def without_cached(data: bytes) -> pb.AuthorizeResponse:
 
 
 @dataclass
-class Clock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
 class Rig:
     sidecar: app.Sidecar
-    clock: Clock
+    clock: ManualClock
     authz: AuthzClient
     admin: AdminClient
     raw: grpc.Channel
@@ -177,14 +169,14 @@ class Rig:
         return pb.AuthorizeResponse.FromString(self.call("Authorize", raw))
 
 
-def start(root: Path, clock: Clock, **config: Any) -> app.Sidecar:
+def start(root: Path, clock: ManualClock, **config: Any) -> app.Sidecar:
     return app.start(Config(bundle=make_bundle(root / "bundle"), listen="127.0.0.1:0", admin_listen="127.0.0.1:0",
                             admin_token=TOKEN, watch_interval=0, **config), clock=clock)
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    clock = Clock()
+    clock = ManualClock(T0)
     sidecar = start(tmp_path_factory.mktemp("answers"), clock)
     authz = AuthzClient(sidecar.addresses["decision"], timeout=10)
     admin = AdminClient(sidecar.addresses["admin"], token=TOKEN, timeout=10)
@@ -619,7 +611,7 @@ def test_a_batch_item_with_invalid_utf8_names_its_index(rig: Rig, where: str) ->
 
 
 def test_cache_size_zero_never_answers_from_a_cache(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ManualClock(T0)
     sidecar = start(tmp_path, clock, cache_size=0)
     try:
         assert sidecar.answers is not None and sidecar.answers.stats()["answer_capacity"] == 0

@@ -15,7 +15,7 @@ from authz.client import AdminClient, AuthzClient, CallError
 from authz.server import app
 from authz.server.config import Config
 from authz.v1 import authz_pb2 as pb
-from tests.server_fixture import ServerProcess, copy_example_bundle, start_server
+from tests.server_fixture import ManualClock, ServerProcess, copy_example_bundle, start_server
 
 ACCT, PARTNER = "123456789012", "111111111111"
 ROLE = f"arn:aws:iam::{ACCT}:role/PartnerStreamWriter"
@@ -118,17 +118,9 @@ def test_bad_input_names_the_field(authz: AuthzClient, kw: dict[str, object], fi
     assert (info.value.code, info.value.field) == (grpc.StatusCode.INVALID_ARGUMENT, field)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_an_expired_session_ends_in_a_deny(tmp_path: Path) -> None:
     # In process, with the store's clock under the test's control: sessions last at least 900 s.
-    clock = FakeClock()
+    clock = ManualClock(time.time())
     sidecar = app.start(Config(bundle=copy_example_bundle(tmp_path / "bundle"), listen="127.0.0.1:0",
                                watch_interval=0), clock=clock)
     try:

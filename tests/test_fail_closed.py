@@ -29,7 +29,7 @@ from authz.store import snapshot as snapshot_module
 from authz.store import store as store_module
 from authz.v1 import authz_pb2 as pb
 from tests import test_ext_authz_unit as ext_unit
-from tests.server_fixture import copy_example_bundle
+from tests.server_fixture import ManualClock, copy_example_bundle
 
 ACCT = "123456789012"
 VIEWER = f"arn:aws:iam::{ACCT}:user/viewer"
@@ -43,17 +43,9 @@ T0 = ext_unit.T0.timestamp()            # the unit tests' signing time, so their
 
 
 @dataclass
-class Clock:
-    now: float = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
 class Rig:
     sidecar: app.Sidecar
-    clock: Clock
+    clock: ManualClock
     client: AuthzClient
     released: threading.Event = field(default_factory=threading.Event)
     opened: list[int] = field(default_factory=list)
@@ -66,7 +58,7 @@ class Rig:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     root = tmp_path_factory.mktemp("fail-closed")
-    clock = Clock()
+    clock = ManualClock(T0)
     sidecar = app.start(Config(bundle=copy_example_bundle(root / "bundle"), listen="127.0.0.1:0", watch_interval=0,
                                decision_log=str(root / "decisions.jsonl")), clock=clock)
     client = AuthzClient(sidecar.addresses["decision"], timeout=5)
