@@ -9,12 +9,13 @@ from typing import Callable, Mapping, Sequence
 
 import grpc
 
-from ..evaluate import EngineOptions, Result, evaluate
+from ..evaluate import EngineOptions, evaluate
 from ..policy.errors import LimitError, RequestError
 from ..requests import MAX_BATCH, check_request
 from ..store import PermissionDenied, Store
 from ..v1 import authz_pb2 as pb
 from ..v1 import authz_pb2_grpc as pb_grpc
+from ..v1.wire_pb2 import AuthorizeRequestView
 from . import convert, settings
 from .answers import Answers, Decided, encode_batch, parse_batch
 from .decision_log import DecisionEvent, statement_label
@@ -62,7 +63,7 @@ class Authorizer(pb_grpc.AuthorizerServicer):
         self.store = store
         self.observers = observers
         self.options = options if options is not None else store.config.options
-        self.answers = answers if answers is not None else Answers(store)
+        self.answers = answers if answers is not None else Answers(store, keep_views=bool(observers))
 
     def _require_ready(self) -> None:
         if not self.store.ready:
@@ -74,17 +75,12 @@ class Authorizer(pb_grpc.AuthorizerServicer):
             observe(events)
 
     @staticmethod
-    def _event(rpc_name: str, request_id: str, principal: str, action: str, resource: str, result: Result,
-               revision: int, seconds: float, cached: bool) -> DecisionEvent:
-        return DecisionEvent(rpc_name, request_id, principal, action, resource, result.decision.value,
+    def _event(rpc_name: str, request_id: str, v: AuthorizeRequestView, d: Decided, seconds: float
+               ) -> DecisionEvent:
+        return DecisionEvent(rpc_name, request_id, v.principal, v.action, v.resource, d.result.decision.value,
                              tuple(statement_label(m.policy_type, m.policy_name, m.index, m.sid)
-                                   for m in result.deciding),
-                             revision, seconds, cached)
-
-    def _decided_event(self, rpc_name: str, request_id: str, d: Decided, seconds: float) -> DecisionEvent:
-        v = d.view
-        return self._event(rpc_name, request_id, v.principal, v.action, v.resource, d.result, d.revision, seconds,
-                           d.cached)
+                                   for m in d.result.deciding),
+                             d.revision, seconds, d.cached)
 
     # Authorize and AuthorizeBatch take and return bytes: see authz.server.answers.
 
@@ -95,8 +91,9 @@ class Authorizer(pb_grpc.AuthorizerServicer):
         start = time.perf_counter()
         decided = self.answers.decide(request)
         if self.observers:
-            self._emit([self._decided_event("Authorize", _request_id(decided.view.request_id, context), decided,
-                                            time.perf_counter() - start)])
+            v = decided.view
+            self._emit([self._event("Authorize", _request_id(v.request_id, context), v, decided,
+                                    time.perf_counter() - start)])
         return decided.data
 
     @raw_bytes
@@ -124,8 +121,9 @@ class Authorizer(pb_grpc.AuthorizerServicer):
                 events.append((decided, time.perf_counter() - start))
         if observed:   # only once every answer exists: a rejected batch logs nothing
             batch_id = _request_id("", context)
-            self._emit([self._decided_event("AuthorizeBatch", d.view.request_id or f"{batch_id}.{i}", d, seconds)
-                        for i, (d, seconds) in enumerate(events)])
+            views = [d.view for d, _ in events]
+            self._emit([self._event("AuthorizeBatch", v.request_id or f"{batch_id}.{i}", v, d, seconds)
+                        for i, (v, (d, seconds)) in enumerate(zip(views, events))])
         return encode_batch(out)
 
     @rpc

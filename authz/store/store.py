@@ -104,6 +104,11 @@ def _unknown_principal(revision: int, principal: str) -> Answer:
     return Answer(r, revision, False, False)
 
 
+def _checked_caller_values(context: Mapping[str, Any], trusted: Mapping[str, Any] | None) -> dict[str, Any]:
+    check_context(context)
+    return caller_values(context, trusted)
+
+
 _CLOCK_KEYS = ("aws:currenttime", "aws:epochtime")   # the keys the store fills from its clock
 
 
@@ -299,8 +304,7 @@ class Store:
         comes from this process's own gateway mapping and may carry aws:ResourceTag/* for resources
         being created.
         """
-        check_context(context)
-        return PreparedContext(caller_values(context, trusted_context))
+        return PreparedContext(_checked_caller_values(context, trusted_context))
 
     def authorize(self, principal: str, action: str, resource: str, context: Mapping[str, Any] | None = None, *,
                   explain: bool = False, trusted_context: Mapping[str, Any] | None = None,
@@ -311,7 +315,7 @@ class Store:
         or already prepared.
         """
         check_target(principal, action, resource)
-        caller = (prepared if prepared is not None else self.prepare_context(context or {}, trusted_context)).values
+        caller = prepared.values if prepared is not None else _checked_caller_values(context or {}, trusted_context)
         snap = self._snapshot
         now = self.clock()
         rp = snap.resolve(principal, now)
