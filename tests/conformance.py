@@ -1,20 +1,17 @@
-"""Loading the shared conformance cases (../shared/conformance), for every runner that drives them."""
+"""Loading the conformance cases (carried in tests/data/conformance), for every runner that drives them."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from authz.cli import case_policy_set, case_request
+from tests.testdata import CONFORMANCE_DIR
 
 
 def conformance_dir() -> Path:
-    env = os.environ.get("AUTHZ_CONFORMANCE_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "conformance"
+    return CONFORMANCE_DIR
 
 
 def load_cases(name: str) -> list[dict[str, Any]]:

@@ -71,7 +71,7 @@ MAX_LEN = {"policy": 24_576, "request": 4_096, "http": 8_192}
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS_DIR = Path(__file__).resolve().parent / "fuzz_corpus"     # committed seeds and regression inputs
 WORK_DIR = ROOT / "build" / "fuzz"                                 # build/ is git-ignored
-CONFORMANCE_DIR = Path(os.environ.get("AUTHZ_CONFORMANCE_DIR") or ROOT.parent / "shared" / "conformance")
+CONFORMANCE_DIR = Path(os.environ.get("AUTHZ_CONFORMANCE_DIR") or ROOT / "tests" / "data" / "conformance")
 
 # ---------------------------------------------------------------------------------------------
 # Fixed world: the identifiers of the conformance README, and policies that use every operator family.

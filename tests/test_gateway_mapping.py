@@ -38,9 +38,7 @@ from authz.gateway.mapping import (
     parse_body,
 )
 
-_SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CONFORMANCE_DIR = Path(os.environ.get("AUTHZ_CONFORMANCE_DIR") or _SHARED / "conformance")
-SPEC_FILE = Path(os.environ.get("AUTHZ_SPEC_FILE") or _SHARED / "spec" / "iam-spec.md")
+from tests.testdata import CONFORMANCE_DIR, SPEC_FILE
 
 ACCOUNT_A = "111122223333"
 ACCOUNT_B = "444455556666"

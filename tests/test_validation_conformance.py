@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from authz.policy.validate import ValidationReport, validate_document
-
-
-def conformance_dir() -> Path:
-    override = os.environ.get("AUTHZ_CONFORMANCE_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[2] / "shared" / "conformance"
+from tests.testdata import CONFORMANCE_DIR
 
 
 def load_cases() -> list[dict[str, Any]]:
-    path = conformance_dir() / "validation.jsonl"
+    path = CONFORMANCE_DIR / "validation.jsonl"
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
