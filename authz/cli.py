@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence, TextIO
 
+from . import __version__
 from .evaluate import PolicySet, Request, Result, evaluate
 from .policy.errors import AuthzError
 from .policy.model import PolicyType, compile_policy
@@ -263,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="AWS IAM policy evaluation for Kinesis Video Streams gateways: simulate and validate "
                     "policies offline, test policy sets in CI, query or run the sidecar.",
         epilog="Run `authz COMMAND --help` for the options of one command.")
+    parser.add_argument("--version", action="version", version=f"authz {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("simulate", help="evaluate JSON Lines cases from stdin (offline SimulateCustomPolicy)",

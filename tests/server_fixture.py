@@ -118,9 +118,13 @@ def copy_example_bundle(dest: Path) -> Path:
 
 def start_server(bundle: Path | None, state_dir: Path | None = None, *args: str, token: str | None = TOKEN,
                  admin: str | None = "127.0.0.1:0", workers: int = 1, wait_serving: bool = True,
-                 env: dict[str, str] | None = None, tls: TlsFiles | None = None) -> ServerProcess:
-    """`python server.py` on 127.0.0.1:0; the admin token is passed through AUTHZ_ADMIN_TOKEN (not argv)."""
-    cmd = [sys.executable, str(ROOT / "server.py"), "--listen", "127.0.0.1:0", "--log-level", "INFO"]
+                 env: dict[str, str] | None = None, tls: TlsFiles | None = None,
+                 program: list[str] | None = None, cwd: Path = ROOT) -> ServerProcess:
+    """`python server.py` on 127.0.0.1:0; the admin token is passed through AUTHZ_ADMIN_TOKEN (not argv).
+
+    `program` replaces `python server.py` (e.g. an installed `authz serve`), run in `cwd`.
+    """
+    cmd = [*(program or [sys.executable, str(ROOT / "server.py")]), "--listen", "127.0.0.1:0", "--log-level", "INFO"]
     if bundle is not None:
         cmd += ["--bundle", str(bundle)]
     if state_dir is not None:
@@ -135,7 +139,7 @@ def start_server(bundle: Path | None, state_dir: Path | None = None, *args: str,
     if token is not None:
         full_env["AUTHZ_ADMIN_TOKEN"] = token
     full_env.update(env or {})
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     server = ServerProcess(proc, bundle, state_dir, token, workers, tls)
     threading.Thread(target=server._read_stderr, name="server-stderr", daemon=True).start()
