@@ -29,7 +29,8 @@ FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 authz \
  && useradd --system --uid 10001 --gid authz --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin authz \
  && mkdir -p /var/lib/authz /etc/authz \
- && chown authz:authz /var/lib/authz
+ && chown authz:authz /var/lib/authz \
+ && chmod 700 /var/lib/authz
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /src/authz /app/authz
 COPY --from=build /src/server.py /app/server.py

@@ -281,7 +281,7 @@ def _break(kind: str, fault: StateFault, server: ServerProcess, state: Path) -> 
         if kind == "replaced":       # an older copy put back in its place
             shutil.copytree(here.with_name("state.aside"), here)
         else:
-            here.mkdir()
+            here.mkdir(mode=0o700)
 
 
 def _mend(kind: str, fault: StateFault, server: ServerProcess, state: Path) -> None:
@@ -321,7 +321,7 @@ def test_state_dir_fault_refuses_admin_writes_and_keeps_answering(kind: str, tmp
         pytest.skip("running as root without setpriv: permission bits cannot be made to apply")
     fault = STATE_FAULTS[kind]()
     bundle, state = copy_example_bundle(tmp_path / "bundle"), tmp_path / "state"
-    state.mkdir()
+    state.mkdir(mode=0o700)
     server = start_wrapped(fault.prefix(state), bundle, state)
     try:
         with server.admin() as admin, server.client() as authz:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import ssl
 import stat
+import tempfile
 import urllib.request
 import uuid
 from datetime import datetime, timezone
@@ -23,6 +25,9 @@ from typing import Any, Iterator
 import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from authz.client import AdminClient, AuthzClient, CallError, TlsFiles
 from authz.server import healthcheck, settings
@@ -364,3 +369,71 @@ def test_only_the_authentication_filter_sets_the_header_principal(tmp_path: Path
             envoy.stop()
         sidecar.stop()
         upstream.close()
+
+
+# ------------------------------------------------------------------ the admin unix socket: private from its first moment
+
+
+class _BindSpy:
+    """A real grpc.Server whose add_insecure_port also records the socket file's mode the instant the bind
+    returns: the state anyone could connect in, before any later chmod."""
+
+    def __init__(self, server: grpc.Server, path: Path) -> None:
+        self._server, self._path, self.mode_at_bind = server, path, -1
+
+    def add_insecure_port(self, address: str) -> int:
+        port = self._server.add_insecure_port(address)
+        self.mode_at_bind = stat.S_IMODE(self._path.stat().st_mode)
+        return port
+
+
+def _bind_admin_socket(tmp_path: Path, mask: int) -> tuple[int, int, int]:
+    """(mode right after the bind, mode once _bind returns, the umask afterwards) for a unix admin listener."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from authz.server import app
+
+    path = tmp_path / f"admin-{mask:03o}.sock"
+    server = grpc.server(ThreadPoolExecutor(1))
+    spy = _BindSpy(server, path)
+    previous = os.umask(mask)
+    try:
+        app._bind(spy, f"unix:{path}", None, "--admin-listen")   # type: ignore[arg-type]
+        after = os.umask(previous)
+    finally:
+        os.umask(previous)
+        server.stop(0)
+    final = stat.S_IMODE(path.stat().st_mode)
+    path.unlink()
+    return spy.mode_at_bind, final, after
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022], ids=lambda m: f"umask{m:03o}")
+def test_admin_socket_is_private_the_moment_it_exists(tmp_path: Path, mask: int) -> None:
+    at_bind, final, after = _bind_admin_socket(tmp_path, mask)
+    assert at_bind & 0o077 == 0, f"the socket was {at_bind:04o} before it was made private"
+    assert final == 0o600
+    assert after == mask                                         # the process umask is given back
+
+
+@hypothesis_settings(max_examples=25, deadline=None)
+@given(mask=st.integers(min_value=0, max_value=0o777))
+def test_property_admin_socket_never_open_to_others_on_any_umask(mask: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        at_bind, final, after = _bind_admin_socket(Path(tmp), mask)
+    assert at_bind & 0o077 == 0 and final == 0o600 and after == mask
+
+
+def test_server_admin_socket_is_0600_under_umask_0(tmp_path: Path) -> None:
+    sock = tmp_path / "admin.sock"
+    previous = os.umask(0)                        # inherited by the server process
+    try:
+        s = start_server(copy_example_bundle(tmp_path / "bundle"), None, admin=f"unix:{sock}", token=None)
+    finally:
+        os.umask(previous)
+    try:
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        with AdminClient(f"unix:{sock}") as admin:
+            assert admin.status().serving
+    finally:
+        s.kill()

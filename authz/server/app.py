@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..store import Store, StoreConfig
 from ..store.errors import StoreError
-from ..store.oplog import OpLog
+from ..store.oplog import OpLog, private_umask
 from . import settings
 from .config import UNIX_PREFIX, Config, split_host_port
 from .decision_log import DecisionLog
@@ -59,6 +59,7 @@ log = logging.getLogger("authz.server")
 
 ADMIN_THREADS = 4          # admin calls are rare and serialise on the store's write lock anyway
 SIGNAL_POLL_SECONDS = 0.5  # the longest a SIGTERM received by another thread waits for its handler (see serve)
+UNIX_SOCKET_MODE = 0o600   # a unix-socket listener (the admin one): only this user may connect
 
 
 @dataclass
@@ -98,13 +99,20 @@ def server_options(config: Config) -> list[tuple[str, Any]]:
 
 
 def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None, what: str) -> str:
-    """Bind a listener and return the address actually bound (port 0 picks a free port)."""
-    if address.startswith(UNIX_PREFIX) or credentials is None:
+    """Bind a listener and return the address actually bound (port 0 picks a free port).
+
+    A unix socket is created under a private umask: it is its user's alone from the moment it exists
+    (binding creates the file), not only once it has been chmod-ed.
+    """
+    if address.startswith(UNIX_PREFIX):
+        with private_umask():
+            server.add_insecure_port(address)
+        os.chmod(address[len(UNIX_PREFIX):], UNIX_SOCKET_MODE)
+        return address
+    if credentials is None:
         port = server.add_insecure_port(address)
     else:
         port = server.add_secure_port(address, credentials)
-    if address.startswith(UNIX_PREFIX):
-        return address
     if not port:
         raise OSError(f"{what}: cannot listen on {address}")
     host, _ = split_host_port(address, what)
@@ -191,8 +199,6 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     store.on_swap(on_swap)
     for s in servers:
         s.start()
-    if config.admin_listen and config.admin_listen.startswith(UNIX_PREFIX):
-        os.chmod(config.admin_listen[len(UNIX_PREFIX):], 0o600)   # only this user may administer
     sidecar = Sidecar(config, store, servers, healths, addresses, decision_log=decision_log, answers=answers)
     try:
         store.open()

@@ -1,17 +1,82 @@
-"""Durable admin changes: an append-only op log in an embedded SQLite database under --state-dir."""
+"""Durable admin changes: an append-only op log in an embedded SQLite database under --state-dir, private to its user."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sqlite3
+import stat
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import StorageFailure
 
+log = logging.getLogger("authz.store")
+
 DB_NAME = "state.db"
+# SQLite's companion files. It creates them with the main file's mode whatever the umask (it copies the
+# mode with fchmod), so the main file's mode decides theirs: it is set before SQLite opens it.
+DB_FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal")
+STATE_DIR_MODE = 0o700     # the directory: its owner only
+STATE_FILE_MODE = 0o600    # every file in it: its owner only (they hold secret access keys and session tokens)
+PRIVATE_UMASK = 0o077      # in force while the database and its companions may be created
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files and sockets created inside come out without group or other permission bits.
+
+    The umask belongs to the process: callers use this only around creating a private file, and the
+    only effect on another thread creating a file at the same moment is that its file is private too.
+    """
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mode(st: os.stat_result) -> str:
+    return f"{stat.S_IMODE(st.st_mode):04o}"
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Create --state-dir 0700 when missing; refuse one that others may enter or that belongs to another user.
+
+    Refusing (rather than quietly tightening) a directory that others could read makes the operator
+    look: whatever was in it may have been read already.
+    """
+    with private_umask():
+        state_dir.mkdir(parents=True, exist_ok=True, mode=STATE_DIR_MODE)
+    st = os.stat(state_dir)                     # follows a symbolic link: the directory actually used
+    if not stat.S_ISDIR(st.st_mode):
+        raise StorageFailure(f"--state-dir {state_dir} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise StorageFailure(f"--state-dir {state_dir} belongs to uid {st.st_uid}, not to uid {os.geteuid()} that "
+                             f"runs the server; give it to the server's user: chown {os.geteuid()} {state_dir}")
+    if stat.S_IMODE(st.st_mode) & ~STATE_DIR_MODE & 0o777:
+        raise StorageFailure(f"--state-dir {state_dir} has mode {_mode(st)}: other users may read or change the "
+                             f"secret keys it holds; make it private: chmod 700 {state_dir}")
+
+
+def _private_files(state_dir: Path) -> None:
+    """Every database file that exists gets mode 0600 before SQLite opens it (and so decides the companions')."""
+    for name in DB_FILES:
+        path = state_dir / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):      # a symbolic link could point the secrets anywhere
+            raise StorageFailure(f"{path} is not a regular file; remove it (the server creates its own)")
+        if stat.S_IMODE(st.st_mode) != STATE_FILE_MODE:
+            os.chmod(path, STATE_FILE_MODE)    # the directory is private (checked): nobody can swap the file
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                log.warning("%s had mode %s, open to other users; set to 0600. The keys and session tokens it "
+                            "holds may have been read: rotate them", path, _mode(st))
 
 
 class OpLog:
@@ -22,14 +87,16 @@ class OpLog:
         self.path = state_dir / DB_NAME
         self._lock = threading.Lock()
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            fresh = not self.path.exists()
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            if fresh:
-                os.chmod(self.path, 0o600)   # the log holds secret access keys
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL)")
+            prepare_state_dir(state_dir)
+            with private_umask():
+                _private_files(state_dir)
+                # Created here, not by SQLite, so that it is 0600 from its first moment on any umask.
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, STATE_FILE_MODE))
+                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                                 "op TEXT NOT NULL)")
             st = os.stat(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StorageFailure(f"cannot open the state database {self.path}: {exc}; check that --state-dir "
