@@ -10,32 +10,42 @@ from typing import Any, Iterator, Sequence, TextIO
 
 from . import __version__
 from .evaluate import PolicySet, Request, Result, evaluate
-from .policy.errors import AuthzError
-from .policy.model import PolicyType, compile_policy
-from .policy.validate import validate_document
-from .requests import check_context
+from .policy.errors import AuthzError, Problem
+from .policy.jsontext import kind_of, load_document, load_text, plain
+from .policy.limits import MAX_POLICY_TEXT_CHARS
+from .policy.model import Policy, PolicyType, compile_policy
+from .policy.validate import ValidationReport, validate_document
+from .policy.yamltext import load_yaml
+from .requests import check_context, check_target
 
 MAX_CASE_LINE_CHARS = 1_048_576     # one JSON Lines case (simulate / validate --jsonl)
+MAX_TEST_FILE_CHARS = 16_777_216    # one `authz test` file
 
 
 # ------------------------------------------------------------------ simulate
 
 
-def _levels(case: dict[str, Any], key: str, prefix: str) -> tuple[tuple[Any, ...], ...] | None:
+def _levels(case: dict[str, Any], key: str, prefix: str) -> tuple[tuple[Policy, ...], ...] | None:
     raw = case.get(key)
     if raw is None:
         return None
     if not isinstance(raw, list) or not all(isinstance(level, list) for level in raw):
         raise ValueError(f"{key} must be an array of arrays of policy documents")
-    return tuple(tuple(compile_policy(p, f"{prefix}{i}.{j}") for j, p in enumerate(level))
+    return tuple(tuple(_policy(p, f"{key}[{i}][{j}]", f"{prefix}{i}.{j}") for j, p in enumerate(level))
                  for i, level in enumerate(raw))
 
 
-def _document(case: dict[str, Any], key: str) -> Any:
-    doc = case[key]
+def _policy(doc: Any, where: str, name: str) -> Policy:
+    """One policy of a case: a JSON object, or its JSON text (read as strictly as the line itself).
+    Anything else is an error: a document that is silently left out could have held a Deny."""
+    if isinstance(doc, str):
+        value, problems = load_document(doc)
+        if value is None:
+            raise ValueError(f"{where}: " + "; ".join(str(p) for p in problems[:5]))
+        doc = value
     if not isinstance(doc, dict):
-        raise ValueError(f"{key} must be a policy document (a JSON object)")
-    return doc
+        raise ValueError(f"{where} must be a policy document (a JSON object, or its JSON text); got {kind_of(doc)}")
+    return compile_policy(doc, name)
 
 
 def case_policy_set(case: dict[str, Any]) -> PolicySet:
@@ -43,12 +53,16 @@ def case_policy_set(case: dict[str, Any]) -> PolicySet:
     identity = case.get("identityPolicies", [])
     if not isinstance(identity, list):
         raise ValueError("identityPolicies must be an array of policy documents")
+
+    def one(key: str, name: str) -> Policy | None:
+        return _policy(case[key], key, name) if key in case else None
+
+    session = one("sessionPolicy", "session")
     return PolicySet(
-        identity=tuple(compile_policy(p, f"identity{i}") for i, p in enumerate(identity)),
-        resource=compile_policy(_document(case, "resourcePolicy"), "resource") if "resourcePolicy" in case else None,
-        boundary=(compile_policy(_document(case, "permissionBoundary"), "boundary")
-                  if "permissionBoundary" in case else None),
-        session=((compile_policy(_document(case, "sessionPolicy"), "session"),) if "sessionPolicy" in case else None),
+        identity=tuple(_policy(p, f"identityPolicies[{i}]", f"identity{i}") for i, p in enumerate(identity)),
+        resource=one("resourcePolicy", "resource"),
+        boundary=one("permissionBoundary", "boundary"),
+        session=(session,) if session is not None else None,
         scp_levels=_levels(case, "scpLevels", "scp"),
         rcp_levels=_levels(case, "rcpLevels", "rcp"),
     )
@@ -58,6 +72,7 @@ def case_request(case: dict[str, Any]) -> Request:
     for key in ("principal", "action", "resource"):
         if not isinstance(case.get(key), str) or not case[key]:
             raise ValueError(f"{key} is required (a string)")
+    check_target(case["principal"], case["action"], case["resource"])
     context = case.get("context", {})
     if not isinstance(context, dict):
         raise ValueError("context must be an object of key -> string or array of strings")
@@ -81,23 +96,27 @@ def result_json(result: Result, explain: bool) -> dict[str, Any]:
     return out
 
 
-def _json_lines(stream: TextIO) -> Iterator[tuple[Any, str | None]]:
-    """(case, error) per non-empty line; a line that is not a JSON object yields an error."""
+def _json_lines(stream: TextIO) -> Iterator[tuple[Any, list[Problem]]]:
+    """(case, problems) per non-empty line, each line read by the strict JSON reader (a member given
+    twice anywhere, NaN or an out-of-range number is a problem). With problems the case is the
+    line's object when there is one (for its id), else None."""
     for line in stream:
         if not line.strip():
             continue
         if len(line) > MAX_CASE_LINE_CHARS:
-            yield None, f"line longer than {MAX_CASE_LINE_CHARS} characters"
+            yield None, [Problem("$", f"line longer than {MAX_CASE_LINE_CHARS} characters "
+                                      "(MAX_CASE_LINE_CHARS)")]
             continue
-        try:
-            case = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            yield None, f"not valid JSON: {exc}"
-            continue
-        if not isinstance(case, dict):
-            yield None, "each line must be a JSON object"
-            continue
-        yield case, None
+        value, problems = load_text(line, iam_charset=False, max_chars=MAX_CASE_LINE_CHARS)
+        case = plain(value) if isinstance(value, dict) else None
+        if not problems and case is None:
+            problems = [Problem("$", f"each line must be a JSON object; got {kind_of(value)}")]
+        yield case, problems
+
+
+def _line_error(problems: list[Problem]) -> str:
+    more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+    return "; ".join(str(p) for p in problems[:5]) + more
 
 
 def simulate_case(case: dict[str, Any], explain: bool) -> dict[str, Any]:
@@ -109,9 +128,10 @@ def simulate_case(case: dict[str, Any], explain: bool) -> dict[str, Any]:
 
 
 def cmd_simulate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    for case, error in _json_lines(stdin):
-        if case is None:
-            out: dict[str, Any] = {"id": None, "decision": None, "matched": [], "error": error}
+    for case, problems in _json_lines(stdin):
+        if problems:
+            out: dict[str, Any] = {"id": _case_id(case), "decision": None, "matched": [],
+                                   "error": _line_error(problems)}
         else:
             out = simulate_case(case, args.explain)
         stdout.write(json.dumps(out, separators=(",", ":")) + "\n")
@@ -122,12 +142,17 @@ def cmd_simulate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int
 # ------------------------------------------------------------------ validate
 
 
+def _case_id(case: Any) -> Any:
+    return case.get("id") if isinstance(case, dict) else None
+
+
 def cmd_validate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     if args.jsonl:
-        for case, error in _json_lines(stdin):
-            if case is None:
-                stdout.write(json.dumps({"id": None, "valid": False, "errors": [{"path": "$", "message": error}]})
-                             + "\n")
+        for case, problems in _json_lines(stdin):
+            if problems:
+                # Paths are the line's: `$.policy.Statement[0].Effect` names the member given twice.
+                stdout.write(json.dumps({"id": _case_id(case), "valid": False,
+                                         "errors": [p.as_dict() for p in problems], "warnings": []}) + "\n")
                 continue
             try:
                 ptype = PolicyType.parse(str(case.get("policyType", args.type)))
@@ -155,7 +180,10 @@ def cmd_validate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int
             print(f"{name}: cannot read: {exc.strerror}", file=stdout)
             failed = True
             continue
-        report = validate_document(text, ptype)
+        if path.suffix.lower() in YAML_SUFFIXES:
+            report = _validate_yaml(text, ptype)
+        else:
+            report = validate_document(text, ptype)
         for p in report.errors:
             print(f"{name}: error: {p.path}: {p.message}", file=stdout)
         for p in report.warnings:
@@ -165,6 +193,21 @@ def cmd_validate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int
                                                             if report.warnings else ""), file=stdout)
         failed = failed or not report.valid
     return 1 if failed else 0
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _validate_yaml(text: bytes, ptype: PolicyType) -> ValidationReport:
+    """A YAML policy file: read strictly (a key given twice is an error with its line), then validated
+    as the JSON document it stands for."""
+    value, problems = load_yaml(text, max_chars=MAX_POLICY_TEXT_CHARS)
+    if problems:
+        return ValidationReport(tuple(problems), (), None)
+    if not isinstance(value, dict):
+        return ValidationReport((Problem("$", f"the document must be a mapping (Version, Statement); got "
+                                              f"{kind_of(value)}"),), (), None)
+    return validate_document(value, ptype)
 
 
 # ------------------------------------------------------------------ test
@@ -181,16 +224,24 @@ def _test_files(paths: Sequence[str]) -> Iterator[Path]:
 
 def cmd_test(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     """Run policy test files: each names a bundle and lists requests with expected decisions."""
-    import yaml
-
     from .store import Store, StoreConfig, StoreError
 
     failures = total = 0
     for path in _test_files(args.paths):
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            print(f"{path}: cannot read test file: {exc}", file=stdout)
+            raw = path.read_bytes()
+        except OSError as exc:
+            print(f"{path}: cannot read test file: {exc.strerror}", file=stdout)
+            failures += 1
+            continue
+        # Either reader refuses a member or key given twice (never 'last wins').
+        if path.suffix.lower() == ".json":
+            doc, problems = load_text(raw, iam_charset=False, max_chars=MAX_TEST_FILE_CHARS)
+            doc = plain(doc)
+        else:
+            doc, problems = load_yaml(raw, max_chars=MAX_TEST_FILE_CHARS)
+        if problems:
+            print(f"{path}: cannot read test file: {_line_error(problems)}", file=stdout)
             failures += 1
             continue
         if not isinstance(doc, dict) or not isinstance(doc.get("tests"), list) or "bundle" not in doc:

@@ -13,9 +13,8 @@ def holds(op: str, key: str, values: Any, ctx: dict[str, Any], variables: bool =
     operator = parse_operator(op)
     assert operator is not None, op
     vals = values if isinstance(values, list) else [values]
-    clause = Clause(operator, key, [str(v) if not isinstance(v, bool) else str(v).lower() for v in vals])
-    if not variables:
-        clause = Clause(operator, key, vals)
+    clause = Clause(operator, key, [str(v) if not isinstance(v, bool) else str(v).lower() for v in vals],
+                    variables=variables)
     return clause.evaluate(ConditionContext(normalise_context(ctx)))
 
 
@@ -102,7 +101,7 @@ def test_tag_key_spelled_twice_matches_either_value_and_says_so() -> None:
     ctx = ConditionContext(normalise_context({"aws:ResourceTag/EC2": "test2", "aws:ResourceTag/ec2": "test1"}))
     op = parse_operator("StringEquals")
     assert op is not None
-    assert Clause(op, "aws:ResourceTag/EC2", ["test1"]).evaluate(ctx)
+    assert Clause(op, "aws:ResourceTag/EC2", ["test1"], variables=True).evaluate(ctx)
     assert any(n.startswith("tagKeyCaseAmbiguity") for n in ctx.notes)
 
 

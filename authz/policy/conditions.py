@@ -99,15 +99,19 @@ def parse_operator(name: str) -> OperatorName | None:
 
 # ------------------------------------------------------------------ value parsing
 
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+# Matched whole (fullmatch: `$` would also accept a trailing newline), with ASCII digits only: `\d`,
+# `int()` and `Decimal()` all accept other scripts' digits ("١٠" is 10 to them).
+MAX_NUMBER_CHARS = 64                 # a numeric or date value longer than this never parses
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 _ISO = re.compile(
-    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:[Tt](\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})?)?)?)?$")
-_EPOCH = re.compile(r"^[+-]?\d+(\.\d+)?$")
+    r"([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2})(?:[Tt]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(\.[0-9]+)?)?"
+    r"([Zz]|[+-][0-9]{2}:?[0-9]{2})?)?)?)?")
+_EPOCH = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
 
 
 def parse_number(text: str) -> Decimal | None:
     """Exact decimal (so "1.0" equals "1"); None when it does not parse (spec 4.2)."""
-    if len(text) > 64 or not _NUMBER.match(text):
+    if len(text) > MAX_NUMBER_CHARS or not _NUMBER.fullmatch(text):
         return None
     try:
         return Decimal(text)
@@ -122,13 +126,13 @@ def parse_date(text: str) -> Decimal | None:
     A value with `T`/`t` or `-` is ISO-8601, otherwise epoch seconds (spec 4.2, [UNC] item 8);
     partial dates mean the start of the period, a time without zone is UTC.
     """
-    if len(text) > 64:
+    if len(text) > MAX_NUMBER_CHARS:
         return None
     if "T" not in text and "t" not in text and "-" not in text[1:]:
-        if _EPOCH.match(text):
+        if _EPOCH.fullmatch(text):
             return Decimal(text)
         return None
-    m = _ISO.match(text)
+    m = _ISO.fullmatch(text)
     if not m:
         return None
     year, month, day, hh, mm, ss, frac, tz = m.groups()
@@ -148,9 +152,20 @@ def parse_date(text: str) -> Decimal | None:
     return seconds
 
 
+def _ip_text(text: str) -> bool:
+    """Only ASCII hex digits, dots, colons and one `/`: no white space, no zone (`%eth0`), no other
+    scripts' digits, whatever the parser below would tolerate."""
+    return text.isascii() and all(c in _IP_CHARS for c in text)
+
+
+_IP_CHARS = frozenset("0123456789abcdefABCDEF.:/")
+
+
 def parse_ip_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    if not _ip_text(text) or text.count("/") > 1:
+        return None
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        return ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
 
@@ -158,10 +173,11 @@ def parse_ip_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network
 def parse_ip(text: str) -> tuple[int, int] | None:
     """(IP version, address as an integer), or None. inet_pton is strict and much faster than
     the ipaddress module on the hot path."""
-    text = text.strip()
+    if not _ip_text(text) or "/" in text:
+        return None
     try:
         if ":" in text:
-            return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0]), "big")
+            return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
         return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
     except (OSError, ValueError):
         return None
@@ -315,7 +331,9 @@ class Clause:
     __slots__ = ("op", "key", "key_name", "values", "family", "negated", "compare", "dynamic", "plain",
                  "pvals", "pset")
 
-    def __init__(self, op: OperatorName, key_name: str, values: list[str]) -> None:
+    def __init__(self, op: OperatorName, key_name: str, values: list[str], *, variables: bool) -> None:
+        """`variables`: the policy's Version makes `${...}` a variable (2012-10-17); otherwise it is
+        literal text in every value (spec 1.2)."""
         self.op = op
         self.key_name = key_name
         self.key = key_name.lower()
@@ -323,7 +341,7 @@ class Clause:
         self.family = spec.family
         self.negated = spec.negated
         self.compare = spec.compare
-        self.values = tuple(_Value(v, spec.family, spec.variables) for v in values)
+        self.values = tuple(_Value(v, spec.family, spec.variables and variables) for v in values)
         self.dynamic = any(v.dynamic for v in self.values)
         # The usual clause (no set qualifier, no variables) takes the fast path in evaluate().
         self.plain = op.qualifier is None and not self.dynamic and self.family != "null"

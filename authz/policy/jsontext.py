@@ -1,8 +1,9 @@
-"""Strict JSON reading of policy text: duplicate members, character set, depth and size."""
+"""Strict JSON reading of every JSON input: duplicate members, non-finite numbers, character set, depth and size."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -11,7 +12,7 @@ from .limits import MAX_JSON_DEPTH, MAX_POLICY_TEXT_CHARS
 
 # IAM's document character set: TAB, LF, CR and U+0020-U+00FF (spec 1.1 rule 4).
 _IAM_BAD_CHAR = re.compile(r"[^\t\n\r\x20-\xff]")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOO_DEEP = f"JSON nesting is deeper than {MAX_JSON_DEPTH} levels"
 
 
@@ -19,7 +20,7 @@ def child_path(path: str, key: str | int) -> str:
     """JSON path of a member or element: `$.Statement[0].Condition['aws:SourceIp']`."""
     if isinstance(key, int):
         return f"{path}[{key}]"
-    if _IDENT.match(key):
+    if _IDENT.fullmatch(key):
         return f"{path}.{key}"
     return f"{path}[{json.dumps(key)}]"
 
@@ -41,6 +42,15 @@ class _Obj(dict):  # type: ignore[type-arg]
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; one too large for a float (1e400) is refused, never
+    read as infinity."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range (a double's largest is about 1.8e308)")
+    return value
 
 
 def _decoded(text: str | bytes, max_chars: int) -> tuple[str | None, list[Problem]]:
@@ -73,7 +83,7 @@ def load_text(text: str | bytes, *, iam_charset: bool = True,
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
-        value = json.loads(text, object_pairs_hook=_Obj, parse_constant=_reject_constant)
+        value = json.loads(text, object_pairs_hook=_Obj, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         return None, problems + [Problem("$", _TOO_DEEP)]
     except ValueError as exc:  # JSONDecodeError is a ValueError; so is a too-long integer literal
@@ -132,7 +142,8 @@ def load_large(text: str | bytes, *, max_chars: int) -> tuple[Any, list[Problem]
         return None, refused
     text = decoded
     try:
-        return json.loads(text, object_pairs_hook=_plain_pairs, parse_constant=_reject_constant), []
+        return json.loads(text, object_pairs_hook=_plain_pairs, parse_constant=_reject_constant,
+                          parse_float=_finite_float), []
     except _DuplicateSeen:
         value, problems = load_text(text, iam_charset=False, max_chars=max_chars)
         return (plain(value) if value is not None else None), problems
@@ -142,6 +153,21 @@ def load_large(text: str | bytes, *, max_chars: int) -> tuple[Any, list[Problem]
         return None, [Problem("$", f"malformed JSON: {exc}")]
 
 
+def kind_of(value: Any) -> str:
+    """A JSON value's kind, for messages: "a string", "an array", ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
 def plain(value: Any) -> Any:
     """Deep-copy a parsed value into plain dicts and lists (drops the duplicate bookkeeping)."""
     if isinstance(value, dict):
@@ -149,3 +175,16 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
+
+
+def load_document(text: str | bytes, *, max_chars: int = MAX_POLICY_TEXT_CHARS) -> tuple[Any, list[Problem]]:
+    """A policy document given as JSON text, for entry points that evaluate without validating: strict
+    JSON (as `load_text`, without the IAM character set) that must be an object. Returns (plain
+    dicts and lists, problems); the value is None whenever there is a problem."""
+    value, problems = load_text(text, iam_charset=False, max_chars=max_chars)
+    if problems:
+        return None, problems
+    if not isinstance(value, dict):
+        return None, [Problem("$", f"a policy document is a JSON object {{\"Version\": ..., \"Statement\": ...}}; "
+                                   f"got {kind_of(value)}")]
+    return plain(value), []

@@ -188,7 +188,7 @@ def _compile_statement(index: int, s: dict[str, Any], policy_name: str, variable
                     if any(t is None for t in texts):
                         broken = broken or f"condition values of {key!r} cannot be evaluated"
                         continue
-                    clauses.append(Clause(op, key, [t for t in texts if t is not None]))
+                    clauses.append(Clause(op, key, [t for t in texts if t is not None], variables=variables))
     raw_sid = s.get("Sid")
     sid = raw_sid if isinstance(raw_sid, str) else ""
     res_any = resources is None or (not not_resource and any(r.any for r in resources))

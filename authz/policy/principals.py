@@ -25,7 +25,7 @@ class GrantKind(IntEnum):
 
 
 ANONYMOUS = "anonymous"
-_ACCOUNT_ID = re.compile(r"^\d{12}$")
+_ACCOUNT_ID = re.compile(r"[0-9]{12}", re.ASCII)   # matched whole: fullmatch, ASCII digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,7 @@ class PrincipalEntry:
 def _aws_entry(value: str) -> PrincipalEntry:
     if value == "*":
         return PrincipalEntry("wildcard", "*")
-    if _ACCOUNT_ID.match(value):
+    if _ACCOUNT_ID.fullmatch(value):
         return PrincipalEntry("account", value)
     if value.startswith(("AIDA", "AROA")) and ":" not in value:
         return PrincipalEntry("unique-id", value)

@@ -14,7 +14,7 @@ from .conditions import (BASE_OPERATORS, MULTIVALUED_KEYS, QUALIFIERS, OperatorN
                          parse_ip_network, parse_number, parse_operator, value_text)
 from .errors import PolicyError, Problem
 from .glob import Glob, tokens_of
-from .jsontext import child_path, load_text, plain
+from .jsontext import child_path, kind_of, load_text, plain
 from .model import VERSION_2008, VERSION_2012, Policy, PolicyType, compile_policy
 from .variables import Part, Special, Var, parse_parts
 
@@ -121,13 +121,16 @@ _TYPED_RESOURCE_SERVICES = frozenset({"kinesisvideo", "iam", "sts"})
 
 _KNOWN_RESOURCE_TYPES = {"kinesisvideo": ("stream", "channel")}   # spec 7.1
 
-_SID = re.compile(r"^[A-Za-z0-9]*$")
-_SERVICE_PREFIX = re.compile(r"^[A-Za-z0-9.-]+$")
-_ACCOUNT_ID = re.compile(r"^\d{12}$")
-_UNIQUE_ID = re.compile(r"^(AIDA|AROA)[A-Z0-9]{8,124}$")
-_SERVICE_PRINCIPAL = re.compile(r"^[a-z0-9][a-z0-9.-]*\.amazonaws\.com(\.cn)?$", re.IGNORECASE)
-_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*\.[A-Za-z]{2,}(/\S*)?$")
-_CANONICAL_USER = re.compile(r"^[0-9a-fA-F]{64}$")
+# Grammars: always matched whole with fullmatch (a `$` also accepts a trailing newline) and ASCII
+# only (re.ASCII: without it `\d` takes other scripts' digits and IGNORECASE folds the Kelvin sign to k).
+_SID = re.compile(r"[A-Za-z0-9]*", re.ASCII)
+_SERVICE_PREFIX = re.compile(r"[A-Za-z0-9.-]+", re.ASCII)
+_ACCOUNT_ID = re.compile(r"[0-9]{12}", re.ASCII)
+_UNIQUE_ID = re.compile(r"(AIDA|AROA)[A-Z0-9]{8,124}", re.ASCII)
+_SERVICE_PRINCIPAL = re.compile(r"[a-z0-9][a-z0-9.-]*\.amazonaws\.com(\.cn)?", re.IGNORECASE | re.ASCII)
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*\.[A-Za-z]{2,}(/[\x21-\x7e]*)?", re.ASCII)
+_CANONICAL_USER = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
+_ARN_RESOURCE = re.compile(r"[\x21-\x7e]+", re.ASCII)     # the name part of an IAM or STS ARN
 _BAD_ACTION_CHARS = " \t\r\n,"
 
 _ALL_OPERATOR_NAMES = tuple(f"{q}{b}{s}" for q in ("", *(f"{x}:" for x in QUALIFIERS)) for b in BASE_OPERATORS
@@ -162,18 +165,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
+_kind = kind_of
 
 
 def _suggest(name: str, choices: tuple[str, ...]) -> str:
@@ -340,7 +332,7 @@ class _Checker:
         if not isinstance(sid, str):
             self.error(path, f'Sid must be a string such as "ReadStreams"; got {_kind(sid)}')
             return
-        if self.rules.iam_sid and not _SID.match(sid):
+        if self.rules.iam_sid and not _SID.fullmatch(sid):
             fixed = re.sub(r"[^A-Za-z0-9]", "", sid) or "Statement1"
             self.error(path, f"Sid may contain only ASCII letters and digits (A-Z, a-z, 0-9); got {_show(sid)}: "
                              f'write e.g. "{fixed}"')
@@ -445,7 +437,7 @@ class _Checker:
         elif _has_wildcard(service):
             self.error(path, f"{which} entry {_show(a)} has a wildcard in the service prefix; write the prefix "
                              'literally and put wildcards after the colon, e.g. "kinesisvideo:Get*"')
-        elif not _SERVICE_PREFIX.match(service):
+        elif not _SERVICE_PREFIX.fullmatch(service):
             self.error(path, f"{which} entry {_show(a)} has an invalid service prefix {_show(service)}; a prefix "
                              'has only letters, digits, "-" and ".", e.g. "kinesisvideo"')
         if not name:
@@ -514,7 +506,7 @@ class _Checker:
             self.error(path, f"{which} entry {_show(r)} has a wildcard in the service segment {_show(service)}; "
                              'write the service literally, e.g. "arn:aws:kinesisvideo:*:*:stream/*"')
             return
-        if not _SERVICE_PREFIX.match(service):
+        if not _SERVICE_PREFIX.fullmatch(service):
             self.error(path, f"{which} entry {_show(r)} has an invalid service segment {_show(service)}; write a "
                              'service name such as "kinesisvideo"')
             return
@@ -644,7 +636,7 @@ class _Checker:
         if key == "AWS":
             self.aws_principal(path, v)
         elif key == "Service":
-            if not _SERVICE_PRINCIPAL.match(v):
+            if not _SERVICE_PRINCIPAL.fullmatch(v):
                 self.error(path, f"{_show(v)} is not a service principal; write a name such as "
                                  '"ec2.amazonaws.com"')
         elif key == "Federated":
@@ -653,16 +645,19 @@ class _Checker:
                 if f[2] != "iam" or not f[5].startswith(("saml-provider/", "oidc-provider/")):
                     self.error(path, f"{_show(v)} is not an identity-provider ARN; write "
                                      '"arn:aws:iam::111122223333:saml-provider/NAME" (or oidc-provider/HOST)')
-                elif not _ACCOUNT_ID.match(f[4]):
+                elif not _ACCOUNT_ID.fullmatch(f[4]):
                     self.error(path, f"{_show(v)} needs the 12-digit account id in its account field")
-            elif not _HOST.match(v):
+                elif not _ARN_RESOURCE.fullmatch(f[5]) or f[3]:
+                    self.error(path, f"{_show(v)} must have an empty region and a provider name of printable ASCII "
+                                     "without white space")
+            elif not _HOST.fullmatch(v):
                 self.error(path, f"{_show(v)} is not a federated principal; write an identity provider such as "
                                  '"cognito-identity.amazonaws.com", "accounts.google.com" or a saml-provider ARN')
-        elif not _CANONICAL_USER.match(v):
+        elif not _CANONICAL_USER.fullmatch(v):
             self.error(path, f"{_show(v)} is not a canonical user id; write the 64-character hexadecimal id")
 
     def aws_principal(self, path: str, v: str) -> None:
-        if _ACCOUNT_ID.match(v) or _UNIQUE_ID.match(v):
+        if _ACCOUNT_ID.fullmatch(v) or _UNIQUE_ID.fullmatch(v):
             return
         hint = ('an AWS principal is "*", a 12-digit account id, an IAM ARN (arn:aws:iam::111122223333:root, '
                 "...:user/NAME, ...:role/NAME), an STS session ARN (arn:aws:sts::111122223333:assumed-role/ROLE/"
@@ -674,9 +669,13 @@ class _Checker:
         partition, service, region, account, res = f[1:]
         if partition not in _PARTITIONS:
             self.error(path, f"{_show(v)} has unknown partition {_show(partition)}; use {', '.join(_PARTITIONS)}")
-        if region or not _ACCOUNT_ID.match(account):
+        if region or not _ACCOUNT_ID.fullmatch(account):
             self.error(path, f"{_show(v)} must have an empty region and a 12-digit account id, e.g. "
                              "arn:aws:iam::111122223333:user/NAME")
+            return
+        if not _ARN_RESOURCE.fullmatch(res):
+            self.error(path, f"{_show(v)} has white space, control or non-ASCII characters in its name part; IAM "
+                             "and STS names are printable ASCII (letters, digits and +=,.@_-, paths /.../)")
             return
         if service == "iam":
             kind, _, name = res.partition("/")

@@ -11,7 +11,7 @@ from .glob import QMARK, STAR, Token, tokens_of
 
 # `${` ... `}`; the inside is a key, optionally `, 'default'` (spec 5.1).
 _VAR = re.compile(r"\$\{([^{}]*)\}")
-_DEFAULT = re.compile(r"^\s*([^,'\s][^,']*?)\s*,\s*'([^']*)'\s*$")
+_DEFAULT = re.compile(r"\s*([^,'\s][^,']*?)\s*,\s*'([^']*)'\s*")   # matched whole (fullmatch)
 _SPECIALS = {"*": "*", "?": "?", "$": "$"}
 
 
@@ -50,7 +50,7 @@ def parse_parts(text: str, variables_enabled: bool) -> tuple[Part, ...]:
         if inner in _SPECIALS:
             parts.append(Special(_SPECIALS[inner]))
         else:
-            dm = _DEFAULT.match(inner)
+            dm = _DEFAULT.fullmatch(inner)
             if dm:
                 parts.append(Var(dm.group(1).lower(), dm.group(1), dm.group(2)))
             else:

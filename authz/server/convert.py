@@ -9,7 +9,7 @@ from ..evaluate import Decision, MatchedStatement, PolicySet, Request, Result
 from ..policy import limits
 from ..policy.conditions import MULTIVALUED_KEYS
 from ..policy.errors import LimitError, RequestError
-from ..policy.jsontext import load_text, plain
+from ..policy.jsontext import load_document
 from ..policy.model import Policy, PolicyType, compile_policy
 from ..policy.validate import ValidationReport, validate_document
 from ..store import SessionGrant, StoreStatus
@@ -97,16 +97,17 @@ def _policy(doc: pb.PolicyDocument, default_name: str, field: str, ptype: Policy
             raise RequestError(f"{field}.document", f"invalid {ptype.value} policy: {detail}")
         return compile_policy(report.document, name)
     # Without validation the document need not follow the policy grammar, but it must still be one
-    # unambiguous JSON value (no member given twice: which copy would count?) of bounded shape.
-    value, problems = load_text(text, iam_charset=False, max_chars=settings.MAX_SIMULATE_DOCUMENT_CHARS)
-    if value is None or problems:
+    # unambiguous JSON object (no member given twice: which copy would count?) of bounded shape.
+    value, problems = load_document(text, max_chars=settings.MAX_SIMULATE_DOCUMENT_CHARS)
+    if value is None:
         raise RequestError(f"{field}.document", "; ".join(str(p) for p in problems[:5]) + "; send strict JSON: "
-                           f"well-formed, at most {limits.MAX_JSON_DEPTH} levels deep, each member once per object")
+                           f"one object, well-formed, at most {limits.MAX_JSON_DEPTH} levels deep, each member "
+                           "once per object, finite numbers")
     longest = _longest_array(value)
     if longest > limits.MAX_LIST_ITEMS:
         raise LimitError(f"{field}.document", f"an array has {longest} entries; at most {limits.MAX_LIST_ITEMS} "
                                               "(MAX_LIST_ITEMS): use wildcards or split the statement")
-    return compile_policy(plain(value), name)
+    return compile_policy(value, name)
 
 
 def _longest_array(root: Any) -> int:

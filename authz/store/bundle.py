@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
-
 from ..policy.jsontext import child_path, load_large
+from ..policy.yamltext import load_yaml
 from .errors import InvalidInput, StoreError
 from .state import IamState, account_of_arn, apply_op, transaction
 
@@ -62,7 +61,7 @@ def signature(directory: Path) -> BundleSignature:
 
 
 def read_file(path: Path) -> Any:
-    """Parse one bundle file; JSON strictly (duplicate members are errors), YAML safely."""
+    """Parse one bundle file strictly, JSON or YAML: a member or key given twice is an error naming where."""
     size = path.stat().st_size
     if size > MAX_BUNDLE_FILE_BYTES:
         raise BundleError(f"{path.name}: {size} bytes is over the {MAX_BUNDLE_FILE_BYTES}-byte limit per file")
@@ -72,19 +71,10 @@ def read_file(path: Path) -> Any:
         if problems:
             raise BundleError(f"{path.name}: " + "; ".join(str(p) for p in problems[:5]))
         return value
-    try:
-        return yaml.safe_load(raw.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path.name}: not valid YAML: {_yaml_problem(exc)}") from None
-
-
-def _yaml_problem(exc: Exception) -> str:
-    """What is wrong and where, without PyYAML's quote of the offending line: it may hold a secret key."""
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        return where + "; ".join(str(p) for p in (exc.context, exc.problem) if p)
-    return str(exc)
+    value, problems = load_yaml(raw, max_chars=MAX_BUNDLE_FILE_BYTES)
+    if problems:
+        raise BundleError(f"{path.name}: " + "; ".join(p.message for p in problems[:5]))
+    return value
 
 
 def load_bundle(directory: Path) -> IamState:
