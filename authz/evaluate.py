@@ -264,8 +264,9 @@ def _statement_applies(st: Statement, resource: PreparedResource, ctx: Condition
     kind = _EXACT
     if st.principals is not None:
         if st.not_principal:
-            # Deny + NotPrincipal always hits a user or role that has a boundary (spec 2.7).
-            forced = (not st.allow and cps.has_boundary and r.kind in ("user", "assumed-role"))
+            # Deny + NotPrincipal always hits a user or role that has a boundary (spec 2.7), and so the
+            # sessions the boundary applies to.
+            forced = not st.allow and cps.has_boundary and r.kind in _BOUNDED_KINDS
             if not forced and not not_principal_applies(st.principals, r, strict=options.not_principal_strict):
                 return _NONE
             kind = GrantKind.ACCOUNT
@@ -284,6 +285,11 @@ def _statement_applies(st: Statement, resource: PreparedResource, ctx: Condition
 
 
 _NONE, _EXACT = GrantKind.NONE, GrantKind.EXACT
+# Requesters in no account of the organization: SCPs do not apply to them (spec 3.2).
+_OUTSIDE_SCPS = ("anonymous", "service")
+# Requesters a permissions boundary can be attached to: a user, a role (asked as its ARN), a role
+# session, and a federated-user session (its creating user's boundary applies to it, spec 3.4).
+_BOUNDED_KINDS = ("user", "role", "assumed-role", "federated-user")
 
 
 def _decide(req_action: str, req_resource: str, res_account: str | None, cps: CompiledPolicySet,
@@ -300,10 +306,16 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
 
     matched: list[MatchedStatement] = []
     deny_hits: list[MatchedStatement] = []
-    # RCPs govern only resources of the services that support them (spec 3.2).
+    # RCPs govern only resources of the services that support them, whoever asks (anonymous callers
+    # included); SCPs govern only principals of the organization's accounts (spec 3.2): their Deny
+    # statements count in the explicit-deny sweep exactly when their levels are checked below.
     rcp_applies = cps.rcp_level_count is not None and _service_of(req_resource) in options.rcp_services
+    scp_applies = cps.scp_level_count is not None and r.kind not in _OUTSIDE_SCPS
     for _seq, group, st, m, _f in denies:
-        if group >= RCP_BASE and not rcp_applies:
+        if group >= RCP_BASE:
+            if not rcp_applies:
+                continue
+        elif group >= SCP_BASE and not scp_applies:
             continue
         if _statement_applies(st, resource, ctx, r, cps, options) is not _NONE:
             deny_hits.append(m)
@@ -338,7 +350,7 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
     notes = ctx.notes
     per_type = _EMPTY
     if explain:
-        per_type = _per_type(cps, allowed_groups, deny_hits)
+        per_type = _per_type(cps, allowed_groups, deny_hits, scp_applies)
         # Like the IAM simulator's MissingContextValues: every key that a statement applying to
         # this action references, absent from the request (SCP and RCP keys are not reported).
         absent = [key for _seq, group, st, _m, _f in (*denies, *allows) if group < SCP_BASE
@@ -351,8 +363,8 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
     # RCPs (spec 3.3 step 2). RCPFullAWSAccess sits implicitly at every level, so a level can
     # only fail through a Deny (already handled); nothing more to check for the outcome.
 
-    if cps.scp_level_count is not None and r.kind not in ("anonymous", "service"):
-        for lvl in range(cps.scp_level_count):
+    if scp_applies:
+        for lvl in range(cps.scp_level_count or 0):
             if SCP_BASE + lvl not in allowed_groups:
                 notes.append(f"scpLevelWithoutAllow:{lvl}")
                 return base.make(Decision(options.org_failure_label), "scp", (), "scp")
@@ -485,13 +497,13 @@ class _Outcome:
 
 
 def _per_type(cps: CompiledPolicySet, allowed: dict[int, list[MatchedStatement]],
-              denies: list[MatchedStatement]) -> dict[str, str]:
+              denies: list[MatchedStatement], scp_applies: bool) -> dict[str, str]:
     denied_types = {m.policy_type for m in denies}
     out: dict[str, str] = {}
     p = cps.policies
     present = {
         "identity": bool(p.identity), "resource": p.resource is not None, "boundary": p.boundary is not None,
-        "session": p.session is not None, "scp": p.scp_levels is not None, "rcp": p.rcp_levels is not None,
+        "session": p.session is not None, "scp": scp_applies, "rcp": p.rcp_levels is not None,
     }
     allowed_types = {group_type(g) for g in allowed}
     for t, here in present.items():
