@@ -8,8 +8,29 @@ from typing import Any, Hashable, Mapping
 from cachetools import LRUCache
 
 from ..evaluate import Result
+from ..policy.conditions import Variants
 
 _ABSENT: Any = object()
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Exactly the same context value, type included, at every level.
+
+    `==` is not enough: the engine reads a `Variants` tuple (one key spelled twice, any spelling may
+    satisfy an operator) differently from a plain multivalued tuple with the same items, and a str
+    or tuple subclass may define its own equality. Only str and tuples of them are ever equal here;
+    any other value never is, so an entry is never served for a value the engine would read otherwise.
+    """
+    cls = a.__class__
+    if cls is not b.__class__:
+        return False
+    if cls is str:
+        return a is b or bool(a == b)
+    if a is _ABSENT:
+        return b is _ABSENT
+    if cls is tuple or cls is Variants:
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return False
 
 
 class DecisionCache:
@@ -37,7 +58,7 @@ class DecisionCache:
             if entry is not None:
                 keys, vals, result = entry
                 for k, v in zip(keys, vals):
-                    if values.get(k, _ABSENT) != v:
+                    if not same_value(values.get(k, _ABSENT), v):
                         break
                 else:
                     self.hits += 1
