@@ -76,11 +76,12 @@ class Check:
     context: Context | None = None
     explain: bool = False
     request_id: str = ""
+    access_key_id: str = ""     # the credential the request was signed with, when known (see AuthorizeRequest)
 
     def to_proto(self) -> pb.AuthorizeRequest:
         return pb.AuthorizeRequest(principal=self.principal, action=self.action, resource=self.resource,
                                    context=context_to_proto(self.context), explain=self.explain,
-                                   request_id=self.request_id)
+                                   request_id=self.request_id, access_key_id=self.access_key_id)
 
 
 ClientT = TypeVar("ClientT", bound="_Client")
@@ -141,9 +142,9 @@ class AuthzClient(_Client):
         self.stub = pb_grpc.AuthorizerStub(self.channel)
 
     def authorize(self, principal: str, action: str, resource: str, context: Context | None = None, *,
-                  explain: bool = False, request_id: str = "") -> pb.AuthorizeResponse:
+                  explain: bool = False, request_id: str = "", access_key_id: str = "") -> pb.AuthorizeResponse:
         return self._call(self.stub.Authorize, Check(principal, action, resource, context, explain,
-                                                     request_id).to_proto())
+                                                     request_id, access_key_id).to_proto())
 
     def is_allowed(self, principal: str, action: str, resource: str, context: Context | None = None) -> bool:
         """True only for an explicit DECISION_ALLOW; every error and every other answer is a deny."""
@@ -177,12 +178,12 @@ class AuthzClient(_Client):
 
     def assume_role(self, caller: str, role_arn: str, session_name: str, *, duration_seconds: int = 0,
                     session_policy: Document | None = None, tags: Mapping[str, str] | None = None,
-                    context: Context | None = None) -> pb.AssumeRoleResponse:
+                    context: Context | None = None, external_id: str = "") -> pb.AssumeRoleResponse:
         req = pb.AssumeRoleRequest(caller=caller, role_arn=role_arn, session_name=session_name,
                                    duration_seconds=duration_seconds,
                                    session_policy=_text(session_policy) if session_policy is not None else "",
                                    tags=[pb.Tag(key=k, value=v) for k, v in (tags or {}).items()],
-                                   context=context_to_proto(context))
+                                   context=context_to_proto(context), external_id=external_id)
         return self._call(self.stub.AssumeRole, req)
 
 
@@ -263,6 +264,14 @@ class AdminClient(_Client):
     def add_user_to_group(self, account: str, user: str, group: str) -> None:
         self._call(self.stub.AddUserToGroup, pb.AddUserToGroupRequest(account=account, user=user, group=group))
 
+    def remove_user_from_group(self, account: str, user: str, group: str) -> None:
+        self._call(self.stub.RemoveUserFromGroup, pb.AddUserToGroupRequest(account=account, user=user, group=group))
+
+    def revoke_sessions(self, account: str, role: str) -> int:
+        """Refuse every session of the role issued until now; returns that time (unix seconds)."""
+        return int(self._call(self.stub.RevokeSessions, pb.RevokeSessionsRequest(account=account,
+                                                                                 role=role)).revoked_before_unix)
+
     def tag_principal(self, account: str, kind: str, name: str, tags: Mapping[str, str] | None = None,
                       remove_keys: Sequence[str] = ()) -> None:
         self._call(self.stub.TagPrincipal, pb.TagPrincipalRequest(
@@ -275,6 +284,10 @@ class AdminClient(_Client):
 
     def delete_access_key(self, access_key_id: str) -> None:
         self._call(self.stub.DeleteAccessKey, pb.DeleteAccessKeyRequest(access_key_id=access_key_id))
+
+    def update_access_key(self, access_key_id: str, status: str) -> None:
+        """Active or Inactive (IAM's UpdateAccessKey)."""
+        self._call(self.stub.UpdateAccessKey, pb.UpdateAccessKeyRequest(access_key_id=access_key_id, status=status))
 
     def register_resource(self, *, type: str, name: str = "", account: str = "", region: str = "", arn: str = "",
                           tags: Mapping[str, str] | None = None,

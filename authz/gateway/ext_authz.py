@@ -24,6 +24,7 @@ from google.rpc import code_pb2, status_pb2
 from ..evaluate import Decision, Result
 from ..policy.errors import LimitError, RequestError
 from ..store import Store
+from ..store.snapshot import CredentialLookup
 from .sigv4 import DEFAULT_MAX_SKEW_SECONDS
 from .mapping import (Endpoint, Environment, HttpRefusal, HttpRequest, MappedRequest, MappingError, map_request,
                       parse_body)
@@ -326,7 +327,8 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             request_id = incoming.request_id
             snapshot = self._store.snapshot
             try:
-                caller = authenticate(self._source, incoming.signed, snapshot.credential, now,
+                credentials = CredentialLookup(snapshot)
+                caller = authenticate(self._source, incoming.signed, credentials, now,
                                       max_skew_seconds=self._options.max_skew_seconds)
             except AuthenticationError as exc:
                 raise _Refusal(exc.status, exc.code, exc.message) from None
@@ -337,7 +339,8 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 raise _Refusal(exc.status, exc.code, exc.message) from None
             try:
                 answer = self._store.authorize(caller.principal, mapped.action, mapped.resource, {},
-                                               trusted_context=mapped.context)
+                                               trusted_context=mapped.context,
+                                               access_key_id=credentials.access_key_id)
             except (RequestError, LimitError) as exc:
                 raise _Refusal(400, "InvalidArgumentException", str(exc)) from None
         except _Refusal as refusal:

@@ -44,6 +44,16 @@ class Credential:
     principal: str                      # the ARN the key authenticates as (user or assumed-role session)
     session_token: str | None = None    # temporary credentials: the request must carry this token
     expires_at: datetime | None = None
+    session_token_sha256: bytes | None = None   # or only its SHA-256 (what the store keeps of a session token)
+
+    @property
+    def temporary(self) -> bool:
+        return self.session_token is not None or self.session_token_sha256 is not None
+
+    def token_digest(self) -> bytes | None:
+        if self.session_token_sha256 is not None:
+            return self.session_token_sha256
+        return hashlib.sha256(self.session_token.encode()).digest() if self.session_token is not None else None
 
 
 @dataclass(frozen=True)
@@ -354,13 +364,14 @@ def _check_time(signed: _Signed, now: datetime, max_skew_seconds: int) -> None:
 
 
 def _check_token(signed: _Signed, credential: Credential, now: datetime) -> None:
-    if credential.session_token is None:
+    expected = credential.token_digest()
+    if expected is None:
         if signed.token is not None:
             raise _fail(INVALID_TOKEN, "a security token was sent with a long-term access key; remove it")
     else:
         if signed.token is None:
             raise _fail(INVALID_TOKEN, "temporary credentials need X-Amz-Security-Token; send the session token")
-        if not hmac.compare_digest(signed.token.encode(), credential.session_token.encode()):
+        if not hmac.compare_digest(hashlib.sha256(signed.token.encode()).digest(), expected):
             raise _fail(INVALID_TOKEN, "the security token does not belong to this access key")
     if credential.expires_at is not None:
         if credential.expires_at.utcoffset() is None:
@@ -420,4 +431,4 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str
         raise _fail(CONTENT_SHA256_MISMATCH, "x-amz-content-sha256 does not match the body; send the body "
                                              "that was signed")
     return VerifiedCaller(credential.principal, credential.access_key_id, signed.region, signed.service,
-                          credential.session_token is not None)
+                          credential.temporary)

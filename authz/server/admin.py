@@ -25,10 +25,6 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
     def _info(self, arn: str) -> pb.PolicyInfo:
         return convert.policy_info(self.store.policy(arn), self.store.attachment_count(arn))
 
-    def _principal(self, account: str, kind: str, name: str) -> pb.PrincipalInfo:
-        p = self.store.principal(account, kind, name)
-        return pb.PrincipalInfo(arn=p.arn, unique_id=p.unique_id)
-
     # ------------------------------------------------------------ managed policies
 
     @rpc
@@ -90,25 +86,27 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
 
     # ------------------------------------------------------------ users, groups, roles
 
+    # Each principal gets a fresh random unique id: one re-created under a deleted one's name is another
+    # identity, and nothing bound to the old id (keys, sessions) applies to it.
+
     @rpc
     def CreateUser(self, request: pb.CreateUserRequest, context: Ctx) -> pb.PrincipalInfo:
-        self.store.apply({"op": "CreatePrincipal", "kind": "user", "account": request.account, "name": request.name,
-                          "path": request.path, "tags": convert.tags_from_proto(request.tags)})
-        return self._principal(request.account, "user", request.name)
+        p = self.store.create_principal("user", request.account, request.name, path=request.path,
+                                        tags=convert.tags_from_proto(request.tags))
+        return pb.PrincipalInfo(arn=p.arn, unique_id=p.unique_id)
 
     @rpc
     def CreateGroup(self, request: pb.CreateGroupRequest, context: Ctx) -> pb.PrincipalInfo:
-        self.store.apply({"op": "CreatePrincipal", "kind": "group", "account": request.account,
-                          "name": request.name, "path": request.path})
-        return self._principal(request.account, "group", request.name)
+        p = self.store.create_principal("group", request.account, request.name, path=request.path)
+        return pb.PrincipalInfo(arn=p.arn, unique_id=p.unique_id)
 
     @rpc
     def CreateRole(self, request: pb.CreateRoleRequest, context: Ctx) -> pb.PrincipalInfo:
-        self.store.apply({"op": "CreatePrincipal", "kind": "role", "account": request.account, "name": request.name,
-                          "path": request.path, "trust_policy": request.trust_policy,
-                          "max_session_duration": request.max_session_duration,
-                          "tags": convert.tags_from_proto(request.tags)})
-        return self._principal(request.account, "role", request.name)
+        p = self.store.create_principal("role", request.account, request.name, path=request.path,
+                                        trust_policy=request.trust_policy,
+                                        max_session_duration=request.max_session_duration,
+                                        tags=convert.tags_from_proto(request.tags))
+        return pb.PrincipalInfo(arn=p.arn, unique_id=p.unique_id)
 
     @rpc
     def DeletePrincipal(self, request: pb.PrincipalRef, context: Ctx) -> pb.Empty:
@@ -130,6 +128,12 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
         return EMPTY
 
     @rpc
+    def RemoveUserFromGroup(self, request: pb.AddUserToGroupRequest, context: Ctx) -> pb.Empty:
+        self.store.apply({"op": "RemoveUserFromGroup", "account": request.account, "user": request.user,
+                          "group": request.group})
+        return EMPTY
+
+    @rpc
     def TagPrincipal(self, request: pb.TagPrincipalRequest, context: Ctx) -> pb.Empty:
         self.store.apply(convert.principal_op("TagPrincipal", request.principal,
                                               tags=convert.tags_from_proto(request.tags),
@@ -147,6 +151,20 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
     def DeleteAccessKey(self, request: pb.DeleteAccessKeyRequest, context: Ctx) -> pb.Empty:
         self.store.apply({"op": "DeleteAccessKey", "id": request.access_key_id})
         return EMPTY
+
+    @rpc
+    def UpdateAccessKey(self, request: pb.UpdateAccessKeyRequest, context: Ctx) -> pb.Empty:
+        if not request.access_key_id:
+            raise RequestError("access_key_id", "required")
+        self.store.update_access_key(request.access_key_id, request.status)
+        return EMPTY
+
+    @rpc
+    def RevokeSessions(self, request: pb.RevokeSessionsRequest, context: Ctx) -> pb.RevokeSessionsResponse:
+        if not request.role:
+            raise RequestError("role", "required: the role name")
+        at = self.store.revoke_sessions(request.account, request.role)
+        return pb.RevokeSessionsResponse(revoked_before_unix=int(at))
 
     @rpc
     def RegisterResource(self, request: pb.RegisterResourceRequest, context: Ctx) -> pb.ResourceInfo:

@@ -146,7 +146,8 @@ class Authorizer(pb_grpc.AuthorizerServicer):
         start = time.perf_counter()
         try:
             grant = self.store.assume_role(request.caller, request.role_arn, request.session_name,
-                                           request.duration_seconds, request.session_policy or None, tags, ctx)
+                                           request.duration_seconds, request.session_policy or None, tags, ctx,
+                                           request.external_id)
         except PermissionDenied:
             self._observe_assume(context, request, "Denied", "", time.perf_counter() - start)
             raise

@@ -22,8 +22,9 @@ BUNDLE_SUFFIXES = (".json", ".yaml", ".yml")
 MAX_BUNDLE_FILE_BYTES = 256 * 1024 * 1024
 MAX_BUNDLE_FILES = 10_000
 IAM_DETAIL_KEYS = frozenset({"UserDetailList", "GroupDetailList", "RoleDetailList", "Policies"})
+ACCESS_KEY_MEMBERS = {"id", "secret", "status"}     # status: Active (the default) or Inactive, as IAM's
 HAND_KEYS = frozenset({"account", "policies", "users", "groups", "roles", "streams", "channels", "scps", "rcps",
-                       "region"})
+                       "region", "organization"})
 
 
 class BundleError(StoreError):
@@ -206,9 +207,13 @@ def _hand_ops(doc: dict[str, Any], source: str) -> Iterator[dict[str, Any]]:
         _only(p, {"name", "path", "document", "description"}, where, source)
         yield {"op": "CreatePolicy", "account": account, "name": p.get("name"), "path": p.get("path", "/"),
                "document": p.get("document"), "description": p.get("description", ""), "_where": where}
-    if doc.get("scps") is not None or doc.get("rcps") is not None:
+    org = doc.get("organization")
+    if doc.get("scps") is not None or doc.get("rcps") is not None or org is not None:
+        if org is not None:
+            _only(org, {"id", "paths"}, "$.organization", source)
         yield {"op": "SetOrganizationPolicies", "account": account, "scp_levels": doc.get("scps"),
-               "rcp_levels": doc.get("rcps"), "_where": "$.scps"}
+               "rcp_levels": doc.get("rcps"), "org_id": (org or {}).get("id"), "org_paths": (org or {}).get("paths"),
+               "_where": "$.organization" if org is not None else "$.scps"}
     for kind, member in (("group", "groups"), ("user", "users"), ("role", "roles")):
         allowed = {"name", "path", "policies", "inline", "tags"}
         if kind == "user":
@@ -229,9 +234,14 @@ def _hand_ops(doc: dict[str, Any], source: str) -> Iterator[dict[str, Any]]:
             create["boundary"] = _policy_ref(account, e["boundary"]) if e.get("boundary") else None
             create["groups"] = list(e.get("groups") or [])
             yield create
-            for k in e.get("access_keys") or []:
+            keys = e.get("access_keys") or []
+            if not isinstance(keys, list):
+                raise BundleError(f"{source}: {where}.access_keys: expected a list of {{id, secret, status}} objects")
+            for j, k in enumerate(keys):
+                key_where = child_path(f"{where}.access_keys", j)
+                _only(k, ACCESS_KEY_MEMBERS, key_where, source)
                 yield {"op": "CreateAccessKey", "account": account, "user": e.get("name"), "id": k.get("id"),
-                       "secret": k.get("secret"), "_where": where}
+                       "secret": k.get("secret"), "status": k.get("status", "Active"), "_where": key_where}
     for rtype, member in (("stream", "streams"), ("channel", "channels")):
         for i, r in enumerate(doc.get(member) or []):
             where = child_path(f"$.{member}", i)

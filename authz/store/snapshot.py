@@ -8,6 +8,7 @@ touches only the asking principal's data and never scans other principals.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,13 +22,31 @@ from ..gateway.sigv4 import Credential
 from ..policy.conditions import ContextValue, normalise_context
 from ..policy.model import Policy, compile_policy
 from ..policy.principals import Requester, parse_requester
-from .state import Account, IamState, Principal, Resource
+from .state import AccessKey, Account, IamState, Principal, Resource, principal_of_arn
 
-# Context keys the store derives; a caller cannot supply or override them (spec 6).
-DERIVED_KEYS = frozenset({"aws:username", "aws:userid", "aws:principalarn", "aws:principalaccount",
-                          "aws:principaltype", "aws:tokenissuetime", "aws:multifactorauthpresent",
-                          "aws:multifactorauthage", "aws:resourceaccount"})
-DERIVED_PREFIXES = ("aws:principaltag/", "aws:resourcetag/")
+# Context keys the store derives (spec 6): the single list of them. A caller can neither supply nor
+# override any of them: its copies are dropped, in any letter case, and the store sets what AWS would
+# (or leaves the key absent, as AWS does when it does not apply). Principal and organization facts,
+# how the request came (directly, never through an AWS service), and session and STS facts all come
+# from the store's own records; the caller's word on them is never taken.
+DERIVED_KEYS = frozenset({
+    # who is asking
+    "aws:username", "aws:userid", "aws:principalarn", "aws:principalaccount", "aws:principaltype",
+    "aws:principalisawsservice", "aws:principalservicename", "aws:principalservicenameslist",
+    "aws:principalorgid", "aws:principalorgpaths", "aws:principalorgmasteraccount",
+    # how its credentials were obtained
+    "aws:tokenissuetime", "aws:multifactorauthpresent", "aws:multifactorauthage", "aws:sourceidentity",
+    "aws:federatedprovider", "aws:assumedroot", "aws:ec2instancesourcevpc", "aws:ec2instancesourceprivateipv4",
+    "aws:rolesessionname",
+    # whether an AWS service forwards the call (never: callers reach the store directly)
+    "aws:viaawsservice", "aws:calledvia", "aws:calledviafirst", "aws:calledvialast",
+    "aws:sourcearn", "aws:sourceaccount", "aws:sourceorgid", "aws:sourceorgpaths", "aws:sourceowner",
+    # the resource's owner
+    "aws:resourceaccount", "aws:resourceorgid", "aws:resourceorgpaths",
+})
+DERIVED_PREFIXES = ("aws:principaltag/", "aws:resourcetag/",
+                    "sts:")        # STS keys exist only for the AssumeRole request, derived from it
+
 
 PRINCIPAL_CACHE_SIZE = 50_000
 POLICY_CACHE_SIZE = 20_000
@@ -93,6 +112,28 @@ class ResolvedPrincipal:
     boundary: Policy | None
     session: tuple[Policy, ...] | None
     account: str
+    # The identity the decision is about: the principal ARN, and for a role session the access key of
+    # that session (sessions with one ARN are distinct identities). Every memo of decisions keys by it.
+    key: tuple[str, str] = ("", "")
+    expires: float = math.inf               # a session's end
+
+
+@dataclass(frozen=True, slots=True)
+class Unresolved:
+    """A principal the store knows but will not decide for as asked; the decision is an implicit deny.
+
+    `reason` becomes the decision's decided_by; `note` says what is wrong and what to do about it.
+    """
+
+    reason: str
+    note: str
+    until: float = math.inf                 # the same answer holds until then (the store's clock)
+
+
+AMBIGUOUS_SESSION = "ambiguous_session"
+CREDENTIAL_MISMATCH = "credential_mismatch"
+INACTIVE_KEY = "inactive_key"
+REVOKED_SESSION = "revoked_session"
 
 
 def _iso(ts: float) -> str:
@@ -107,8 +148,10 @@ class Snapshot:
         self.state = state
         self.revision = revision
         self.compiler = compiler
-        self._principals: BoundedMemo[str, ResolvedPrincipal | None] = BoundedMemo(principal_cache_size)
-        self._sets: BoundedMemo[tuple[str, str, str], CompiledPolicySet] = BoundedMemo(principal_cache_size)
+        self._principals: BoundedMemo[tuple[str, str], ResolvedPrincipal | Unresolved | None] = BoundedMemo(
+            principal_cache_size)
+        self._sets: BoundedMemo[tuple[tuple[str, str], str, str], CompiledPolicySet] = BoundedMemo(
+            principal_cache_size)
 
     # ------------------------------------------------------------ principals
 
@@ -130,58 +173,107 @@ class Snapshot:
             out.extend(x for x in (self._managed(a) for a in group.attached) if x is not None)
         return out
 
-    def resolve(self, principal: str, now: float) -> ResolvedPrincipal | None:
+    def resolve(self, principal: str, now: float, access_key_id: str = "") -> ResolvedPrincipal | Unresolved | None:
         """The principal's policies and derived context, or None when the store does not know it.
 
+        `access_key_id` names the credential the request was made with (the SigV4 path always knows
+        it). A role session is resolved through its access key: without one, the session ARN must
+        name exactly one live session, or the answer is Unresolved (ambiguous), never a guess.
         Sessions expire: an expired session resolves to None (and so is implicitly denied).
         """
-        hit = self._principals.get(principal, _MISS)
-        if hit is not _MISS:
-            if hit is not None and hit.requester.kind == "assumed-role":
-                s = self.state.sessions.get(principal)
-                if s is None or s.expires <= now:
-                    return None
-            return hit  # type: ignore[return-value]
-        resolved = self._resolve(principal, now)
-        self._principals.put(principal, resolved)
-        return resolved
+        if ":assumed-role/" in principal and principal.startswith("arn:"):
+            found = self._session(principal, access_key_id, now)
+            if not isinstance(found, str):
+                return found
+            memo_key = (principal, found)
+        else:
+            memo_key = (principal, access_key_id)
+        hit = self._principals.get(memo_key, _MISS)
+        if hit is _MISS:
+            hit = self._resolve(principal, memo_key[1])
+            self._principals.put(memo_key, hit)
+        if isinstance(hit, ResolvedPrincipal) and hit.expires <= now:
+            return None
+        return hit  # type: ignore[no-any-return]
 
-    def _resolve(self, principal: str, now: float) -> ResolvedPrincipal | None:
+    def _session(self, principal: str, access_key_id: str, now: float) -> str | Unresolved | None:
+        """The access key id of the live session `principal` names (through `access_key_id` when given)."""
+        sessions = self.state.sessions
+        if access_key_id:
+            s = sessions.get(access_key_id)
+            if s is None:
+                return None if access_key_id not in self.state.access_keys else Unresolved(
+                    CREDENTIAL_MISMATCH, f"access key {access_key_id} is not the credential of a role session")
+            if s.arn != principal:
+                return Unresolved(CREDENTIAL_MISMATCH, f"access key {access_key_id} is the credential of another "
+                                                       "session, not of this principal")
+            return access_key_id if s.expires > now else None
+        live = [k for k in self.state.session_arns.get(principal, ()) if sessions[k].expires > now]
+        if not live:
+            return None
+        if len(live) > 1:
+            return Unresolved(AMBIGUOUS_SESSION,
+                              f"{len(live)} live sessions have the ARN {principal[:200]} (the same role and session "
+                              "name), each with its own session policy, tags and issue time; name the credential "
+                              "with access_key_id", min(sessions[k].expires for k in live))
+        return live[0]
+
+    def _resolve(self, principal: str, access_key_id: str) -> ResolvedPrincipal | Unresolved | None:
         r = parse_requester(principal)
-        ctx: dict[str, Any] = {}
+        ctx: dict[str, Any] = {"aws:ViaAWSService": "false"}    # every call reaches the store directly
         if r.kind == "anonymous":
-            return ResolvedPrincipal(r, normalise_context({"aws:userid": "anonymous",
-                                                           "aws:PrincipalType": "Anonymous"}), (), None, None, "")
+            if access_key_id:
+                return Unresolved(CREDENTIAL_MISMATCH, "an anonymous request carries no credential")
+            ctx.update({"aws:userid": "anonymous", "aws:PrincipalType": "Anonymous",
+                        "aws:PrincipalAccount": "anonymous"})
+            return ResolvedPrincipal(r, normalise_context(ctx), (), None, None, "", (principal, ""))
         acct = self.state.accounts.get(r.account)
         if acct is None:
             return None
+        ctx["aws:PrincipalIsAWSService"] = "false"
+        ctx["aws:PrincipalAccount"] = r.account
+        if acct.org_id:
+            ctx["aws:PrincipalOrgID"] = acct.org_id
+            ctx["aws:PrincipalOrgPaths"] = list(acct.org_paths)
         if r.kind == "root":
-            ctx = {"aws:userid": r.account, "aws:PrincipalArn": principal, "aws:PrincipalAccount": r.account,
-                   "aws:PrincipalType": "Account"}
-            return ResolvedPrincipal(r, normalise_context(ctx), (), None, None, r.account)
+            if access_key_id:
+                return Unresolved(CREDENTIAL_MISMATCH, f"access key {access_key_id} does not belong to the account "
+                                                       "root (the store keeps no root keys)")
+            ctx.update({"aws:userid": r.account, "aws:PrincipalArn": principal, "aws:PrincipalType": "Account"})
+            return ResolvedPrincipal(r, normalise_context(ctx), (), None, None, r.account, (principal, ""))
         if r.kind == "user":
             user = acct.users.get(r.name.lower())
             if user is None or user.arn != principal:
                 return None
-            ctx = {"aws:username": user.name, "aws:userid": user.unique_id, "aws:PrincipalArn": user.arn,
-                   "aws:PrincipalAccount": r.account, "aws:PrincipalType": "User"}
+            if access_key_id:
+                key = self.state.access_keys.get(access_key_id)
+                if key is None or key.principal != user.arn or key.owner_id != user.unique_id:
+                    return Unresolved(CREDENTIAL_MISMATCH, f"access key {access_key_id} is not a key of {user.arn}")
+                if key.status != "Active":
+                    return Unresolved(INACTIVE_KEY, f"access key {access_key_id} is Inactive (UpdateAccessKey)")
+            ctx.update({"aws:username": user.name, "aws:userid": user.unique_id, "aws:PrincipalArn": user.arn,
+                        "aws:PrincipalType": "User"})
             for k, v in user.tags:
                 ctx[f"aws:PrincipalTag/{k}"] = v
             req = parse_requester(principal, user.unique_id)
             boundary = self._managed(user.boundary) if user.boundary else None
             return ResolvedPrincipal(req, normalise_context(ctx), tuple(self._identity_policies(user, acct)),
-                                     boundary, None, r.account)
+                                     boundary, None, r.account, (principal, ""))
         if r.kind == "assumed-role":
-            s = self.state.sessions.get(principal)
-            if s is None or s.expires <= now:
+            s = self.state.sessions.get(access_key_id)
+            if s is None:
                 return None
             role = acct.roles.get(r.name.lower())
-            if role is None or role.arn != s.role_arn:
+            # The session belongs to the role it was issued for: the same ARN and the same unique id.
+            if role is None or role.arn != s.role_arn or role.unique_id != s.role_id:
                 return None
+            if s.issued < role.revoked_before:
+                return Unresolved(REVOKED_SESSION, f"the sessions of {role.arn} issued before "
+                                                   f"{_iso(role.revoked_before)} were revoked (RevokeSessions); "
+                                                   "assume the role again")
             userid = f"{role.unique_id}:{s.name}"
-            ctx = {"aws:userid": userid, "aws:PrincipalArn": role.arn, "aws:PrincipalAccount": r.account,
-                   "aws:PrincipalType": "AssumedRole", "aws:TokenIssueTime": _iso(s.issued),
-                   "aws:MultiFactorAuthPresent": "false"}
+            ctx.update({"aws:userid": userid, "aws:PrincipalArn": role.arn, "aws:PrincipalType": "AssumedRole",
+                        "aws:TokenIssueTime": _iso(s.issued), "aws:MultiFactorAuthPresent": "false"})
             tags = {k.lower(): (k, v) for k, v in role.tags}
             tags.update({k.lower(): (k, v) for k, v in s.tags})   # session tags replace role tags (spec 3.6)
             for k, v in tags.values():
@@ -190,7 +282,7 @@ class Snapshot:
             boundary = self._managed(role.boundary) if role.boundary else None
             session = (self.compiler.get(f"{s.arn}#session", s.policy),) if s.policy else None
             return ResolvedPrincipal(req, normalise_context(ctx), tuple(self._identity_policies(role, acct)),
-                                     boundary, session, r.account)
+                                     boundary, session, r.account, (principal, access_key_id), s.expires)
         return None
 
     # ------------------------------------------------------------ resources
@@ -203,13 +295,9 @@ class Snapshot:
         res = self.state.resources.get(arn)
         if res is not None and res.policy:
             return arn, self.compiler.get(f"{arn}#resource-policy", res.policy)
-        if ":iam::" in arn and ":role/" in arn:
-            f = arn.split(":", 5)
-            acct = self.state.accounts.get(f[4]) if len(f) == 6 else None
-            if acct is not None:
-                role = acct.roles.get(f[5].rsplit("/", 1)[-1].lower())
-                if role is not None and role.arn == arn and role.trust:
-                    return arn, self.compiler.get(f"{arn}#trust", role.trust)
+        role = principal_of_arn(self.state, "role", arn) if ":role/" in arn else None
+        if role is not None and role.trust:
+            return arn, self.compiler.get(f"{arn}#trust", role.trust)
         return "", None
 
     def org_levels(self, account: str, kind: str) -> tuple[tuple[Policy, ...], ...] | None:
@@ -223,7 +311,7 @@ class Snapshot:
     def policy_set(self, principal: str, rp: ResolvedPrincipal, resource_key: str, resource_policy: Policy | None,
                    resource_account: str) -> CompiledPolicySet:
         """The indexed policy set for this principal and this resource's policy and RCPs."""
-        key = (principal, resource_key, resource_account)
+        key = (rp.key, resource_key, resource_account)
         hit = self._sets.get(key)
         if hit is not None:
             return hit
@@ -247,11 +335,36 @@ class Snapshot:
         return ResourceRecord(res.type, res.name, res.arn, dict(res.tags))
 
     def credential(self, access_key_id: str) -> Credential | None:
+        """The credential SigV4 verifies a request against, or None: unknown, Inactive, or no longer bound
+        to the principal it was issued for (its user or its session's role is gone or was re-created)."""
         key = self.state.access_keys.get(access_key_id)
-        if key is None:
+        if key is None or key.status != "Active" or not self._bound(key):
             return None
         expires = datetime.fromtimestamp(key.expires, tz=timezone.utc) if key.expires else None
-        return Credential(key.id, key.secret, key.principal, key.session_token, expires)
+        return Credential(key.id, key.secret, key.principal, None, expires, session_token_sha256=key.token_sha256)
+
+    def _bound(self, key: AccessKey) -> bool:
+        s = self.state.sessions.get(key.id)
+        owner = (principal_of_arn(self.state, "role", s.role_arn) if s is not None
+                 else principal_of_arn(self.state, "user", key.principal))
+        return owner is not None and owner.unique_id == key.owner_id and (s is None or s.role_id == key.owner_id)
+
+
+class CredentialLookup:
+    """Snapshot.credential for one request, remembering the access key it handed out: after SigV4
+    verification succeeded, `access_key_id` names the credential the request was signed with (the
+    store resolves a role session through it)."""
+
+    __slots__ = ("_snapshot", "access_key_id")
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self.access_key_id = ""
+
+    def __call__(self, access_key_id: str) -> Credential | None:
+        credential = self._snapshot.credential(access_key_id)
+        self.access_key_id = access_key_id if credential is not None else ""
+        return credential
 
 
 _MISS: Any = object()

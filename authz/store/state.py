@@ -10,16 +10,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
+import secrets
+import string
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..policy import limits
 from ..policy.model import PolicyType
 from ..policy.validate import ValidatorOptions, validate_document
-from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, QuotaExceeded
+from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, QuotaExceeded, StoreError
 
 ACCOUNT_ID = re.compile(r"^\d{12}$")
 NAME_USER_ROLE = re.compile(r"^[\w+=,.@-]{1,64}$")
@@ -28,11 +31,19 @@ INLINE_POLICY_NAME = re.compile(r"^[^\\/*?\s]{1,128}$")
 PATH_RE = re.compile(r"^(/|/[\x21-\x7e]*/)$")
 RESOURCE_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,256}$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
+SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
+EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}", re.ASCII)      # STS AssumeRole ExternalId
+ORG_ID = re.compile(r"o-[a-z0-9]{10,32}", re.ASCII)
+ORG_PATH = re.compile(r"o-[a-z0-9]{10,32}/r-[a-z0-9]{4,32}/(ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}/)*", re.ASCII)
 TAG_KEY = re.compile(r"^[\w\s.:/=+\-@]{1,128}$", re.UNICODE)
 TAG_VALUE = re.compile(r"^[\w\s.:/=+\-@]{0,256}$", re.UNICODE)
 MAX_RESOURCE_TAGS = 50
 MAX_ACCESS_KEYS_PER_USER = 2           # IAM's quota
+ACCESS_KEY_ID = re.compile(r"[A-Z0-9]{16,128}")
+UNIQUE_ID = re.compile(r"[A-Z0-9]{16,128}")
+UNIQUE_ID_PREFIX = {"user": "AIDA", "group": "AGPA", "role": "AROA"}
+UNIQUE_ID_CHARS = 17                   # after the prefix, as IAM's ids (AIDA + 17 = 21 characters)
+KEY_STATUSES = ("Active", "Inactive")  # IAM's access key states
 
 
 # ------------------------------------------------------------------ records
@@ -72,6 +83,7 @@ class Principal:
     groups: tuple[str, ...] = ()                # users: group names
     trust: str | None = None                    # roles: trust policy text
     max_session: int = limits.DEFAULT_SESSION_SECONDS
+    revoked_before: float = -math.inf           # roles: sessions issued before this (unix seconds) are refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,18 +100,27 @@ class Resource:
 
 @dataclass(frozen=True, slots=True)
 class AccessKey:
+    """A credential. The secret stays recoverable because SigV4 verification recomputes the signature
+    with it; a session token only ever needs comparing, so only its SHA-256 is kept."""
+
     id: str
     secret: str
     principal: str                              # user ARN or session ARN
-    session_token: str | None = None
+    owner_id: str                               # the user's unique id; for a session key, the role's
+    token_sha256: bytes | None = None           # temporary credentials: SHA-256 of the session token
     expires: float | None = None                # unix seconds
+    status: str = "Active"                      # Active | Inactive (IAM's UpdateAccessKey)
 
 
 @dataclass(frozen=True, slots=True)
 class Session:
+    """One issued set of temporary credentials. Sessions are keyed by their access key: two sessions
+    with the same ARN (the same role and session name) are two identities with their own policy,
+    tags and times."""
+
     arn: str                                    # arn:aws:sts::ACCT:assumed-role/ROLE/SESSION
     role_arn: str
-    role_id: str
+    role_id: str                                # the role's unique id when the session was issued
     name: str
     issued: float
     expires: float
@@ -117,6 +138,8 @@ class Account:
     roles: Mapping[str, Principal] = field(default_factory=dict)
     scp_levels: tuple[tuple[str, ...], ...] | None = None          # policy texts, root level first
     rcp_levels: tuple[tuple[str, ...], ...] | None = None
+    org_id: str = ""                                               # o-...: aws:PrincipalOrgID/ResourceOrgID
+    org_paths: tuple[str, ...] = ()                                # o-.../r-.../ou-.../: aws:*OrgPaths
 
     def table(self, kind: str) -> Mapping[str, Principal]:
         return {"user": self.users, "group": self.groups, "role": self.roles}[kind]
@@ -129,8 +152,9 @@ class IamState:
     resources: Mapping[str, Resource] = field(default_factory=dict)          # by ARN
     resource_names: Mapping[tuple[str, str, str, str, str], str] = field(default_factory=dict)
     access_keys: Mapping[str, AccessKey] = field(default_factory=dict)
-    sessions: Mapping[str, Session] = field(default_factory=dict)
-    user_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)    # user ARN -> its access key ids
+    sessions: Mapping[str, Session] = field(default_factory=dict)             # by access key id
+    session_arns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # session ARN -> access key ids
+    user_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)    # user unique id -> its key ids
 
     def counts(self) -> dict[str, int]:
         return {
@@ -155,9 +179,23 @@ def evolve(obj: Any, **changes: Any) -> Any:
 
 
 def stable_id(prefix: str, seed: str) -> str:
-    """An IAM-style unique id derived from the entity's ARN, stable across reloads."""
+    """An IAM-style unique id derived from the entity's ARN, stable across reloads: only for principals
+    of a hand-written bundle, which declare none (see Store._replay for how one that disappears and
+    comes back is kept from reviving what was bound to it)."""
     digest = base64.b32encode(hashlib.sha256(seed.encode()).digest()).decode()
-    return prefix + digest[:17]
+    return prefix + digest[:UNIQUE_ID_CHARS]
+
+
+def random_id(kind: str) -> str:
+    """A fresh IAM-style unique id (AIDA... for users, AGPA... groups, AROA... roles): what IAM gives a
+    principal at creation, so that one re-created under the same name is a different identity."""
+    alphabet = string.ascii_uppercase + string.digits
+    return UNIQUE_ID_PREFIX[kind] + "".join(secrets.choice(alphabet) for _ in range(UNIQUE_ID_CHARS))
+
+
+def token_digest(token: str) -> bytes:
+    """What the store keeps of a session token: it only ever needs comparing (SigV4 compares digests)."""
+    return hashlib.sha256(token.encode()).digest()
 
 
 def principal_arn(kind: str, account: str, path: str, name: str, partition: str = "aws") -> str:
@@ -177,7 +215,7 @@ def account_of_arn(arn: str) -> str:
 
 
 def check_account(account: Any, field_name: str = "account") -> str:
-    if not isinstance(account, str) or not ACCOUNT_ID.match(account):
+    if not isinstance(account, str) or not ACCOUNT_ID.fullmatch(account):
         raise InvalidInput(f"{field_name} must be a 12-digit AWS account id, got {account!r}", field_name)
     return account
 
@@ -185,7 +223,7 @@ def check_account(account: Any, field_name: str = "account") -> str:
 def check_name(kind: str, name: Any, field_name: str = "name") -> str:
     pattern = NAME_USER_ROLE if kind in ("user", "role") else NAME_GROUP_POLICY
     limit = limits.MAX_USER_OR_ROLE_NAME if kind in ("user", "role") else limits.MAX_GROUP_OR_POLICY_NAME
-    if not isinstance(name, str) or not pattern.match(name):
+    if not isinstance(name, str) or not pattern.fullmatch(name):
         raise InvalidInput(f"{field_name}: a {kind} name is 1-{limit} characters of letters, digits and "
                            f"+=,.@_- ; got {name!r}", field_name)
     return name
@@ -194,7 +232,7 @@ def check_name(kind: str, name: Any, field_name: str = "name") -> str:
 def check_path(path: Any, field_name: str = "path") -> str:
     if path in (None, ""):
         return "/"
-    if not isinstance(path, str) or len(path) > limits.MAX_PATH_CHARS or not PATH_RE.match(path):
+    if not isinstance(path, str) or len(path) > limits.MAX_PATH_CHARS or not PATH_RE.fullmatch(path):
         raise InvalidInput(f"{field_name}: a path starts and ends with '/' and is at most {limits.MAX_PATH_CHARS} "
                            f"printable ASCII characters; got {path!r}", field_name)
     return path
@@ -206,10 +244,10 @@ def check_tags(tags: Mapping[str, str], field_name: str = "tags", max_count: int
         raise QuotaExceeded(f"{field_name}: at most {max_count} tags, got {len(tags)}", field_name)
     seen: set[str] = set()
     for k, v in tags.items():
-        if not isinstance(k, str) or not TAG_KEY.match(k):
+        if not isinstance(k, str) or not TAG_KEY.fullmatch(k):
             raise InvalidInput(f"{field_name}: tag key {k!r} must be 1-{limits.MAX_TAG_KEY_CHARS} characters of "
                                "letters, digits, white space and _.:/=+-@", field_name)
-        if not isinstance(v, str) or not TAG_VALUE.match(v):
+        if not isinstance(v, str) or not TAG_VALUE.fullmatch(v):
             raise InvalidInput(f"{field_name}: value of tag {k!r} must be 0-{limits.MAX_TAG_VALUE_CHARS} characters "
                                "of letters, digits, white space and _.:/=+-@", field_name)
         if k.lower() in seen:
@@ -312,14 +350,45 @@ def _with_account(state: IamState, acct: Account) -> IamState:
     return evolve(state, accounts=accounts)
 
 
-def _get_principal(state: IamState, account: str, kind: str, name: str) -> Principal:
+class PrincipalGone(NotFound):
+    """The principal an op is addressed to does not exist, or is another principal now (another unique
+    id under the same name). Replaying the op log, an op that fails this way because its principal
+    was there before and is gone now is retired for good (Store._replay), so that a principal that
+    disappears and comes back never gets it again."""
+
+    def __init__(self, message: str, field: str, target: tuple[Any, str, Any, Any]) -> None:
+        super().__init__(message, field)
+        self.target = target            # (account, kind, name, unique id or None)
+
+    def existed_in(self, state: IamState) -> bool:
+        """Whether `state` has the principal this op was addressed to (with its unique id, when the op names one)."""
+        try:
+            _get_principal(state, *self.target)
+        except StoreError:
+            return False
+        return True
+
+
+def _get_principal(state: IamState, account: str, kind: str, name: str, unique_id: Any = None) -> Principal:
+    """The principal, which must still be the one with `unique_id` when the op names one."""
     if kind not in ("user", "group", "role"):
         raise InvalidInput(f"principal.kind must be user, group or role; got {kind!r}", "principal.kind")
-    acct = _account(state, account)
-    p = acct.table(kind).get(name.lower())
+    acct = state.accounts.get(account) if isinstance(account, str) else None
+    p = acct.table(kind).get(name.lower()) if acct is not None and isinstance(name, str) else None
     if p is None or p.name != name:
-        raise NotFound(f"{kind} {name!r} does not exist in account {account}", "principal.name")
+        raise PrincipalGone(f"{kind} {name!r} does not exist in account {account}", "principal.name",
+                            (account, kind, name, unique_id))
+    if unique_id and p.unique_id != unique_id:
+        raise PrincipalGone(f"{kind} {name!r} of account {account} was deleted and created again (unique id "
+                            f"{p.unique_id}, not {unique_id})", "principal.name", (account, kind, name, unique_id))
     return p
+
+
+def _target(state: IamState, o: Mapping[str, Any], kind: str | None = None, name_field: str = "name",
+            id_field: str = "unique_id") -> Principal:
+    """The principal an op is addressed to (account, kind, name), checked against the unique id it carries."""
+    return _get_principal(state, o.get("account"), kind or o.get("kind"), o.get(name_field),  # type: ignore[arg-type]
+                          o.get(id_field))
 
 
 def _put_principal(state: IamState, p: Principal) -> IamState:
@@ -355,6 +424,16 @@ def _set_org(state: IamState, o: dict[str, Any]) -> IamState:
     account = check_account(o.get("account"))
     acct = _account(state, account, create=True)
     levels: dict[str, Any] = {}
+    if o.get("org_id") is not None:       # the organization the account is in (optional)
+        org_id, paths = o.get("org_id"), o.get("org_paths") or []
+        if not isinstance(org_id, str) or not ORG_ID.fullmatch(org_id):
+            raise InvalidInput(f"organization id must look like o-exampleorgid (o- and 10-32 lower-case letters "
+                               f"or digits), got {org_id!r}", "organization.id")
+        if not isinstance(paths, list) or not all(isinstance(p, str) and ORG_PATH.fullmatch(p)
+                                                   and p.startswith(org_id + "/") for p in paths):
+            raise InvalidInput(f"organization paths are like {org_id}/r-ab12/ou-ab12-11111111/ (this organization's "
+                               f"id, the root, then OUs, each ending in /); got {paths!r}", "organization.paths")
+        levels["org_id"], levels["org_paths"] = org_id, tuple(paths)
     for kind, ptype in (("scp_levels", PolicyType.SCP), ("rcp_levels", PolicyType.RCP)):
         raw = o.get(kind)
         if raw is None:
@@ -380,8 +459,11 @@ def _create_principal(state: IamState, o: dict[str, Any]) -> IamState:
         raise AlreadyExists(f"{kind} {name!r} already exists in account {account} (names are case-insensitive)",
                             "name")
     arn = principal_arn(kind, account, path, name)
-    prefix = {"user": "AIDA", "group": "AGPA", "role": "AROA"}[kind]
-    uid = o.get("unique_id") or stable_id(prefix, arn)
+    # Admin ops carry the random id the store drew; IAM-details bundles carry AWS's; a hand-written
+    # bundle declares none, and an op logged before ids were random has none either.
+    uid = o.get("unique_id") or stable_id(UNIQUE_ID_PREFIX[kind], arn)
+    if not isinstance(uid, str) or not UNIQUE_ID.fullmatch(uid):
+        raise InvalidInput(f"unique_id: 16-128 upper-case letters and digits, got {uid!r}", "unique_id")
     tags = check_tags(dict(o.get("tags") or {}))
     trust = None
     max_session = limits.DEFAULT_SESSION_SECONDS
@@ -406,7 +488,7 @@ def _create_principal(state: IamState, o: dict[str, Any]) -> IamState:
 # Principal transformers: check one change against the state and return the changed principal.
 
 def _with_inline(p: Principal, pname: Any, document: Any) -> Principal:
-    if not isinstance(pname, str) or not INLINE_POLICY_NAME.match(pname):
+    if not isinstance(pname, str) or not INLINE_POLICY_NAME.fullmatch(pname):
         raise InvalidInput("policy_name: 1-128 characters, no white space and none of \\ / * ?", "policy_name")
     doc = check_policy(document, PolicyType.IDENTITY, "document", _inline_size_kind(p.kind))
     inline = tuple((n, d) for n, d in p.inline if n != pname) + ((pname, doc),)
@@ -451,16 +533,90 @@ def _with_boundary(state: IamState, p: Principal, arn: Any) -> Principal:
     return evolve(p, boundary=arn)
 
 
+def _members(acct: Account, group: Principal) -> list[Principal]:
+    return [u for u in acct.users.values() if group.name in u.groups]
+
+
 @op("DeletePrincipal")
 def _delete_principal(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _get_principal(state, o["account"], o["kind"], o["name"])
-    if p.inline or p.attached:
-        raise Conflict(f"{p.arn} still has policies; delete or detach them first", "name")
+    """As IAM's DeleteUser/DeleteGroup/DeleteRole: refused (DeleteConflict) while the principal has
+    policies, access keys, group memberships or members. A role's sessions end with it.
+
+    An op logged before these checks carries no unique_id: it was accepted then, so it is replayed as
+    the deletion it was, taking the user's keys and the group's memberships with it (a re-created
+    principal of the same name must not inherit them)."""
+    p = _target(state, o)
     acct = _account(state, p.account)
+    legacy = not o.get("unique_id")
+    held = state.user_keys.get(p.unique_id, ()) if p.kind == "user" else ()
+    members = _members(acct, p) if p.kind == "group" else []
+    if p.inline or p.attached:
+        raise Conflict(f"{p.arn} still has policies; delete its inline policies and detach its managed policies "
+                       "first", "name")
+    if not legacy:
+        if held:
+            raise Conflict(f"{p.arn} still has {len(held)} access key(s); delete them first (DeleteAccessKey)",
+                           "name")
+        if p.groups:
+            raise Conflict(f"{p.arn} is still in group(s) {', '.join(p.groups)}; remove it first "
+                           "(RemoveUserFromGroup)", "name")
+        if members:
+            raise Conflict(f"{p.arn} still has {len(members)} member(s) (e.g. {members[0].name}); remove them "
+                           "first (RemoveUserFromGroup)", "name")
+    for u in members:   # legacy only: none otherwise
+        state = _put_principal(state, evolve(u, groups=tuple(g for g in u.groups if g != p.name)))
+        acct = _account(state, p.account)
     table = _own(acct.table(p.kind))
     del table[p.name.lower()]
     changes: dict[str, Any] = {{"user": "users", "group": "groups", "role": "roles"}[p.kind]: table}
-    return _with_account(state, evolve(acct, **changes))
+    state = _with_account(state, evolve(acct, **changes))
+    if held:            # legacy only
+        state = _drop_keys(state, held)
+    if p.kind == "role":
+        state = _drop_sessions(state, [k for k, s in state.sessions.items() if s.role_id == p.unique_id])
+    return state
+
+
+def _drop_keys(state: IamState, kids: Sequence[str]) -> IamState:
+    """The state without these access keys (and the sessions they are the credentials of)."""
+    keys = _own(state.access_keys)
+    by_user = _own(state.user_keys)
+    session_kids = []
+    for kid in kids:
+        gone = keys.pop(kid, None)
+        if gone is None:
+            continue
+        if kid in state.sessions:
+            session_kids.append(kid)
+        held = by_user.get(gone.owner_id)
+        if held is not None and kid in held:
+            rest = tuple(k for k in held if k != kid)
+            if rest:
+                by_user[gone.owner_id] = rest
+            else:
+                del by_user[gone.owner_id]
+    state = evolve(state, access_keys=keys, user_keys=by_user)
+    return _drop_sessions(state, session_kids) if session_kids else state
+
+
+def _drop_sessions(state: IamState, kids: Sequence[str]) -> IamState:
+    """The state without the sessions whose credentials are these access key ids, nor their keys."""
+    if not kids:
+        return state
+    sessions = _own(state.sessions)
+    arns = _own(state.session_arns)
+    keys = _own(state.access_keys)
+    for kid in kids:
+        s = sessions.pop(kid, None)
+        keys.pop(kid, None)
+        if s is None:
+            continue
+        rest = tuple(k for k in arns.get(s.arn, ()) if k != kid)
+        if rest:
+            arns[s.arn] = rest
+        else:
+            arns.pop(s.arn, None)
+    return evolve(state, sessions=sessions, session_arns=arns, access_keys=keys)
 
 
 @op("CreatePolicy")
@@ -533,13 +689,13 @@ def _delete_policy(state: IamState, o: dict[str, Any]) -> IamState:
 
 @op("PutInlinePolicy")
 def _put_inline(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _get_principal(state, o["account"], o["kind"], o["name"])
+    p = _target(state, o)
     return _put_principal(state, _with_inline(p, o.get("policy_name"), o.get("document")))
 
 
 @op("DeleteInlinePolicy")
 def _delete_inline(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _get_principal(state, o["account"], o["kind"], o["name"])
+    p = _target(state, o)
     pname = o.get("policy_name")
     if not any(n == pname for n, _ in p.inline):
         raise NotFound(f"{p.arn} has no inline policy named {pname!r}", "policy_name")
@@ -548,14 +704,14 @@ def _delete_inline(state: IamState, o: dict[str, Any]) -> IamState:
 
 @op("AttachPolicy")
 def _attach(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _get_principal(state, o["account"], o["kind"], o["name"])
+    p = _target(state, o)
     changed = _with_attached(state, p, o.get("policy_arn", ""))
     return state if changed is p else _put_principal(state, changed)
 
 
 @op("DetachPolicy")
 def _detach(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _get_principal(state, o["account"], o["kind"], o["name"])
+    p = _target(state, o)
     arn = o.get("policy_arn", "")
     if arn not in p.attached:
         raise NotFound(f"policy {arn!r} is not attached to {p.arn}", "policy_arn")
@@ -564,14 +720,15 @@ def _detach(state: IamState, o: dict[str, Any]) -> IamState:
 
 @op("AddUserToGroup")
 def _add_to_group(state: IamState, o: dict[str, Any]) -> IamState:
-    user = _get_principal(state, o["account"], "user", o["user"])
+    user = _target(state, o, "user", "user")
+    _target(state, o, "group", "group", "group_id")
     changed = _with_group(state, user, o["group"])
     return state if changed is user else _put_principal(state, changed)
 
 
 @op("RemoveUserFromGroup")
 def _remove_from_group(state: IamState, o: dict[str, Any]) -> IamState:
-    user = _get_principal(state, o["account"], "user", o["user"])
+    user = _target(state, o, "user", "user")
     if o["group"] not in user.groups:
         raise NotFound(f"user {user.name} is not in group {o['group']!r}", "group")
     return _put_principal(state, evolve(user, groups=tuple(g for g in user.groups if g != o["group"])))
@@ -579,13 +736,13 @@ def _remove_from_group(state: IamState, o: dict[str, Any]) -> IamState:
 
 @op("SetPermissionsBoundary")
 def _set_boundary(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _get_principal(state, o["account"], o["kind"], o["name"])
+    p = _target(state, o)
     return _put_principal(state, _with_boundary(state, p, o.get("policy_arn") or None))
 
 
 @op("TagPrincipal")
 def _tag(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _get_principal(state, o["account"], o["kind"], o["name"])
+    p = _target(state, o)
     if p.kind == "group":
         raise InvalidInput("groups cannot be tagged in IAM", "principal.kind")
     remove = {k.lower() for k in o.get("remove_keys") or ()}
@@ -598,42 +755,60 @@ def _tag(state: IamState, o: dict[str, Any]) -> IamState:
 
 @op("SetTrustPolicy")
 def _set_trust(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _get_principal(state, o["account"], "role", o["name"])
+    p = _target(state, o, "role")
     return _put_principal(state, evolve(p, trust=check_policy(o.get("document"), PolicyType.TRUST, "document")))
+
+
+def _check_status(status: Any) -> str:
+    if status not in KEY_STATUSES:
+        raise InvalidInput(f"status must be Active or Inactive, got {status!r}", "status")
+    return str(status)
 
 
 @op("CreateAccessKey")
 def _create_key(state: IamState, o: dict[str, Any]) -> IamState:
-    user = _get_principal(state, o["account"], "user", o["user"])
+    """A long-term key of a user, bound to the user's unique id (`owner_id`: the id the user had when
+    the key was made; absent from ops logged before keys were bound, which bind to the user of now)."""
+    user = _target(state, o, "user", "user", "owner_id")
     kid, secret = o.get("id"), o.get("secret")
-    if not isinstance(kid, str) or not re.match(r"^[A-Z0-9]{16,128}$", kid):
+    if not isinstance(kid, str) or not ACCESS_KEY_ID.fullmatch(kid):
         raise InvalidInput("access key id must be 16-128 upper-case letters and digits", "access_key_id")
     if not isinstance(secret, str) or len(secret) < 16:
         raise InvalidInput("secret access key must be at least 16 characters", "secret_access_key")
+    status = _check_status(o.get("status") or "Active")
     if kid in state.access_keys:
         raise AlreadyExists(f"access key {kid} already exists", "access_key_id")
-    held = state.user_keys.get(user.arn, ())
+    held = state.user_keys.get(user.unique_id, ())
     if len(held) >= MAX_ACCESS_KEYS_PER_USER:
         raise QuotaExceeded(f"user {user.arn} already has {MAX_ACCESS_KEYS_PER_USER} access keys (the IAM limit); "
                             "delete one first", "user")
     keys = _own(state.access_keys)
-    keys[kid] = AccessKey(kid, secret, user.arn)
+    keys[kid] = AccessKey(kid, secret, user.arn, user.unique_id, status=status)
     by_user = _own(state.user_keys)
-    by_user[user.arn] = held + (kid,)
+    by_user[user.unique_id] = held + (kid,)
     return evolve(state, access_keys=keys, user_keys=by_user)
+
+
+def _user_key(state: IamState, kid: Any) -> AccessKey:
+    key = state.access_keys.get(kid) if isinstance(kid, str) else None
+    if key is None or kid in state.sessions:   # temporary credentials are not IAM access keys
+        raise NotFound(f"access key {kid!r} does not exist", "access_key_id")
+    return key
+
+
+@op("UpdateAccessKey")
+def _update_key(state: IamState, o: dict[str, Any]) -> IamState:
+    """IAM's UpdateAccessKey: make a user's key Active or Inactive (an inactive key authenticates nothing)."""
+    key = _user_key(state, o.get("id"))
+    status = _check_status(o.get("status"))
+    keys = _own(state.access_keys)
+    keys[key.id] = evolve(key, status=status)
+    return evolve(state, access_keys=keys)
 
 
 @op("DeleteAccessKey")
 def _delete_key(state: IamState, o: dict[str, Any]) -> IamState:
-    kid = o.get("id", "")
-    if kid not in state.access_keys:
-        raise NotFound(f"access key {kid!r} does not exist", "access_key_id")
-    keys = _own(state.access_keys)
-    gone = keys.pop(kid)
-    by_user = _own(state.user_keys)
-    if gone.principal in by_user:
-        by_user[gone.principal] = tuple(k for k in by_user[gone.principal] if k != kid)
-    return evolve(state, access_keys=keys, user_keys=by_user)
+    return _drop_keys(state, [_user_key(state, o.get("id", "")).id])
 
 
 def resource_arn(partition: str, region: str, account: str, rtype: str, name: str, created_ms: int) -> str:
@@ -651,12 +826,12 @@ def _register(state: IamState, o: dict[str, Any]) -> IamState:
     arn = o.get("arn")
     if not isinstance(arn, str) or len(arn) > 1024:
         raise InvalidInput("arn is required (at most 1,024 characters)", "arn")
-    m = _KVS_ARN.match(arn)
+    m = _KVS_ARN.fullmatch(arn)
     if not m or m.group(4) != rtype:
         raise InvalidInput(f"arn {arn!r} is not a Kinesis Video {rtype} ARN "
                            f"(arn:aws:kinesisvideo:REGION:ACCOUNT:{rtype}/NAME/CREATION-MS)", "arn")
     partition, region, account, _, name, _ = m.groups()
-    if not RESOURCE_NAME.match(name):
+    if not RESOURCE_NAME.fullmatch(name):
         raise InvalidInput("name: 1-256 characters of letters, digits and _.-", "name")
     key = (rtype, partition, region, account, name)
     existing = state.resource_names.get(key)
@@ -686,21 +861,106 @@ def _delete_resource(state: IamState, o: dict[str, Any]) -> IamState:
     return evolve(state, resources=resources, resource_names=names)
 
 
+def principal_of_arn(state: IamState, kind: str, arn: Any) -> Principal | None:
+    """The user or role whose ARN is exactly `arn` (path included), or None."""
+    f = arn.split(":", 5) if isinstance(arn, str) else []
+    if len(f) != 6 or f[2] != "iam" or not f[5].startswith(kind + "/"):
+        return None
+    acct = state.accounts.get(f[4])
+    p = acct.table(kind).get(f[5].rsplit("/", 1)[-1].lower()) if acct is not None else None
+    return p if p is not None and p.arn == arn else None
+
+
 @op("CreateSession")
 def _create_session(state: IamState, o: dict[str, Any]) -> IamState:
-    s = Session(o["arn"], o["role_arn"], o["role_id"], o["session_name"], float(o["issued"]), float(o["expires"]),
-                o.get("policy"), tuple((k, v) for k, v in (o.get("tags") or {}).items()), o.get("access_key_id", ""),
-                o.get("source", ""))
-    sessions = _own(state.sessions)
-    keys = _own(state.access_keys)
-    n = len(sessions) + 1
+    """One AssumeRole grant: a session of the role that has unique id `role_id`, whose credentials are
+    the access key `access_key_id`. Ops logged before tokens were hashed carry `session_token` itself."""
+    role_arn = o.get("role_arn")
+    role = principal_of_arn(state, "role", role_arn)
+    if role is None or role.unique_id != o.get("role_id"):
+        f = str(role_arn).split(":", 5)
+        raise PrincipalGone(f"role {role_arn!r} with unique id {o.get('role_id')!r} no longer exists", "role_arn",
+                            (f[4] if len(f) == 6 else "", "role", f[-1].rsplit("/", 1)[-1], o.get("role_id")))
+    kid = o.get("access_key_id")
+    if not isinstance(kid, str) or not ACCESS_KEY_ID.fullmatch(kid):
+        raise InvalidInput("access_key_id: a session needs its access key id (16-128 upper-case letters and "
+                           "digits)", "access_key_id")
+    if kid in state.access_keys:
+        raise AlreadyExists(f"access key {kid} already exists", "access_key_id")
+    digest = o.get("session_token_sha256")
+    if digest is not None:
+        token_sha256 = bytes.fromhex(digest)
+    elif isinstance(o.get("session_token"), str):
+        token_sha256 = token_digest(o["session_token"])
+    else:
+        raise InvalidInput("session_token_sha256 is required", "session_token_sha256")
+    s = Session(o["arn"], role.arn, role.unique_id, o["session_name"], float(o["issued"]), float(o["expires"]),
+                o.get("policy"), tuple((k, v) for k, v in (o.get("tags") or {}).items()), kid, o.get("source", ""))
+    n = len(state.sessions) + 1
     if n & (n - 1) == 0:
         # Expired sessions and their keys fall away whenever the table reaches a power of two:
         # amortised constant work per session (they are refused on use before that anyway).
-        for arn in [a for a, v in sessions.items() if v.expires <= s.issued]:
-            gone = sessions.pop(arn)
-            keys.pop(gone.access_key, None)
-    sessions[s.arn] = s
-    if s.access_key:
-        keys[s.access_key] = AccessKey(s.access_key, o["secret"], s.arn, o.get("session_token"), s.expires)
-    return evolve(state, sessions=sessions, access_keys=keys)
+        state = _drop_sessions(state, [k for k, v in state.sessions.items() if v.expires <= s.issued])
+    sessions = _own(state.sessions)
+    arns = _own(state.session_arns)
+    keys = _own(state.access_keys)
+    sessions[kid] = s
+    arns[s.arn] = tuple(k for k in arns.get(s.arn, ()) if sessions[k].expires > s.issued) + (kid,)
+    keys[kid] = AccessKey(kid, o["secret"], s.arn, role.unique_id, token_sha256, s.expires)
+    return evolve(state, sessions=sessions, session_arns=arns, access_keys=keys)
+
+
+@op("RevokeSessions")
+def _revoke_sessions(state: IamState, o: dict[str, Any]) -> IamState:
+    """IAM's "revoke active sessions" of a role: every session issued before `at` is refused from now on."""
+    role = _target(state, o, "role")
+    at = o.get("at")
+    if not isinstance(at, (int, float)) or isinstance(at, bool) or not math.isfinite(at):
+        raise InvalidInput("at: the revocation time (unix seconds) is required", "at")
+    return _put_principal(state, evolve(role, revoked_before=max(role.revoked_before, float(at))))
+
+
+@op("RetireOps")
+def _retire_ops(state: IamState, o: dict[str, Any]) -> IamState:
+    """A record for Store._replay (the logged ops it names are skipped from then on); changes no state."""
+    digests = o.get("digests")
+    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+        raise InvalidInput("digests: a list of op digests is required", "digests")
+    return state
+
+
+def op_digest(o: Mapping[str, Any]) -> str:
+    """An op's identity in the log, independent of its position."""
+    text = json.dumps(o, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+# The principals each op is addressed to: (kind, or None for the op's own `kind`; the op's field
+# holding the name; the field that carries the principal's unique id).
+_TARGETS: Mapping[str, tuple[tuple[str | None, str, str], ...]] = {
+    **{name: ((None, "name", "unique_id"),) for name in (
+        "PutInlinePolicy", "DeleteInlinePolicy", "AttachPolicy", "DetachPolicy", "SetPermissionsBoundary",
+        "TagPrincipal", "DeletePrincipal")},
+    "SetTrustPolicy": (("role", "name", "unique_id"),),
+    "RevokeSessions": (("role", "name", "unique_id"),),
+    "CreateAccessKey": (("user", "user", "owner_id"),),
+    "AddUserToGroup": (("user", "user", "unique_id"), ("group", "group", "group_id")),
+    "RemoveUserFromGroup": (("user", "user", "unique_id"),),
+}
+
+
+def with_generated_values(state: IamState, o: Mapping[str, Any]) -> dict[str, Any]:
+    """The op as it is logged: with a fresh unique id for a principal it creates, and the unique id of
+    every principal it is addressed to, so that replaying it acts on that principal or on nothing."""
+    out = dict(o)
+    name = out.get("op")
+    if name == "CreatePrincipal" and not out.get("unique_id") and out.get("kind") in UNIQUE_ID_PREFIX:
+        out["unique_id"] = random_id(out["kind"])
+    for kind, name_field, id_field in _TARGETS.get(name, ()) if isinstance(name, str) else ():
+        if out.get(id_field):
+            continue
+        try:
+            out[id_field] = _target(state, out, kind, name_field, id_field).unique_id
+        except StoreError:
+            pass        # the op fails on its own, with its own message
+    return out

@@ -21,21 +21,26 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..evaluate import DEFAULT_OPTIONS, Decision, EngineOptions, Result, decide
 from ..policy import limits
+from ..policy.errors import RequestError
 from ..policy.model import PolicyType
+from ..policy.principals import parse_requester
 from ..policy.validate import ValidationReport, validate_document
 from ..requests import check_context, check_target
 from .bundle import BundleError, load_bundle, signature
 from .cache import DecisionCache
 from .errors import InvalidInput, NotFound, PermissionDenied, QuotaExceeded, StoreError
 from .oplog import OpLog
-from .snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, caller_values
-from .state import (SESSION_NAME, IamState, ManagedPolicy, Principal, apply_op, check_policy, check_tags,
-                    resource_arn, transaction)
+from .snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, Unresolved, \
+    caller_values
+from .state import (EXTERNAL_ID, SESSION_NAME, IamState, ManagedPolicy, Principal, PrincipalGone, apply_op,
+                    check_policy, check_tags, op_digest, principal_of_arn, resource_arn, token_digest, transaction,
+                    with_generated_values)
 
 log = logging.getLogger("authz.store")
 
 DEFAULT_CACHE_SIZE = 100_000
 DEFAULT_WATCH_INTERVAL = 1.0
+MAX_ACCESS_KEY_ID_CHARS = 128        # AuthorizeRequest.access_key_id (IAM: 16-128)
 
 
 @dataclass(frozen=True)
@@ -104,12 +109,37 @@ def _unknown_principal(revision: int, principal: str) -> Answer:
     return Answer(r, revision, False, False)
 
 
+def _unresolved(revision: int, why: Unresolved) -> Answer:
+    """An implicit deny for a principal the store knows but will not decide for as asked."""
+    r = Result(Decision.IMPLICIT_DENY, (), (), why.reason, "", {}, "NONE", False, (), (why.note,), frozenset())
+    return Answer(r, revision, False, True, why.until)
+
+
 def _checked_caller_values(context: Mapping[str, Any], trusted: Mapping[str, Any] | None) -> dict[str, Any]:
     check_context(context)
     return caller_values(context, trusted)
 
 
 _CLOCK_KEYS = ("aws:currenttime", "aws:epochtime")   # the keys the store fills from its clock
+
+
+def assume_role_context(context: Mapping[str, Any], session_name: str, tags: Mapping[str, str],
+                        external_id: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The context of an AssumeRole decision, as (the caller's keys, the keys derived from the request).
+
+    The caller's keys lose aws:RequestTag/* and aws:TagKeys (authorize drops the store's derived keys,
+    sts:* among them, in any letter case); every key AWS derives from the AssumeRole request is set
+    from the request itself. sts:SourceIdentity and sts:TransitiveTagKeys are not supported and so
+    are absent, as AWS leaves them when a request has none."""
+    caller = {k: v for k, v in context.items()
+              if not (k.lower().startswith("aws:requesttag/") or k.lower() == "aws:tagkeys")}
+    derived: dict[str, Any] = {"sts:RoleSessionName": session_name}
+    if external_id:
+        derived["sts:ExternalId"] = external_id
+    if tags:
+        derived.update({f"aws:RequestTag/{k}": v for k, v in tags.items()})
+        derived["aws:TagKeys"] = list(tags)
+    return caller, derived
 
 
 def _release_memory() -> None:
@@ -239,20 +269,51 @@ class Store:
         return True, ""
 
     def _replay(self, base: IamState) -> IamState:
-        """Apply the persisted ops to `base` and publish the result; callers hold the write lock."""
-        state, skipped = base, 0
+        """Apply the persisted ops to `base` and publish the result; callers hold the write lock.
+
+        A persisted op whose principal was in the state served until now but is gone from the new one
+        (a bundle reload dropped it, or it is another principal now) is retired: a RetireOps op naming
+        it is appended to the log, and it is skipped from then on. So a principal that disappears from
+        the bundle and comes back later, with the same name and even the same derived unique id, starts
+        afresh, as a re-created IAM principal does: its old sessions, access keys, policies and group
+        memberships from admin calls are not revived.
+        """
+        previous = self._state
+        retired = {d for o in self._ops if o.get("op") == "RetireOps" for d in o.get("digests") or ()}
+        state, skipped, retire = base, 0, []
         with transaction():   # `base` itself is never modified: sync() replays onto it again
             for o in self._ops:
+                if retired and o.get("op") != "RetireOps" and op_digest(o) in retired:
+                    continue
                 try:
                     state = apply_op(state, o)
+                except PrincipalGone as exc:
+                    skipped += 1
+                    if exc.existed_in(previous):
+                        retire.append(op_digest(o))
+                    log.warning("persisted change %s no longer applies: %s", o.get("op"), exc)
                 except StoreError as exc:
                     skipped += 1
                     log.warning("persisted change %s no longer applies to the bundle: %s", o.get("op"), exc)
+        if retire:
+            self._retire(retire)
         self._base = base
         self._replay_skipped = skipped
         self._ready = True          # before the swap, so that on_swap listeners see a ready store
         self._swap(state)
         return state
+
+    def _retire(self, digests: list[str]) -> None:
+        """Log that these ops are retired (see _replay); callers hold the write lock."""
+        record = {"op": "RetireOps", "digests": digests}
+        try:
+            if self._oplog is not None:
+                self._oplog.append(record)
+        except StoreError as exc:   # the next reload tries again; the ops do not apply meanwhile anyway
+            log.error("could not record %d retired change(s): %s", len(digests), exc)
+            return
+        self._ops.append(record)
+        log.warning("retired %d persisted change(s) whose principal is gone", len(digests))
 
     def sync(self) -> bool:
         """Pick up ops that other processes sharing --state-dir appended to the op log (server --workers).
@@ -308,21 +369,26 @@ class Store:
 
     def authorize(self, principal: str, action: str, resource: str, context: Mapping[str, Any] | None = None, *,
                   explain: bool = False, trusted_context: Mapping[str, Any] | None = None,
-                  prepared: PreparedContext | None = None) -> Answer:
+                  prepared: PreparedContext | None = None, access_key_id: str = "") -> Answer:
         """Decide one request against the current snapshot.
 
         The caller's context comes either as `context` (and `trusted_context`; see prepare_context)
-        or already prepared.
+        or already prepared. `access_key_id` names the credential the request was signed with, when
+        the caller knows it: a role session is resolved through it (see Snapshot.resolve).
         """
         check_target(principal, action, resource)
+        if not isinstance(access_key_id, str) or len(access_key_id) > MAX_ACCESS_KEY_ID_CHARS:
+            raise RequestError("access_key_id", f"at most {MAX_ACCESS_KEY_ID_CHARS} characters (an access key id)")
         caller = prepared.values if prepared is not None else _checked_caller_values(context or {}, trusted_context)
         snap = self._snapshot
         now = self.clock()
-        rp = snap.resolve(principal, now)
+        rp = snap.resolve(principal, now, access_key_id)
         if rp is None:
             return _unknown_principal(snap.revision, principal)
+        if isinstance(rp, Unresolved):
+            return _unresolved(snap.revision, rp)
         values = self._context(snap, rp, resource, caller, now)
-        key = (snap.revision, principal, action.lower(), resource)
+        key = (snap.revision, rp.key, action.lower(), resource)
         result = None if explain else self.cache.get(key, values)
         cached = result is not None
         if result is None:
@@ -334,10 +400,7 @@ class Store:
         for k in _CLOCK_KEYS:
             if k in read and k not in caller:
                 since, until = float(int(now)), float(int(now) + 1)   # the clock's values hold for this second
-        if rp.requester.kind == "assumed-role":
-            session = snap.state.sessions.get(principal)
-            until = min(until, session.expires if session is not None else now)
-        return Answer(result, snap.revision, cached, True, until, since)
+        return Answer(result, snap.revision, cached, True, min(until, rp.expires), since)
 
     def _context(self, snap: Snapshot, rp: ResolvedPrincipal, resource: str, caller: Mapping[str, Any],
                  now: float) -> dict[str, Any]:
@@ -355,6 +418,10 @@ class Store:
             f = resource.split(":", 5)
             if len(f) == 6 and f[4]:
                 values["aws:resourceaccount"] = f[4]
+                owner = snap.state.accounts.get(f[4])
+                if owner is not None and owner.org_id:
+                    values["aws:resourceorgid"] = owner.org_id
+                    values["aws:resourceorgpaths"] = owner.org_paths
             res = snap.resource(resource)
             if res is not None:
                 for k, v in res.tags:
@@ -387,28 +454,36 @@ class Store:
 
     def assume_role(self, caller: str, role_arn: str, session_name: str, duration_seconds: int = 0,
                     session_policy: str | None = None, tags: Mapping[str, str] | None = None,
-                    context: Mapping[str, Any] | None = None) -> SessionGrant:
+                    context: Mapping[str, Any] | None = None, external_id: str = "") -> SessionGrant:
         """STS AssumeRole: allowed only when the role's trust policy and the caller's own policies
-        allow sts:AssumeRole as AWS decides (spec 3.6); passing tags also needs sts:TagSession."""
+        allow sts:AssumeRole as AWS decides (spec 3.6); passing tags also needs sts:TagSession.
+
+        Every key AWS derives from the AssumeRole request comes from this call's arguments, never from
+        the caller's `context` (whose copies are dropped): sts:RoleSessionName, sts:ExternalId,
+        aws:RequestTag/* and aws:TagKeys (see assume_role_context).
+        """
         tags = dict(tags or {})
-        if not isinstance(session_name, str) or not SESSION_NAME.match(session_name):
+        if not isinstance(session_name, str) or not SESSION_NAME.fullmatch(session_name):
             raise InvalidInput(f"session_name: {limits.MIN_SESSION_NAME}-{limits.MAX_SESSION_NAME} characters of "
                                "letters, digits and +=,.@_-", "session_name")
+        if external_id and not EXTERNAL_ID.fullmatch(external_id):
+            raise InvalidInput("external_id: 2-1224 characters of letters, digits and +=,.@:/_-", "external_id")
         check_tags(tags, "tags", limits.MAX_SESSION_TAGS)
+        reserved = [k for k in tags if k.lower().startswith("aws:")]
+        if reserved:
+            raise InvalidInput(f"tags: session tag keys cannot start with aws: (reserved for AWS); got {reserved[0]!r}",
+                               "tags")
         if session_policy:
             check_policy(session_policy, PolicyType.SESSION, "session_policy")
         snap = self._snapshot
-        f = role_arn.split(":", 5)
-        role: Principal | None = None
-        if len(f) == 6 and f[2] == "iam" and f[5].startswith("role/"):
-            acct = snap.state.accounts.get(f[4])
-            role = acct.roles.get(f[5].rsplit("/", 1)[-1].lower()) if acct else None
-            if role is not None and role.arn != role_arn:
-                role = None
+        role = principal_of_arn(snap.state, "role", role_arn)
         denied = PermissionDenied(f"{caller} is not authorized to perform sts:AssumeRole on resource {role_arn}",
                                   "role_arn")
         if role is None:
             raise denied   # as IAM does: a missing role looks like a refused one
+        if parse_requester(caller).kind == "root":
+            raise PermissionDenied(f"{caller} is an account root: roles cannot be assumed by root (as AWS refuses "
+                                   "it); call as an IAM user or role session", "caller")
         chained = caller.startswith("arn:aws:sts::") and ":assumed-role/" in caller
         max_duration = 3600 if chained else role.max_session
         duration = duration_seconds or limits.DEFAULT_SESSION_SECONDS
@@ -416,17 +491,14 @@ class Store:
             raise InvalidInput(f"duration_seconds must be {limits.MIN_SESSION_SECONDS}-{max_duration} for this role"
                                f"{' (role chaining caps sessions at 1 hour)' if chained else ''}; got {duration}",
                                "duration_seconds")
-        ctx = dict(context or {})
-        answer = self.authorize(caller, "sts:AssumeRole", role_arn, ctx)
+        ctx, derived = assume_role_context(context or {}, session_name, tags, external_id)
+        answer = self.authorize(caller, "sts:AssumeRole", role_arn, ctx, trusted_context=derived)
         if not answer.result.allowed:
             raise denied
-        if tags:
-            tag_ctx = dict(ctx)
-            tag_ctx.update({f"aws:RequestTag/{k}": v for k, v in tags.items()})
-            tag_ctx["aws:TagKeys"] = list(tags)
-            if not self.authorize(caller, "sts:TagSession", role_arn, tag_ctx).result.allowed:
-                raise PermissionDenied(f"{caller} is not authorized to perform sts:TagSession on resource "
-                                       f"{role_arn}; session tags need it in the trust policy", "tags")
+        if tags and not self.authorize(caller, "sts:TagSession", role_arn, ctx,
+                                       trusted_context=derived).result.allowed:
+            raise PermissionDenied(f"{caller} is not authorized to perform sts:TagSession on resource "
+                                   f"{role_arn}; session tags need it in the trust policy", "tags")
         now = self.clock()
         session_arn = f"arn:aws:sts::{role.account}:assumed-role/{role.name}/{session_name}"
         key_id = "ASIA" + _token(string.ascii_uppercase + string.digits, 16)
@@ -434,15 +506,25 @@ class Store:
         token = _token(string.ascii_letters + string.digits, 96)
         op = {"op": "CreateSession", "arn": session_arn, "role_arn": role.arn, "role_id": role.unique_id,
               "session_name": session_name, "issued": now, "expires": now + duration, "policy": session_policy or None,
-              "tags": tags, "access_key_id": key_id, "secret": secret, "session_token": token, "source": caller}
+              "tags": tags, "access_key_id": key_id, "secret": secret,
+              "session_token_sha256": token_digest(token).hex(), "source": caller}
         self._commit(op)
         return SessionGrant(session_arn, f"{role.unique_id}:{session_name}", now + duration, key_id, secret, token)
+
+    def revoke_sessions(self, account: str, role: str) -> float:
+        """IAM's "revoke active sessions": every session of the role issued before now is refused from now
+        on (an implicit deny saying so); sessions issued afterwards are not affected. Returns the time."""
+        at = self.clock()
+        self._commit({"op": "RevokeSessions", "account": account, "name": role, "at": at})
+        return at
 
     # ------------------------------------------------------------ admin writes
 
     def _commit(self, op: dict[str, Any]) -> IamState:
-        """Apply, persist, publish: all or nothing."""
+        """Apply, persist, publish: all or nothing. The op is logged with the unique ids it creates and
+        of the principals it addresses (state.with_generated_values), so that its replay is exact."""
         with self._write_lock:
+            op = with_generated_values(self._state, op)
             state = apply_op(self._state, op)
             if self._oplog is not None:
                 self._oplog.append(op)
@@ -467,6 +549,15 @@ class Store:
         state = self._commit({"op": "CreateAccessKey", "account": account, "user": user, "id": kid,
                               "secret": secret})
         return kid, secret, state.access_keys[kid].principal
+
+    def update_access_key(self, access_key_id: str, status: str) -> None:
+        """IAM's UpdateAccessKey: Active or Inactive (an Inactive key fails SigV4 verification)."""
+        self._commit({"op": "UpdateAccessKey", "id": access_key_id, "status": status})
+
+    def create_principal(self, kind: str, account: str, name: str, **fields: Any) -> Principal:
+        """CreateUser/CreateGroup/CreateRole: the principal gets a fresh random unique id, carried in the op."""
+        self._commit({"op": "CreatePrincipal", "kind": kind, "account": account, "name": name, **fields})
+        return self.principal(account, kind, name)
 
     def register_resource(self, account: str, region: str, rtype: str, name: str, arn: str = "",
                           tags: Mapping[str, str] | None = None, policy: str | None = None) -> str:
