@@ -99,6 +99,16 @@ def test_same_name_sessions_each_keep_their_own_session_policy(server: ServerPro
     assert (mismatch.decision, mismatch.explanation.decided_by) == (IMPLICIT, "credential_mismatch")
 
 
+def test_access_key_id_has_a_limit(authz: AuthzClient) -> None:
+    err = pytest.raises(CallError, authz.authorize, user("viewer"), "kinesisvideo:GetMedia", YOUR_STREAM,
+                        access_key_id="A" * 129).value
+    assert (err.code, err.field) == (grpc.StatusCode.INVALID_ARGUMENT, "access_key_id")
+    assert "128" in err.message
+    got = authz.authorize(user("viewer"), "kinesisvideo:GetMedia", YOUR_STREAM, access_key_id="A" * 128,
+                          explain=True)
+    assert (got.decision, got.explanation.decided_by) == (IMPLICIT, "credential_mismatch")
+
+
 def test_a_single_live_session_still_resolves_by_its_arn(authz: AuthzClient) -> None:
     grant = authz.assume_role(PARTNER_USER, PARTNER_ROLE, "only-one")
     assert authz.authorize(grant.assumed_role_arn, "kinesisvideo:PutMedia", SHARED_STREAM).decision == ALLOW
