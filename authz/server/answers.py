@@ -121,7 +121,7 @@ class Answers:
             prepared = store.prepare_context(convert.context_from_proto(self._full(raw).context))
             if self._context_size > 0:
                 self._contexts.put(ctx_key, prepared)
-        answer = store.authorize(principal, action, resource, prepared=prepared)
+        answer = store.authorize(principal, action, resource, prepared=prepared, access_key_id=view.access_key_id)
         response = convert.result_to_proto(answer.result, answer.revision, answer.cached, False)
         decided = Decided(response.SerializeToString(), raw, answer.result, answer.revision, answer.cached, view)
         if self._answer_size > 0 and answer.valid_until > store.clock():
@@ -134,7 +134,8 @@ class Answers:
     def _explained(self, raw: bytes, view: wire_pb2.AuthorizeRequestView) -> Decided:
         request = self._full(raw)
         principal, action, resource, context = convert.authorize_args(request)
-        answer = self.store.authorize(principal, action, resource, context, explain=True)
+        answer = self.store.authorize(principal, action, resource, context, explain=True,
+                                      access_key_id=request.access_key_id)
         response = convert.result_to_proto(answer.result, answer.revision, answer.cached, True)
         return Decided(response.SerializeToString(), raw, answer.result, answer.revision, answer.cached, view)
 
