@@ -17,16 +17,23 @@ the same player reading it), so the decision RPCs work on the bytes gRPC receive
 
 Identical bytes always parse to the identical request, so neither memo can change an answer; both
 are emptied when the store publishes a new revision. Requests with `explain` are never memoised.
+
+Memory. Both memos are bounded in bytes as well as entries (--memo-bytes, settings.MEMO_MAX_BYTES, shared
+between them), and a request larger than settings.MEMO_MAX_REQUEST_BYTES (a context larger than that, for
+the context memo) is answered without being memoised: a flood of large distinct requests cannot hold
+more than the budget, and the small repeated requests the memos exist for still fit. Each entry is
+charged what it keeps alive (the request's bytes, the encoded answer, the parsed view when kept, the
+prepared context) plus a fixed overhead measured for the objects around them (tests/test_memo_memory.py).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import threading
+from typing import Generic, Hashable, NamedTuple, TypeVar
 
 from ..evaluate import Result
 from ..requests import check_target
 from ..store import PreparedContext, Store
-from ..store.snapshot import BoundedMemo
 from ..v1 import authz_pb2 as pb
 from ..v1 import wire_pb2
 from . import convert, settings
@@ -58,6 +65,78 @@ class _Memo(NamedTuple):
     decided: Decided       # its response encoded with `cached` set
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class ByteBoundedMemo(Generic[K, V]):
+    """At most `entries` entries charged at most `max_bytes` together; full means start over.
+
+    Reads take no lock (one dict lookup is atomic in CPython). Writes take one, so that the byte count
+    is exactly the sum of the charges of the entries present and the bound holds with any number of
+    threads. Clearing when full, as the store's BoundedMemo does, costs nothing per hit.
+    """
+
+    __slots__ = ("_data", "_charges", "_entries", "_max_bytes", "_bytes", "_lock")
+
+    def __init__(self, entries: int, max_bytes: int) -> None:
+        self._data: dict[K, V] = {}
+        self._charges: dict[K, int] = {}    # written under the lock only; never read on a hit
+        self._entries = entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        return self._data.get(key)
+
+    def put(self, key: K, value: V, charge: int) -> None:
+        """Keep `value` (charged `charge` bytes) unless the charge alone exceeds the budget; a value
+        already kept under `key` (one that no longer holds) is replaced."""
+        if charge > self._max_bytes or self._entries <= 0:
+            return
+        with self._lock:
+            self._bytes -= self._charges.pop(key, 0)
+            if len(self._data) >= self._entries or self._bytes + charge > self._max_bytes:
+                self._data = {}
+                self._charges = {}
+                self._bytes = 0
+            self._data[key] = value
+            self._charges[key] = charge
+            self._bytes += charge
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes charged for the entries present (never more than the budget)."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def answer_charge(raw: bytes, data: bytes, view: wire_pb2.AuthorizeRequestView | None) -> int:
+    """Bytes an answer memo entry keeps alive: the request (the key), the encoded answer, the parsed view
+    when it is kept (copies of the request's strings and of each context entry), and the objects around them."""
+    charge = len(raw) + len(data) + settings.MEMO_ENTRY_OVERHEAD_BYTES
+    if view is not None:
+        charge += len(raw) + settings.MEMO_CONTEXT_KEY_OVERHEAD_BYTES * len(view.context)
+    return charge
+
+
+def _strings(value: object) -> int:
+    """Strings in a prepared context value (a str, or tuples of them: multivalued keys, Variants)."""
+    return sum(map(_strings, value)) if isinstance(value, tuple) else 1
+
+
+def context_charge(key: ContextKey, prepared: PreparedContext) -> int:
+    """Bytes a context memo entry keeps alive: the entries' bytes (the key), the prepared context made from
+    them (every key and value decoded to a str, no larger than its UTF-8), and the objects around them."""
+    values = prepared.values
+    return (2 * sum(map(len, key)) + settings.MEMO_ENTRY_OVERHEAD_BYTES
+            + settings.MEMO_CONTEXT_KEY_OVERHEAD_BYTES * (len(key) + len(values))
+            + settings.MEMO_CONTEXT_VALUE_OVERHEAD_BYTES * sum(map(_strings, values.values())))
+
+
 def parse_view(raw: bytes) -> wire_pb2.AuthorizeRequestView:
     try:
         return wire_pb2.AuthorizeRequestView.FromString(raw)
@@ -82,22 +161,27 @@ class Answers:
     """Decides requests given as bytes, through the store, with the two memos of the module docstring."""
 
     def __init__(self, store: Store, answer_memo_size: int | None = None,
-                 context_memo_size: int = settings.CONTEXT_MEMO_SIZE, *, keep_views: bool = False) -> None:
+                 context_memo_size: int = settings.CONTEXT_MEMO_SIZE, *, keep_views: bool = False,
+                 memo_bytes: int = settings.MEMO_MAX_BYTES) -> None:
         if answer_memo_size is None:
             answer_memo_size = store.config.cache_size     # --cache-size sizes both caches; 0 disables both
         self.store = store
         self.keep_views = keep_views   # memoised answers keep their parsed request (for a decision log or metrics)
         self._answer_size = answer_memo_size
         self._context_size = context_memo_size
-        self._answers: BoundedMemo[bytes, _Memo] = BoundedMemo(max(1, answer_memo_size))
-        self._contexts: BoundedMemo[ContextKey, PreparedContext] = BoundedMemo(max(1, context_memo_size))
+        # --memo-bytes is shared: the context memo gets its fixed fraction, the answer memo the rest.
+        self._context_bytes = memo_bytes // settings.MEMO_CONTEXT_SHARE
+        self._answer_bytes = memo_bytes - self._context_bytes
+        self._answers: ByteBoundedMemo[bytes, _Memo] = ByteBoundedMemo(answer_memo_size, self._answer_bytes)
+        self._contexts: ByteBoundedMemo[ContextKey, PreparedContext] = ByteBoundedMemo(context_memo_size,
+                                                                                       self._context_bytes)
         store.on_swap(lambda _snapshot: self.clear())
 
     def clear(self) -> None:
         """Forget both memos. Called on every new revision: no entry can be used again, and the memory
         goes now rather than when the memo fills."""
-        self._answers = BoundedMemo(max(1, self._answer_size))
-        self._contexts = BoundedMemo(max(1, self._context_size))
+        self._answers = ByteBoundedMemo(self._answer_size, self._answer_bytes)
+        self._contexts = ByteBoundedMemo(self._context_size, self._context_bytes)
 
     def decide(self, raw: bytes) -> Decided:
         """Answer one encoded AuthorizeRequest with an encoded AuthorizeResponse.
@@ -115,20 +199,24 @@ class Answers:
         if view.explain:
             return self._explained(raw, view)
         principal, action, resource, ctx_key = view.principal, view.action, view.resource, tuple(view.context)
-        prepared = self._contexts.get(ctx_key)
+        small = len(raw) <= settings.MEMO_MAX_REQUEST_BYTES
+        memo_context = small or sum(map(len, ctx_key)) <= settings.MEMO_MAX_REQUEST_BYTES
+        prepared = self._contexts.get(ctx_key) if memo_context else None
         if prepared is None:
             check_target(principal, action, resource)   # its errors come before the context's
             prepared = store.prepare_context(convert.context_from_proto(self._full(raw).context))
-            if self._context_size > 0:
-                self._contexts.put(ctx_key, prepared)
+            if memo_context:
+                self._contexts.put(ctx_key, prepared, context_charge(ctx_key, prepared))
         answer = store.authorize(principal, action, resource, prepared=prepared, access_key_id=view.access_key_id)
         response = convert.result_to_proto(answer.result, answer.revision, answer.cached, False)
         decided = Decided(response.SerializeToString(), raw, answer.result, answer.revision, answer.cached, view)
-        if self._answer_size > 0 and answer.valid_until > store.clock():
+        if small and self._answer_size > 0 and answer.valid_until > store.clock():
             response.cached = True
+            data = response.SerializeToString()
             self._answers.put(raw, _Memo(answer.revision, answer.valid_from, answer.valid_until,
-                                         decided._replace(data=response.SerializeToString(), cached=True,
-                                                          parsed=view if self.keep_views else None)))
+                                         decided._replace(data=data, cached=True,
+                                                          parsed=view if self.keep_views else None)),
+                              answer_charge(raw, data, view if self.keep_views else None))
         return decided
 
     def _explained(self, raw: bytes, view: wire_pb2.AuthorizeRequestView) -> Decided:
@@ -148,4 +236,6 @@ class Answers:
 
     def stats(self) -> dict[str, int]:
         return {"answers": len(self._answers), "contexts": len(self._contexts),
-                "answer_capacity": self._answer_size, "context_capacity": self._context_size}
+                "answer_capacity": self._answer_size, "context_capacity": self._context_size,
+                "answer_bytes": self._answers.nbytes, "context_bytes": self._contexts.nbytes,
+                "answer_bytes_capacity": self._answer_bytes, "context_bytes_capacity": self._context_bytes}

@@ -150,7 +150,8 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
                    if config.tls_cert is not None and config.tls_key is not None else None)
 
     observers: list[Observer] = []
-    answers = Answers(store, keep_views=bool(config.metrics_listen or config.decision_log))
+    answers = Answers(store, keep_views=bool(config.metrics_listen or config.decision_log),
+                      memo_bytes=config.memo_bytes)
     metrics: Metrics | None = None
     if config.metrics_listen:
         metrics = Metrics(store.status, answers.stats)

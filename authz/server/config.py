@@ -43,6 +43,9 @@ class Config:
     principal_from: str = "sigv4"     # Envoy ext_authz: where the caller's identity comes from
     region: str = "us-east-1"         # Envoy ext_authz: region of names when a request has no SigV4 scope
     trusted_proxies: tuple[str, ...] = ()
+    memo_bytes: int = settings.MEMO_MAX_BYTES            # the decision port's memos, together (answers.py)
+    simulate_processes: int = settings.SIMULATE_PROCESSES  # Simulate's own processes; 0: on the server threads
+    assume_role_auth: str = "none"    # AssumeRole: "none" believes `caller`; "sigv4" verifies the signed STS request
     reuse_port: bool = False          # set by the --workers supervisor for its children, never a flag
     worker_index: int = 0
 
@@ -128,6 +131,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     flag("--cache-size", "entries of the decision cache and of the decision port's answer memo, each "
          "(0 disables both); e.g. --cache-size 200000",
          type=_positive(int, 0), default=DEFAULT_CACHE_SIZE, metavar="N")
+    flag("--memo-bytes", "bytes the decision port's answer and context memos may hold together (each entry is "
+         f"charged what it keeps alive; requests over {settings.MEMO_MAX_REQUEST_BYTES} bytes are never "
+         "memoised); e.g. --memo-bytes 33554432",
+         type=_positive(int, 0), default=settings.MEMO_MAX_BYTES, metavar="BYTES")
+    flag("--simulate-processes", "processes that run Simulate calls, so that a large one never slows decisions; "
+         "at most this many Simulates at once, more are refused (RESOURCE_EXHAUSTED); 0 runs them on the server "
+         "threads; e.g. --simulate-processes 2",
+         type=_positive(int, 0), default=settings.SIMULATE_PROCESSES, metavar="N")
     flag("--metrics-listen", "serve Prometheus metrics (text format) at http://ADDR/metrics (with --workers N, "
                              "worker i on PORT+i); e.g. --metrics-listen 127.0.0.1:9464", metavar="HOST:PORT")
     flag("--decision-log", "append one JSON line per decision (time, request id, principal, action, resource, "
@@ -153,6 +164,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     flag("--trusted-proxies", "Envoy ext_authz: comma-separated CIDRs of proxies in front of Envoy whose "
                               "X-Forwarded-For entries are believed for aws:SourceIp; e.g. --trusted-proxies "
                               "10.0.0.0/8", default="", metavar="CIDRS")
+    flag("--assume-role-auth", "who the caller of AssumeRole on the decision port is: none (the request's "
+                               "`caller`, believed: for a gateway calling on its clients' behalf) or sigv4 (the "
+                               "request must carry the STS AssumeRole HTTP request signed with the caller's key; "
+                               "every parameter comes from its signed body); e.g. --assume-role-auth sigv4",
+         default="none", metavar="MODE", choices=list(settings.ASSUME_ROLE_AUTH_MODES))
     flag("--log-level", "DEBUG, INFO, WARNING or ERROR; e.g. --log-level DEBUG", default="INFO", metavar="LEVEL",
          type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return ap
@@ -201,7 +217,9 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                   cache_size=a.cache_size, metrics_listen=a.metrics_listen or None,
                   decision_log=a.decision_log or None, workers=a.workers, threads=a.threads,
                   watch_interval=a.watch_interval, drain_grace=a.drain_grace, log_level=a.log_level,
-                  principal_from=a.principal_from.strip(), region=region, trusted_proxies=proxies)
+                  principal_from=a.principal_from.strip(), region=region, trusted_proxies=proxies,
+                  memo_bytes=a.memo_bytes, simulate_processes=a.simulate_processes,
+                  assume_role_auth=a.assume_role_auth)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -41,6 +41,19 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 # (0 disables it with the decision cache). Distinct request contexts are few (a gateway sends the same
 # source address and transport flags again and again), so their memo is small.
 CONTEXT_MEMO_SIZE = 4_096
+# ... and both are bounded in bytes (authz.server.answers charges each entry what it keeps alive): at most
+# MEMO_MAX_BYTES together (--memo-bytes), of which the context memo may use 1/MEMO_CONTEXT_SHARE. A request
+# (a context, for the context memo) larger than MEMO_MAX_REQUEST_BYTES is answered but never memoised: the
+# repeated requests of a gateway are well under 1 KiB, and large distinct ones would only push them out.
+MEMO_MAX_BYTES = 64 * MIB
+MEMO_CONTEXT_SHARE = 4
+MEMO_MAX_REQUEST_BYTES = 16 * 1024
+# Charges for the objects around an entry's bytes, measured with tracemalloc and rounded up (the memory
+# tests check that no entry shape holds more than it is charged): per entry (its tuples, dict slots and
+# answer), per context key (a bytes or str object and its slots), per context value (a str and its slot).
+MEMO_ENTRY_OVERHEAD_BYTES = 1_024
+MEMO_CONTEXT_KEY_OVERHEAD_BYTES = 128
+MEMO_CONTEXT_VALUE_OVERHEAD_BYTES = 80
 
 # The cyclic garbage collector's thresholds in a server process (gc.set_threshold). Python's default
 # (700, 10, 10) collects the young generation every 700 net allocations; with caches filling on
@@ -55,6 +68,17 @@ MAX_SIMULATE_DOCUMENTS = 64                              # every document of one
 MAX_SIMULATE_DOCUMENT_CHARS = limits.MAX_POLICY_TEXT_CHARS
 MAX_SCP_LEVELS = 7
 MAX_RCP_LEVELS = MAX_SCP_LEVELS
+
+# Simulate runs in its own processes (authz.server.simulate), so that a large one never holds the
+# decision threads' GIL: SIMULATE_PROCESSES by default (--simulate-processes; 0 runs it on the server's
+# threads, as before), and at most that many Simulates at once; another one meanwhile is refused
+# (RESOURCE_EXHAUSTED, retry later) rather than queued behind them, so that it never holds a server thread either.
+SIMULATE_PROCESSES = 1
+
+# AssumeRole on the decision port (--assume-role-auth): "none" believes the request's `caller` (a gateway
+# that calls on its clients' behalf); "sigv4" requires the STS AssumeRole HTTP request signed by the
+# caller's key and takes every parameter from its signed body (authz.server.sts).
+ASSUME_ROLE_AUTH_MODES = ("none", "sigv4")
 
 DRAIN_GRACE_SECONDS = 10.0             # SIGTERM: in-flight calls get this long to finish
 WORKER_SYNC_INTERVAL = 0.2             # --workers: how often each process looks for other processes' changes
