@@ -51,7 +51,8 @@ from authz.gateway.mapping import (
 from authz.gateway.sigv4 import Credential, SignatureError, verify
 from authz.policy import LimitError, Policy, PolicyError, PolicyType, RequestError, compile_policy
 from authz.policy.conditions import BASE_OPERATORS
-from authz.policy.jsontext import load_text, plain
+from authz.cli import case_policy_set
+from authz.policy.jsontext import load_document, load_text, plain
 from authz.policy.validate import parse_policy, validate_document
 from authz.requests import check_context, check_request
 
@@ -247,12 +248,16 @@ def fuzz_policy(data: bytes) -> None:
     value, _problems = load_text(data, iam_charset=False)
     if value is not None:
         decide_consistently(FIXED_REQUESTS[0], _slots(compile_policy(plain(value), "loaded"))[0])
+    # `authz simulate` reads a policy given as text with the same strict reader, refuses what it refuses
+    # (or any non-object), and compiles the rest without validation; that must still decide.
+    text = data.decode("utf-8", "replace")
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):   # not JSON: the simulate path never sees it
+        simulated = case_policy_set({"identityPolicies": [text]})
+    except ValueError:
         return
-    # `authz simulate` compiles any JSON value without validation and must still decide.
-    for cps in _slots(compile_policy(doc, "simulated")):
+    if load_document(text)[0] is None:
+        raise AssertionError("authz simulate accepted a document the strict JSON reader refuses")
+    for cps in _slots(simulated.identity[0]):
         for request in FIXED_REQUESTS:
             decide_consistently(request, cps)
 
@@ -323,6 +328,22 @@ def _context_value(fdp: atheris.FuzzedDataProvider) -> Any:
             else "x" * fdp.ConsumeIntInRange(4090, 4100))
 
 
+_ACTION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-")
+
+
+def _grammar_holds(principal: str, action: str, resource: str, context: dict[str, Any]) -> None:
+    """What check_request accepted is inside the documented grammars, checked without regular expressions."""
+    service, colon, name = action.partition(":")
+    if not (colon and service and name and set(service) <= _ACTION_CHARS and set(name) <= _ACTION_CHARS - {".", "-"}):
+        raise AssertionError(f"check_request accepted the action {action!r}")
+    if principal != "anonymous" and not (principal.startswith("arn:") and all("!" <= c <= "~" for c in principal)):
+        raise AssertionError(f"check_request accepted the principal {principal!r}")
+    if not resource.isprintable() or not all(k.isprintable() for k in context):
+        raise AssertionError(f"check_request accepted a non-printable resource or key: {resource!r}")
+    if len({k.lower() for k in context}) != len(context):
+        raise AssertionError(f"check_request accepted a key spelled twice: {sorted(context)!r}")
+
+
 def fuzz_request(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     principal = _text(fdp, PRINCIPALS)
@@ -336,7 +357,9 @@ def fuzz_request(data: bytes) -> None:
     try:
         check_request(principal, action, resource_arn, context)
     except (RequestError, LimitError):
-        pass   # the gRPC entry point refuses it; `authz simulate` checks only the context, below
+        pass   # every entry point refuses it; the engine below must still decide whatever it is given
+    else:
+        _grammar_holds(principal, action, resource_arn, context)
     try:
         check_context(context)
     except (RequestError, LimitError):
