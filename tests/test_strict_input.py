@@ -408,3 +408,21 @@ def test_authorize_rpc_refuses_a_context_naming_one_key_twice(server: ServerProc
         assert "case-insensitive" in err.value.message and err.value.field.startswith("context[")
         [sim] = simulate(case(context={"aws:SourceIp": "10.0.0.1", "AWS:SOURCEIP": "192.0.2.1"}))
         assert sim["decision"] is None and "case-insensitive" in sim["error"]
+
+
+# ------------------------------------------------------------------ the limits these readers enforce
+
+
+def test_a_simulate_line_over_the_limit_is_refused_and_the_next_line_decided(monkeypatch: pytest.MonkeyPatch) -> None:
+    small = json.dumps(case(id="small"))
+    monkeypatch.setattr(cli, "MAX_CASE_LINE_CHARS", len(small) + 1)
+    big, ok = simulate(json.dumps(case(id="big", context={"aws:UserAgent": "x" * 100})), small)
+    assert big["decision"] is None and "MAX_CASE_LINE_CHARS" in big["error"]
+    assert ok["id"] == "small" and ok["decision"] == "Allow"
+
+
+def test_numeric_and_date_values_longer_than_the_limit_never_parse() -> None:
+    from authz.policy.conditions import MAX_NUMBER_CHARS
+    assert parse_number("1" * MAX_NUMBER_CHARS) is not None and parse_number("1" * (MAX_NUMBER_CHARS + 1)) is None
+    assert parse_date("1" * MAX_NUMBER_CHARS) is not None and parse_date("1" * (MAX_NUMBER_CHARS + 1)) is None
+    assert not _condition_ok("NumericEquals", "1" * (MAX_NUMBER_CHARS + 1))
