@@ -443,6 +443,9 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
         "--principal-from": ("peer", "principal_from", "peer"),
         "--region": ("eu-west-1", "region", "eu-west-1"),
         "--trusted-proxies": ("10.0.0.0/8", "trusted_proxies", ("10.0.0.0/8",)),
+        "--memo-bytes": ("1048576", "memo_bytes", 1_048_576),
+        "--simulate-processes": ("0", "simulate_processes", 0),
+        "--assume-role-auth": ("sigv4", "assume_role_auth", "sigv4"),
     }
     flags = {f for a in build_parser()._actions for f in a.option_strings if f.startswith("--") and f != "--help"}
     assert flags == set(values) | {"--admin-token"}                     # the table covers every flag

@@ -53,6 +53,7 @@ if TYPE_CHECKING:   # gRPC itself is imported only inside a serving process (see
     import grpc
 
     from .answers import Answers
+    from .simulate import Simulator
     from grpc_health.v1.health import HealthServicer
 
 log = logging.getLogger("authz.server")
@@ -74,6 +75,7 @@ class Sidecar:
     metrics_server: MetricsServer | None = None
     decision_log: DecisionLog | None = None
     answers: Answers | None = None        # the decision port's memos (authz.server.answers)
+    simulator: Simulator | None = None    # Simulate's worker processes (authz.server.simulate)
     _sync_stop: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace: float | None = None) -> None:
@@ -85,6 +87,8 @@ class Sidecar:
             event.wait()
         self._sync_stop.set()
         self.store.close()
+        if self.simulator is not None:
+            self.simulator.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
         if self.decision_log is not None:
@@ -140,6 +144,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     from .answers import Answers
     from .auth import AdminTokenInterceptor, server_credentials
     from .authorizer import Authorizer, Observer
+    from .simulate import Simulator
     from .errors import UndecodableRequests, add_checked, checked
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -160,10 +165,13 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     if decision_log is not None:
         observers.append(decision_log.write)
 
-    decision = grpc.server(ThreadPoolExecutor(config.threads, thread_name_prefix="authz"),
-                           options=server_options(config))
-    add_checked(authz_pb2_grpc.add_AuthorizerServicer_to_server, Authorizer(store, tuple(observers), answers=answers),
-                decision)
+    # A Simulate waits for its worker process on a server thread: one thread more than Simulates may run
+    # at once, so that decisions always have a thread (with the defaults: 2 threads, 1 Simulate).
+    simulator = Simulator(config.simulate_processes, store.config.options)
+    threads = max(config.threads, config.simulate_processes + 1)
+    decision = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="authz"), options=server_options(config))
+    add_checked(authz_pb2_grpc.add_AuthorizerServicer_to_server,
+                Authorizer(store, tuple(observers), answers=answers, simulator=simulator), decision)
     ext_authz.register(checked(decision), store, ext_authz.GatewayOptions(
         principal_from=config.principal_from, region=config.region, trusted_proxies=config.trusted_proxies))
     decision_health = _health({"": not_serving, settings.AUTHORIZER_SERVICE: not_serving})
@@ -200,7 +208,8 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     store.on_swap(on_swap)
     for s in servers:
         s.start()
-    sidecar = Sidecar(config, store, servers, healths, addresses, decision_log=decision_log, answers=answers)
+    sidecar = Sidecar(config, store, servers, healths, addresses, decision_log=decision_log, answers=answers,
+                      simulator=simulator)
     try:
         store.open()
         if metrics is not None and config.metrics_listen:
