@@ -38,6 +38,7 @@ BUNDLE = Path(__file__).resolve().parent.parent / "examples" / "bundle"
 T0 = datetime(2026, 1, 15, 12, 0, 0, tzinfo=timezone.utc)
 GATEWAY = "127.0.0.1:8080"
 PARTNER = user("partner-uploader", "111111111111")
+OPTIONS = GatewayOptions(region=REGION)      # the example bundle's resources are in us-west-2
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def store() -> Iterator[Store]:
 
 @pytest.fixture(scope="module")
 def servicer(store: Store) -> ExtAuthzServicer:
-    return ExtAuthzServicer(store, GatewayOptions(region="us-east-1"))
+    return ExtAuthzServicer(store, OPTIONS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,13 +158,20 @@ def put_media(key: Key, *, name: str | None = None, arn: str | None = None, **kw
                   forwarded_body=False, **kw)
 
 
-def presigned_viewer(key: Key, channel: str = YOUR_CHANNEL, client_id: str = "viewer-1") -> Wire:
+# The WebSocket handshake headers a signaling client adds to the presigned URL (unsigned: it signs only host).
+HANDSHAKE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+def presigned_viewer(key: Key, channel: str = YOUR_CHANNEL, client_id: str = "viewer-1", *,
+                     region: str = REGION) -> Wire:
     query = {"X-Amz-ChannelARN": channel, "X-Amz-ClientId": client_id}
     req = AWSRequest("GET", f"http://{GATEWAY}/?{percent_encode_sequence(query)}")
     with signing_clock(T0):
-        SigV4QueryAuth(Credentials(key.access_key_id, key.secret, key.token), "kinesisvideo", REGION,
+        SigV4QueryAuth(Credentials(key.access_key_id, key.secret, key.token), "kinesisvideo", region,
                        expires=300).add_auth(req)
-    return _wire(req)
+    wire = _wire(req)
+    return wire.but(headers={**wire.headers, **HANDSHAKE})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +300,7 @@ def test_expired_session_is_refused(store: Store) -> None:
     grant = store.assume_role(PARTNER, PARTNER_ROLE, "short", duration_seconds=900)
     session = Key(grant.access_key_id, grant.secret_access_key, grant.session_token)
     later = T0 + timedelta(seconds=901)
-    srv = ExtAuthzServicer(FaultyStore(store, clock=lambda: later.timestamp()), GatewayOptions())  # type: ignore[arg-type]
+    srv = ExtAuthzServicer(FaultyStore(store, clock=lambda: later.timestamp()), OPTIONS)  # type: ignore[arg-type]
     denied(srv, put_media(session, name="shared_stream", at=later), 403, "ExpiredTokenException")
 
 
@@ -324,13 +332,33 @@ def test_a_declared_payload_hash_must_match_the_forwarded_body(servicer: ExtAuth
     denied(servicer, wire, 400, "InvalidSignatureException")
 
 
-def test_region_comes_from_the_signing_scope(servicer: ExtAuthzServicer) -> None:
-    # Signed for us-east-1: the name resolves there, where no your_stream exists.
-    a = allowed(servicer, signed(VIEWER, "/describeStream", {"StreamName": "your_stream"}, region="us-east-1"),
-                user("viewer"), "kinesisvideo:DescribeStream",
-                f"arn:aws:kinesisvideo:us-east-1:{ACCOUNT}:stream/your_stream/0")
-    assert a.allowed
-    denied(servicer, put_media(WRITER, name="your_stream", region="us-east-1"))
+def test_a_region_the_gateway_does_not_serve_is_refused(servicer: ExtAuthzServicer) -> None:
+    # Regression (finding 4): signed for us-east-1, the us-west-2 gateway resolved the name in us-east-1
+    # and authorised it there (aws:RequestedRegion us-east-1) while its upstream acts in us-west-2.
+    for wire in (signed(VIEWER, "/describeStream", {"StreamName": "your_stream"}, region="us-east-1"),
+                 put_media(WRITER, name="your_stream", region="us-east-1"),
+                 presigned_viewer(ADMIN, region="eu-west-1")):
+        a = denied(servicer, wire, 403, "InvalidSignatureException")
+        assert "scoped to a valid region" in a.message and REGION in a.message
+    # The same requests signed for the served region pass.
+    allowed(servicer, signed(VIEWER, "/describeStream", {"StreamName": "your_stream"}), user("viewer"),
+            "kinesisvideo:DescribeStream", YOUR_STREAM)
+
+
+def test_every_configured_region_is_served_and_names_resolve_in_the_signed_one(store: Store) -> None:
+    two = ExtAuthzServicer(store, GatewayOptions(region=f"{REGION}, eu-west-1"))
+    assert GatewayOptions(region=f"{REGION}, eu-west-1").regions == (REGION, "eu-west-1")
+    allowed(two, signed(VIEWER, "/describeStream", {"StreamName": "your_stream"}), user("viewer"),
+            "kinesisvideo:DescribeStream", YOUR_STREAM)
+    ctx = _context_of(store, signed(VIEWER, "/describeStream", {"StreamName": "your_stream"}, region="eu-west-1"),
+                      GatewayOptions(region=f"{REGION},eu-west-1"))
+    assert ctx["aws:RequestedRegion"] == "eu-west-1"
+    # An ARN of another region than the signed one is not acted on here.
+    a = denied(two, signed(VIEWER, "/describeStream", {"StreamARN": YOUR_STREAM}, region="eu-west-1"),
+               400, "InvalidArgumentException")
+    assert "us-west-2" in a.message and "eu-west-1" in a.message
+    denied(two, signed(VIEWER, "/describeStream", {"StreamName": "your_stream"}, region="us-east-1"),
+           403, "InvalidSignatureException")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,21 +382,25 @@ class SpyStore:
 
 def _context_of(store: Store, wire: Wire, options: GatewayOptions | None = None) -> Mapping[str, Any]:
     spy = SpyStore(store)
-    ask(ExtAuthzServicer(spy, options or GatewayOptions()), wire)  # type: ignore[arg-type]
+    ask(ExtAuthzServicer(spy, options or OPTIONS), wire)  # type: ignore[arg-type]
     (args, kw), = spy.calls
     assert args[3] == {}                 # nothing comes in as untrusted caller context
     return kw["trusted_context"]
 
 
 def test_tags_and_request_facts_reach_the_decision(store: Store) -> None:
-    ctx = _context_of(store, signed(CAMERA, "/createStream", {"StreamName": "cam-09", "Tags": {"site": "paris"}},
-                                    headers={"User-Agent": "kvs-producer/1.0"}))
+    with mock.patch("botocore.auth.SIGNED_HEADERS_BLACKLIST", []):       # sign User-Agent too
+        wire = signed(CAMERA, "/createStream", {"StreamName": "cam-09", "Tags": {"site": "paris"}},
+                      headers={"User-Agent": "kvs-producer/1.0"})
+    assert "user-agent" in wire.headers["Authorization"]
+    ctx = _context_of(store, wire)
     assert ctx["aws:RequestTag/site"] == "paris" and ctx["aws:TagKeys"] == ("site",)
     assert ctx["aws:SourceIp"] == "203.0.113.7"
     assert ctx["aws:SecureTransport"] == "true"
     assert ctx["aws:CurrentTime"] == "2026-01-15T12:00:00Z"
     assert ctx["aws:EpochTime"] == str(int(T0.timestamp()))
     assert ctx["aws:UserAgent"] == "kvs-producer/1.0"
+    assert ctx["aws:RequestedRegion"] == REGION
     plain = _context_of(store, signed(CAMERA, "/listStreams", {}).but(scheme="http", source_ip="2001:db8::5"))
     assert plain["aws:SecureTransport"] == "false" and plain["aws:SourceIp"] == "2001:db8::5"
 
@@ -381,7 +413,7 @@ def test_registry_tags_become_resource_tags(tmp_path: Path) -> None:
         ctx = _context_of(s, signed(VIEWER, "/describeStream", {"StreamName": "tagged"}))
         assert ctx["aws:ResourceTag/team"] == "red"
         spy = SpyStore(s)
-        ask(ExtAuthzServicer(spy, GatewayOptions()), signed(VIEWER, "/describeStream", {"StreamName": "tagged"}))  # type: ignore[arg-type]
+        ask(ExtAuthzServicer(spy, OPTIONS), signed(VIEWER, "/describeStream", {"StreamName": "tagged"}))  # type: ignore[arg-type]
         assert spy.calls[0][0][2] == arn
     finally:
         s.close()
@@ -393,7 +425,7 @@ def test_source_ip_behind_trusted_proxies(store: Store) -> None:
     # Envoy at the edge: the TCP peer, whatever X-Forwarded-For claims.
     assert _context_of(store, wire)["aws:SourceIp"] == "10.0.0.2"
     # Behind the 10/8 load balancers: the last hop that is not one of them.
-    trusting = GatewayOptions(trusted_proxies=("10.0.0.0/8",))
+    trusting = GatewayOptions(region=REGION, trusted_proxies=("10.0.0.0/8",))
     assert _context_of(store, wire, trusting)["aws:SourceIp"] == "203.0.113.50"
     garbled = wire.but(extra={"x-forwarded-for": "198.51.100.9, not-an-ip, 10.0.0.9"})
     assert "aws:SourceIp" not in _context_of(store, garbled, trusting)
@@ -422,10 +454,11 @@ def test_partial_or_missing_body_is_never_authorised_as_the_body(servicer: ExtAu
     declared = signed(CAMERA, "/createStream", body, headers={"X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest()})
     allowed(servicer, declared, user("camera"), "kinesisvideo:CreateStream",
             stream("cam-10", str(int(T0.timestamp() * 1000))))
-    # Envoy says it sent only a prefix, or did not forward a body that exists: the body is not read,
-    # so CreateStream has no StreamName (the signature still verifies through the declared hash).
-    denied(servicer, declared.but(extra={"x-envoy-auth-partial-body": "true"}), 400, "InvalidArgumentException")
-    denied(servicer, declared.but(forwarded_body=False), 400, "InvalidArgumentException")
+    # Envoy says it sent only a prefix, or did not forward a body that exists: the signature still
+    # verifies through the declared hash, but the body cannot be read, so the request is refused.
+    for wire in (declared.but(extra={"x-envoy-auth-partial-body": "true"}), declared.but(forwarded_body=False)):
+        a = denied(servicer, wire, 413, "RequestEntityTooLargeException")
+        assert "whole" in a.message
     # Without a declared hash the signature covers the body, which is not there to check.
     plain = signed(CAMERA, "/createStream", body)
     denied(servicer, plain.but(forwarded_body=False), 403, "InvalidSignatureException")
@@ -535,24 +568,29 @@ FAULTS: dict[str, Callable[[Store], tuple[Any, dict[str, Any]]]] = {
         result=mock.Mock(allowed=False, decision=None, deciding=(), decided_by="", blocked_by=""))), {}),
     "signature verification raises": lambda s: (s, {"authz.gateway.sigv4.verify": boom}),
     "mapping raises": lambda s: (s, {"authz.gateway.ext_authz.map_request": boom}),
-    "body parsing raises": lambda s: (s, {"authz.gateway.ext_authz.parse_body": boom}),
+    "body parsing raises": lambda s: (s, {"authz.gateway.mapping.parse_body": boom}),
     "building the allow answer raises": lambda s: (s, {"authz.gateway.ext_authz._allow": boom}),
     "metadata cannot be encoded": lambda s: (s, {"authz.gateway.ext_authz._struct": boom}),
 }
 
 
+def fault_wire() -> Wire:
+    """The request of the fault table: a JSON body to parse, a name to resolve, a signature to check."""
+    return signed(VIEWER, "/describeStream", {"StreamName": "your_stream"})
+
+
 def test_control_case_of_the_fault_table_is_allowed(store: Store) -> None:
     # Without a fault, the request the table uses passes: each fault below is what turns it into a denial.
-    allowed(ExtAuthzServicer(store, GatewayOptions()), put_media(CAMERA, name="your_stream"), user("camera"),
-            "kinesisvideo:PutMedia", YOUR_STREAM)
+    allowed(ExtAuthzServicer(store, OPTIONS), fault_wire(), user("viewer"), "kinesisvideo:DescribeStream",
+            YOUR_STREAM)
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_every_fault_denies(store: Store, fault: str) -> None:
     faulty, patches = FAULTS[fault](store)
-    srv = ExtAuthzServicer(faulty, GatewayOptions())
+    srv = ExtAuthzServicer(faulty, OPTIONS)
     with contextlib_patches(patches):
-        resp = srv.Check(put_media(CAMERA, name="your_stream").check(), None)  # type: ignore[arg-type]
+        resp = srv.Check(fault_wire().check(), None)  # type: ignore[arg-type]
     assert resp.status.code != code_pb2.OK
     assert not resp.HasField("ok_response")
     # Even when the deny itself cannot carry metadata, Envoy gets a deny (a non-OK status is enough).
@@ -584,7 +622,7 @@ def test_secrets_never_reach_the_log(store: Store, caplog: pytest.LogCaptureFixt
     grant = store.assume_role(PARTNER, PARTNER_ROLE, "logged")
     session = Key(grant.access_key_id, grant.secret_access_key, grant.session_token)
     secrets = [CAMERA.secret, session.secret, grant.session_token]
-    srv = ExtAuthzServicer(store, GatewayOptions())
+    srv = ExtAuthzServicer(store, OPTIONS)
     wires = [put_media(CAMERA, name="your_stream"), put_media(session, name="shared_stream"),
              put_media(Key(session.access_key_id, session.secret, "forged-token"), name="shared_stream"),
              signed(Key(CAMERA.access_key_id, "wrong"), "/listStreams", {})]
@@ -593,7 +631,7 @@ def test_secrets_never_reach_the_log(store: Store, caplog: pytest.LogCaptureFixt
             ask(srv, w)
         # A failure whose message quotes the token: the log says what failed, not the message.
         leaky = FaultyStore(store, authorize=mock.Mock(side_effect=RuntimeError(grant.session_token)))
-        ask(ExtAuthzServicer(leaky, GatewayOptions()), put_media(session, name="shared_stream"))  # type: ignore[arg-type]
+        ask(ExtAuthzServicer(leaky, OPTIONS), put_media(session, name="shared_stream"))  # type: ignore[arg-type]
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("authz"))
     assert "RuntimeError" in ours and "ext_authz allow" in ours and "UnrecognizedClientException" in ours
     signatures = [w.headers["Authorization"].rsplit("Signature=", 1)[1] for w in wires]
@@ -607,7 +645,7 @@ def test_secrets_never_reach_the_log(store: Store, caplog: pytest.LogCaptureFixt
 
 def test_register_serves_check_over_grpc(store: Store) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    register(server, store, GatewayOptions())
+    register(server, store, OPTIONS)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

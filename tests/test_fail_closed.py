@@ -145,7 +145,7 @@ def refused_or_denied(call: Callable[[], Any]) -> str:
 
 
 def check_via_ext_authz(r: Rig) -> Any:
-    servicer = ExtAuthzServicer(r.store, GatewayOptions())
+    servicer = ExtAuthzServicer(r.store, ext_unit.OPTIONS)       # serves the example bundle's region
     wire = ext_unit.put_media(ext_unit.CAMERA, name="your_stream")
     return servicer.Check(wire.check(), None)  # type: ignore[arg-type]
 

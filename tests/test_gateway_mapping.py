@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authz.gateway.mapping import (
-    ANY_PATH,
+    WSS_PATH,
     MAX_ARN_LEN,
     MAX_CLIENT_ID_LEN,
     MAX_JSON_BODY_BYTES,
@@ -31,11 +34,13 @@ from authz.gateway.mapping import (
     HttpRequest,
     MappedRequest,
     MappingError,
+    RawBody,
     ResourceRecord,
     Route,
     UnparsableBody,
     map_request,
     parse_body,
+    signed_view,
 )
 
 from tests.testdata import CONFORMANCE_DIR, SPEC_FILE
@@ -74,8 +79,14 @@ def post(path: str, body: Any = None, headers: Mapping[str, str] | None = None) 
     return HttpRequest("POST", path, headers or {"content-type": "application/json"}, {}, body)
 
 
-def wss(query: Mapping[str, str], path: str = "/") -> HttpRequest:
-    return HttpRequest("GET", path, {"upgrade": "websocket"}, query, None)
+# A WebSocket handshake as a browser or the KVS WebRTC SDK sends it (RFC 6455 4.1).
+HANDSHAKE = {"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13",
+             "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+def wss(query: Mapping[str, str], path: str = "/", headers: Mapping[str, str] = HANDSHAKE,
+        body: Any = None) -> HttpRequest:
+    return HttpRequest("GET", path, headers, query, body)
 
 
 def run(req: HttpRequest, *, env: Environment | None = None, registry: DictRegistry = REGISTRY,
@@ -191,7 +202,7 @@ def test_route_row_matches_spec_row(route: Route) -> None:
     if m:
         assert (route.method, route.path) == (m[1], m[2])
     else:
-        assert http.startswith("WSS connect") and (route.method, route.path) == ("GET", ANY_PATH)
+        assert http.startswith("WSS connect") and (route.method, route.path) == ("GET", WSS_PATH)
     expected_type = {"stream*": "stream", "channel*": "channel", "—": "none",
                      "channel, stream (either)": "stream|channel"}[rtype]
     assert route.resource == expected_type
@@ -210,7 +221,7 @@ def test_route_row_matches_spec_row(route: Route) -> None:
 
 def _minimal_request(route: Route) -> HttpRequest:
     """A valid request for `route`, naming its resource the first way the table allows."""
-    if route.path == ANY_PATH:
+    if route.body == "none":
         query = {"X-Amz-ChannelARN": C1}
         if route.client_id_from:
             query["X-Amz-ClientId"] = "viewer-7"
@@ -265,7 +276,7 @@ def test_every_name_route_resolves_names(route: Route) -> None:
         assert got.context["aws:ResourceTag/site"] == "paris"
 
 
-@pytest.mark.parametrize("route", [r for r in ROUTES if r.arn_from and not r.name_from and r.path != ANY_PATH],
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.arn_from and not r.name_from and r.body != "none"],
                          ids=lambda r: r.action)
 def test_arn_only_routes_refuse_names(route: Route) -> None:
     err = refused(post(route.path, {"StreamName": "cam-01", "ChannelName": "door-01",
@@ -286,6 +297,7 @@ def test_arn_only_routes_refuse_names(route: Route) -> None:
     ("POST", "/describeStream/"),
     ("POST", "/getHLSMasterPlaylist"),            # token-authenticated, no IAM action (spec 7.3)
     ("GET", "/describeStream"),                   # a GET without X-Amz-ChannelARN is no WebSocket connect
+    ("GET", "/"),
     ("PUT", "/createStream"),
     ("DELETE", "/"),
 ])
@@ -295,14 +307,64 @@ def test_unknown_routes_are_404(method: str, path: str) -> None:
     assert "POST" in err.message
 
 
-def test_websocket_connect_works_on_any_path() -> None:
-    got = run(wss({"X-Amz-ChannelARN": C1}, path="/some/endpoint/path"))
+def test_websocket_connect_is_a_bodiless_handshake_on_the_root_path() -> None:
+    got = run(wss({"X-Amz-ChannelARN": C1}))
     assert (got.action, got.resource) == ("kinesisvideo:ConnectAsMaster", C1)
 
 
-def test_websocket_connect_ignores_any_body() -> None:
-    req = HttpRequest("GET", "/", {}, {"X-Amz-ChannelARN": C1}, UnparsableBody(400, "SerializationException", "x"))
-    assert run(req).action == "kinesisvideo:ConnectAsMaster"
+@pytest.mark.parametrize("path", ["/some/endpoint/path", "/describeStream", "//", "/?", ""])
+def test_websocket_connect_on_another_path_is_no_connect(path: str) -> None:
+    # Regression (finding 8): any GET with X-Amz-ChannelARN was authorised as ConnectAsMaster.
+    for query in ({"X-Amz-ChannelARN": C1}, {"X-Amz-ChannelARN": C1, "X-Amz-ClientId": "viewer-7"}):
+        err = refused(wss(query, path=path))
+        assert (err.status, err.code) == (404, "UnknownOperationException")
+
+
+@pytest.mark.parametrize("body", [{"StreamARN": S1}, {}, UnparsableBody(403, "InvalidSignatureException", "x")])
+def test_websocket_connect_with_a_body_is_refused(body: Any) -> None:
+    for query in ({"X-Amz-ChannelARN": C1}, {"X-Amz-ChannelARN": C1, "X-Amz-ClientId": "viewer-7"}):
+        err = refused(wss(query, body=body))
+        assert (err.status, err.code) == (400, "InvalidArgumentException")
+        assert "WebSocket" in err.message and "without a body" in err.message
+
+
+@pytest.mark.parametrize("change", [
+    {"upgrade": None}, {"connection": None}, {"sec-websocket-version": None}, {"sec-websocket-key": None},
+    {"upgrade": "h2c"}, {"connection": "keep-alive"}, {"sec-websocket-version": "8"},
+    {"sec-websocket-key": "not base64!"}, {"sec-websocket-key": "c2hvcnQ="},          # 5 bytes, not 16
+])
+def test_websocket_connect_needs_the_handshake_headers(change: dict[str, str | None]) -> None:
+    headers = {k: v for k, v in {**HANDSHAKE, **change}.items() if v is not None}
+    err = refused(wss({"X-Amz-ChannelARN": C1, "X-Amz-ClientId": "viewer-7"}, headers=headers))
+    assert (err.status, err.code) == (400, "InvalidArgumentException")
+    assert "Upgrade: websocket" in err.message and "Sec-WebSocket-Key" in err.message
+
+
+def test_websocket_handshake_headers_match_like_http_tokens() -> None:
+    headers = {"Upgrade": "WebSocket", "Connection": "keep-alive, Upgrade", "Sec-WebSocket-Version": " 13",
+               "Sec-WebSocket-Key": HANDSHAKE["sec-websocket-key"]}
+    assert run(wss({"X-Amz-ChannelARN": C1}, headers=headers)).action == "kinesisvideo:ConnectAsMaster"
+
+
+@pytest.mark.parametrize("name", ["x-amz-channelarn", "X-Amz-ChannelArn", "StreamARN", "X-Amz-Foo", "api"])
+def test_websocket_connect_refuses_query_parameters_it_does_not_define(name: str) -> None:
+    err = refused(wss({"X-Amz-ChannelARN": C1, "X-Amz-ClientId": "viewer-7", name: S1}))
+    assert (err.status, err.code) == (400, "InvalidArgumentException")
+    assert "X-Amz-ChannelARN" in err.message and "X-Amz-ClientId" in err.message
+
+
+def test_presign_query_parameters_are_accepted_on_every_route() -> None:
+    presign = {"X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Credential": "x", "X-Amz-Date": "x",
+               "X-Amz-Expires": "300", "X-Amz-SignedHeaders": "host", "X-Amz-Signature": "x",
+               "X-Amz-Security-Token": "x"}
+    assert run(wss({"X-Amz-ChannelARN": C1, **presign})).action == "kinesisvideo:ConnectAsMaster"
+    assert run(HttpRequest("POST", "/listStreams", {}, presign, {})).action == "kinesisvideo:ListStreams"
+
+
+def test_json_routes_take_no_query_parameters() -> None:
+    err = refused(HttpRequest("POST", "/describeStream", {}, {"StreamName": "cam-02"}, {"StreamName": "cam-01"}))
+    assert (err.status, err.code) == (400, "InvalidArgumentException")
+    assert "takes no query parameters" in err.message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -735,6 +797,175 @@ def test_nested_members_do_not_identify_the_resource() -> None:
     # UpdateMediaStorageConfiguration's nested StreamARN must not be taken as the resource.
     err = refused(post("/updateMediaStorageConfiguration", {"MediaStorageConfiguration": {"StreamARN": S1}}))
     assert err.status == 400 and "ChannelARN" in err.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Members that differ only in letter case (finding 7)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"StreamName":"public-cam","streamName":"secret-cam"}',            # the reported request
+    b'{"streamName":"secret-cam","StreamName":"public-cam"}',
+    b'{"StreamName":"public-cam","STREAMNAME":"secret-cam"}',
+    rb'{"StreamName":"public-cam","\u017ftreamName":"secret-cam"}',       # LONG S: Go's EqualFold says "s"
+    b'{"Tags":{"site":"paris","Site":"lyon"}}',                            # nested object
+    rb'{"Tags":[{"Key":"a","Value":"b","\u212aey":"c"}]}',                  # KELVIN SIGN: Go's EqualFold says "k"
+    b'{"a":[[{"x":{"deep":1,"DEEP":2}}]]}',                                 # any depth
+    b'{"StreamName":"a","StreamName":"b"}',                                # exact duplicates, as before
+])
+def test_members_colliding_case_insensitively_are_refused_at_any_depth(raw: bytes) -> None:
+    body = parse_body(raw, "application/json")
+    assert isinstance(body, UnparsableBody)
+    assert (body.status, body.code) == (400, "SerializationException")
+    assert "ambiguous" in body.message and "spelled exactly" in body.message
+    err = refused(post("/describeStream", RawBody(raw)))
+    assert (err.status, err.code) == (400, "SerializationException")
+
+
+def test_the_reported_case_collision_is_no_longer_allowed_as_public_cam() -> None:
+    # Regression (finding 7): this mapped to public-cam and was forwarded, where Go or .NET read secret-cam.
+    err = refused(post("/describeStream", RawBody(b'{"StreamName":"public-cam","streamName":"secret-cam"}')))
+    assert "'StreamName' and 'streamName' differ only in letter case" in err.message
+
+
+@pytest.mark.parametrize("path, body, exact", [
+    ("/describeStream", {"streamName": "cam-01"}, "StreamName"),
+    ("/describeStream", {"StreamARN": S1, "streamname": "cam-02"}, "StreamName"),
+    ("/describeStream", {"StreamName": "cam-01", "streamARN": S2}, "StreamARN"),
+    ("/joinStorageSession", {"ChannelARN": C1}, "channelArn"),             # this API spells it channelArn
+    ("/TagResource", {"ResourceARN": C1, "tags": [{"Key": "k", "Value": "v"}]}, "Tags"),
+    ("/untagStream", {"StreamARN": S1, "tagKeyList": ["k"]}, "TagKeyList"),
+])
+def test_a_read_member_spelled_in_another_case_is_refused(path: str, body: dict[str, Any], exact: str) -> None:
+    err = refused(post(path, body))
+    assert (err.status, err.code) == (400, "InvalidArgumentException")
+    assert repr(exact) in err.message and "case-sensitive" in err.message
+
+
+def test_members_the_route_does_not_read_may_use_any_case() -> None:
+    got = run(post("/getMedia", {"StreamName": "cam-01", "StartSelector": {"StartSelectorType": "NOW"},
+                                 "channelarn": "whatever"}))
+    assert got.resource == S1
+
+
+_KEY_LETTERS = st.sampled_from(["a", "A", "b", "B", "k", "K", "\u212a", "s", "S", "\u017f", "\u00df", "SS"])
+_KEYS = st.lists(_KEY_LETTERS, min_size=1, max_size=3).map("".join)
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3),
+                     lambda inner: st.lists(inner, max_size=3) | st.lists(st.tuples(_KEYS, inner), max_size=4),
+                     max_leaves=12)
+
+
+def _render(value: Any) -> str:
+    """JSON text in which a list of (key, value) pairs is an object, so the text may hold duplicate keys."""
+    if isinstance(value, list) and value and all(isinstance(v, tuple) for v in value):
+        return "{" + ",".join(f"{json.dumps(k)}:{_render(v)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_render(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _objects(value: Any) -> Iterator[list[str]]:
+    if isinstance(value, list) and value and all(isinstance(v, tuple) for v in value):
+        yield [k for k, _ in value]
+        for _, v in value:
+            yield from _objects(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _objects(v)
+
+
+@given(_JSON)
+@settings(max_examples=300, deadline=None)
+def test_property_a_body_is_accepted_only_when_no_decoder_could_read_a_member_twice(value: Any) -> None:
+    """Accepted iff, in every object at every depth, no two names are equal under the Unicode case
+    folding (simple and full) or upper-casing that case-insensitive decoders apply."""
+    def variants(name: str) -> set[str]:
+        return {name.casefold(), name.upper().casefold(), name.lower(), name.upper()}
+
+    ambiguous = False
+    for names in _objects(value):
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if a == b or any(x.casefold() == y.casefold() for x in variants(a) for y in variants(b)):
+                    ambiguous = True
+    got = parse_body(_render(value).encode(), "application/json")
+    assert isinstance(got, UnparsableBody) == ambiguous, (value, got)
+
+
+# ---------------------------------------------------------------------------------------------
+# Region and partition of ARNs (finding 4: the endpoint acts in its own region only)
+
+
+@pytest.mark.parametrize("arn", [
+    S1.replace("us-east-1", "us-west-2"),
+    S1.replace("arn:aws:", "arn:aws-cn:"),
+])
+def test_an_arn_of_another_region_or_partition_is_400(arn: str) -> None:
+    err = refused(post("/describeStream", {"StreamARN": arn}))
+    assert (err.status, err.code) == (400, "InvalidArgumentException")
+    assert "StreamARN" in err.message and "us-east-1" in err.message
+    err = refused(HttpRequest("POST", "/putMedia", {"x-amzn-stream-arn": arn}, {}, None))
+    assert err.status == 400 and "x-amzn-stream-arn" in err.message
+
+
+# ---------------------------------------------------------------------------------------------
+# The signed view: what the mapping is handed at the gateway (finding 6)
+
+
+def _view(headers: Mapping[str, str], body: bytes | None, *, signed: frozenset[str] | None,
+          verified: bool = True, method: str = "POST", path: str = "/putMedia",
+          query: Mapping[str, str] | None = None) -> HttpRequest:
+    return signed_view(method, path, headers, query or {}, body, signed_headers=signed, body_verified=verified)
+
+
+def test_signed_view_keeps_only_signed_headers_and_the_handshake() -> None:
+    headers = {"host": "h", "x-amz-date": "d", "x-amzn-stream-arn": S2, "content-type": "application/json",
+               "x-other": "1", **HANDSHAKE}
+    view = _view(headers, b"", signed=frozenset({"host", "x-amz-date", "x-amzn-stream-arn"}))
+    assert set(view.headers) == {"host", "x-amz-date", "x-amzn-stream-arn", *HANDSHAKE}
+    assert view.body is None
+    assert run(view).resource == S2
+    # A trusted source (header or certificate) vouches for every header.
+    assert set(_view(headers, b"", signed=None).headers) == set(headers)
+
+
+@pytest.mark.parametrize("name", ["x-amzn-stream-name", "X-Amzn-Stream-Name", "x-amzn-stream-arn"])
+def test_an_unsigned_header_the_mapping_reads_is_refused(name: str) -> None:
+    # Regression (finding 6): the mapping read x-amzn-stream-name whether or not it was signed.
+    with pytest.raises(MappingError) as info:
+        _view({"host": "h", name: "cam-01"}, b"", signed=frozenset({"host"}))
+    assert (info.value.status, info.value.code) == (403, "InvalidSignatureException")
+    assert name.lower() in info.value.message and "SignedHeaders" in info.value.message
+
+
+@pytest.mark.parametrize("body, verified, status, code", [
+    (b'{"StreamName":"cam-01"}', False, 403, "InvalidSignatureException"),      # UNSIGNED-PAYLOAD
+    (None, True, 413, "RequestEntityTooLargeException"),                      # not received whole
+])
+def test_an_unverified_body_is_never_read(body: bytes | None, verified: bool, status: int, code: str) -> None:
+    view = _view({"host": "h"}, body, signed=frozenset({"host"}), verified=verified, path="/describeStream")
+    assert isinstance(view.body, UnparsableBody)
+    err = refused(view)
+    assert (err.status, err.code) == (status, code)
+    # PutMedia never reads its body, so an unsigned MKV stream is fine there.
+    put = _view({"host": "h", "x-amzn-stream-name": "cam-02"}, body, signed=frozenset({"host", "x-amzn-stream-name"}),
+                verified=verified)
+    assert run(put).resource == S2
+    # A signaling connect must have no body at all.
+    connect = _view({"host": "h", **HANDSHAKE}, body, signed=frozenset({"host"}), verified=verified, method="GET",
+                    path="/", query={"X-Amz-ChannelARN": C1})
+    assert refused(connect).status == 400
+
+
+def test_a_verified_body_is_parsed_only_on_json_routes() -> None:
+    view = _view({"host": "h"}, b'{"StreamName":"cam-01"}', signed=frozenset({"host"}), path="/describeStream")
+    assert isinstance(view.body, RawBody)
+    assert run(view).resource == S1
+    mkv = _view({"host": "h", "x-amzn-stream-arn": S2}, b"\x1a\x45\xdf\xa3 not json", signed=frozenset({"host",
+                "x-amzn-stream-arn"}))
+    assert run(mkv).resource == S2
+    with mock.patch("authz.gateway.mapping.parse_body", side_effect=AssertionError("parsed")):
+        run(mkv)                                 # PutMedia's body is never parsed
 
 
 # ---------------------------------------------------------------------------------------------

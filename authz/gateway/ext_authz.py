@@ -26,10 +26,10 @@ from ..policy.errors import LimitError, RequestError
 from ..store import Store
 from ..store.snapshot import CredentialLookup
 from .sigv4 import DEFAULT_MAX_SKEW_SECONDS
-from .mapping import (Endpoint, Environment, HttpRefusal, HttpRequest, MappedRequest, MappingError, map_request,
-                      parse_body)
+from .mapping import (Endpoint, Environment, HttpRefusal, MappedRequest, MappingError, map_request,
+                      signed_view)
 from .principal import AuthenticationError, Caller, PrincipalSource, SignedRequest, authenticate, \
-    parse_principal_from, parse_region, parse_trusted_proxies
+    parse_principal_from, parse_regions, parse_trusted_proxies
 
 log = logging.getLogger("authz.gateway.ext_authz")
 
@@ -77,7 +77,10 @@ class GatewayOptions:
     """How the gateway authenticates and where it resolves names; fixed at start-up.
 
     principal_from: `sigv4`, `header:NAME` or `peer` (see principal.py).
-    region: used when the request carries no SigV4 credential scope (header and peer sources).
+    region: the regions this gateway serves, comma-separated (us-west-2 or us-west-2,eu-west-1). A SigV4
+      request signed for any other region is refused (InvalidSignatureException, as AWS endpoints
+      answer). The first is where names resolve when a request carries no SigV4 credential scope
+      (header and peer sources).
     trusted_proxies: CIDRs of proxies in front of Envoy whose X-Forwarded-For entries are believed;
       empty: aws:SourceIp is the TCP peer Envoy reports.
     """
@@ -90,7 +93,7 @@ class GatewayOptions:
 
     def __post_init__(self) -> None:
         parse_principal_from(self.principal_from)
-        parse_region(self.region)
+        parse_regions(self.region)
         if not _PARTITION_RE.fullmatch(self.partition):
             raise ValueError(f"partition {self.partition!r} is not a partition name such as aws")
         parse_trusted_proxies(",".join(self.trusted_proxies))
@@ -100,6 +103,10 @@ class GatewayOptions:
     @property
     def source(self) -> PrincipalSource:
         return parse_principal_from(self.principal_from)
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return parse_regions(self.region)
 
 
 class _Refusal(HttpRefusal):
@@ -111,8 +118,9 @@ class _Incoming:
     """One HTTP request as Envoy described it, before anything about it is trusted."""
 
     signed: SignedRequest
-    http: HttpRequest
-    env: Environment
+    query: Mapping[str, str]           # decoded; read by the mapping only after authentication
+    source_ip: str | None
+    secure_transport: bool
     request_id: str
 
 
@@ -202,7 +210,7 @@ def _request_id(headers: Mapping[str, str], http: attribute_context_pb2.Attribut
     return rid if len(rid) <= MAX_REQUEST_ID_LEN and _REQUEST_ID_RE.fullmatch(rid) else ""
 
 
-def _incoming(check: external_auth_pb2.CheckRequest, now: datetime,
+def _incoming(check: external_auth_pb2.CheckRequest,
               trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> _Incoming:
     attrs = check.attributes
     http = attrs.request.http
@@ -214,16 +222,19 @@ def _incoming(check: external_auth_pb2.CheckRequest, now: datetime,
     raw_query = raw_query.partition("#")[0]
     body = _body(http, headers)
     signed = SignedRequest(http.method, raw_path, raw_query, headers, body, attrs.source.principal)
-    env = Environment(
-        now=now,
-        source_ip=_source_ip(attrs.source.address.socket_address.address, headers, trusted),
-        # Envoy's view of the downstream transport (x-forwarded-proto only when it trusts the hop).
-        secure_transport=http.scheme.lower() == "https",
-        user_agent=headers.get("user-agent"),
-    )
-    req = HttpRequest(http.method, raw_path, headers, _query(raw_query),
-                      parse_body(body, headers.get("content-type")))
-    return _Incoming(signed, req, env, request_id)
+    # Nothing here parses the body: that waits until the caller is authenticated (map_request).
+    return _Incoming(signed, _query(raw_query),
+                     _source_ip(attrs.source.address.socket_address.address, headers, trusted),
+                     # Envoy's view of the downstream transport (x-forwarded-proto only when it trusts the hop).
+                     http.scheme.lower() == "https", request_id)
+
+
+def _environment(incoming: _Incoming, caller: Caller, now: datetime) -> Environment:
+    """Global request facts. aws:UserAgent only from a User-Agent the authentication covers: anyone
+    relaying a signed request could change an unsigned one (botocore does not sign it)."""
+    covered = caller.signed_headers is None or "user-agent" in caller.signed_headers
+    return Environment(now=now, source_ip=incoming.source_ip, secure_transport=incoming.secure_transport,
+                       user_agent=incoming.signed.headers.get("user-agent") if covered else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +314,8 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._store = store
         self._options = options
         self._source = options.source
+        self._home_region = options.regions[0]
+        self._regions = frozenset(options.regions)
         self._trusted = tuple(ipaddress.ip_network(c, strict=False) for c in options.trusted_proxies)
 
     def Check(self, request: external_auth_pb2.CheckRequest,
@@ -323,18 +336,22 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         try:
             if not self._store.ready:
                 raise _Refusal(503, "ServiceUnavailableException", "the authorizer has no policy set loaded yet")
-            incoming = _incoming(check, now, self._trusted)
+            incoming = _incoming(check, self._trusted)
             request_id = incoming.request_id
             snapshot = self._store.snapshot
             try:
                 credentials = CredentialLookup(snapshot)
                 caller = authenticate(self._source, incoming.signed, credentials, now,
-                                      max_skew_seconds=self._options.max_skew_seconds)
+                                      max_skew_seconds=self._options.max_skew_seconds, regions=self._regions)
             except AuthenticationError as exc:
                 raise _Refusal(exc.status, exc.code, exc.message) from None
-            endpoint = Endpoint(self._options.partition, caller.region or self._options.region)
+            # Authenticated first, then parsed: the mapping sees only what the authentication covers.
+            endpoint = Endpoint(self._options.partition, caller.region or self._home_region)
+            signed = incoming.signed
             try:
-                mapped = map_request(incoming.http, caller.account, endpoint, snapshot, incoming.env)
+                view = signed_view(signed.method, signed.raw_path, signed.headers, incoming.query, signed.body,
+                                   signed_headers=caller.signed_headers, body_verified=caller.body_verified)
+                mapped = map_request(view, caller.account, endpoint, snapshot, _environment(incoming, caller, now))
             except MappingError as exc:
                 raise _Refusal(exc.status, exc.code, exc.message) from None
             try:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, Final, Literal, NoReturn, Protocol
+
+from .sigv4 import PRESIGN_QUERY_PARAMS
 
 SERVICE_PREFIX: Final = "kinesisvideo"
 
@@ -36,8 +40,15 @@ ResourceKind = Literal["stream", "channel", "stream|channel", "none"]
 TagForm = Literal["", "map", "list", "keys"]
 BodyKind = Literal["json", "mkv", "none"]
 
-# WebSocket signaling connects on whatever path the endpoint has (usually "/"); spec 7.3.
-ANY_PATH: Final = "*"
+# WebRTC signaling: a WebSocket handshake (GET, no body) to the root of the endpoint GetSignalingChannelEndpoint
+# returns, which has no path (spec 7.3). Master and viewer share the path; X-Amz-ClientId tells them apart.
+WSS_PATH: Final = "/"
+# The handshake headers a signaling connect must carry (RFC 6455 4.1). Presigned URLs sign only `host`,
+# so these are read from the request unsigned, and only ever to refuse: they never choose an action,
+# a resource or a context value (no route may read them, _check_routes).
+HANDSHAKE_HEADERS: Final = frozenset({"upgrade", "connection", "sec-websocket-version", "sec-websocket-key"})
+WEBSOCKET_VERSION: Final = "13"
+WEBSOCKET_KEY_BYTES: Final = 16        # Sec-WebSocket-Key: base64 of a 16-byte nonce
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class Route:
     tags: TagForm = ""               # "map": Tags {k: v}; "list": Tags [{Key, Value}]; "keys": TagKeyList
     create: bool = False             # resource is the provisional ARN of the named new resource
     client_id_from: str = ""         # ConnectAsViewer: the viewer's client id (validated, selects the route)
-    body: BodyKind = "json"          # "mkv" (PutMedia) and "none" (WebSocket) bodies are never parsed
+    body: BodyKind = "json"          # "mkv" (PutMedia): never parsed; "none" (WebSocket): must be absent
     api: str = "kinesisvideo"        # SDK client, for the reader only
 
 
@@ -71,8 +82,8 @@ _WSS_ARN = ("query.X-Amz-ChannelARN",)
 # Spec table 7.2, same order, one row per action (46). Read it column by column against the spec:
 # method, path, action, resource type, "identified by" (ARN members, name members), tags.
 ROUTES: Final[tuple[Route, ...]] = (
-    Route("GET", ANY_PATH, "ConnectAsMaster", "channel", _WSS_ARN, body="none", api="kinesis-video-signaling (WSS)"),
-    Route("GET", ANY_PATH, "ConnectAsViewer", "channel", _WSS_ARN, client_id_from="query.X-Amz-ClientId", body="none",
+    Route("GET", WSS_PATH, "ConnectAsMaster", "channel", _WSS_ARN, body="none", api="kinesis-video-signaling (WSS)"),
+    Route("GET", WSS_PATH, "ConnectAsViewer", "channel", _WSS_ARN, client_id_from="query.X-Amz-ClientId", body="none",
           api="kinesis-video-signaling (WSS)"),
     Route("POST", "/createSignalingChannel", "CreateSignalingChannel", "channel", (), _CN, tags="list", create=True),
     Route("POST", "/createStream", "CreateStream", "stream", (), _SN, tags="map", create=True),
@@ -137,13 +148,21 @@ def _check_routes(routes: tuple[Route, ...]) -> None:
         if r.action in seen_actions:
             raise ValueError(f"route table: action {r.action} listed twice")
         seen_actions.add(r.action)
-        if r.path != ANY_PATH:
+        if (r.body == "none") != (r.method == "GET" and r.path == WSS_PATH):
+            raise ValueError(f"route table: {r.action}: only the signaling WebSocket is GET {WSS_PATH} without a body")
+        if r.body != "none":
             if (r.method, r.path) in seen_paths:
                 raise ValueError(f"route table: {r.method} {r.path} listed twice")
             seen_paths.add((r.method, r.path))
         for src in (*r.arn_from, *r.name_from, *((r.client_id_from,) if r.client_id_from else ())):
             if src.split(".", 1)[0] not in ("body", "header", "query") or "." not in src:
                 raise ValueError(f"route table: {r.action} has a bad member source {src!r}")
+            where, member = src.split(".", 1)
+            if where == "header" and (member != member.lower() or member in HANDSHAKE_HEADERS):
+                raise ValueError(f"route table: {r.action} reads header {member!r}; name a lower-case header "
+                                 "that is not a WebSocket handshake header")
+            if where == "query" and (r.body != "none" or member in PRESIGN_QUERY_PARAMS):
+                raise ValueError(f"route table: {r.action} reads query parameter {member!r}")
         if (r.resource == "none") != (not r.arn_from and not r.name_from):
             raise ValueError(f"route table: {r.action} resource type and identifying members disagree")
         if r.create and (r.arn_from or not r.name_from):
@@ -156,11 +175,40 @@ def _check_routes(routes: tuple[Route, ...]) -> None:
 _check_routes(ROUTES)
 
 _POST_ROUTES: Final[Mapping[tuple[str, str], Route]] = MappingProxyType(
-    {(r.method, r.path): r for r in ROUTES if r.path != ANY_PATH}
+    {(r.method, r.path): r for r in ROUTES if r.body != "none"}
 )
-_WSS_MASTER: Final = next(r for r in ROUTES if r.path == ANY_PATH and not r.client_id_from)
-_WSS_VIEWER: Final = next(r for r in ROUTES if r.path == ANY_PATH and r.client_id_from)
+_WSS_MASTER: Final = next(r for r in ROUTES if r.body == "none" and not r.client_id_from)
+_WSS_VIEWER: Final = next(r for r in ROUTES if r.body == "none" and r.client_id_from)
 _WSS_QUERY_KEYS: Final = ("X-Amz-ChannelARN", "X-Amz-ClientId")
+
+# Every header any route reads: a request whose signature does not cover one that is present is refused.
+MEMBER_HEADERS: Final = frozenset(src.split(".", 1)[1] for r in ROUTES
+                                  for src in (*r.arn_from, *r.name_from) if src.startswith("header."))
+
+
+def _fold(name: str) -> str:
+    """A member name as decoders that match names case-insensitively see it (Go's EqualFold folds
+    U+212A KELVIN SIGN to k and U+017F LONG S to s; .NET compares upper-cased names)."""
+    return name.upper().casefold()
+
+
+def _query_members(route: Route) -> frozenset[str]:
+    return frozenset(src.split(".", 1)[1] for src in (*route.arn_from, *route.name_from, route.client_id_from)
+                     if src.startswith("query."))
+
+
+def _body_members(route: Route) -> Mapping[str, str]:
+    """Folded name -> exact name of the top-level body members the mapping reads for `route`."""
+    names = [src.split(".", 1)[1] for src in (*route.arn_from, *route.name_from) if src.startswith("body.")]
+    names += {"map": ["Tags"], "list": ["Tags"], "keys": ["TagKeyList"], "": []}[route.tags]
+    return MappingProxyType({_fold(n): n for n in names})
+
+
+# Per route: query parameters it accepts (its own and a presigned signature's); body members it reads.
+_ROUTE_QUERY: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {r.action: _query_members(r) | PRESIGN_QUERY_PARAMS for r in ROUTES})
+_ROUTE_BODY_MEMBERS: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
+    {r.action: _body_members(r) for r in ROUTES})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,11 +261,16 @@ class DictRegistry:
 
 @dataclass(frozen=True)
 class HttpRequest:
+    """What the mapping may read of one request. At the gateway it is built by signed_view, and so holds
+    only what the caller's authentication covers (plus the WebSocket handshake headers, read only to refuse).
+    """
+
     method: str
     path: str                      # without query string
     headers: Mapping[str, str]     # names matched case-insensitively
     query: Mapping[str, str]       # decoded query parameters
-    body: Any                      # parse_body's result: JSON value, None, or UnparsableBody
+    body: Any                      # a JSON value, RawBody (parsed on JSON routes only), None (no body),
+                                   # or UnparsableBody (a body the mapping may not read)
 
 
 @dataclass(frozen=True)
@@ -263,11 +316,21 @@ class MappingError(HttpRefusal):
 
 @dataclass(frozen=True)
 class UnparsableBody:
-    """parse_body's answer for a body that should be JSON but is not; map_request refuses it on JSON routes."""
+    """A body the mapping may not read: not JSON, too large, not covered by the signature, or not received whole.
+
+    map_request refuses it on routes that read their body (JSON) or must have none (WebSocket).
+    """
 
     status: int
     code: str
     message: str
+
+
+@dataclass(frozen=True)
+class RawBody:
+    """Body bytes the caller's authentication covers; map_request parses them as JSON on JSON routes only."""
+
+    data: bytes = field(repr=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,13 +344,23 @@ def _is_json_media_type(content_type: str) -> bool:
     return media in _JSON_MEDIA_TYPES or media.endswith("+json") or media.startswith("application/x-amz-json")
 
 
+class _AmbiguousMembers(ValueError):
+    """An object whose member names the upstream's decoder could read differently than we do."""
+
+
 def _no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A body with two StreamName members could be read differently by the upstream than by us;
-    # refusing it keeps the authorised resource and the acted-on resource the same.
+    # A body with two StreamName members, or with StreamName and streamName, could be read differently
+    # by the upstream than by us (Go's and .NET's decoders match names case-insensitively and keep the
+    # last); refusing it, at every depth, keeps the authorised resource and the acted-on resource the same.
     obj: dict[str, Any] = {}
+    folded: dict[str, str] = {}
     for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"member {key!r} appears more than once")
+        seen = folded.get(_fold(key))
+        if seen is not None:
+            if seen == key:
+                raise _AmbiguousMembers(f"member {_shown(key)} appears more than once")
+            raise _AmbiguousMembers(f"members {_shown(seen)} and {_shown(key)} differ only in letter case")
+        folded[_fold(key)] = key
         obj[key] = value
     return obj
 
@@ -313,6 +386,10 @@ def parse_body(raw: bytes | None, content_type: str | None) -> Any:
                               f"{MAX_JSON_BODY_BYTES} bytes")
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_members, parse_constant=_no_constants)
+    except _AmbiguousMembers as exc:
+        return UnparsableBody(400, "SerializationException",
+                              f"request body is ambiguous: {exc}; JSON decoders differ on such objects, so send "
+                              "each member once, spelled exactly as the API names it")
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return UnparsableBody(400, "SerializationException",
                               f"request body is not valid JSON ({exc.__class__.__name__}: {str(exc)[:200]}); "
@@ -361,7 +438,7 @@ def _invalid(message: str) -> MappingError:
     return MappingError(400, "InvalidArgumentException", message)
 
 
-def _check_arn(label: str, value: Any, kinds: tuple[str, ...]) -> _ArnParts:
+def _check_arn(label: str, value: Any, kinds: tuple[str, ...], endpoint: Endpoint) -> _ArnParts:
     wanted = " or ".join(kinds)
     if not isinstance(value, str):
         raise _invalid(f"{label} must be a string ARN of a {wanted}")
@@ -371,6 +448,11 @@ def _check_arn(label: str, value: Any, kinds: tuple[str, ...]) -> _ArnParts:
                        f"{_ARN_SYNTAX} (names [a-zA-Z0-9_.-]), at most {MAX_ARN_LEN} characters")
     if parts.type not in kinds:
         raise _invalid(f"{label} names a {parts.type}, but {label} must be the ARN of a {wanted}")
+    if (parts.partition, parts.region) != (endpoint.partition, endpoint.region):
+        # The endpoint acts only on its own region's resources, and aws:RequestedRegion says where it is.
+        raise _invalid(f"{label} names a {parts.type} in {parts.partition}/{parts.region}, but this request is for "
+                       f"{endpoint.partition}/{endpoint.region}; send it to that region's endpoint, signed for "
+                       f"{parts.region}")
     return parts
 
 
@@ -451,7 +533,7 @@ def _fold_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def _route(req: HttpRequest) -> Route:
-    if req.method == "GET" and any(k in req.query for k in _WSS_QUERY_KEYS):
+    if req.method == "GET" and req.path == WSS_PATH and any(k in req.query for k in _WSS_QUERY_KEYS):
         # Spec 7.3: the gateway cannot tell the master and viewer endpoints apart by path, so
         # X-Amz-ClientId decides (it is required for viewers and meaningless for masters).
         return _WSS_VIEWER if "X-Amz-ClientId" in req.query else _WSS_MASTER
@@ -459,14 +541,45 @@ def _route(req: HttpRequest) -> Route:
     if route is None:
         raise MappingError(404, "UnknownOperationException",
                            f"no Kinesis Video Streams operation at {req.method} {_shown(req.path)}; "
-                           "operations are POST to their path (e.g. POST /describeStream), or GET with "
-                           "X-Amz-ChannelARN for the signaling WebSocket")
+                           "operations are POST to their path (e.g. POST /describeStream), or a WebSocket "
+                           f"GET {WSS_PATH} with X-Amz-ChannelARN for signaling")
     return route
+
+
+def _check_query(route: Route, query: Mapping[str, str]) -> None:
+    # A parameter the operation does not define could still be read by the upstream (or by a decoder
+    # that ignores case): refuse it rather than authorise without it.
+    allowed = _ROUTE_QUERY[route.action]
+    for name in query:
+        if name not in allowed:
+            own = sorted(_ROUTE_QUERY[route.action] - PRESIGN_QUERY_PARAMS)
+            raise _invalid(f"query parameter {_shown(name)} is not part of {route.action}; "
+                           + (f"it takes {', '.join(own)}" if own else "it takes no query parameters")
+                           + " (and the X-Amz-* parameters of a presigned URL)")
+
+
+def _check_websocket(route: Route, headers: Mapping[str, str], body: Any) -> None:
+    """A signaling connect is a WebSocket handshake (RFC 6455 4.1) without a body, or it is refused."""
+    def tokens(name: str) -> set[str]:
+        return {t.strip().lower() for t in headers.get(name, "").split(",")}
+
+    key = headers.get("sec-websocket-key", "")
+    try:
+        key_ok = len(base64.b64decode(key.encode("ascii"), validate=True)) == WEBSOCKET_KEY_BYTES
+    except (UnicodeEncodeError, binascii.Error):
+        key_ok = False
+    if (body is not None or "websocket" not in tokens("upgrade") or "upgrade" not in tokens("connection")
+            or headers.get("sec-websocket-version", "").strip() != WEBSOCKET_VERSION or not key_ok):
+        raise _invalid(f"{route.action} is a WebSocket connect: send GET {WSS_PATH} without a body, with "
+                       f"Upgrade: websocket, Connection: Upgrade, Sec-WebSocket-Version: {WEBSOCKET_VERSION} and a "
+                       f"Sec-WebSocket-Key (base64 of {WEBSOCKET_KEY_BYTES} random bytes)")
 
 
 def _json_body(route: Route, body: Any) -> Mapping[str, Any]:
     if route.body != "json":
         return {}                  # arguments travel in the query string or in headers
+    if isinstance(body, RawBody):
+        body = parse_body(body.data, None)     # parsed only now: after authentication, on a JSON route
     if isinstance(body, UnparsableBody):
         raise MappingError(body.status, body.code, body.message)
     if body is None:
@@ -474,6 +587,13 @@ def _json_body(route: Route, body: Any) -> Mapping[str, Any]:
     if not isinstance(body, Mapping):
         raise MappingError(400, "SerializationException",
                            f"{route.action} takes a JSON object as its body, not {type(body).__name__}")
+    members = _ROUTE_BODY_MEMBERS[route.action]
+    for name in body:
+        exact = members.get(_fold(name))
+        if exact is not None and exact != name:
+            # Alone, `streamName` is not the member we read, yet a case-insensitive decoder reads it as one.
+            raise _invalid(f"member {_shown(name)} is not {exact!r}: {route.action} reads {exact!r}, and member "
+                           "names are case-sensitive; spell it exactly")
     return body
 
 
@@ -503,7 +623,7 @@ def _resolve(route: Route, members: _Members, caller_account: str, endpoint: End
 
     if arn_hit is not None:
         arn_label, arn = arn_hit
-        parts = _check_arn(arn_label, arn, kinds)
+        parts = _check_arn(arn_label, arn, kinds, endpoint)
         record = registry.by_arn(arn)
         if name_hit is not None:
             # Both given: the upstream acts on one of them; refuse unless they are the same resource,
@@ -601,6 +721,48 @@ def _environment_keys(env: Environment, endpoint: Endpoint) -> dict[str, Context
     return ctx
 
 
+UNSIGNED_BODY_MESSAGE: Final = ("the body of this operation names its resource (or its tags) but the signature does "
+                                 "not cover it: sign the request with the body's SHA-256 as payload hash, not "
+                                 "UNSIGNED-PAYLOAD (which only PutMedia and the signaling WebSocket may use)")
+INCOMPLETE_BODY_MESSAGE: Final = ("the body did not reach the authorizer whole (Envoy sent part of it or streamed it "
+                                  "past the check), so it cannot be read; operations with a JSON body need Envoy's "
+                                  f"ext_authz with_request_body buffering and a body of at most {MAX_JSON_BODY_BYTES} "
+                                  "bytes")
+
+
+def signed_view(method: str, path: str, headers: Mapping[str, str], query: Mapping[str, str], body: bytes | None,
+                *, signed_headers: frozenset[str] | None, body_verified: bool) -> HttpRequest:
+    """The request as map_request may read it: what the caller's authentication covers, nothing else.
+
+    `signed_headers` are the header names the signature covers (None: the authentication vouches for
+    the whole request, as a trusted header or client certificate does); the query is always covered
+    (SigV4 signs all of it). Other headers are dropped, except the WebSocket handshake headers, which
+    map_request reads only to refuse. An unsigned header that some route reads (MEMBER_HEADERS) is
+    refused, since the upstream would read it. The body is handed on as RawBody only when
+    `body_verified`; otherwise a present body becomes an UnparsableBody that JSON and WebSocket
+    routes refuse. `body` None means the proxy did not forward it whole.
+    """
+    folded = _fold_headers(headers)
+    if signed_headers is None:
+        view = folded
+    else:
+        for name in sorted(MEMBER_HEADERS):
+            if name in folded and name not in signed_headers:
+                raise MappingError(403, "InvalidSignatureException",
+                                   f"header {name} is not signed: list it in SignedHeaders, or do not send it")
+        view = {k: v for k, v in folded.items() if k in signed_headers or k in HANDSHAKE_HEADERS}
+    readable: Any
+    if body == b"":
+        readable = None
+    elif body is None:
+        readable = UnparsableBody(413, "RequestEntityTooLargeException", INCOMPLETE_BODY_MESSAGE)
+    elif not body_verified:
+        readable = UnparsableBody(403, "InvalidSignatureException", UNSIGNED_BODY_MESSAGE)
+    else:
+        readable = RawBody(body)
+    return HttpRequest(method, path, MappingProxyType(view), MappingProxyType(dict(query)), readable)
+
+
 def map_request(req: HttpRequest, caller_account: str, endpoint: Endpoint, registry: ResourceRegistry,
                 env: Environment) -> MappedRequest:
     """The (action, resource, context) one KVS request must be authorised as (spec 7.4).
@@ -618,9 +780,18 @@ def map_request(req: HttpRequest, caller_account: str, endpoint: Endpoint, regis
       policies on `…:<type>/<name>/*` still decide. An ARN not in the registry is authorised as
       given, without resource tags (note unknownResourceArn).
     * Name and ARN together must denote the same resource (PutMedia: never both), else 400.
+    * An ARN must be in the endpoint's partition and region, else 400.
+    * Anything the upstream could read differently is refused (400): body members that differ only in
+      letter case (at any depth), a read member spelled in another case, query parameters the
+      operation does not define, a signaling connect that is not a bodiless WebSocket handshake on
+      GET /.
     """
     route = _route(req)
-    members = _Members(_json_body(route, req.body), _fold_headers(req.headers), req.query)
+    headers = _fold_headers(req.headers)
+    _check_query(route, req.query)
+    if route.body == "none":
+        _check_websocket(route, headers, req.body)
+    members = _Members(_json_body(route, req.body), headers, req.query)
     if route.client_id_from:
         _check_client_id(route, members)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
@@ -23,6 +23,7 @@ PRINCIPAL_FROM_HELP: Final = ("sigv4 (verify the request's AWS Signature V4 agai
                               "or peer (the mTLS client certificate identity Envoy reports)")
 
 MAX_PRINCIPAL_LEN: Final = 2_048      # IAM ARN parameters are at most 2,048 characters
+MAX_REGIONS: Final = 32               # regions one gateway may serve (--region, repeated or comma-separated)
 
 # A header name as RFC 9110 defines a token; Envoy presents names lower-cased.
 _HEADER_NAME_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+", re.ASCII)
@@ -69,11 +70,26 @@ def parse_principal_from(text: str) -> PrincipalSource:
 
 
 def parse_region(text: str) -> str:
-    """A --region value, or ValueError: names resolve to ARNs in this region when a request has no SigV4 scope."""
+    """One AWS region name (us-west-2), or ValueError."""
     value = text.strip()
     if not _REGION_RE.fullmatch(value):
-        raise ValueError(f"--region {text!r} is not an AWS region name such as us-west-2")
+        raise ValueError(f"--region {text[:64]!r} is not an AWS region name such as us-west-2")
     return value
+
+
+def parse_regions(texts: str | Iterable[str]) -> tuple[str, ...]:
+    """--region values (each one region or a comma-separated list) -> the regions served, first one first; ValueError.
+
+    A SigV4 request must be signed for one of them; the first is where names resolve when a request
+    carries no SigV4 scope (header and peer sources).
+    """
+    items = [texts] if isinstance(texts, str) else list(texts)
+    regions = tuple(dict.fromkeys(parse_region(r) for t in items for r in t.split(",")))
+    if not regions:
+        raise ValueError("--region: give at least one region, e.g. --region us-west-2")
+    if len(regions) > MAX_REGIONS:
+        raise ValueError(f"--region lists {len(regions)} regions; one gateway serves at most {MAX_REGIONS}")
+    return regions
 
 
 def parse_trusted_proxies(text: str) -> tuple[str, ...]:
@@ -91,12 +107,14 @@ def parse_trusted_proxies(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated caller."""
+    """An authenticated caller, and which parts of its request the authentication vouches for."""
 
     principal: str                      # user / assumed-role session / federated user / root ARN
     account: str
     region: str | None                  # the SigV4 credential-scope region; None when not signed
     source: str                         # str(PrincipalSource) that vouched for it
+    signed_headers: frozenset[str] | None   # headers the signature covers; None: the source vouches for all
+    body_verified: bool                 # the body bytes are the ones the caller sent (hash checked, or vouched)
 
 
 class AuthenticationError(Exception):
@@ -157,19 +175,27 @@ def check_principal(value: str, where: str) -> str:
 
 
 def authenticate(source: PrincipalSource, request: SignedRequest, lookup: Callable[[str], Credential | None],
-                 now: datetime, *, max_skew_seconds: int = sigv4.DEFAULT_MAX_SKEW_SECONDS) -> Caller:
-    """The caller of `request` according to `source`, or AuthenticationError."""
+                 now: datetime, *, max_skew_seconds: int = sigv4.DEFAULT_MAX_SKEW_SECONDS,
+                 regions: frozenset[str] | None = None) -> Caller:
+    """The caller of `request` according to `source`, or AuthenticationError.
+
+    `regions`: the regions the gateway serves; a signature scoped to another one is refused.
+    A SigV4 caller vouches only for the signed headers, the query, and the body when its hash was
+    checked; a trusted header or certificate vouches for the whole request Envoy forwarded.
+    """
     if source.kind == "sigv4":
         try:
             verified = sigv4.verify(request.method, request.raw_path, request.raw_query, request.headers,
-                                    request.body, lookup, now, max_skew_seconds=max_skew_seconds)
+                                    request.body, lookup, now, max_skew_seconds=max_skew_seconds,
+                                    allowed_regions=regions)
         except SignatureError as exc:
             status, code = _SIGNATURE_ERRORS.get(exc.reason, (403, "InvalidSignatureException"))
             raise AuthenticationError(status, code, str(exc)) from None
         principal = check_principal(verified.principal, "the access key's owner")
-        return Caller(principal, principal_account(principal), verified.region, str(source))
+        return Caller(principal, principal_account(principal), verified.region, str(source),
+                      verified.signed_headers, verified.payload_verified)
     if source.kind == "header":
         principal = check_principal(request.headers.get(source.header, ""), f"header {source.header}")
-        return Caller(principal, principal_account(principal), None, str(source))
-    principal = check_principal(request.peer_principal, "the client certificate (URI SAN or subject)")
-    return Caller(principal, principal_account(principal), None, str(source))
+    else:
+        principal = check_principal(request.peer_principal, "the client certificate (URI SAN or subject)")
+    return Caller(principal, principal_account(principal), None, str(source), None, request.body is not None)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Final
 from urllib.parse import quote, unquote_to_bytes
 
@@ -23,6 +24,10 @@ MAX_PRESIGN_EXPIRES_SECONDS: Final = 604_800   # X-Amz-Expires: at most 7 days
 MAX_AUTHORIZATION_LEN: Final = 4_096
 MAX_SIGNED_HEADERS: Final = 64
 MAX_ACCESS_KEY_ID_LEN: Final = 128
+# Derived signing keys kept (per secret, scope date, region, service): four HMACs saved per request.
+# Scope dates are bounded by the clock-skew check and regions and services by the allow-lists, so
+# each access key fills at most a few entries.
+SIGNING_KEY_CACHE_SIZE: Final = 1_024
 
 # SignatureError.reason values.
 MISSING_AUTHENTICATION: Final = "MissingAuthentication"
@@ -60,9 +65,11 @@ class Credential:
 class VerifiedCaller:
     principal: str
     access_key_id: str
-    region: str                         # from the credential scope
+    region: str                         # from the credential scope (one of allowed_regions)
     service: str                        # from the credential scope
     temporary: bool
+    signed_headers: frozenset[str]      # lower-case names the signature covers
+    payload_verified: bool              # the body bytes were hashed and match the signed payload hash
 
 
 class SignatureError(Exception):
@@ -93,6 +100,8 @@ _REGION_RE: Final = re.compile(r"[a-z0-9-]+", re.ASCII)
 _HEADER_NAME_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+", re.ASCII)   # RFC 9110 token, lower case
 _PRESIGN_PARAMS: Final = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
                           "X-Amz-SignedHeaders", "X-Amz-Signature")
+# Every query parameter a presigned request may carry for its signature (the rest belong to the operation).
+PRESIGN_QUERY_PARAMS: Final = frozenset((*_PRESIGN_PARAMS, "X-Amz-Security-Token"))
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,8 @@ def _parse_amz_date(value: str, what: str) -> datetime:
         raise _fail(MALFORMED_AUTHORIZATION, f"{what} is not a real calendar time") from None
 
 
-def _parse_credential(value: str, allowed_services: frozenset[str]) -> tuple[str, str, str, str]:
+def _parse_credential(value: str, allowed_services: frozenset[str],
+                      allowed_regions: frozenset[str] | None) -> tuple[str, str, str, str]:
     parts = value.split("/")
     if len(parts) != 5 or not all(parts):
         raise _fail(MALFORMED_AUTHORIZATION,
@@ -170,6 +180,11 @@ def _parse_credential(value: str, allowed_services: frozenset[str]) -> tuple[str
     if service not in allowed_services:
         raise _fail(INVALID_CREDENTIAL_SCOPE,
                     f"credential scope names service {service[:64]!r}; sign for one of {sorted(allowed_services)}")
+    if allowed_regions is not None and region not in allowed_regions:
+        # What AWS endpoints answer for a signature scoped to another region (InvalidSignatureException).
+        raise _fail(INVALID_CREDENTIAL_SCOPE,
+                    f"credential should be scoped to a valid region, not {region[:64]!r}; this endpoint serves "
+                    f"{', '.join(sorted(allowed_regions))}: sign for one of them")
     return key_id, date, region, service
 
 
@@ -191,8 +206,8 @@ def _check_signature_syntax(value: str) -> str:
     return value
 
 
-def _parse_header_form(authorization: str, folded: Mapping[str, list[str]],
-                       allowed_services: frozenset[str]) -> _Signed:
+def _parse_header_form(authorization: str, folded: Mapping[str, list[str]], allowed_services: frozenset[str],
+                       allowed_regions: frozenset[str] | None) -> _Signed:
     if len(authorization) > MAX_AUTHORIZATION_LEN:
         raise _fail(MALFORMED_AUTHORIZATION, f"Authorization header is longer than {MAX_AUTHORIZATION_LEN} characters")
     algorithm, _, rest = authorization.strip().partition(" ")
@@ -207,7 +222,7 @@ def _parse_header_form(authorization: str, folded: Mapping[str, list[str]],
         fields[m[1]] = m[2]
     if len(fields) != 3:
         raise _fail(MALFORMED_AUTHORIZATION, "Authorization needs Credential, SignedHeaders and Signature")
-    key_id, scope_date, region, service = _parse_credential(fields["Credential"], allowed_services)
+    key_id, scope_date, region, service = _parse_credential(fields["Credential"], allowed_services, allowed_regions)
     signed_headers = _parse_signed_headers(fields["SignedHeaders"])
     signature = _check_signature_syntax(fields["Signature"])
 
@@ -231,7 +246,7 @@ def _parse_header_form(authorization: str, folded: Mapping[str, list[str]],
 
 
 def _parse_query_form(params: Mapping[str, list[str]], folded: Mapping[str, list[str]],
-                      allowed_services: frozenset[str]) -> _Signed:
+                      allowed_services: frozenset[str], allowed_regions: frozenset[str] | None) -> _Signed:
     values: dict[str, str] = {}
     for name in (*_PRESIGN_PARAMS, "X-Amz-Security-Token"):
         got = params.get(name, [])
@@ -244,7 +259,8 @@ def _parse_query_form(params: Mapping[str, list[str]], folded: Mapping[str, list
         raise _fail(MALFORMED_AUTHORIZATION, f"a presigned request needs the query parameters {', '.join(missing)}")
     if values["X-Amz-Algorithm"] != ALGORITHM:
         raise _fail(MALFORMED_AUTHORIZATION, f"unsupported X-Amz-Algorithm; sign with {ALGORITHM}")
-    key_id, scope_date, region, service = _parse_credential(values["X-Amz-Credential"], allowed_services)
+    key_id, scope_date, region, service = _parse_credential(values["X-Amz-Credential"], allowed_services,
+                                                            allowed_regions)
     signed_headers = _parse_signed_headers(values["X-Amz-SignedHeaders"])
     signature = _check_signature_syntax(values["X-Amz-Signature"])
     amz_date = values["X-Amz-Date"]
@@ -325,7 +341,10 @@ def _payload_hashes(signed: _Signed, folded: Mapping[str, list[str]], body: byte
     return (actual,)
 
 
+@lru_cache(maxsize=SIGNING_KEY_CACHE_SIZE)
 def _signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    # Keyed by the secret itself, so a rotated or revoked secret never meets a key derived from the
+    # old one. The cache holds what the credential store already holds in memory and is never logged.
     key = hmac.new(f"AWS4{secret}".encode(), date.encode(), hashlib.sha256).digest()
     for part in (region, service, SCOPE_TERMINATOR):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -383,12 +402,16 @@ def _check_token(signed: _Signed, credential: Credential, now: datetime) -> None
 def verify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str], body: bytes | None,
            lookup: Callable[[str], Credential | None], now: datetime, *,
            max_skew_seconds: int = DEFAULT_MAX_SKEW_SECONDS,
-           allowed_services: frozenset[str] = frozenset({"kinesisvideo"})) -> VerifiedCaller:
+           allowed_services: frozenset[str] = frozenset({"kinesisvideo"}),
+           allowed_regions: frozenset[str] | None = None) -> VerifiedCaller:
     """Authenticate one request signed with SigV4; raise SignatureError unless it verifies.
 
     `raw_path` / `raw_query` are as sent on the wire (percent-encoded). `body` is the request body,
     or None when it is streamed and not available (PutMedia); a declared hex x-amz-content-sha256
-    is then taken as signed but cannot be checked against the bytes.
+    is then taken as signed but cannot be checked against the bytes. `allowed_regions` (None: any)
+    are the regions the endpoint serves; a scope naming another region is refused.
+    The answer says which headers the signature covers and whether the body bytes were verified:
+    nothing else of the request may be believed.
     Checks run in AWS's order: syntax, time, access key, session token and credential expiry (a
     temporary key means nothing without its token), signature, and last the declared payload hash,
     so that only a caller who proved it holds the secret learns about its body.
@@ -405,8 +428,8 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str
         raise _fail(MALFORMED_AUTHORIZATION, "use either the Authorization header or a presigned query, not both")
     if authorization is None and not in_query:
         raise _fail(MISSING_AUTHENTICATION, "the request is not signed; sign it with AWS Signature Version 4")
-    signed = (_parse_header_form(authorization, folded, allowed_services) if authorization is not None
-              else _parse_query_form(params, folded, allowed_services))
+    signed = (_parse_header_form(authorization, folded, allowed_services, allowed_regions)
+              if authorization is not None else _parse_query_form(params, folded, allowed_services, allowed_regions))
     _check_time(signed, now, max_skew_seconds)
 
     credential = lookup(signed.access_key_id)
@@ -418,11 +441,12 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str
     canonical_headers = _canonical_headers(signed.signed_headers, folded)
     key = _signing_key(credential.secret_access_key, signed.scope_date, signed.region, signed.service)
     hashes = _payload_hashes(signed, folded, body)
-    matched = False
+    matched: str | None = None
     for payload_hash in hashes:
         expected = _expected_signature(key, signed, method, raw_path, canonical_query, canonical_headers, payload_hash)
-        matched |= hmac.compare_digest(expected.encode(), signed.signature.encode())
-    if not matched:
+        if hmac.compare_digest(expected.encode(), signed.signature.encode()) and matched is None:
+            matched = payload_hash
+    if matched is None:
         raise _fail(SIGNATURE_DOES_NOT_MATCH, "the signature does not match the request; check the secret key "
                                               "and that nothing changed the request after signing")
     declared = hashes[0]
@@ -430,5 +454,7 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str
             declared.lower() != hashlib.sha256(body).hexdigest():
         raise _fail(CONTENT_SHA256_MISMATCH, "x-amz-content-sha256 does not match the body; send the body "
                                              "that was signed")
+    # The body is vouched for only when its bytes were hashed and the signature covers that hash.
+    payload_verified = body is not None and matched != UNSIGNED_PAYLOAD
     return VerifiedCaller(credential.principal, credential.access_key_id, signed.region, signed.service,
-                          credential.temporary)
+                          credential.temporary, frozenset(signed.signed_headers), payload_verified)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..gateway.principal import PRINCIPAL_FROM_HELP, parse_principal_from, parse_region, parse_trusted_proxies
+from ..gateway.principal import (MAX_REGIONS, PRINCIPAL_FROM_HELP, parse_principal_from, parse_regions,
+                                 parse_trusted_proxies)
 from ..store.store import DEFAULT_CACHE_SIZE, DEFAULT_WATCH_INTERVAL
 from . import settings
 
@@ -41,7 +42,7 @@ class Config:
     drain_grace: float = settings.DRAIN_GRACE_SECONDS
     log_level: str = "INFO"
     principal_from: str = "sigv4"     # Envoy ext_authz: where the caller's identity comes from
-    region: str = "us-east-1"         # Envoy ext_authz: region of names when a request has no SigV4 scope
+    region: str = "us-east-1"         # Envoy ext_authz: regions served, comma-separated; the first for unsigned sources
     trusted_proxies: tuple[str, ...] = ()
     memo_bytes: int = settings.MEMO_MAX_BYTES            # the decision port's memos, together (answers.py)
     simulate_processes: int = settings.SIMULATE_PROCESSES  # Simulate's own processes; 0: on the server threads
@@ -93,6 +94,15 @@ examples:
 
 SIGTERM drains in-flight calls (--drain-grace) and exits 0.
 """
+
+
+class _AppendReplacingDefault(argparse.Action):
+    """A repeatable flag whose first use replaces the default (or environment value) instead of adding to it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, [*(current if isinstance(current, list) else []), values])
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -159,8 +169,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     flag("--principal-from", f"Envoy ext_authz (served on the decision listener): who the caller is; "
                              f"{PRINCIPAL_FROM_HELP}; e.g. --principal-from header:x-authenticated-principal",
          default="sigv4", metavar="SOURCE")
-    flag("--region", "Envoy ext_authz: region in which stream and channel names resolve when a request has no "
-                     "SigV4 credential scope; e.g. --region us-west-2", default="us-east-1", metavar="REGION")
+    flag("--region", "Envoy ext_authz: the regions this gateway serves (repeat the flag or separate with commas, "
+                     f"at most {MAX_REGIONS}); a request signed for another region is refused "
+                     "(InvalidSignatureException), and the first region is where names resolve for callers without "
+                     "a SigV4 scope (header: and peer sources); e.g. --region us-west-2", default="us-east-1",
+         metavar="REGION", action=_AppendReplacingDefault)
     flag("--trusted-proxies", "Envoy ext_authz: comma-separated CIDRs of proxies in front of Envoy whose "
                               "X-Forwarded-For entries are believed for aws:SourceIp; e.g. --trusted-proxies "
                               "10.0.0.0/8", default="", metavar="CIDRS")
@@ -194,7 +207,7 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
         ap.error(str(exc))
     try:
         parse_principal_from(a.principal_from)
-        region = parse_region(a.region)
+        region = ",".join(parse_regions(a.region))
         proxies = parse_trusted_proxies(a.trusted_proxies)
     except ValueError as exc:
         ap.error(str(exc))
