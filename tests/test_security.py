@@ -229,7 +229,8 @@ def test_no_secret_in_the_process_log_decision_log_or_answers(tmp_path: Path) ->
     bundle = copy_example_bundle(tmp_path / "bundle")
     decisions = tmp_path / "decisions.jsonl"
     s = start_server(bundle, tmp_path / "state", "--watch-interval", "0", "--log-level", "DEBUG",
-                     "--decision-log", str(decisions), "--metrics-listen", "127.0.0.1:0")
+                     "--decision-log", str(decisions), "--metrics-listen", "127.0.0.1:0",
+                     "--region", ext_unit.REGION)      # the region the signed requests are scoped to
     secrets = [TOKEN, ext_unit.CAMERA.secret, ext_unit.VIEWER.secret]
     exposed: list[str] = []
     try:

@@ -171,7 +171,10 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     threads = max(config.threads, config.simulate_processes + 1)
     decision = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="authz"), options=server_options(config))
     add_checked(authz_pb2_grpc.add_AuthorizerServicer_to_server,
-                Authorizer(store, tuple(observers), answers=answers, simulator=simulator), decision)
+                Authorizer(store, tuple(observers), answers=answers, simulator=simulator,
+                           assume_role_auth=config.assume_role_auth, secure_transport=credentials is not None,
+                           regions=frozenset(config.region.split(","))),
+                decision)
     ext_authz.register(checked(decision), store, ext_authz.GatewayOptions(
         principal_from=config.principal_from, region=config.region, trusted_proxies=config.trusted_proxies))
     decision_health = _health({"": not_serving, settings.AUTHORIZER_SERVICE: not_serving})

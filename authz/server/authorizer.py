@@ -1,11 +1,12 @@
-"""The Authorizer servicer: Authorize, AuthorizeBatch, Simulate and AssumeRole, each checking limits,
-converting, calling the store or the engine, and converting back."""
+"""The Authorizer servicer: Authorize, AuthorizeBatch, Simulate and AssumeRole (unsigned, or signed: see sts.py),
+each checking limits, converting, calling the store or the engine, and converting back."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 
@@ -19,10 +20,13 @@ from ..v1.wire_pb2 import AuthorizeRequestView
 from . import convert, settings
 from .answers import Answers, Decided, encode_batch, parse_batch
 from .decision_log import DecisionEvent, statement_label
-from .errors import NotServing, Undecodable, raw_bytes, rpc
+from .errors import NotServing, Undecodable, abort, raw_bytes, rpc
 from .simulate import Simulator, renamed
+from .sts import Unauthenticated, peer_address, verify_assume_role
 
 Observer = Callable[[Sequence[DecisionEvent]], None]   # gets the events of one call together
+
+
 def _request_id(given: str, context: grpc.ServicerContext) -> str:
     if given:
         return given
@@ -34,12 +38,19 @@ def _request_id(given: str, context: grpc.ServicerContext) -> str:
 
 class Authorizer(pb_grpc.AuthorizerServicer):
     def __init__(self, store: Store, observers: tuple[Observer, ...] = (), options: EngineOptions | None = None,
-                 answers: Answers | None = None, simulator: Simulator | None = None) -> None:
+                 answers: Answers | None = None, simulator: Simulator | None = None, *,
+                 assume_role_auth: str = "none", secure_transport: bool = False,
+                 regions: frozenset[str] | None = None) -> None:
         self.store = store
         self.observers = observers
         self.options = options if options is not None else store.config.options
         self.answers = answers if answers is not None else Answers(store, keep_views=bool(observers))
         self.simulator = simulator if simulator is not None else Simulator(0, self.options)
+        if assume_role_auth not in settings.ASSUME_ROLE_AUTH_MODES:
+            raise ValueError(f"assume_role_auth must be one of {settings.ASSUME_ROLE_AUTH_MODES}")
+        self.assume_role_auth = assume_role_auth   # --assume-role-auth
+        self.secure_transport = secure_transport   # the decision listener speaks TLS (aws:SecureTransport)
+        self.regions = regions                     # --region: a signed AssumeRole must be scoped to one of them
 
     def _require_ready(self) -> None:
         if not self.store.ready:
@@ -108,31 +119,72 @@ class Authorizer(pb_grpc.AuthorizerServicer):
         # Bytes in, bytes out: the request is parsed and decided by the simulator (authz.server.simulate).
         return self.simulator.run(request, context.time_remaining())
 
-    @rpc
     def AssumeRole(self, request: pb.AssumeRoleRequest, context: grpc.ServicerContext) -> pb.AssumeRoleResponse:
+        try:
+            return self._assume_role(request, context)
+        except Unauthenticated as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise AssertionError("unreachable: context.abort raises") from None   # pragma: no cover
+        except Exception as exc:   # noqa: BLE001 - every other error becomes its status (errors.abort)
+            abort(context, exc)
+
+    def _assume_role(self, request: pb.AssumeRoleRequest, context: grpc.ServicerContext) -> pb.AssumeRoleResponse:
         self._require_ready()
+        if request.HasField("signed_request"):
+            args = self._signed_assume_role(request, context)
+        elif self.assume_role_auth == "sigv4":
+            raise Unauthenticated("this server runs with --assume-role-auth sigv4: AssumeRole must carry "
+                                  "signed_request, the STS AssumeRole request signed with the caller's key "
+                                  "(AuthzClient.assume_role_signed builds it with botocore)")
+        else:
+            args = self._unsigned_assume_role(request)
+        caller, role_arn = args[0], args[1]
+        start = time.perf_counter()
+        try:
+            grant = self.store.assume_role(*args)
+        except PermissionDenied:
+            self._observe_assume(context, caller, role_arn, "Denied", "", time.perf_counter() - start)
+            raise
+        self._observe_assume(context, caller, role_arn, "Allow", grant.assumed_role_arn, time.perf_counter() - start)
+        return convert.grant_to_proto(grant)
+
+    @staticmethod
+    def _unsigned_assume_role(request: pb.AssumeRoleRequest) -> tuple[Any, ...]:
+        """--assume-role-auth none: the store's arguments as the request gives them, `caller` believed."""
         ctx = convert.context_from_proto(request.context)
         try:
             check_request(request.caller, "sts:AssumeRole", request.role_arn, ctx)
         except (RequestError, LimitError) as exc:
             raise renamed(exc, _ASSUME_FIELDS.get(exc.field, exc.field)) from None
         tags = convert.tags_from_proto(request.tags)
-        start = time.perf_counter()
-        try:
-            grant = self.store.assume_role(request.caller, request.role_arn, request.session_name,
-                                           request.duration_seconds, request.session_policy or None, tags, ctx,
-                                           request.external_id)
-        except PermissionDenied:
-            self._observe_assume(context, request, "Denied", "", time.perf_counter() - start)
-            raise
-        self._observe_assume(context, request, "Allow", grant.assumed_role_arn, time.perf_counter() - start)
-        return convert.grant_to_proto(grant)
+        return (request.caller, request.role_arn, request.session_name, request.duration_seconds,
+                request.session_policy or None, tags, ctx, request.external_id)
 
-    def _observe_assume(self, context: grpc.ServicerContext, request: pb.AssumeRoleRequest, decision: str,
+    def _signed_assume_role(self, request: pb.AssumeRoleRequest, context: grpc.ServicerContext) -> tuple[Any, ...]:
+        """A signed request: the caller is the key that signed it, every parameter is from the signed body,
+        and the only context keys are those derived from the connection."""
+        given = [f.name for f, _ in request.ListFields() if f.name != "signed_request"]
+        if given:
+            raise RequestError(given[0], f"with signed_request, leave {', '.join(given)} empty: the caller and "
+                                         "every parameter come from the signed STS request")
+        now = datetime.fromtimestamp(self.store.clock(), tz=timezone.utc)
+        signed = verify_assume_role(request.signed_request, self.store.snapshot.credential, now, self.regions)
+        ctx: dict[str, Any] = {"aws:SecureTransport": "true" if self.secure_transport else "false"}
+        source = peer_address(context.peer() or "")
+        if source is not None:
+            ctx["aws:SourceIp"] = source
+        try:
+            check_request(signed.caller, "sts:AssumeRole", signed.role_arn, ctx)
+        except (RequestError, LimitError) as exc:
+            raise renamed(exc, "signed_request.body") from None
+        return (signed.caller, signed.role_arn, signed.session_name, signed.duration_seconds, signed.policy,
+                signed.tags, ctx, signed.external_id)
+
+    def _observe_assume(self, context: grpc.ServicerContext, caller: str, role_arn: str, decision: str,
                         session_arn: str, seconds: float) -> None:
         # Only the session's ARN: its secret key and session token stay in the response.
-        self._emit([DecisionEvent("AssumeRole", _request_id("", context), request.caller, "sts:AssumeRole",
-                                  request.role_arn, decision, (), self.store.revision, seconds,
+        self._emit([DecisionEvent("AssumeRole", _request_id("", context), caller, "sts:AssumeRole",
+                                  role_arn, decision, (), self.store.revision, seconds,
                                   session_arn=session_arn)])
 
 

@@ -79,6 +79,12 @@ SIMULATE_PROCESSES = 1
 # that calls on its clients' behalf); "sigv4" requires the STS AssumeRole HTTP request signed by the
 # caller's key and takes every parameter from its signed body (authz.server.sts).
 ASSUME_ROLE_AUTH_MODES = ("none", "sigv4")
+# The signed STS request's size: its body holds at most a 2,048-character session policy and 50 tags of
+# 128 + 256 characters, form-encoded (up to 3 bytes per character); headers as an SDK sends them.
+MAX_STS_BODY_BYTES = 128 * 1024
+MAX_STS_PARAMETERS = 128               # Action, Version, 5 parameters and 2 per tag, with room to spare
+MAX_STS_HEADERS = 64
+MAX_STS_HEADER_CHARS = 8 * 1024        # one header, name and value
 
 DRAIN_GRACE_SECONDS = 10.0             # SIGTERM: in-flight calls get this long to finish
 WORKER_SYNC_INTERVAL = 0.2             # --workers: how often each process looks for other processes' changes
