@@ -27,6 +27,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2
 
 from authz.gateway import ext_authz
+from authz.gateway import mapping as ext_authz_mapping
 from authz.gateway.ext_authz import PRINCIPAL_HEADER, ExtAuthzServicer, GatewayOptions, register
 from authz.gateway.principal import PrincipalSource, parse_principal_from
 from authz.policy.errors import RequestError
@@ -308,6 +309,57 @@ def test_expired_session_is_refused(store: Store) -> None:
 # SigV4: what is refused
 
 
+def test_an_unsigned_payload_never_names_the_resource(servicer: ExtAuthzServicer) -> None:
+    # Regression (finding 6): with UNSIGNED-PAYLOAD one header signature worked with any body.
+    mine = signed(WRITER, "/describeStream", {"StreamName": "your_stream"}, unsigned_payload=True)
+    for body in (mine.body, json.dumps({"StreamARN": OTHER_STREAM}).encode()):
+        a = denied(servicer, mine.but(body=body), 403, "InvalidSignatureException")
+        assert "UNSIGNED-PAYLOAD" in a.message
+    # A presigned POST signed S3-style (UNSIGNED-PAYLOAD, valid for days) is no better.
+    # https: botocore signs UNSIGNED-PAYLOAD only when the transport is encrypted.
+    req = AWSRequest("POST", f"https://{GATEWAY}/describeStream", headers={"Content-Type": "application/json"})
+    req.context["payload_signing_enabled"] = False
+    with signing_clock(T0):
+        SigV4QueryAuth(VIEWER.credentials(), "kinesisvideo", REGION, expires=604_800).add_auth(req)
+    presigned = _wire(req)
+    for body in ({"StreamName": "your_stream"}, {"StreamARN": OTHER_STREAM}):
+        a = denied(servicer, presigned.but(body=json.dumps(body).encode()), 403, "InvalidSignatureException")
+        assert "UNSIGNED-PAYLOAD" in a.message
+    # The same request with its body signed passes; PutMedia keeps UNSIGNED-PAYLOAD (its MKV is never read).
+    allowed(servicer, signed(VIEWER, "/describeStream", {"StreamName": "your_stream"}), user("viewer"),
+            "kinesisvideo:DescribeStream", YOUR_STREAM)
+    allowed(servicer, put_media(WRITER, name="your_stream"), user("stream-writer"), "kinesisvideo:PutMedia",
+            YOUR_STREAM)
+
+
+def test_an_unsigned_stream_header_is_refused(servicer: ExtAuthzServicer) -> None:
+    # Regression (finding 6): x-amzn-stream-name was read whether or not the signature covered it.
+    bare = put_media(WRITER)                                 # signed without a stream header
+    for name, value in (("x-amzn-stream-name", "your_stream"), ("X-Amzn-Stream-Arn", YOUR_STREAM)):
+        a = denied(servicer, bare.with_header(name, value), 403, "InvalidSignatureException")
+        assert name.lower() in a.message
+    # Signed, it is read as before; an unsigned second name next to a signed ARN is refused too.
+    allowed(servicer, put_media(WRITER, arn=YOUR_STREAM), user("stream-writer"), "kinesisvideo:PutMedia", YOUR_STREAM)
+    denied(servicer, put_media(WRITER, arn=YOUR_STREAM).with_header("x-amzn-stream-name", "other_stream"), 403,
+           "InvalidSignatureException")
+
+
+def test_a_bad_signature_is_refused_before_the_body_is_parsed(store: Store) -> None:
+    # Denial of service: a 1 MiB JSON body with a bogus signature was parsed before the signature check.
+    big = {"StreamName": "your_stream", "Pad": ["x" * 64] * 15_000}
+    wrong = signed(Key(VIEWER.access_key_id, "not/the/viewer/secret/key/at/all/000000"), "/describeStream", big)
+    assert len(wrong.body) > 900_000
+    srv = ExtAuthzServicer(store, OPTIONS)
+    with mock.patch("authz.gateway.mapping.parse_body", side_effect=AssertionError("parsed before authentication")):
+        denied(srv, wrong, 403, "InvalidSignatureException")
+        denied(srv, wrong.but(body=b"{" * len(wrong.body)), 403, "InvalidSignatureException")
+    # The control: signed correctly, the same body is parsed (and then allowed).
+    with mock.patch("authz.gateway.mapping.parse_body", wraps=ext_authz_mapping.parse_body) as parse:
+        allowed(srv, signed(VIEWER, "/describeStream", big), user("viewer"), "kinesisvideo:DescribeStream",
+                YOUR_STREAM)
+    assert parse.call_count == 1
+
+
 def test_wrong_secret_and_tampering_are_refused(servicer: ExtAuthzServicer) -> None:
     good = signed(CAMERA, "/createStream", {"StreamName": "cam-07"})
     allowed(servicer, good, user("camera"), "kinesisvideo:CreateStream",
@@ -403,6 +455,17 @@ def test_tags_and_request_facts_reach_the_decision(store: Store) -> None:
     assert ctx["aws:RequestedRegion"] == REGION
     plain = _context_of(store, signed(CAMERA, "/listStreams", {}).but(scheme="http", source_ip="2001:db8::5"))
     assert plain["aws:SecureTransport"] == "false" and plain["aws:SourceIp"] == "2001:db8::5"
+
+
+def test_an_unsigned_user_agent_is_not_a_request_fact(store: Store) -> None:
+    # botocore does not sign User-Agent: whoever relays the request could set it, so it decides nothing.
+    wire = signed(CAMERA, "/listStreams", {}, headers={"User-Agent": "kvs-producer/1.0"})
+    assert "user-agent" not in wire.headers["Authorization"]
+    assert "aws:UserAgent" not in _context_of(store, wire)
+    # A trusted header source vouches for the whole request, User-Agent included.
+    bare = Wire("POST", "/listStreams", "", {"Host": GATEWAY, "User-Agent": "ua/2", "x-p": user("viewer")}, b"{}")
+    trusted = GatewayOptions(principal_from="header:x-p", region=REGION)
+    assert _context_of(store, bare, trusted)["aws:UserAgent"] == "ua/2"
 
 
 def test_registry_tags_become_resource_tags(tmp_path: Path) -> None:

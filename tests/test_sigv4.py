@@ -31,10 +31,12 @@ from authz.gateway.sigv4 import (
     REQUEST_EXPIRED,
     REQUEST_TIME_TOO_SKEWED,
     SIGNATURE_DOES_NOT_MATCH,
+    SIGNING_KEY_CACHE_SIZE,
     UNKNOWN_ACCESS_KEY,
     Credential,
     SignatureError,
     VerifiedCaller,
+    _signing_key,
     verify,
 )
 
@@ -374,6 +376,61 @@ def test_custom_skew_limit() -> None:
 def test_allowed_services_is_honoured() -> None:
     wire = header_signed(service="kinesisvideo")
     rejected(wire, INVALID_CREDENTIAL_SCOPE, allowed_services=frozenset({"s3"}))
+
+
+@pytest.mark.parametrize("make", [lambda: header_signed(), lambda: presigned()], ids=["header", "presigned"])
+def test_allowed_regions_is_honoured(make: Callable[[], Wire]) -> None:
+    # Finding 4: the scope region chose where names resolve and aws:RequestedRegion; it must be one served.
+    wire = make()
+    assert wire.verify(allowed_regions=frozenset({REGION, "eu-west-1"})).region == REGION
+    err = rejected(wire, INVALID_CREDENTIAL_SCOPE, allowed_regions=frozenset({"us-west-2"}))
+    assert "scoped to a valid region, not 'us-east-1'" in str(err) and "us-west-2" in str(err)
+    # Refused before the key is looked up: an unknown key in a wrong region learns nothing about the key.
+    rejected(_unknown_key(wire), UNKNOWN_ACCESS_KEY, allowed_regions=frozenset({REGION}))
+    rejected(_unknown_key(wire), INVALID_CREDENTIAL_SCOPE, allowed_regions=frozenset({"us-west-2"}))
+
+
+def _unknown_key(wire: Wire) -> Wire:
+    swap = {LONG.access_key_id: "AKIANOTKNOWNATALL000"}
+    auth = wire.headers.get("Authorization", "")
+    for old, new in swap.items():
+        auth = auth.replace(old, new)
+    headers = {**wire.headers, "Authorization": auth} if auth else wire.headers
+    return replace(wire, headers=headers, query=wire.query.replace(LONG.access_key_id, "AKIANOTKNOWNATALL000"))
+
+
+def test_the_answer_says_what_the_signature_covers() -> None:
+    wire = header_signed(headers={"Content-Type": "application/json", "X-Extra": "1"})
+    got = wire.verify()
+    assert got.signed_headers == frozenset({"content-type", "host", "x-amz-date", "x-extra"})
+    assert got.payload_verified
+    assert not replace(wire, headers={**wire.headers, "X-Unsigned": "2"}).verify().signed_headers & {"x-unsigned"}
+    unsigned = header_signed(body=b"mkv", headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    assert not unsigned.verify().payload_verified
+    declared = header_signed(body=b"mkv", headers={"X-Amz-Content-SHA256": hashlib.sha256(b"mkv").hexdigest()})
+    assert declared.verify().payload_verified
+    assert not replace(declared, body=None).verify().payload_verified       # declared, but the bytes never came
+    assert presigned().verify().signed_headers == frozenset({"host"})
+    assert replace(presigned(), body=b"").verify().payload_verified         # the empty body, hashed
+    assert not replace(presigned(unsigned_payload=True, scheme="https"), body=b"").verify().payload_verified
+    assert not presigned().verify().payload_verified                         # no body bytes to hash
+
+
+def test_signing_keys_are_cached_per_secret_and_scope() -> None:
+    wire = header_signed()
+    _signing_key.cache_clear()
+    for _ in range(3):
+        wire.verify()
+    info = _signing_key.cache_info()
+    assert (info.misses, info.hits) == (1, 2) and info.maxsize == SIGNING_KEY_CACHE_SIZE
+    # A new secret for the same key id never meets the key derived from the old one.
+    rotated = _with_secret(LONG, "rotated/Secret+Key0123456789abcdefghijk")
+    with pytest.raises(SignatureError):
+        verify(wire.method, wire.path, wire.query, wire.headers, wire.body, {LONG.access_key_id: rotated}.get, T0)
+    assert _signing_key.cache_info().misses == 2
+    for i in range(SIGNING_KEY_CACHE_SIZE + 5):
+        _signing_key(f"s{i}", "20260115", REGION, "kinesisvideo")
+    assert _signing_key.cache_info().currsize == SIGNING_KEY_CACHE_SIZE
 
 
 def test_naive_now_is_a_programming_error() -> None:
