@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .policy.errors import LimitError, RequestError
 
@@ -67,8 +67,18 @@ def check_context(context: Mapping[str, Any]) -> None:
     """
     if len(context) > MAX_CONTEXT_KEYS:
         raise LimitError("context", f"{len(context)} keys; at most {MAX_CONTEXT_KEYS} are accepted")
+    try:
+        _check_entries(context.items())
+    except (RequestError, LimitError):
+        # The same request must get the same error whatever order its keys arrive in (a protobuf map
+        # has none): the first fault in sorted key order is the one reported.
+        _check_entries(sorted(context.items(), key=lambda kv: str(kv[0])))
+        raise
+
+
+def _check_entries(items: Iterable[tuple[Any, Any]]) -> None:
     seen: dict[str, str] = {}
-    for key, value in context.items():
+    for key, value in items:
         if key.__class__ is not str:
             raise RequestError("context", f"key names are strings; got {type(key).__name__}")
         if not key or len(key) > MAX_CONTEXT_KEY_CHARS:

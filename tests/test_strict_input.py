@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from authz import cli
 from authz.client import AuthzClient, CallError
-from authz.policy import RequestError
+from authz.policy import LimitError, RequestError
 from authz.policy.conditions import network_range, parse_date, parse_ip, parse_number
 from authz.policy.jsontext import load_document, load_large, load_text
 from authz.policy.principals import PrincipalEntry, compile_principal
@@ -426,3 +426,19 @@ def test_numeric_and_date_values_longer_than_the_limit_never_parse() -> None:
     assert parse_number("1" * MAX_NUMBER_CHARS) is not None and parse_number("1" * (MAX_NUMBER_CHARS + 1)) is None
     assert parse_date("1" * MAX_NUMBER_CHARS) is not None and parse_date("1" * (MAX_NUMBER_CHARS + 1)) is None
     assert not _condition_ok("NumericEquals", "1" * (MAX_NUMBER_CHARS + 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(context=st.dictionaries(st.sampled_from(("aws:SourceIp", "AWS:SOURCEIP", "aws:UserAgent", "k\n", "x", "")),
+                               st.one_of(st.sampled_from(("10.0.0.1", "a" * 5000)), st.lists(st.just("v"),
+                                                                                          max_size=130), st.none())),
+       data=st.data())
+def test_property_a_context_gets_the_same_error_in_any_key_order(context: dict[str, Any], data: st.DataObject) -> None:
+    def outcome(ctx: dict[str, Any]) -> str:
+        try:
+            check_context(ctx)
+        except (RequestError, LimitError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "ok"
+    shuffled = dict(data.draw(st.permutations(list(context.items())), label="order"))
+    assert outcome(context) == outcome(shuffled)
