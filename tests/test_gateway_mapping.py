@@ -346,6 +346,23 @@ def test_websocket_handshake_headers_match_like_http_tokens() -> None:
     assert run(wss({"X-Amz-ChannelARN": C1}, headers=headers)).action == "kinesisvideo:ConnectAsMaster"
 
 
+@given(path=st.sampled_from(["/", "/describeStream", "/x/", "//", "/putMedia", "/?", "/ "]),
+       dropped=st.sets(st.sampled_from(sorted(HANDSHAKE))), body=st.sampled_from([None, {}, {"StreamARN": S1}]),
+       method=st.sampled_from(["GET", "POST", "get", "CONNECT"]), viewer=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_property_only_a_real_websocket_handshake_maps_to_a_signaling_connect(
+        path: str, dropped: set[str], body: Any, method: str, viewer: bool) -> None:
+    query = {"X-Amz-ChannelARN": C1, **({"X-Amz-ClientId": "viewer-7"} if viewer else {})}
+    req = HttpRequest(method, path, {k: v for k, v in HANDSHAKE.items() if k not in dropped}, query, body)
+    try:
+        got = run(req)
+    except MappingError:
+        return
+    assert got.action in ("kinesisvideo:ConnectAsMaster", "kinesisvideo:ConnectAsViewer")
+    assert (method, path, body, dropped) == ("GET", WSS_PATH, None, set())
+    assert got.action.endswith("Viewer") == viewer and got.resource == C1
+
+
 @pytest.mark.parametrize("name", ["x-amz-channelarn", "X-Amz-ChannelArn", "StreamARN", "X-Amz-Foo", "api"])
 def test_websocket_connect_refuses_query_parameters_it_does_not_define(name: str) -> None:
     err = refused(wss({"X-Amz-ChannelARN": C1, "X-Amz-ClientId": "viewer-7", name: S1}))
