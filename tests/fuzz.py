@@ -1,4 +1,9 @@
-"""Coverage-guided fuzzing (atheris) of the policy validator, the decision engine and the gateway request path."""
+"""Coverage-guided fuzzing (atheris) of the policy validator, the decision engine and the gateway request path.
+
+The http target also fuzzes differentially: it signs the request with botocore, mutates it after
+signing, and requires that a mutated request the gateway still accepts maps to exactly what the
+signed one mapped to (principal, action, resource, context).
+"""
 
 from __future__ import annotations
 
@@ -32,9 +37,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import quote, unquote
 
 import atheris
+from botocore.auth import SigV4Auth, SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from authz.evaluate import DEFAULT_OPTIONS, CompiledPolicySet, EngineOptions, PolicySet, Request, evaluate
 from authz.gateway.mapping import (
@@ -47,8 +56,9 @@ from authz.gateway.mapping import (
     ResourceRecord,
     map_request,
     parse_body,
+    signed_view,
 )
-from authz.gateway.sigv4 import Credential, SignatureError, verify
+from authz.gateway.sigv4 import PRESIGN_QUERY_PARAMS, Credential, SignatureError, verify
 from authz.policy import LimitError, Policy, PolicyError, PolicyType, RequestError, compile_policy
 from authz.policy.conditions import BASE_OPERATORS
 from authz.cli import case_policy_set
@@ -434,8 +444,155 @@ class WireRequest:
         return next((v for k, v in self.headers.items() if k.lower() == "content-type"), None)
 
 
+GATEWAY_HOST = "kinesisvideo.us-east-1.amazonaws.com"
+GATEWAY_REGIONS = frozenset({"us-east-1"})
+
+
+def sign_wire(wire: WireRequest, credential: Credential, *, presign: bool = False, region: str = "us-east-1",
+              unsigned_payload: bool = False) -> WireRequest:
+    """The request as botocore signs it at NOW (header form, or a presigned query); ValueError if it cannot."""
+    url = f"https://{GATEWAY_HOST}{wire.raw_path}" + (f"?{wire.raw_query}" if wire.raw_query else "")
+    headers = {k: v for k, v in wire.headers.items() if k.lower() not in ("host", "authorization")}
+    if unsigned_payload and not presign:
+        headers["X-Amz-Content-SHA256"] = "UNSIGNED-PAYLOAD"
+    req = AWSRequest(wire.method, url, data=wire.body, headers=headers)
+    req.context["payload_signing_enabled"] = not unsigned_payload
+    creds = Credentials(credential.access_key_id, credential.secret_access_key, credential.session_token)
+    try:
+        with mock.patch("botocore.auth.get_current_datetime", return_value=NOW.replace(tzinfo=None)):
+            if presign:
+                SigV4QueryAuth(creds, "kinesisvideo", region, expires=300).add_auth(req)
+            else:
+                SigV4Auth(creds, "kinesisvideo", region).add_auth(req)
+        path, _, query = req.url.split(GATEWAY_HOST, 1)[1].partition("?")
+    except Exception as exc:     # botocore's own refusal of a request it cannot sign is not a finding
+        raise ValueError(f"botocore cannot sign this request: {type(exc).__name__}") from None
+    return WireRequest(wire.method, path, query, {**dict(req.headers.items()), "host": GATEWAY_HOST}, wire.body)
+
+
+Asked = tuple[str, str, str, dict[str, Any]]
+
+
+def gateway_pipeline(wire: WireRequest) -> Asked | None:
+    """What the gateway asks the store for this request (ext_authz's steps: verify, signed_view,
+    map_request), or None when it refuses the request."""
+    query = wire.query()
+    if query is None:
+        return None
+    try:
+        caller = verify(wire.method, wire.raw_path, wire.raw_query, wire.headers, wire.body, CREDENTIALS.get, NOW,
+                        allowed_regions=GATEWAY_REGIONS)
+        view = signed_view(wire.method, wire.raw_path, wire.headers, query, wire.body,
+                           signed_headers=caller.signed_headers, body_verified=caller.payload_verified)
+        mapped = map_request(view, ACCOUNT_A, Endpoint("aws", caller.region), REGISTRY, ENVIRONMENT)
+    except (SignatureError, MappingError):
+        return None
+    return caller.principal, mapped.action, mapped.resource, dict(mapped.context)
+
+
+_UNSIGNED_HEADERS = (("x-amzn-stream-name", "cam-02"), ("x-amzn-stream-arn", S2), ("user-agent", "x"),
+                     ("content-type", "text/plain"), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+                     ("upgrade", "websocket"), ("connection", "Upgrade"), ("sec-websocket-version", "13"),
+                     ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="))
+_MEMBERS = ("StreamName", "streamName", "STREAMNAME", "\u017ftreamName", "StreamARN", "streamArn", "ChannelARN",
+            "channelArn", "ResourceARN", "Tags", "tags", "TagKeyList")
+_VALUES = ("cam-01", "cam-02", "door-01", S1, S2, C1, "arn:aws:kinesisvideo:us-west-2:111122223333:stream/cam-01/1")
+
+
+def _mutate(signed: WireRequest, fdp: atheris.FuzzedDataProvider) -> WireRequest:
+    """One change made after signing, or a re-signing that must not change what is asked."""
+    headers = dict(signed.headers)
+    kind = fdp.ConsumeIntInRange(0, 9)
+    if kind == 0:                                            # an unsigned header, from the pool or fuzzed
+        name, value = _UNSIGNED_HEADERS[fdp.ConsumeIntInRange(0, len(_UNSIGNED_HEADERS) - 1)]
+        if fdp.ConsumeBool():
+            value = fdp.ConsumeUnicodeNoSurrogates(24)
+        return WireRequest(signed.method, signed.raw_path, signed.raw_query, {**headers, name: value}, signed.body)
+    if kind == 1 and headers:                                # a header repeated, or another spelling of its name
+        name = sorted(headers)[fdp.ConsumeIntInRange(0, len(headers) - 1)]
+        value = _VALUES[fdp.ConsumeIntInRange(0, len(_VALUES) - 1)]
+        if fdp.ConsumeBool():
+            return WireRequest(signed.method, signed.raw_path, signed.raw_query, {**headers, name.upper(): value},
+                               signed.body)
+        headers[name] = f"{headers[name]},{value}"
+        return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, signed.body)
+    if kind == 2:                                            # a body member added, often a case variant
+        member = _MEMBERS[fdp.ConsumeIntInRange(0, len(_MEMBERS) - 1)]
+        value = _VALUES[fdp.ConsumeIntInRange(0, len(_VALUES) - 1)]
+        text = json.dumps({member: value})[1:-1]
+        body = signed.body.strip()
+        body = b"{" + text.encode() + (b"," + body[1:] if body.startswith(b"{") and body != b"{}" else b"}")
+        return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, body)
+    if kind == 3:                                            # another body
+        return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers,
+                           fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256)))
+    if kind == 4:                                            # a query parameter added
+        name = ("X-Amz-ChannelARN", "X-Amz-ClientId", "x-amz-channelarn", "StreamName")[fdp.ConsumeIntInRange(0, 3)]
+        extra = f"{quote(name, safe='')}={quote(_VALUES[fdp.ConsumeIntInRange(0, len(_VALUES) - 1)], safe='')}"
+        query = f"{signed.raw_query}&{extra}" if signed.raw_query else extra
+        return WireRequest(signed.method, signed.raw_path, query, headers, signed.body)
+    if kind == 5:                                            # the scope's region edited
+        auth = next((k for k in headers if k.lower() == "authorization"), None)
+        region = ("us-west-2", "eu-west-1", "US-EAST-1")[fdp.ConsumeIntInRange(0, 2)]
+        if auth is not None:
+            headers[auth] = headers[auth].replace("/us-east-1/", f"/{region}/")
+            return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, signed.body)
+        return WireRequest(signed.method, signed.raw_path, signed.raw_query.replace("us-east-1", region), headers,
+                           signed.body)
+    if kind == 6:                                            # another path
+        path = ("/", "/describeStream", "/putMedia", "/x", signed.raw_path + "/")[fdp.ConsumeIntInRange(0, 4)]
+        return WireRequest(signed.method, path, signed.raw_query, headers, signed.body)
+    if kind == 7:                                            # another method
+        method = ("GET", "POST", "PUT", "get")[fdp.ConsumeIntInRange(0, 3)]
+        return WireRequest(method, signed.raw_path, signed.raw_query, headers, signed.body)
+    if kind == 8:                                            # a header dropped
+        if headers:
+            del headers[sorted(headers)[fdp.ConsumeIntInRange(0, len(headers) - 1)]]
+        return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, signed.body)
+    # Re-signed with UNSIGNED-PAYLOAD (by the key holder), then perhaps another body.
+    base = WireRequest(signed.method, signed.raw_path, _unsigned_query(signed.raw_query), headers, signed.body)
+    try:
+        resigned = sign_wire(base, LONG_TERM, unsigned_payload=True)
+    except ValueError:
+        return signed
+    if fdp.ConsumeBool():
+        return WireRequest(resigned.method, resigned.raw_path, resigned.raw_query, resigned.headers,
+                           fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256)))
+    return resigned
+
+
+def _unsigned_query(raw_query: str) -> str:
+    """The query without a previous presigned signature's parameters."""
+    def keep(piece: str) -> bool:
+        name = unquote(piece.partition("=")[0])
+        return bool(piece) and name not in PRESIGN_QUERY_PARAMS
+
+    return "&".join(p for p in raw_query.split("&") if keep(p))
+
+
+def differential_http(wire: WireRequest, data: bytes) -> None:
+    """Sign `wire`, mutate it as `data` says, and require: allowed after the change => asked exactly as before."""
+    fdp = atheris.FuzzedDataProvider(hashlib.sha256(data).digest() + data[-64:])
+    presign = not wire.body and fdp.ConsumeBool()
+    base = WireRequest(wire.method, wire.raw_path, _unsigned_query(wire.raw_query),
+                       {k: v for k, v in wire.headers.items() if not k.lower().startswith("x-amz-")}, wire.body)
+    try:
+        signed = sign_wire(base, LONG_TERM, presign=presign)
+    except ValueError:
+        return
+    before = gateway_pipeline(signed)
+    mutated = signed
+    for _ in range(fdp.ConsumeIntInRange(1, 3)):
+        mutated = _mutate(mutated, fdp)
+    after = gateway_pipeline(mutated)
+    if after is not None and after != before:
+        raise AssertionError(f"a request changed after signing is authorised differently: signed {before!r}, "
+                             f"changed {after!r}\nchanged request: {mutated.render()[:600]!r}")
+
+
 def fuzz_http(data: bytes) -> None:
     wire = WireRequest.parse(data)
+    differential_http(wire, data)
     query = wire.query()
     if query is not None:
         body = parse_body(wire.body, wire.content_type())      # errors come back as UnparsableBody
