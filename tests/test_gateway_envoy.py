@@ -270,23 +270,65 @@ def send_tampered_body(gw: Gateway, key: Key, path: str, signed_body: bytes, sen
         conn.close()
 
 
-def test_presigned_signaling_connect(gateway: Gateway) -> None:
-    def connect(key: Key) -> Reply:
-        test_id = uuid.uuid4().hex
-        query = percent_encode_sequence({"X-Amz-ChannelARN": YOUR_CHANNEL, "X-Amz-ClientId": "viewer-1"})
-        req = AWSRequest("GET", f"{gateway.url}/?{query}", headers={TEST_ID: test_id})
-        SigV4QueryAuth(key.credentials(), "kinesisvideo", REGION, expires=300).add_auth(req)
-        url = urlsplit(req.url)
-        conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
-        try:
-            conn.request("GET", f"{url.path}?{url.query}", headers=dict(req.headers.items()))
-            resp = conn.getresponse()
-            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read(), test_id)
-        finally:
-            conn.close()
+HANDSHAKE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
 
-    assert_passed(gateway, connect(ADMIN), user("admin"), "kinesisvideo:ConnectAsViewer", YOUR_CHANNEL)
-    assert_refused(gateway, connect(VIEWER), 403, "AccessDeniedException")
+
+def connect(gw: Gateway, key: Key, *, path: str = "/", handshake: Mapping[str, str] = HANDSHAKE) -> Reply:
+    """A presigned signaling connect as the WebRTC SDKs open it (the handshake headers are not signed)."""
+    test_id = uuid.uuid4().hex
+    query = percent_encode_sequence({"X-Amz-ChannelARN": YOUR_CHANNEL, "X-Amz-ClientId": "viewer-1"})
+    req = AWSRequest("GET", f"{gw.url}{path}?{query}", headers={TEST_ID: test_id})
+    SigV4QueryAuth(key.credentials(), "kinesisvideo", REGION, expires=300).add_auth(req)
+    url = urlsplit(req.url)
+    conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    try:
+        conn.request("GET", f"{url.path}?{url.query}", headers={**dict(req.headers.items()), **handshake})
+        resp = conn.getresponse()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read(), test_id)
+    finally:
+        conn.close()
+
+
+def test_presigned_signaling_connect(gateway: Gateway) -> None:
+    assert_passed(gateway, connect(gateway, ADMIN), user("admin"), "kinesisvideo:ConnectAsViewer", YOUR_CHANNEL)
+    assert_refused(gateway, connect(gateway, VIEWER), 403, "AccessDeniedException")
+    # Finding 8: only a WebSocket handshake on / is a connect, never a GET elsewhere or a plain GET.
+    assert_refused(gateway, connect(gateway, ADMIN, path="/describeStream"), 404, "UnknownOperationException")
+    assert_refused(gateway, connect(gateway, ADMIN, handshake={}), 400, "InvalidArgumentException")
+
+
+# ---------------------------------------------------------------------------------------------
+# Only what the signature covers decides (findings 4 and 6)
+
+
+def test_a_request_signed_for_another_region_is_refused(gateway: Gateway) -> None:
+    # The gateway serves us-west-2 (--region): a us-east-1 signature neither resolves names there nor passes.
+    kvs = boto3.client("kinesisvideo", endpoint_url=gateway.url, region_name="us-east-1",
+                       aws_access_key_id=ADMIN.access_key_id, aws_secret_access_key=ADMIN.secret,
+                       config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=10))
+    before = len(gateway.upstream.records)
+    message = refused_by_boto(kvs.describe_stream, "InvalidSignatureException", StreamName="your_stream")
+    assert "scoped to a valid region" in message and REGION in message
+    reply = send(gateway, ADMIN, "/describeStream", b'{"StreamName":"your_stream"}',
+                 headers={"Content-Type": "application/json"}, region="eu-west-1")
+    assert_refused(gateway, reply, 403, "InvalidSignatureException")
+    assert len(gateway.upstream.records) == before
+
+
+def test_an_unsigned_payload_or_header_never_decides(gateway: Gateway) -> None:
+    # UNSIGNED-PAYLOAD on an operation whose body names the stream: any body would have passed.
+    reply = send(gateway, WRITER, "/describeStream", b'{"StreamName":"your_stream"}',
+                 headers={"Content-Type": "application/json"}, unsigned_payload=True)
+    assert "UNSIGNED-PAYLOAD" in assert_refused(gateway, reply, 403, "InvalidSignatureException")
+    # A stream header added after signing (the camera signed none) is refused, not read.
+    reply = send(gateway, WRITER, "/putMedia", MKV, unsigned_payload=True, chunks=4,
+                 headers={"Content-Type": "application/octet-stream"}, tamper={"x-amzn-stream-name": "your_stream"})
+    assert "x-amzn-stream-name" in assert_refused(gateway, reply, 403, "InvalidSignatureException")
+    # Members that differ only in case: refused before they reach an upstream that could read either.
+    reply = send(gateway, ADMIN, "/describeStream", b'{"StreamName":"your_stream","streamName":"other_stream"}',
+                 headers={"Content-Type": "application/json"})
+    assert "differ only in letter case" in assert_refused(gateway, reply, 400, "SerializationException")
 
 
 # ---------------------------------------------------------------------------------------------
