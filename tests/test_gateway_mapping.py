@@ -610,6 +610,17 @@ def test_create_without_tags_has_no_tag_keys() -> None:
     assert "aws:TagKeys" not in got.context
 
 
+def test_tag_keys_differing_only_in_case_are_refused() -> None:
+    """"env" and "ENV" would be one case-insensitive aws:RequestTag key with two values: a Deny on one value and an
+    Allow on the other could both match. The list form is refused like the object form's colliding members."""
+    err = refused(post("/createSignalingChannel", {"ChannelName": "door-02", "Tags": [
+        {"Key": "env", "Value": "dev"}, {"Key": "ENV", "Value": "prod"}]}))
+    assert err.status == 400 and "same Key" in str(err)
+    got = run(post("/createSignalingChannel", {"ChannelName": "door-02", "Tags": [
+        {"Key": "env", "Value": "dev"}, {"Key": "team", "Value": "a"}]}))
+    assert got.context["aws:RequestTag/env"] == "dev" and set(got.context["aws:TagKeys"]) == {"env", "team"}
+
+
 def test_create_of_an_existing_name_is_still_provisional_and_ignores_old_tags() -> None:
     got = run(post("/createStream", {"StreamName": "cam-01", "Tags": {"zone": "z1"}}))
     assert got.resource.endswith("stream/cam-01/1768478400000") and got.resource != S1

@@ -326,7 +326,10 @@ class Steady:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("hostile")
-    s = start_server(copy_example_bundle(root / "bundle"), root / "state", "--watch-interval", "0")
+    # One Simulate worker per attacker: each hostile Simulate must meet its own refusal, not the
+    # concurrency limit (which tests/test_simulate_isolation.py covers).
+    s = start_server(copy_example_bundle(root / "bundle"), root / "state", "--watch-interval", "0",
+                     "--simulate-processes", str(ATTACKERS))
     yield s
     s.kill()
 

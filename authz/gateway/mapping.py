@@ -686,9 +686,12 @@ def _request_tags(route: Route, body: Mapping[str, Any]) -> tuple[list[tuple[str
                 raise _invalid(f"Tags[{i}] must be an object with exactly Key and Value")
             pairs.append((_check_tag_key(f"Tags[{i}].Key", item["Key"]),
                           _check_tag_value(f"Tags[{i}].Value", item["Value"])))
-        keys_seen = [k for k, _ in pairs]
+        # Condition keys are case-insensitive (spec 6): "env" and "ENV" would be one aws:RequestTag key
+        # with two values, so, as for the object form's members, keys may not differ only in case.
+        keys_seen = [k.casefold() for k, _ in pairs]
         if len(set(keys_seen)) != len(keys_seen):
-            raise _invalid("Tags lists the same Key more than once; give each tag key once")
+            raise _invalid("Tags lists the same Key more than once (tag keys are compared ignoring case); "
+                           "give each tag key once")
     if not pairs:
         return None
     return pairs, [k for k, _ in pairs]
