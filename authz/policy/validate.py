@@ -642,7 +642,9 @@ class _Checker:
         elif key == "Federated":
             f = split_arn(v)
             if f is not None:
-                if f[2] != "iam" or not f[5].startswith(("saml-provider/", "oidc-provider/")):
+                if f[1] not in _PARTITIONS:
+                    self.error(path, f"{_show(v)} has unknown partition {_show(f[1])}; use {', '.join(_PARTITIONS)}")
+                elif f[2] != "iam" or not f[5].startswith(("saml-provider/", "oidc-provider/")):
                     self.error(path, f"{_show(v)} is not an identity-provider ARN; write "
                                      '"arn:aws:iam::111122223333:saml-provider/NAME" (or oidc-provider/HOST)')
                 elif not _ACCOUNT_ID.fullmatch(f[4]):
