@@ -13,7 +13,7 @@ from .evaluate import PolicySet, Request, Result, evaluate
 from .policy.errors import AuthzError, Problem
 from .policy.jsontext import kind_of, load_document, load_text, plain
 from .policy.limits import MAX_POLICY_TEXT_CHARS
-from .policy.model import Policy, PolicyType, compile_policy
+from .policy.model import Policy, PolicyType, compile_policy, statement_shape_problem
 from .policy.validate import ValidationReport, validate_document
 from .policy.yamltext import load_yaml
 from .requests import check_context, check_target
@@ -45,6 +45,9 @@ def _policy(doc: Any, where: str, name: str) -> Policy:
         doc = value
     if not isinstance(doc, dict):
         raise ValueError(f"{where} must be a policy document (a JSON object, or its JSON text); got {kind_of(doc)}")
+    problem = statement_shape_problem(doc)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
     return compile_policy(doc, name)
 
 

@@ -442,3 +442,25 @@ def test_property_a_context_gets_the_same_error_in_any_key_order(context: dict[s
         return "ok"
     shuffled = dict(data.draw(st.permutations(list(context.items())), label="order"))
     assert outcome(context) == outcome(shuffled)
+
+
+def test_a_statement_that_is_not_an_object_is_refused_not_dropped() -> None:
+    """A Deny sent as a JSON-encoded string inside Statement used to be left out, so the Allow beside it won."""
+    hidden = {"Version": "2012-10-17", "Statement": [json.dumps(DENY_DELETE["Statement"][0])]}
+    single = {"Version": "2012-10-17", "Statement": json.dumps(DENY_DELETE["Statement"][0])}
+    listed, alone = simulate(case(identityPolicies=[ALLOW_ALL, hidden], action="kinesisvideo:DeleteStream"),
+                             case(identityPolicies=[ALLOW_ALL, single], action="kinesisvideo:DeleteStream"))
+    assert listed["decision"] is None and "identityPolicies[1]: Statement[0] is str" in listed["error"]
+    assert alone["decision"] is None and "Statement is str" in alone["error"]
+    # The Simulate RPC's conversion refuses it the same way, validated or not.
+    from authz.server.convert import simulate_input
+    req = pb.SimulateRequest(
+        request=pb.AuthorizeRequest(principal="arn:aws:iam::111122223333:user/u", action="kinesisvideo:DeleteStream",
+                                    resource="*"),
+        identity_policies=[pb.PolicyDocument(document=json.dumps(ALLOW_ALL)),
+                           pb.PolicyDocument(document=json.dumps(hidden))])
+    with pytest.raises(RequestError, match=r"Statement\[0\] is str"):
+        simulate_input(req)
+    # Control: the same Deny as an object decides.
+    [shown] = simulate(case(identityPolicies=[ALLOW_ALL, DENY_DELETE], action="kinesisvideo:DeleteStream"))
+    assert shown["decision"] == "ExplicitDeny"

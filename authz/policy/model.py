@@ -134,6 +134,21 @@ class Policy:
         return self.version == VERSION_2012
 
 
+def statement_shape_problem(doc: Any) -> str | None:
+    """Why a document cannot be evaluated even leniently, or None: a Statement entry that is not an
+    object could have been a Deny, and leaving it out could turn a Deny into an Allow. Entry points
+    that evaluate without validating (Simulate, `authz simulate`) refuse such a document."""
+    raw = doc.get("Statement") if isinstance(doc, dict) else None
+    if raw is None:
+        return None
+    for i, s in enumerate(_as_list(raw)):
+        if not isinstance(s, dict):
+            where = f"Statement[{i}]" if isinstance(raw, list) else "Statement"
+            return (f"{where} is {type(s).__name__ if s is not None else 'null'}, not a statement object; "
+                    "a statement that cannot be read could have been a Deny")
+    return None
+
+
 def compile_policy(doc: Any, name: str = "") -> Policy:
     """Compile a parsed document leniently: what cannot match is compiled to match nothing.
 

@@ -10,7 +10,7 @@ from ..policy import limits
 from ..policy.conditions import MULTIVALUED_KEYS
 from ..policy.errors import LimitError, RequestError
 from ..policy.jsontext import load_document
-from ..policy.model import Policy, PolicyType, compile_policy
+from ..policy.model import Policy, PolicyType, compile_policy, statement_shape_problem
 from ..policy.validate import ValidationReport, validate_document
 from ..store import SessionGrant, StoreStatus
 from ..store.state import ManagedPolicy
@@ -107,6 +107,9 @@ def _policy(doc: pb.PolicyDocument, default_name: str, field: str, ptype: Policy
     if longest > limits.MAX_LIST_ITEMS:
         raise LimitError(f"{field}.document", f"an array has {longest} entries; at most {limits.MAX_LIST_ITEMS} "
                                               "(MAX_LIST_ITEMS): use wildcards or split the statement")
+    problem = statement_shape_problem(value)
+    if problem:
+        raise RequestError(f"{field}.document", f"{problem}; send each statement as a JSON object")
     return compile_policy(value, name)
 
 
