@@ -45,7 +45,7 @@ from ..store import Store, StoreConfig
 from ..store.errors import StoreError
 from ..store.oplog import OpLog, private_umask
 from . import settings
-from .config import UNIX_PREFIX, Config, split_host_port
+from .config import UNIX_PREFIX, Config, listen_error, split_host_port
 from .decision_log import DecisionLog
 from .metrics import Metrics, MetricsServer
 
@@ -102,25 +102,48 @@ def server_options(config: Config) -> list[tuple[str, Any]]:
     return list(opts.items())
 
 
-def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None, what: str) -> str:
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None, what: str, *,
+          reuse_port: bool = False) -> str:
     """Bind a listener and return the address actually bound (port 0 picks a free port).
 
     A unix socket is created under a private umask: it is its user's alone from the moment it exists
     (binding creates the file), not only once it has been chmod-ed.
     """
-    if address.startswith(UNIX_PREFIX):
-        with private_umask():
-            server.add_insecure_port(address)
-        os.chmod(address[len(UNIX_PREFIX):], UNIX_SOCKET_MODE)
-        return address
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if address.startswith(UNIX_PREFIX):
+            with private_umask():
+                server.add_insecure_port(address)
+            os.chmod(address[len(UNIX_PREFIX):], UNIX_SOCKET_MODE)
+            return address
+        host, wanted = split_host_port(address, what)
+        _check_free(host, wanted, reuse_port=reuse_port)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except (OSError, RuntimeError) as exc:      # gRPC reports a failed bind as RuntimeError, without the reason
+        raise OSError(listen_error(what, address, exc)) from exc
     if not port:
-        raise OSError(f"{what}: cannot listen on {address}")
-    host, _ = split_host_port(address, what)
+        raise OSError(listen_error(what, address, OSError("nothing was bound")))
     return f"{host}:{port}"
+
+
+def _check_free(host: str, port: int, *, reuse_port: bool) -> None:
+    """Bind (and close) a plain socket on HOST:PORT as gRPC would, so that a busy port raises an OSError that
+    says why (gRPC's own failure says only that it failed). Port 0 is always free; a host that does not
+    resolve is left to gRPC to report."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror:
+        return
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as gRPC: TIME_WAIT leftovers are free
+        if reuse_port:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # --workers: siblings share the port
+        probe.bind(sockaddr)
 
 
 def _health(initial: dict[str, int]) -> HealthServicer:
@@ -183,7 +206,8 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
                                          external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name,
                                          health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                          reflection.SERVICE_NAME), decision)
-    addresses = {"decision": _bind(decision, config.listen, credentials, "--listen")}
+    addresses = {"decision": _bind(decision, config.listen, credentials, "--listen",
+                                   reuse_port=config.reuse_port)}
     servers, healths = [decision], [decision_health]
 
     if config.admin_listen:
@@ -217,7 +241,10 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
         store.open()
         if metrics is not None and config.metrics_listen:
             host, port = split_host_port(config.metrics_listen, "--metrics-listen")
-            sidecar.metrics_server = MetricsServer(metrics, host, port)
+            try:
+                sidecar.metrics_server = MetricsServer(metrics, host, port)
+            except OSError as exc:
+                raise OSError(listen_error("--metrics-listen", config.metrics_listen, exc)) from exc
             sidecar.metrics_server.start()
             addresses["metrics"] = sidecar.metrics_server.address
     except BaseException:
@@ -293,7 +320,12 @@ def supervise(config: Config) -> int:
             return 2
     reserved = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    reserved.bind((host, port))            # held, never listened on: keeps the port ours while workers come up
+    try:
+        reserved.bind((host, port))        # held, never listened on: keeps the port ours while workers come up
+    except OSError as exc:
+        reserved.close()
+        log.error("cannot start: %s", listen_error("--listen", config.listen, exc))
+        return 2
     port = reserved.getsockname()[1]
     children: set[int] = set()
     for i in range(config.workers):

@@ -7,6 +7,7 @@ worker processes before gRPC is loaded (see app.py).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -63,6 +64,16 @@ def split_host_port(address: str, flag: str) -> tuple[str, int]:
         raise ValueError(f"{flag}: expected HOST:PORT, e.g. 127.0.0.1:50051; got {address!r}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+def listen_error(flag: str, address: str, exc: BaseException) -> str:
+    """The one line a listener that cannot bind is reported with: the address, why, and the flag that sets it."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        why = "the address is already in use"
+    else:
+        why = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    return (f"{flag}: cannot listen on {address}: {why}; choose a free address with {flag} "
+            f"(or {env_name(flag)}), or stop the process that holds it")
 
 
 def _positive(kind: Callable[[str], Any], minimum: float) -> Callable[[str], Any]:

@@ -1,0 +1,51 @@
+"""Start-up errors of the real server process: each exits non-zero with one line that says what to fix."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.server_fixture import EXAMPLE_BUNDLE, ROOT, START_TIMEOUT
+
+
+def run_server(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python server.py ARGS` to its exit (every case here fails before serving); stderr captured."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(ROOT / "server.py"), *args], cwd=ROOT, env=full_env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=START_TIMEOUT)
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that a listening socket of this test holds."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
+
+
+@pytest.mark.parametrize("flag,extra,env", [
+    ("--listen", [], {}),
+    ("--admin-listen", [], {"AUTHZ_ADMIN_TOKEN": "a-token"}),
+    ("--metrics-listen", [], {}),
+    ("--listen", ["--workers", "2"], {}),                     # the supervisor reserves the port itself
+])
+def test_a_busy_port_names_its_flag(flag: str, extra: list[str], env: dict[str, str], busy_port: int,
+                                    tmp_path: Path) -> None:
+    address = f"127.0.0.1:{busy_port}"
+    args = ["--bundle", str(EXAMPLE_BUNDLE), "--listen", "127.0.0.1:0", flag, address, *extra,
+            "--state-dir", str(tmp_path / "state")]
+    done = run_server(*args, env=env)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line or line.startswith("E")]
+    assert len(errors) == 1, done.stderr                      # one line, not gRPC's as well
+    env_var = "AUTHZ_" + flag[2:].replace("-", "_").upper()
+    assert address in errors[0] and "already in use" in errors[0] and flag in errors[0] and env_var in errors[0]
+    assert "Traceback" not in done.stderr
