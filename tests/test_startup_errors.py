@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
@@ -10,7 +11,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
+from authz.server.config import build_parser, env_name, parse_config
 from tests.server_fixture import EXAMPLE_BUNDLE, ROOT, START_TIMEOUT
 
 
@@ -49,3 +53,33 @@ def test_a_busy_port_names_its_flag(flag: str, extra: list[str], env: dict[str, 
     env_var = "AUTHZ_" + flag[2:].replace("-", "_").upper()
     assert address in errors[0] and "already in use" in errors[0] and flag in errors[0] and env_var in errors[0]
     assert "Traceback" not in done.stderr
+
+
+def test_an_invalid_log_level_in_the_environment_is_refused_before_start() -> None:
+    done = run_server("--listen", "127.0.0.1:0", env={"AUTHZ_LOG_LEVEL": "verbose"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "--log-level" in last and "AUTHZ_LOG_LEVEL" in last and "'verbose'" in last
+    assert all(level in last for level in ("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+CHOICE_FLAGS = [a for a in build_parser()._actions if a.choices is not None]
+
+
+@pytest.mark.parametrize("action", CHOICE_FLAGS, ids=lambda a: a.option_strings[-1])
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12))
+def test_every_flag_with_choices_refuses_any_other_environment_value(
+        action: argparse.Action, value: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert action.choices is not None
+    flag = action.option_strings[-1]
+    converted = action.type(value) if callable(action.type) else value
+    assume(converted not in action.choices)
+    monkeypatch.setenv(env_name(flag), value)
+    with pytest.raises(SystemExit) as info:
+        parse_config([])
+    assert info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in message and env_name(flag) in message
+    assert all(str(choice) in message for choice in action.choices)

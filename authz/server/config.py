@@ -202,6 +202,11 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
     """Flags (and environment) -> Config; exits with a usage message naming the flag when they do not fit."""
     ap = build_parser(prog)
     a = ap.parse_args(argv)
+    for action in ap._actions:   # argparse checks `choices` on the command line only, not on an environment default
+        if action.choices is not None and getattr(a, action.dest) not in action.choices:
+            flag_name = action.option_strings[-1]
+            ap.error(f"{flag_name}: {os.environ.get(env_name(flag_name))!r} (from {env_name(flag_name)}) is not one "
+                     f"of {', '.join(map(str, action.choices))}; e.g. {flag_name} {next(iter(action.choices))}")
     token: str | None = a.admin_token or os.environ.get(env_name("--admin-token")) or None
     if a.admin_token_file is not None:
         try:
