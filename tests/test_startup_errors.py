@@ -8,14 +8,19 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from authz.server.config import build_parser, env_name, parse_config
+from authz.v1 import authz_pb2 as pb
+from tests.server_fixture import server_factory  # noqa: F401 - a fixture, requested by name
 from tests.server_fixture import EXAMPLE_BUNDLE, ROOT, START_TIMEOUT
+
+VIEWER = "arn:aws:iam::123456789012:user/viewer"          # of the example bundle
+YOUR_STREAM = "arn:aws:kinesisvideo:us-west-2:123456789012:stream/your_stream/0123456789012"
 
 
 def run_server(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -83,3 +88,27 @@ def test_every_flag_with_choices_refuses_any_other_environment_value(
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert flag in message and env_name(flag) in message
     assert all(str(choice) in message for choice in action.choices)
+
+
+def test_a_bundle_directory_that_does_not_exist_stops_the_start(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-bundle"
+    for args, env in ((["--bundle", str(missing)], {}), ([], {"AUTHZ_BUNDLE": str(missing)})):
+        done = run_server("--listen", "127.0.0.1:0", *args, env=env)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert str(missing) in last and "--bundle" in last and "AUTHZ_BUNDLE" in last
+        assert "listening" not in done.stderr                      # refused before any port was opened
+    (tmp_path / "a-file").write_text("")
+    assert run_server("--listen", "127.0.0.1:0", "--bundle", str(tmp_path / "a-file")).returncode == 2
+
+
+def test_no_bundle_and_no_state_warns_that_everything_is_denied(server_factory: Any, tmp_path: Path) -> None:
+    empty = server_factory(None, None, admin=None, token=None)
+    with empty.client() as c:
+        assert c.authorize(VIEWER, "kinesisvideo:GetMedia", YOUR_STREAM).decision == pb.DECISION_IMPLICIT_DENY
+    warnings = [line for line in empty.log if " WARNING " in line]
+    assert len(warnings) == 1 and "denied" in warnings[0] and "--bundle" in warnings[0], empty.log
+    served = server_factory(EXAMPLE_BUNDLE, None, admin=None, token=None)       # a bundle: nothing to warn about
+    with served.client() as c:
+        assert c.authorize(VIEWER, "kinesisvideo:GetMedia", YOUR_STREAM).decision == pb.DECISION_ALLOW
+    assert not [line for line in served.log if " WARNING " in line], served.log

@@ -256,6 +256,10 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     if not store.ready:
         log.error("no policy set loaded; health stays NOT_SERVING until the bundle loads: %s",
                   store.status().last_load_error)
+    elif config.bundle is None and not any(store.status().counts.values()):
+        log.warning("no policies loaded: every request is denied until some are; give the server a bundle "
+                    "directory with --bundle DIR (or AUTHZ_BUNDLE), or load policies through the admin service "
+                    "(--admin-listen) with --state-dir to keep them")
     log.info("listening %s", json.dumps({"worker": config.worker_index, "pid": os.getpid(), **addresses}))
     return sidecar
 

@@ -128,7 +128,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         ap.add_argument(name, default=default, help=f"{help_text}{shown} [env {env}]", **kw)
 
     flag("--bundle", "directory of bundle files (IAM get-account-authorization-details JSON or hand-written "
-                     "YAML/JSON), watched for changes; e.g. --bundle examples/bundle", type=Path, metavar="DIR")
+                     "YAML/JSON), watched for changes; it must exist at start (the server exits otherwise). "
+                     "Without it the server starts with no policies and denies everything until some are "
+                     "loaded through the admin service or --state-dir; e.g. --bundle examples/bundle",
+         type=Path, metavar="DIR")
     flag("--listen", "decision listener: Authorizer + health + reflection; e.g. --listen 0.0.0.0:50051",
          default=settings.DEFAULT_LISTEN, metavar="HOST:PORT")
     flag("--admin-listen", "admin listener (PolicyAdmin + health), never the decision listener: HOST:PORT or "
@@ -213,6 +216,10 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
             token = a.admin_token_file.read_text(encoding="utf-8").splitlines()[0].strip() or None
         except (OSError, IndexError) as exc:
             ap.error(f"--admin-token-file: cannot read a token from {a.admin_token_file}: {exc}")
+    if a.bundle is not None and not a.bundle.is_dir():
+        ap.error(f"--bundle: {str(a.bundle)!r} does not exist or is not a directory; point --bundle (or "
+                 f"{env_name('--bundle')}) at the directory of bundle files, e.g. --bundle examples/bundle, or "
+                 "leave it out to start empty")
     try:
         split_host_port(a.listen, "--listen")
         if a.metrics_listen:
