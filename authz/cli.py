@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence, TextIO
 
 from . import __version__
-from .evaluate import PolicySet, Request, Result, evaluate
+from .evaluate import Decision, PolicySet, Request, Result, evaluate
 from .policy.errors import AuthzError, Problem
 from .policy.jsontext import kind_of, load_document, load_text, plain
 from .policy.limits import MAX_POLICY_TEXT_CHARS
@@ -216,6 +217,27 @@ def _validate_yaml(text: bytes, ptype: PolicyType) -> ValidationReport:
 # ------------------------------------------------------------------ test
 
 
+TEST_FILE_KEYS = frozenset({"bundle", "tests"})
+TEST_CASE_KEYS = ("name", "principal", "action", "resource", "context", "expect")
+TEST_CASE_REQUIRED = ("principal", "action", "resource", "expect")
+EXPECT_VALUES = tuple(d.value for d in Decision)
+
+
+class CaseFileError(ValueError):
+    """A test file that cannot be run as written; the message names the file and the place."""
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """One test case run: what was expected, what came back, and why."""
+
+    file: Path
+    name: str
+    expect: str
+    got: str
+    why: str
+
+
 def _test_files(paths: Sequence[str]) -> Iterator[Path]:
     for name in paths:
         p = Path(name)
@@ -225,56 +247,129 @@ def _test_files(paths: Sequence[str]) -> Iterator[Path]:
             yield p
 
 
-def cmd_test(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    """Run policy test files: each names a bundle and lists requests with expected decisions."""
+def _read_test_file(path: Path) -> dict[str, Any]:
+    """The test file's document, checked member by member; CaseFileError says what to fix."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CaseFileError(f"{path}: cannot read test file: {exc.strerror}") from None
+    # Either reader refuses a member or key given twice (never 'last wins').
+    if path.suffix.lower() == ".json":
+        doc, problems = load_text(raw, iam_charset=False, max_chars=MAX_TEST_FILE_CHARS)
+        doc = plain(doc)
+    else:
+        doc, problems = load_yaml(raw, max_chars=MAX_TEST_FILE_CHARS)
+    if problems:
+        raise CaseFileError(f"{path}: cannot read test file: {_line_error(problems)}")
+    if not isinstance(doc, dict) or not isinstance(doc.get("tests"), list) or "bundle" not in doc:
+        raise CaseFileError(f"{path}: a test file has `bundle: DIR` (relative to the file) and `tests: [...]`")
+    unknown = sorted(set(doc) - TEST_FILE_KEYS)
+    if unknown:
+        raise CaseFileError(f"{path}: unknown top-level key(s) {unknown}; allowed: {sorted(TEST_FILE_KEYS)}")
+    for i, t in enumerate(doc["tests"]):
+        where = f"{path}: tests[{i}]"
+        if not isinstance(t, dict):
+            raise CaseFileError(f"{where}: each test is a mapping of {', '.join(TEST_CASE_KEYS)}; got {kind_of(t)}")
+        unknown = sorted(set(t) - set(TEST_CASE_KEYS))
+        if unknown:
+            raise CaseFileError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(TEST_CASE_KEYS)}")
+        missing = [k for k in TEST_CASE_REQUIRED if k not in t]
+        if missing:
+            raise CaseFileError(f"{where}: missing key(s) {missing}; required: {', '.join(TEST_CASE_REQUIRED)}")
+        for k in ("name", "principal", "action", "resource"):
+            if k in t and not isinstance(t[k], str):
+                raise CaseFileError(f"{where}.{k}: must be a string; got {kind_of(t[k])}")
+        if t["expect"] not in EXPECT_VALUES:
+            raise CaseFileError(f"{where}.expect: {t['expect']!r} is not a decision; use one of "
+                                f"{', '.join(EXPECT_VALUES)}")
+        if "context" in t and t["context"] is not None and not isinstance(t["context"], dict):
+            raise CaseFileError(f"{where}.context: must be a mapping of key -> string or list of strings")
+    return doc
+
+
+def _why(result: Result) -> str:
+    """The engine's own explanation of a decision, in one line."""
+    if result.deciding:
+        return "decided by " + "; ".join(
+            f"{m.policy_type} policy {m.policy_name} statement {m.sid or '#' + str(m.index)} ({m.effect})"
+            for m in result.deciding)
+    notes = f"; notes: {', '.join(result.notes)}" if result.notes else ""
+    blocked = f"; blocked by {result.blocked_by}" if result.blocked_by else ""
+    return f"no statement allowed it ({result.decided_by}){blocked}{notes}"
+
+
+def _run_test_file(path: Path, doc: dict[str, Any], name_filter: str) -> list[CaseOutcome]:
     from .store import Store, StoreConfig, StoreError
 
-    failures = total = 0
-    for path in _test_files(args.paths):
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            print(f"{path}: cannot read test file: {exc.strerror}", file=stdout)
-            failures += 1
-            continue
-        # Either reader refuses a member or key given twice (never 'last wins').
-        if path.suffix.lower() == ".json":
-            doc, problems = load_text(raw, iam_charset=False, max_chars=MAX_TEST_FILE_CHARS)
-            doc = plain(doc)
-        else:
-            doc, problems = load_yaml(raw, max_chars=MAX_TEST_FILE_CHARS)
-        if problems:
-            print(f"{path}: cannot read test file: {_line_error(problems)}", file=stdout)
-            failures += 1
-            continue
-        if not isinstance(doc, dict) or not isinstance(doc.get("tests"), list) or "bundle" not in doc:
-            print(f"{path}: a test file has `bundle: DIR` (relative to the file) and `tests: [...]`", file=stdout)
-            failures += 1
-            continue
-        store = Store(StoreConfig(bundle_dir=(path.parent / str(doc["bundle"])).resolve(), watch_interval=0,
-                                  cache_size=0))
-        store.open()
+    store = Store(StoreConfig(bundle_dir=(path.parent / str(doc["bundle"])).resolve(), watch_interval=0,
+                              cache_size=0))
+    store.open()
+    try:
         if not store.ready:
-            print(f"{path}: the bundle did not load: {store.status().last_load_error}", file=stdout)
-            failures += 1
-            continue
+            raise CaseFileError(f"{path}: the bundle did not load: {store.status().last_load_error}")
+        out = []
         for i, t in enumerate(doc["tests"]):
-            total += 1
             name = t.get("name") or f"test {i}"
+            if name_filter not in name:
+                continue
             try:
                 answer = store.authorize(t["principal"], t["action"], t["resource"], t.get("context") or {},
                                          explain=True)
-                got = answer.result.decision.value
-            except (KeyError, StoreError, AuthzError) as exc:
-                got = f"error: {exc}"
-            if got != t.get("expect"):
-                failures += 1
-                print(f"FAIL {path}: {name}: expected {t.get('expect')}, got {got}", file=stdout)
-            elif args.verbose:
-                print(f"ok   {path}: {name}: {got}", file=stdout)
+                got, why = answer.result.decision.value, _why(answer.result)
+            except (StoreError, AuthzError, ValueError) as exc:
+                got, why = "error", str(exc)
+            out.append(CaseOutcome(path, name, t["expect"], got, why))
+        return out
+    finally:
         store.close()
-    print(f"{total - failures} passed, {failures} failed", file=stdout)
-    return 1 if failures else 0
+
+
+def _junit(outcomes: list[CaseOutcome], errors: list[str]) -> str:
+    import xml.etree.ElementTree as ET
+
+    failures = sum(1 for o in outcomes if o.got != o.expect)
+    suite = ET.Element("testsuite", name="authz test", tests=str(len(outcomes) + len(errors)),
+                       failures=str(failures), errors=str(len(errors)))
+    for o in outcomes:
+        case = ET.SubElement(suite, "testcase", classname=str(o.file), name=o.name)
+        if o.got != o.expect:
+            f = ET.SubElement(case, "failure", message=f"expected {o.expect}, got {o.got}")
+            f.text = o.why
+    for e in errors:
+        case = ET.SubElement(suite, "testcase", classname="authz test", name=e.split(": ", 1)[0])
+        ET.SubElement(case, "error", message=e)
+    root = ET.Element("testsuites")
+    root.append(suite)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def cmd_test(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    """Run policy test files: each names a bundle and lists requests with expected decisions.
+    Exit 0 when every case passes, 1 when one fails, 2 when a file cannot be run as written."""
+    text = args.output == "text"
+    outcomes: list[CaseOutcome] = []
+    errors: list[str] = []
+    for path in _test_files(args.paths):
+        try:
+            ran = _run_test_file(path, _read_test_file(path), args.filter)
+        except CaseFileError as exc:
+            errors.append(str(exc))
+            print(f"authz test: {exc}", file=sys.stderr)
+            continue
+        outcomes.extend(ran)
+        if text:
+            for o in ran:
+                if o.got != o.expect:
+                    print(f"FAIL {o.file}: {o.name}: expected {o.expect}, got {o.got}: {o.why}", file=stdout)
+                elif args.verbose:
+                    print(f"ok   {o.file}: {o.name}: {o.got}", file=stdout)
+    failures = sum(1 for o in outcomes if o.got != o.expect)
+    if text:
+        print(f"{len(outcomes) - failures} passed, {failures} failed"
+              + (f", {len(errors)} test file(s) could not run" if errors else ""), file=stdout)
+    else:
+        stdout.write(_junit(outcomes, errors))
+    return 2 if errors else 1 if failures else 0
 
 
 # ------------------------------------------------------------------ check / serve
@@ -345,10 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("test", help="run policy test files against a bundle; exit 1 on any failure",
                        description="Each test file (YAML or JSON) has `bundle: DIR` (relative to the file) and "
                                    "`tests: [{name, principal, action, resource, context, expect}]` with expect one "
-                                   "of Allow, ExplicitDeny, ImplicitDeny.",
+                                   "of Allow, ExplicitDeny, ImplicitDeny. A failing case says which statements "
+                                   "decided, or that none allowed it. Exit status: 0 all pass, 1 a case failed, "
+                                   "2 a test file could not run (unreadable, an unknown or missing key, a bad "
+                                   "expect, a bundle that does not load).",
                        epilog="example: authz test examples/tests")
     p.add_argument("paths", nargs="+", help="test files or directories of test files")
     p.add_argument("-v", "--verbose", action="store_true", help="also list passing tests")
+    p.add_argument("-k", "--filter", default="", metavar="TEXT",
+                   help="run only the cases whose name contains TEXT")
+    p.add_argument("--output", choices=("text", "junit"), default="text",
+                   help="text (default) or junit: JUnit XML on stdout, for CI test reports")
 
     p = sub.add_parser("check", help="ask a running sidecar for one decision; exit 0 only on Allow",
                        description="Prints the answer as JSON. Exit status: 0 Allow, 1 deny, 2 error.",
