@@ -21,6 +21,7 @@ from .requests import check_context, check_target
 
 MAX_CASE_LINE_CHARS = 1_048_576     # one JSON Lines case (simulate / validate --jsonl)
 MAX_TEST_FILE_CHARS = 16_777_216    # one `authz test` file
+DEFAULT_CHECK_ADDR = "127.0.0.1:50051"
 
 
 # ------------------------------------------------------------------ simulate
@@ -385,9 +386,17 @@ def cmd_check(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     except ValueError as exc:
         print(f"authz check: {exc}", file=sys.stderr)
         return 2
+    if args.bundle is not None:
+        online = [flag for flag, value in (("--addr", args.addr), ("--token", args.token), ("--tls-ca", args.tls_ca))
+                  if value is not None]
+        if online:
+            print(f"authz check: --bundle answers offline, without a sidecar; drop {', '.join(online)} "
+                  "(or drop --bundle to ask a running sidecar)", file=sys.stderr)
+            return 2
+        return _check_offline(args, context, stdout)
     tls = TlsFiles(ca=Path(args.tls_ca)) if args.tls_ca else None
     try:
-        with AuthzClient(args.addr, tls=tls, token=args.token, timeout=args.timeout) as client:
+        with AuthzClient(args.addr or DEFAULT_CHECK_ADDR, tls=tls, token=args.token, timeout=args.timeout) as client:
             answer = client.authorize(args.principal, args.action, args.resource, context, explain=args.explain)
     except CallError as exc:
         field = f" (field: {exc.field})" if exc.field else ""
@@ -396,6 +405,40 @@ def cmd_check(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     stdout.write(json.dumps(MessageToDict(answer, preserving_proto_field_name=True), indent=2) + "\n")
     from .v1 import authz_pb2 as pb
     return 0 if answer.decision == pb.DECISION_ALLOW else 1
+
+
+def _check_offline(args: argparse.Namespace, context: dict[str, str | list[str]], stdout: TextIO) -> int:
+    """`authz check --bundle DIR`: the same question answered in-process by the store the sidecar
+    runs, loaded from the bundle; the same JSON and exit status as the online form."""
+    from google.protobuf.json_format import MessageToDict
+
+    from .server.convert import context_from_proto, context_to_proto, result_to_proto
+    from .store import Store, StoreConfig
+    from .v1 import authz_pb2 as pb
+
+    bundle = Path(args.bundle)
+    if not bundle.is_dir():
+        print(f"authz check: --bundle {bundle}: not a directory (name a bundle directory)", file=sys.stderr)
+        return 2
+    store = Store(StoreConfig(bundle_dir=bundle.resolve(), watch_interval=0, cache_size=0))
+    store.open()
+    try:
+        if not store.ready:
+            print(f"authz check: --bundle {bundle}: the bundle did not load: {store.status().last_load_error}",
+                  file=sys.stderr)
+            return 2
+        try:
+            # Through the proto map and back, so that the context reads exactly as the sidecar reads it.
+            answer = store.authorize(args.principal, args.action, args.resource,
+                                     context_from_proto(context_to_proto(context)), explain=args.explain)
+        except AuthzError as exc:
+            print(f"authz check: INVALID_ARGUMENT: {exc}", file=sys.stderr)
+            return 2
+    finally:
+        store.close()
+    response = result_to_proto(answer.result, answer.revision, answer.cached, args.explain)
+    stdout.write(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2) + "\n")
+    return 0 if response.decision == pb.DECISION_ALLOW else 1
 
 
 def cmd_serve(argv: Sequence[str]) -> int:
@@ -453,11 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text (default) or junit: JUnit XML on stdout, for CI test reports")
 
     p = sub.add_parser("check", help="ask a running sidecar for one decision; exit 0 only on Allow",
-                       description="Prints the answer as JSON. Exit status: 0 Allow, 1 deny, 2 error.",
+                       description="Prints the answer as JSON. Exit status: 0 Allow, 1 deny, 2 error. With "
+                                   "--bundle DIR the answer comes from that bundle, offline.",
                        epilog="example: authz check --principal arn:aws:iam::123456789012:user/camera "
                               "--action kinesisvideo:PutMedia --resource "
                               "arn:aws:kinesisvideo:us-west-2:123456789012:stream/your_stream/0123456789012")
-    p.add_argument("--addr", default="127.0.0.1:50051", help="sidecar address (default 127.0.0.1:50051)")
+    p.add_argument("--addr", default=None, help=f"sidecar address (default {DEFAULT_CHECK_ADDR})")
+    p.add_argument("--bundle", default=None, metavar="DIR",
+                   help="answer offline from this bundle directory, without a running sidecar "
+                        "(the store the sidecar runs, loaded in-process)")
     p.add_argument("--principal", required=True, help="caller ARN, or 'anonymous'")
     p.add_argument("--action", required=True, help="service:Action, e.g. kinesisvideo:GetMedia")
     p.add_argument("--resource", required=True, help="resource ARN, or '*'")
