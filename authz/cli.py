@@ -179,6 +179,12 @@ def cmd_validate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int
     failed = False
     for name in args.files:
         path = Path(name)
+        bundle_verdict = _validate_as_bundle(path)
+        if bundle_verdict is not None:
+            ok, line = bundle_verdict
+            print(f"{name}: {line}", file=stdout)
+            failed = failed or not ok
+            continue
         try:
             text = path.read_bytes()
         except OSError as exc:
@@ -201,6 +207,39 @@ def cmd_validate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int
 
 
 YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _validate_as_bundle(path: Path) -> tuple[bool, str] | None:
+    """A bundle directory, or one bundle file (an `aws iam get-account-authorization-details` export or a
+    hand-written file with `account`), loaded exactly as the sidecar loads it: (valid, the line to print).
+    None for anything else, which is validated as one policy document."""
+    from .store.bundle import BundleError, HAND_KEYS, IAM_DETAIL_KEYS, apply_documents, load_bundle, read_file
+    from .store.errors import StoreError
+
+    try:
+        if path.is_dir():
+            state, what = load_bundle(path), "bundle directory"
+        else:
+            if not path.is_file() or path.suffix.lower() not in (".json", *YAML_SUFFIXES):
+                return None
+            try:
+                doc = read_file(path)
+            except (BundleError, OSError):
+                return None         # not readable as a bundle file: the policy reader says why
+            if not isinstance(doc, dict) or "Statement" in doc or not (
+                    set(doc) & IAM_DETAIL_KEYS or ("account" in doc and set(doc) <= HAND_KEYS)):
+                return None
+            what = ("IAM authorization-details export" if set(doc) & IAM_DETAIL_KEYS else "bundle file")
+            state = apply_documents([(path.name, doc)])
+    except StoreError as exc:      # BundleError names the file and the place in it
+        return False, f"error: {exc}"
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+        # A member of the wrong shape that the loader does not check by name (the sidecar refuses it too).
+        return False, f"error: not a well-formed bundle: a member has the wrong type ({type(exc).__name__}: {exc})"
+    except OSError as exc:
+        return False, f"error: cannot read: {exc.strerror}"
+    counts = ", ".join(f"{n} {k}" for k, n in state.counts().items() if n)
+    return True, f"valid {what}" + (f" ({counts})" if counts else "")
 
 
 def _validate_yaml(text: bytes, ptype: PolicyType) -> ValidationReport:
@@ -474,7 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prints every problem with its JSON path. Exit status 1 when a file is invalid.",
                        epilog="examples: authz validate --type identity policy.json\n"
                               "          authz validate --jsonl < validation.jsonl")
-    p.add_argument("files", nargs="*", help="policy documents (JSON)")
+    p.add_argument("files", nargs="*",
+                   help="policy documents (JSON or YAML); a bundle directory or an IAM authorization-details "
+                        "export is loaded as the sidecar loads it, every policy in it validated")
     p.add_argument("--type", default="identity",
                    help="policy type: identity, resource, trust, boundary, session, scp, rcp (default identity)")
     p.add_argument("--jsonl", action="store_true",
