@@ -394,7 +394,8 @@ def cmd_test(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
             ran = _run_test_file(path, _read_test_file(path), args.filter)
         except CaseFileError as exc:
             errors.append(str(exc))
-            print(f"authz test: {exc}", file=sys.stderr)
+            # Text: with the results on stdout. JUnit: stdout is the XML (which holds it too).
+            print(f"ERROR {exc}" if text else f"authz test: {exc}", file=stdout if text else sys.stderr)
             continue
         outcomes.extend(ran)
         if text:

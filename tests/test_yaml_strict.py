@@ -116,17 +116,17 @@ def test_authz_test_refuses_a_test_file_with_a_key_given_twice(tmp_path: Path) -
     assert code == 0, out
     (tmp_path / "dup.yaml").write_text(case.format(expect="ExplicitDeny") + "    expect: Allow\n")
     code, out = run(["test", str(tmp_path / "dup.yaml")])
-    assert code == 1 and "line 8" in out and "more than once" in out
+    assert code == 2 and "line 8" in out and "more than once" in out
     (tmp_path / "dup.json").write_text('{"bundle": "bundle", "bundle": "x", "tests": []}')
     code, out = run(["test", str(tmp_path / "dup.json")])
-    assert code == 1 and "$.bundle" in out and "more than once" in out
+    assert code == 2 and "$.bundle" in out and "more than once" in out
 
 
 def test_test_files_larger_than_the_limit_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "MAX_TEST_FILE_CHARS", 64)
     (tmp_path / "big.yaml").write_text("bundle: b\ntests: []\n" + "#" * 100 + "\n")
     code, out = run(["test", str(tmp_path / "big.yaml")])
-    assert code == 1 and "the limit is 64" in out
+    assert code == 2 and "the limit is 64" in out
 
 
 # ------------------------------------------------------------------ the class: every duplicate, at any depth
