@@ -499,66 +499,73 @@ _MEMBERS = ("StreamName", "streamName", "STREAMNAME", "\u017ftreamName", "Stream
 _VALUES = ("cam-01", "cam-02", "door-01", S1, S2, C1, "arn:aws:kinesisvideo:us-west-2:111122223333:stream/cam-01/1")
 
 
-def _mutate(signed: WireRequest, fdp: atheris.FuzzedDataProvider) -> WireRequest:
-    """One change made after signing, or a re-signing that must not change what is asked."""
+def _mutate(signed: WireRequest, fdp: atheris.FuzzedDataProvider) -> tuple[WireRequest, WireRequest | None]:
+    """One change made after signing, or a re-signing by the key holder (then perhaps another body).
+
+    Returns the changed request and, for a re-signing, the re-signed request before any body swap: a key
+    holder may sign any request, so from then on that request is what the changed one must ask exactly."""
+    return _changed(signed, fdp)
+
+
+def _changed(signed: WireRequest, fdp: atheris.FuzzedDataProvider) -> tuple[WireRequest, WireRequest | None]:
     headers = dict(signed.headers)
     kind = fdp.ConsumeIntInRange(0, 9)
     if kind == 0:                                            # an unsigned header, from the pool or fuzzed
         name, value = _UNSIGNED_HEADERS[fdp.ConsumeIntInRange(0, len(_UNSIGNED_HEADERS) - 1)]
         if fdp.ConsumeBool():
             value = fdp.ConsumeUnicodeNoSurrogates(24)
-        return WireRequest(signed.method, signed.raw_path, signed.raw_query, {**headers, name: value}, signed.body)
+        return WireRequest(signed.method, signed.raw_path, signed.raw_query, {**headers, name: value}, signed.body), None
     if kind == 1 and headers:                                # a header repeated, or another spelling of its name
         name = sorted(headers)[fdp.ConsumeIntInRange(0, len(headers) - 1)]
         value = _VALUES[fdp.ConsumeIntInRange(0, len(_VALUES) - 1)]
         if fdp.ConsumeBool():
             return WireRequest(signed.method, signed.raw_path, signed.raw_query, {**headers, name.upper(): value},
-                               signed.body)
+                               signed.body), None
         headers[name] = f"{headers[name]},{value}"
-        return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, signed.body)
+        return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, signed.body), None
     if kind == 2:                                            # a body member added, often a case variant
         member = _MEMBERS[fdp.ConsumeIntInRange(0, len(_MEMBERS) - 1)]
         value = _VALUES[fdp.ConsumeIntInRange(0, len(_VALUES) - 1)]
         text = json.dumps({member: value})[1:-1]
         body = signed.body.strip()
         body = b"{" + text.encode() + (b"," + body[1:] if body.startswith(b"{") and body != b"{}" else b"}")
-        return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, body)
+        return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, body), None
     if kind == 3:                                            # another body
         return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers,
-                           fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256)))
+                           fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256))), None
     if kind == 4:                                            # a query parameter added
         name = ("X-Amz-ChannelARN", "X-Amz-ClientId", "x-amz-channelarn", "StreamName")[fdp.ConsumeIntInRange(0, 3)]
         extra = f"{quote(name, safe='')}={quote(_VALUES[fdp.ConsumeIntInRange(0, len(_VALUES) - 1)], safe='')}"
         query = f"{signed.raw_query}&{extra}" if signed.raw_query else extra
-        return WireRequest(signed.method, signed.raw_path, query, headers, signed.body)
+        return WireRequest(signed.method, signed.raw_path, query, headers, signed.body), None
     if kind == 5:                                            # the scope's region edited
         auth = next((k for k in headers if k.lower() == "authorization"), None)
         region = ("us-west-2", "eu-west-1", "US-EAST-1")[fdp.ConsumeIntInRange(0, 2)]
         if auth is not None:
             headers[auth] = headers[auth].replace("/us-east-1/", f"/{region}/")
-            return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, signed.body)
+            return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, signed.body), None
         return WireRequest(signed.method, signed.raw_path, signed.raw_query.replace("us-east-1", region), headers,
-                           signed.body)
+                           signed.body), None
     if kind == 6:                                            # another path
         path = ("/", "/describeStream", "/putMedia", "/x", signed.raw_path + "/")[fdp.ConsumeIntInRange(0, 4)]
-        return WireRequest(signed.method, path, signed.raw_query, headers, signed.body)
+        return WireRequest(signed.method, path, signed.raw_query, headers, signed.body), None
     if kind == 7:                                            # another method
         method = ("GET", "POST", "PUT", "get")[fdp.ConsumeIntInRange(0, 3)]
-        return WireRequest(method, signed.raw_path, signed.raw_query, headers, signed.body)
+        return WireRequest(method, signed.raw_path, signed.raw_query, headers, signed.body), None
     if kind == 8:                                            # a header dropped
         if headers:
             del headers[sorted(headers)[fdp.ConsumeIntInRange(0, len(headers) - 1)]]
-        return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, signed.body)
+        return WireRequest(signed.method, signed.raw_path, signed.raw_query, headers, signed.body), None
     # Re-signed with UNSIGNED-PAYLOAD (by the key holder), then perhaps another body.
     base = WireRequest(signed.method, signed.raw_path, _unsigned_query(signed.raw_query), headers, signed.body)
     try:
         resigned = sign_wire(base, LONG_TERM, unsigned_payload=True)
     except ValueError:
-        return signed
+        return signed, None
     if fdp.ConsumeBool():
         return WireRequest(resigned.method, resigned.raw_path, resigned.raw_query, resigned.headers,
-                           fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256)))
-    return resigned
+                           fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256))), resigned
+    return resigned, resigned
 
 
 def _unsigned_query(raw_query: str) -> str:
@@ -583,7 +590,9 @@ def differential_http(wire: WireRequest, data: bytes) -> None:
     before = gateway_pipeline(signed)
     mutated = signed
     for _ in range(fdp.ConsumeIntInRange(1, 3)):
-        mutated = _mutate(mutated, fdp)
+        mutated, resigned = _mutate(mutated, fdp)
+        if resigned is not None:
+            before = gateway_pipeline(resigned)
     after = gateway_pipeline(mutated)
     if after is not None and after != before:
         raise AssertionError(f"a request changed after signing is authorised differently: signed {before!r}, "
