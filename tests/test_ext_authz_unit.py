@@ -164,15 +164,22 @@ HANDSHAKE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Ver
              "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
 
 
-def presigned_viewer(key: Key, channel: str = YOUR_CHANNEL, client_id: str = "viewer-1", *,
-                     region: str = REGION) -> Wire:
-    query = {"X-Amz-ChannelARN": channel, "X-Amz-ClientId": client_id}
-    req = AWSRequest("GET", f"http://{GATEWAY}/?{percent_encode_sequence(query)}")
+def presigned_connect(key: Key, query: Mapping[str, str], *, region: str = REGION, https: bool = False,
+                      path: str = "/") -> Wire:
+    """A presigned signaling WebSocket connect, with the handshake headers the client adds unsigned."""
+    scheme = "https" if https else "http"
+    req = AWSRequest("GET", f"{scheme}://{GATEWAY}{path}?{percent_encode_sequence(dict(query))}")
+    if https:
+        req.context["payload_signing_enabled"] = False
     with signing_clock(T0):
-        SigV4QueryAuth(Credentials(key.access_key_id, key.secret, key.token), "kinesisvideo", region,
-                       expires=300).add_auth(req)
+        SigV4QueryAuth(key.credentials(), "kinesisvideo", region, expires=300).add_auth(req)
     wire = _wire(req)
     return wire.but(headers={**wire.headers, **HANDSHAKE})
+
+
+def presigned_viewer(key: Key, channel: str = YOUR_CHANNEL, client_id: str = "viewer-1", *,
+                     region: str = REGION) -> Wire:
+    return presigned_connect(key, {"X-Amz-ChannelARN": channel, "X-Amz-ClientId": client_id}, region=region)
 
 
 # ---------------------------------------------------------------------------------------------

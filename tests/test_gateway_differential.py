@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from botocore.auth import SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode_sequence
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,8 +17,8 @@ from authz.gateway.mapping import ROUTES, Route
 from authz.store import Store, StoreConfig
 from tests.example_ids import (ADMIN, CAMERA, OTHER_STREAM, REGION, SHARED_STREAM, VIEWER, WRITER, YOUR_CHANNEL,
                                YOUR_STREAM, Key)
-from tests.test_ext_authz_unit import (BUNDLE, GATEWAY, HANDSHAKE, OPTIONS, T0, SpyStore, Wire, _wire, answer_of,
-                                       put_media, signed, signing_clock)
+from tests.test_ext_authz_unit import (BUNDLE, OPTIONS, T0, SpyStore, Wire, answer_of, presigned_connect, put_media,
+                                       signed)
 
 OTHER_CHANNEL = YOUR_CHANNEL.replace("your_channel/0123456789015", "other_channel/0123456789016")
 NAMES = ("your_stream", "other_stream", "shared_stream", "your_channel", "secret-cam")
@@ -52,17 +50,7 @@ def _body(route: Route, member: str, value: str) -> dict[str, Any]:
     return body
 
 
-def connect(key: Key, query: Mapping[str, str], *, region: str = REGION, https: bool = False,
-            path: str = "/") -> Wire:
-    """A presigned signaling WebSocket connect, with the handshake headers the client adds unsigned."""
-    scheme = "https" if https else "http"
-    req = AWSRequest("GET", f"{scheme}://{GATEWAY}{path}?{percent_encode_sequence(dict(query))}")
-    if https:
-        req.context["payload_signing_enabled"] = False
-    with signing_clock(T0):
-        SigV4QueryAuth(key.credentials(), "kinesisvideo", region, expires=300).add_auth(req)
-    wire = _wire(req)
-    return wire.but(headers={**wire.headers, **HANDSHAKE})
+connect = presigned_connect
 
 
 @dataclass(frozen=True)
