@@ -23,7 +23,7 @@ all: setup
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench,fuzz]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench,fuzz,otel]'
 	touch $(STAMP)
 
 setup: $(STAMP) $(PROTO_OUT)
