@@ -160,3 +160,52 @@ def test_dot_files_and_other_suffixes_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("# notes")
     (tmp_path / "a.yaml").write_text("account: '123456789012'\nusers: [{name: u}]\n")
     assert load_bundle(tmp_path).counts()["users"] == 1
+
+
+# ------------------------------------------------------------------ signing keys for exported users
+
+EXPORT_KEY = {"user": "operator", "id": "AKIAOPERATORREALKEY1", "secret": "operator-secret-0123456789"}
+
+
+def test_a_hand_written_file_gives_signing_keys_to_an_exported_user(tmp_path: Path) -> None:
+    """An IAM export carries no keys; a top-level `access_keys` entry adds one (with the real key id)
+    to the exported user, bound to the user's AWS unique id."""
+    (tmp_path / f"{ACCT}.json").write_text(json.dumps(details()))
+    (tmp_path / "keys.yaml").write_text(
+        f"account: '{ACCT}'\naccess_keys:\n  - {json.dumps(EXPORT_KEY)}\n"
+        f"  - {{user: operator, id: AKIAOPERATORREALKEY2, secret: second-secret-0123456789, status: Inactive}}\n")
+    state = load_bundle(tmp_path)
+    key = state.access_keys["AKIAOPERATORREALKEY1"]
+    assert key.principal == f"arn:aws:iam::{ACCT}:user/operator" and key.owner_id == "AIDAOPERATOR000000001"
+    s = Store(StoreConfig(bundle_dir=tmp_path, watch_interval=0))
+    s.open()
+    try:
+        cred = s.snapshot.credential("AKIAOPERATORREALKEY1")
+        assert cred is not None and cred.principal == f"arn:aws:iam::{ACCT}:user/operator"
+        assert s.snapshot.credential("AKIAOPERATORREALKEY2") is None       # Inactive, as declared
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("entry,fragments", [
+    ({**EXPORT_KEY, "user": "nobody"}, ["keys.json", "$.access_keys[0]", "nobody"]),
+    ({k: v for k, v in EXPORT_KEY.items() if k != "user"}, ["keys.json", "$.access_keys[0].user", "name of a user"]),
+    ({**EXPORT_KEY, "usr": "operator"}, ["keys.json", "$.access_keys[0]", "usr"]),
+    ({**EXPORT_KEY, "id": "short"}, ["keys.json", "$.access_keys[0]", "access key id"]),
+])
+def test_keys_for_exported_users_are_checked(tmp_path: Path, entry: dict[str, Any], fragments: list[str]) -> None:
+    (tmp_path / f"{ACCT}.json").write_text(json.dumps(details()))
+    (tmp_path / "keys.json").write_text(json.dumps({"account": ACCT, "access_keys": [entry]}))
+    with pytest.raises(BundleError) as err:
+        load_bundle(tmp_path)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_declaring_an_exported_user_again_is_refused_with_the_way_to_add_keys(tmp_path: Path) -> None:
+    (tmp_path / f"{ACCT}.json").write_text(json.dumps(details()))
+    (tmp_path / "keys.json").write_text(json.dumps({"account": ACCT, "users": [
+        {"name": "operator", "access_keys": [{"id": "AKIAOPERATORREALKEY1", "secret": "operator-secret-0123456789"}]}]}))
+    with pytest.raises(BundleError) as err:
+        load_bundle(tmp_path)
+    assert "already exists" in str(err.value) and "access_keys" in str(err.value)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from ..policy.jsontext import child_path, load_large
 from ..policy.yamltext import load_yaml
-from .errors import InvalidInput, StoreError
+from .errors import AlreadyExists, InvalidInput, StoreError
 from .state import IamState, account_of_arn, apply_op, transaction
 
 BUNDLE_SUFFIXES = (".json", ".yaml", ".yml")
@@ -23,8 +23,11 @@ MAX_BUNDLE_FILE_BYTES = 256 * 1024 * 1024
 MAX_BUNDLE_FILES = 10_000
 IAM_DETAIL_KEYS = frozenset({"UserDetailList", "GroupDetailList", "RoleDetailList", "Policies"})
 ACCESS_KEY_MEMBERS = {"id", "secret", "status"}     # status: Active (the default) or Inactive, as IAM's
+# A top-level `access_keys` entry names its user: it gives signing keys to users declared elsewhere in
+# the bundle, such as those of an IAM authorization-details export (which carries no keys or secrets).
+USER_ACCESS_KEY_MEMBERS = ACCESS_KEY_MEMBERS | {"user"}
 HAND_KEYS = frozenset({"account", "policies", "users", "groups", "roles", "streams", "channels", "scps", "rcps",
-                       "region", "organization"})
+                       "region", "organization", "access_keys"})
 
 
 class BundleError(StoreError):
@@ -99,7 +102,11 @@ def apply_documents(docs: list[tuple[str, Any]]) -> IamState:
                         state = apply_op(state, o)
                     except StoreError as exc:
                         where = o.get("_where", "")
-                        raise BundleError(f"{source}{': ' + where if where else ''}: {exc}") from None
+                        hint = ""
+                        if isinstance(exc, AlreadyExists) and o["op"] == "CreatePrincipal" and o.get("kind") == "user":
+                            hint = ("; to give a user declared in another file (e.g. an IAM export) signing keys, "
+                                    "list them in a top-level `access_keys: [{user, id, secret}]` member instead")
+                        raise BundleError(f"{source}{': ' + where if where else ''}: {exc}{hint}") from None
     return state
 
 
@@ -240,8 +247,17 @@ def _hand_ops(doc: dict[str, Any], source: str) -> Iterator[dict[str, Any]]:
             for j, k in enumerate(keys):
                 key_where = child_path(f"{where}.access_keys", j)
                 _only(k, ACCESS_KEY_MEMBERS, key_where, source)
-                yield {"op": "CreateAccessKey", "account": account, "user": e.get("name"), "id": k.get("id"),
-                       "secret": k.get("secret"), "status": k.get("status", "Active"), "_where": key_where}
+                yield _key_op(account, e.get("name"), k, key_where)
+    keys = doc.get("access_keys") or []
+    if not isinstance(keys, list):
+        raise BundleError(f"{source}: $.access_keys: expected a list of {{user, id, secret, status}} objects")
+    for j, k in enumerate(keys):
+        key_where = child_path("$.access_keys", j)
+        _only(k, USER_ACCESS_KEY_MEMBERS, key_where, source)
+        if not isinstance(k.get("user"), str):
+            raise BundleError(f"{source}: {key_where}.user: the name of a user of account {account} declared in "
+                              "this bundle (in any file, e.g. an IAM authorization-details export)")
+        yield _key_op(account, k["user"], k, key_where)
     for rtype, member in (("stream", "streams"), ("channel", "channels")):
         for i, r in enumerate(doc.get(member) or []):
             where = child_path(f"$.{member}", i)
@@ -253,6 +269,11 @@ def _hand_ops(doc: dict[str, Any], source: str) -> Iterator[dict[str, Any]]:
                 arn = f"arn:aws:kinesisvideo:{region}:{account}:{rtype}/{r.get('name')}/{created}"
             yield {"op": "RegisterResource", "type": rtype, "arn": arn, "tags": r.get("tags") or {},
                    "policy": r.get("policy"), "_where": where}
+
+
+def _key_op(account: str, user: Any, key: dict[str, Any], where: str) -> dict[str, Any]:
+    return {"op": "CreateAccessKey", "account": account, "user": user, "id": key.get("id"),
+            "secret": key.get("secret"), "status": key.get("status", "Active"), "_where": where}
 
 
 def _stable_creation(account: str, region: str, rtype: str, name: str) -> int:
