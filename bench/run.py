@@ -99,8 +99,9 @@ def load_figure(results: Sequence[LoadResult]) -> dict[str, Any]:
     }
 
 
-def _merged(results: Sequence[LoadResult]) -> list[float]:
-    return sorted(v for r in results for v in r.latencies_us)
+def _repeats(results: Sequence[LoadResult]) -> list[list[float]]:
+    """Plot data: each repeat's latencies on their own (the plot takes percentiles per repeat, as the table does)."""
+    return [sorted(r.latencies_us) for r in results]
 
 
 def _line(r: LoadResult) -> str:
@@ -244,7 +245,7 @@ class GrpcBench:
     targets: dict[str, str]                  # name -> address; the server only when it started
     server_skip: str = ""
     counter: int = 0                         # next unique-request number (the server's cache outlives runs)
-    latencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)   # plot data
+    latencies: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)   # plot data
 
     def run(self, target: str, spec: LoadSpec, label: str) -> LoadResult:
         spec = replace(spec, address=self.targets[target], counter_start=self.counter)
@@ -294,13 +295,13 @@ def case_closed(g: GrpcBench) -> dict[str, Any]:
         runs = g.repeated(f"closed c={c:<3}", g.spec(unique, concurrency=c, unique=True))
         out["by_concurrency"][str(c)] = g.per_target(runs)
         if c in (min(g.plan.concurrency), max(g.plan.concurrency)):
-            g.latencies[f"closed, {c} in flight"] = {t: _merged(rs) for t, rs in runs.items()}
+            g.latencies[f"closed, {c} in flight"] = {t: _repeats(rs) for t, rs in runs.items()}
     repeated = _payloads(g.plan, unique=False)
     for c in sorted({min(g.plan.concurrency), max(g.plan.concurrency)}):
         runs = g.repeated(f"closed repeated c={c:<3}", g.spec(repeated, concurrency=c))
         out["repeated"][str(c)] = g.per_target(runs)
         if c == max(g.plan.concurrency):
-            g.latencies[f"closed, {c} in flight, repeated requests"] = {t: _merged(rs) for t, rs in runs.items()}
+            g.latencies[f"closed, {c} in flight, repeated requests"] = {t: _repeats(rs) for t, rs in runs.items()}
     return out
 
 
@@ -368,7 +369,7 @@ def case_open(g: GrpcBench, closed: Mapping[str, Any] | None) -> dict[str, Any]:
                 fig[name]["service_p50_us"] = _finite_spread([percentile(r.service_us, 50) for r in rs])
                 fig[name]["service_p99_us"] = _finite_spread([percentile(r.service_us, 99) for r in rs])
         out["by_fraction"][f"{f:g}"] = fig
-        g.latencies[f"open, {f:.0%} of max ({rate:,.0f}/s)"] = {t: _merged(rs) for t, rs in runs.items()}
+        g.latencies[f"open, {f:.0%} of max ({rate:,.0f}/s)"] = {t: _repeats(rs) for t, rs in runs.items()}
     return out
 
 
