@@ -15,6 +15,7 @@ from typing import Any, Callable
 import grpc
 
 from . import settings
+from .errors import UNAUTHENTICATED_ADMIN, ErrorStatus, abort_with
 
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
@@ -28,8 +29,8 @@ def token_matches(presented: str, expected_digest: bytes) -> bool:
 
 
 def _refuse(request: Any, context: grpc.ServicerContext) -> Any:
-    context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                  "admin calls need metadata 'authorization: Bearer <token>' with the server's --admin-token")
+    abort_with(context, ErrorStatus(grpc.StatusCode.UNAUTHENTICATED, "admin calls need metadata 'authorization: "
+                                    "Bearer <token>' with the server's --admin-token", UNAUTHENTICATED_ADMIN))
 
 
 _REFUSED = grpc.unary_unary_rpc_method_handler(_refuse)

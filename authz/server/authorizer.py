@@ -122,10 +122,7 @@ class Authorizer(pb_grpc.AuthorizerServicer):
     def AssumeRole(self, request: pb.AssumeRoleRequest, context: grpc.ServicerContext) -> pb.AssumeRoleResponse:
         try:
             return self._assume_role(request, context)
-        except Unauthenticated as exc:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            raise AssertionError("unreachable: context.abort raises") from None   # pragma: no cover
-        except Exception as exc:   # noqa: BLE001 - every other error becomes its status (errors.abort)
+        except Exception as exc:   # noqa: BLE001 - every error becomes its status (errors.abort), Unauthenticated too
             abort(context, exc)
 
     def _assume_role(self, request: pb.AssumeRoleRequest, context: grpc.ServicerContext) -> pb.AssumeRoleResponse:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from ..policy.errors import AuthzError, LimitError, PolicyError, RequestError
 from ..store.errors import (AlreadyExists, Conflict, InvalidInput, NotFound, PermissionDenied, QuotaExceeded,
                             StorageFailure, StoreError)
+from .sts import Unauthenticated
 
 log = logging.getLogger("authz.server")
 
@@ -31,22 +37,40 @@ class Undecodable(AuthzError):
                          "protobuf message of that type; every string field must be valid UTF-8")
 
 
+REASON_DOMAIN = "authz.kvs"          # google.rpc.ErrorInfo.domain of every error this server raises
+DETAILS_METADATA_KEY = "grpc-status-details-bin"   # where gRPC carries a google.rpc.Status (grpcio-status)
+
 # Most specific first: InvalidInput and friends are StoreErrors, so the order of this table matters.
-_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (RequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (Undecodable, grpc.StatusCode.INVALID_ARGUMENT),
-    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
-    (PolicyError, grpc.StatusCode.INVALID_ARGUMENT),
-    (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (StorageFailure, grpc.StatusCode.UNAVAILABLE),
-    (NotServing, grpc.StatusCode.UNAVAILABLE),
-    (StoreError, grpc.StatusCode.INVALID_ARGUMENT),
+# The reason (google.rpc.ErrorInfo.reason) is stable API: docs/api.md lists every one.
+_STATUSES: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
+    (RequestError, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
+    (Undecodable, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE"),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INPUT"),
+    (PolicyError, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_POLICY"),
+    (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED, "LIMIT_EXCEEDED"),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED"),
+    (NotFound, grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION, "CONFLICT"),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "ACCESS_DENIED"),
+    (StorageFailure, grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE"),
+    (NotServing, grpc.StatusCode.UNAVAILABLE, "NOT_SERVING"),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
+    (StoreError, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INPUT"),
 )
+INTERNAL_REASON = "INTERNAL"
+UNAUTHENTICATED_ADMIN = "UNAUTHENTICATED_ADMIN"   # the admin listener's token check (authz.server.auth)
+
+# A request error names its field; these fields get a reason of their own (the leaf of the field's path,
+# so that `requests[3].action` is INVALID_ACTION as `action` is).
+_FIELD_REASONS: dict[str, str] = {
+    "principal": "INVALID_PRINCIPAL", "caller": "INVALID_PRINCIPAL",
+    "action": "INVALID_ACTION",
+    "resource": "INVALID_RESOURCE", "role_arn": "INVALID_RESOURCE",
+    "context": "INVALID_CONTEXT",
+    "signed_request": "INVALID_SIGNED_REQUEST",
+}
+_LEAF = re.compile(r"(?:^|[.\]])([a-z_]+)(?:\[[^\]]*\])?$")
 
 
 def field_of(exc: BaseException) -> str:
@@ -54,31 +78,83 @@ def field_of(exc: BaseException) -> str:
     return value if isinstance(value, str) else ""
 
 
-def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status code and client-visible message for an exception.
+def _field_reason(fld: str) -> str | None:
+    root = fld.split(".", 1)[0].split("[", 1)[0]
+    leaf = _LEAF.search(fld)
+    return _FIELD_REASONS.get(leaf.group(1) if leaf else "") or _FIELD_REASONS.get(root)
+
+
+@dataclass(frozen=True)
+class ErrorStatus:
+    """What a failed call answers: code, the human message, a stable reason, the request field at fault."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    field: str = ""
+    incident: str = ""
+
+    def rich(self) -> status_pb2.Status:
+        """The google.rpc.Status carried in grpc-status-details-bin: ErrorInfo always, and BadRequest (one
+        field violation: the field at fault, today's message) for INVALID_ARGUMENT."""
+        metadata = {k: v for k, v in (("field", self.field), ("incident", self.incident)) if v}
+        info = AnyMessage()
+        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=REASON_DOMAIN, metadata=metadata))
+        details = [info]
+        if self.code == grpc.StatusCode.INVALID_ARGUMENT:
+            bad = AnyMessage()
+            bad.Pack(error_details_pb2.BadRequest(field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.message)]))
+            details.append(bad)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+
+    def grpc_status(self) -> grpc.Status:
+        """For context.abort_with_status: the code, the message, and as trailing metadata the rich status
+        plus the field at fault (authz-field, as before the rich status existed)."""
+        status = rpc_status.to_status(self.rich())
+        extra = ((FIELD_METADATA_KEY, self.field),) if self.field else ()
+        return status._replace(trailing_metadata=(*extra, *status.trailing_metadata))  # type: ignore[attr-defined, no-any-return]
+
+
+def error_status(exc: BaseException) -> ErrorStatus:
+    """The status a call that raised `exc` answers.
 
     Domain errors keep their message, prefixed with the field when the message does not start with it.
     Anything else is a bug: the client sees only INTERNAL and an incident id; the log has the traceback.
     """
-    for cls, code in _CODES:
+    for cls, code, reason in _STATUSES:
         if isinstance(exc, cls):
             message = str(exc)
             fld = field_of(exc)
             if fld and not message.startswith(fld):
                 message = f"{fld}: {message}"
-            return code, message
+            if cls is RequestError:
+                reason = _field_reason(fld) or reason
+            elif cls is InvalidInput and bool(getattr(exc, "problems", ())):
+                reason = "INVALID_POLICY"
+            return ErrorStatus(code, message, reason, fld)
     incident = uuid.uuid4().hex[:12]
     log.error("unexpected error (incident %s)", incident, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); the server log has the details"
+    return ErrorStatus(grpc.StatusCode.INTERNAL,
+                       f"internal error (incident {incident}); the server log has the details",
+                       INTERNAL_REASON, incident=incident)
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-visible message for an exception (see error_status)."""
+    status = error_status(exc)
+    return status.code, status.message
+
+
+def abort_with(context: grpc.ServicerContext, status: ErrorStatus) -> NoReturn:
+    """End the call with `status`, its google.rpc details included."""
+    context.abort_with_status(status.grpc_status())
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
-    code, message = status_of(exc)
-    fld = field_of(exc)
-    if fld:
-        context.set_trailing_metadata(((FIELD_METADATA_KEY, fld),))
-    context.abort(code, message)
-    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+    """End the call with the status of `exc` (see error_status)."""
+    abort_with(context, error_status(exc))
 
 
 Req = TypeVar("Req")
@@ -130,7 +206,7 @@ def _checked(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
     def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, _Undecodable):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(Undecodable(name, request.reason)))
+            abort(context, Undecodable(name, request.reason))
         return behaviour(request, context)
 
     return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=deserialize,
