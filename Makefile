@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP) $(PROTO_OUT)
+	@echo "set up: the authz command is .venv/bin/authz ('. .venv/bin/activate' puts it on PATH)"
 
 $(PROTO_OUT): protos/authz/v1/authz.proto protos/authz/v1/wire.proto $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/authz/v1/authz.proto
