@@ -1,4 +1,9 @@
-"""Envoy external authorization (envoy.service.auth.v3.Authorization/Check) for the KVS API, failing closed."""
+"""Envoy external authorization (envoy.service.auth.v3.Authorization/Check) for the KVS API, failing closed.
+
+Every Check, allowed or not, is one DecisionEvent for the server's observers (decision log, metrics), as
+Authorize is: a request refused before any decision (bad signature, unmappable request, internal
+failure) is a `Denied` event carrying the error code, never the request's material.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ import json
 import logging
 import os
 import re
+import time
 import traceback
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final
@@ -23,6 +30,8 @@ from google.rpc import code_pb2, status_pb2
 
 from ..evaluate import Decision, Result
 from ..policy.errors import LimitError, RequestError
+from ..server.decision_log import DENIED, DecisionEvent, Observer, statement_label
+from ..server.logs import bind_request_id, request_scope
 from ..store import Store
 from ..store.snapshot import CredentialLookup
 from .sigv4 import DEFAULT_MAX_SKEW_SECONDS
@@ -41,6 +50,8 @@ METADATA_NAMESPACE: Final = "envoy.filters.http.ext_authz"
 PARTIAL_BODY_HEADER: Final = "x-envoy-auth-partial-body"
 ERROR_TYPE_HEADER: Final = "x-amzn-ErrorType"
 REQUEST_ID_HEADER: Final = "x-amzn-RequestId"
+RPC_NAME: Final = "Check"            # the decision log's `rpc` and the metrics' rpc label for gateway decisions
+INTERNAL_FAILURE_CODE: Final = "InternalFailure"
 
 DEFAULT_REGION: Final = "us-east-1"
 DEFAULT_PARTITION: Final = "aws"
@@ -111,6 +122,29 @@ class GatewayOptions:
 
 class _Refusal(HttpRefusal):
     """An answer other than allow, decided before or by the store."""
+
+
+@dataclass(slots=True)
+class _Facts:
+    """What one Check has established so far: its decision-log line, whatever the outcome."""
+
+    request_id: str = ""
+    principal: str = ""
+    action: str = ""
+    resource: str = ""
+    revision: int = 0
+    decision: str = DENIED
+    deciding: tuple[str, ...] = ()
+    cached: bool = False
+    reason: str = ""                   # refused before a decision: the error code
+
+    def refused(self, code: str) -> None:
+        self.decision, self.deciding, self.cached, self.reason = DENIED, (), False, code
+
+    def event(self, seconds: float) -> DecisionEvent:
+        return DecisionEvent(RPC_NAME, self.request_id or uuid.uuid4().hex, self.principal, self.action,
+                             self.resource, self.decision, self.deciding, self.revision, seconds, self.cached,
+                             reason=self.reason)
 
 
 @dataclass(frozen=True)
@@ -284,7 +318,7 @@ def _deny(status: int, code: str, message: str, request_id: str,
 
 
 # Built once at import: the failure path must not depend on anything that could itself fail.
-_INTERNAL_FAILURE: Final = _deny(500, "InternalFailure", "the request was refused because authorization could not "
+_INTERNAL_FAILURE: Final = _deny(500, INTERNAL_FAILURE_CODE, "the request was refused because authorization could not "
                                                          "be completed", "")
 
 
@@ -310,8 +344,9 @@ def access_denied_message(principal: str, action: str, resource: str, result: Re
 class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
     """Check: authenticate, map, authorise; allow only on an Allow decision, deny on everything else."""
 
-    def __init__(self, store: Store, options: GatewayOptions) -> None:
+    def __init__(self, store: Store, options: GatewayOptions, observers: Sequence[Observer] = ()) -> None:
         self._store = store
+        self._observers = tuple(observers)    # the decision log and metrics, as for Authorize
         self._options = options
         self._source = options.source
         self._home_region = options.regions[0]
@@ -320,31 +355,43 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
     def Check(self, request: external_auth_pb2.CheckRequest,
               context: grpc.ServicerContext) -> external_auth_pb2.CheckResponse:
-        try:
-            return self._check(request)
-        except Exception as exc:      # fail closed: whatever went wrong, the request does not pass
-            # Type and place only: messages of foreign exceptions may quote request material (tokens).
-            frames = traceback.extract_tb(exc.__traceback__)
-            ours = [f for f in frames if f.filename.startswith(_PACKAGE_DIR)] or frames
-            where = f"{ours[-1].filename}:{ours[-1].lineno}" if ours else "?"
-            log.error("ext_authz check failed, request denied: %s at %s", type(exc).__name__, where)
-            return _INTERNAL_FAILURE
+        start = time.perf_counter()
+        facts = _Facts()
+        with request_scope():
+            try:
+                response = self._check(request, facts)
+            except Exception as exc:      # fail closed: whatever went wrong, the request does not pass
+                _log_failure(exc)
+                facts.refused(INTERNAL_FAILURE_CODE)
+                response = _INTERNAL_FAILURE
+            if self._observers:
+                try:
+                    event = [facts.event(time.perf_counter() - start)]
+                    for observe in self._observers:
+                        observe(event)
+                except Exception as exc:  # an answer that cannot be recorded is not given (as for Authorize)
+                    _log_failure(exc)
+                    return _INTERNAL_FAILURE
+            return response
 
-    def _check(self, check: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
+    def _check(self, check: external_auth_pb2.CheckRequest, facts: _Facts) -> external_auth_pb2.CheckResponse:
         now = datetime.fromtimestamp(self._store.clock(), tz=timezone.utc)
         request_id = ""
         try:
             if not self._store.ready:
                 raise _Refusal(503, "ServiceUnavailableException", "the authorizer has no policy set loaded yet")
-            incoming = _incoming(check, self._trusted)
-            request_id = incoming.request_id
             snapshot = self._store.snapshot
+            facts.revision = snapshot.revision
+            incoming = _incoming(check, self._trusted)
+            request_id = facts.request_id = incoming.request_id
+            bind_request_id(request_id)
             try:
                 credentials = CredentialLookup(snapshot)
                 caller = authenticate(self._source, incoming.signed, credentials, now,
                                       max_skew_seconds=self._options.max_skew_seconds, regions=self._regions)
             except AuthenticationError as exc:
                 raise _Refusal(exc.status, exc.code, exc.message) from None
+            facts.principal = caller.principal
             # Authenticated first, then parsed: the mapping sees only what the authentication covers.
             endpoint = Endpoint(self._options.partition, caller.region or self._home_region)
             signed = incoming.signed
@@ -354,6 +401,7 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 mapped = map_request(view, caller.account, endpoint, snapshot, _environment(incoming, caller, now))
             except MappingError as exc:
                 raise _Refusal(exc.status, exc.code, exc.message) from None
+            facts.action, facts.resource = mapped.action, mapped.resource
             try:
                 answer = self._store.authorize(caller.principal, mapped.action, mapped.resource, {},
                                                trusted_context=mapped.context,
@@ -362,23 +410,35 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 raise _Refusal(400, "InvalidArgumentException", str(exc)) from None
         except _Refusal as refusal:
             log.debug("ext_authz deny %s %s: %s", refusal.status, refusal.code, request_id)
+            facts.refused(refusal.code)
             return _deny(refusal.status, refusal.code, refusal.message, request_id)
 
         result = answer.result
-        facts = {"principal": caller.principal, "action": mapped.action, "resource": mapped.resource}
+        facts.decision, facts.revision, facts.cached = result.decision.value, answer.revision, answer.cached
+        facts.deciding = tuple(statement_label(m.policy_type, m.policy_name, m.index, m.sid) for m in result.deciding)
+        named = {"principal": caller.principal, "action": mapped.action, "resource": mapped.resource}
         if not result.allowed:
             log.debug("ext_authz deny %s %s %s (%s) %s", caller.principal, mapped.action, mapped.resource,
                       result.decided_by, request_id)
             return _deny(403, "AccessDeniedException",
                          access_denied_message(caller.principal, mapped.action, mapped.resource, result),
-                         request_id, facts)
+                         request_id, named)
         log.debug("ext_authz allow %s %s %s %s", caller.principal, mapped.action, mapped.resource, request_id)
         return _allow(caller, mapped, result, answer.revision, request_id)
 
 
-def register(server: grpc.Server, store: Store, options: GatewayOptions) -> None:
-    """Serve envoy.service.auth.v3.Authorization on `server` (the port that serves authz.v1.Authorizer)."""
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ExtAuthzServicer(store, options), server)
+def _log_failure(exc: BaseException) -> None:
+    # Type and place only: messages of foreign exceptions may quote request material (tokens).
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if f.filename.startswith(_PACKAGE_DIR)] or frames
+    where = f"{ours[-1].filename}:{ours[-1].lineno}" if ours else "?"
+    log.error("ext_authz check failed, request denied: %s at %s", type(exc).__name__, where)
+
+
+def register(server: grpc.Server, store: Store, options: GatewayOptions, observers: Sequence[Observer] = ()) -> None:
+    """Serve envoy.service.auth.v3.Authorization on `server` (the port that serves authz.v1.Authorizer);
+    every Check's decision goes to `observers` (decision log, metrics)."""
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ExtAuthzServicer(store, options, observers), server)
 
 
 __all__ = ["GatewayOptions", "ExtAuthzServicer", "register", "access_denied_message", "PRINCIPAL_HEADER",

@@ -199,7 +199,8 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
                            regions=frozenset(config.region.split(","))),
                 decision)
     ext_authz.register(checked(decision), store, ext_authz.GatewayOptions(
-        principal_from=config.principal_from, region=config.region, trusted_proxies=config.trusted_proxies))
+        principal_from=config.principal_from, region=config.region, trusted_proxies=config.trusted_proxies),
+        observers)
     decision_health = _health({"": not_serving, settings.AUTHORIZER_SERVICE: not_serving})
     health_pb2_grpc.add_HealthServicer_to_server(decision_health, decision)
     reflection.enable_server_reflection((authz_pb2.DESCRIPTOR.services_by_name["Authorizer"].full_name,

@@ -1,9 +1,10 @@
 """The decision log: one JSON line per decision, built from an allow-list of fields so that no secret can leak.
 
 What a line holds is fixed by DecisionEvent: who asked for what, the answer, the statements that
-decided it, the revision and the latency. Secrets (secret access keys, session tokens, SigV4
-signatures) never reach an event: AssumeRole's credentials stay in its response, and request
-contexts, which a gateway may fill with anything, are not logged at all.
+decided it, the revision and the latency; both front doors (authz.v1 and Envoy's Check) write the
+same shape. Secrets (secret access keys, session tokens, SigV4 signatures) never reach an event:
+AssumeRole's credentials stay in its response, a Check refused before a decision carries only its
+error code, and request contexts, which a gateway may fill with anything, are not logged at all.
 """
 
 from __future__ import annotations
@@ -14,25 +15,27 @@ import os
 import sys
 import threading
 import time
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 from datetime import datetime, timezone
 
 STDOUT = "-"
+DENIED = "Denied"                     # the decision of a request refused before (or instead of) a policy decision
 
 
 class DecisionEvent(NamedTuple):     # a NamedTuple: built for every decision, and cheaper than a dataclass
-    rpc: str                          # Authorize, AuthorizeBatch or AssumeRole
+    rpc: str                          # Authorize, AuthorizeBatch, AssumeRole, or Check (Envoy ext_authz)
     request_id: str
     principal: str
     action: str
     resource: str
-    decision: str                     # Allow, ExplicitDeny, ImplicitDeny; AssumeRole refusals: Denied
+    decision: str                     # Allow, ExplicitDeny, ImplicitDeny; refused before a decision: Denied
     deciding: tuple[str, ...]         # "type:policy-name#index" (+ "/sid" when the statement has one)
     revision: int
     latency_seconds: float
     cached: bool = False
     session_arn: str = ""             # AssumeRole: the session it created (an ARN, not a credential)
     time: float = 0.0                 # unix seconds; 0 = when the line is written
+    reason: str = ""                  # Check refused before a decision: the error code (InvalidSignatureException)
 
     def as_json(self) -> str:
         when = self.time or time.time()
@@ -51,7 +54,12 @@ class DecisionEvent(NamedTuple):     # a NamedTuple: built for every decision, a
         }
         if self.session_arn:
             record["session_arn"] = self.session_arn
+        if self.reason:
+            record["reason"] = self.reason
         return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+Observer = Callable[[Sequence[DecisionEvent]], None]   # gets the events of one call together
 
 
 @functools.lru_cache(maxsize=4096)

@@ -1,147 +1,156 @@
-"""Prometheus metrics in the text exposition format (0.0.4), served by a small http.server on --metrics-listen.
+"""Prometheus metrics through prometheus_client, served by a small http.server on --metrics-listen.
 
-Counters that the store already keeps (cache hits and misses, reloads, revision) are read from
-Store.status() at scrape time instead of being counted twice.
+Decisions (from both front doors: authz.v1 Authorize/AuthorizeBatch/AssumeRole and Envoy's Check) are
+counted as they are observed. Counters the store already keeps (cache hits and misses, reloads,
+revision) are read from Store.status() at scrape time by a collector instead of being counted twice.
+Each Metrics has its own registry, with the process, GC and platform collectors of the process it
+runs in: with --workers N every worker serves its own (worker i on PORT+i).
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Sequence
+from http.server import ThreadingHTTPServer
+from typing import Callable, Iterator, Sequence
+
+from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector, disable_created_metrics)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, MetricsHandler
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..store import StoreStatus
 from .decision_log import DecisionEvent
 
 log = logging.getLogger("authz.server.metrics")
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# What a scrape without an Accept header gets (Prometheus itself negotiates a newer format).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+METRICS_PATHS = ("/metrics", "/")
 # Seconds. A cached decision takes tens of microseconds; a cold one or a full batch milliseconds.
 LATENCY_BUCKETS: tuple[float, ...] = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                       0.1, 0.25, 0.5, 1.0, 2.5)
 DECISION_LABELS = {"Allow": "allow", "ExplicitDeny": "explicit_deny", "ImplicitDeny": "implicit_deny",
                    "Denied": "denied"}
+# Series present from the first scrape, so that rate() and alerts see a zero before the first decision.
+PRESET_SERIES: tuple[tuple[str, str], ...] = (
+    ("Authorize", "allow"), ("Authorize", "explicit_deny"), ("Authorize", "implicit_deny"),
+    ("Check", "allow"), ("Check", "explicit_deny"), ("Check", "implicit_deny"), ("Check", "denied"),
+)
+
+# A decision counter's `_created` series says when the process first saw that label pair: noise next to
+# process_start_time_seconds, and twice the series count.
+disable_created_metrics()
 
 
-class _Histogram:
-    __slots__ = ("counts", "total", "count")
+class _StoreCollector(Collector):
+    """The store's own counters and state, read once per scrape."""
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)   # the last one is +Inf
-        self.total = 0.0
-        self.count = 0
+    def __init__(self, status: Callable[[], StoreStatus], memo: Callable[[], dict[str, int]] | None) -> None:
+        self._status = status
+        self._memo = memo        # the decision port's answer memo (authz.server.answers), when there is one
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
-        self.total += value
-        self.count += 1
+    def collect(self) -> Iterator[Metric]:
+        st = self._status()
+        memo = self._memo() if self._memo is not None else {}
 
+        def gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, help_text, value=value)
 
-def _fmt(value: float) -> str:
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+        yield CounterMetricFamily("authz_cache_hits", "Decisions answered from a cache: the answer memo of the "
+                                  "decision port or the decision cache.", value=st.cache.get("hits", 0))
+        yield CounterMetricFamily("authz_cache_misses", "Decisions evaluated because no cache had them.",
+                                  value=st.cache.get("misses", 0))
+        yield gauge("authz_cache_entries", "Decisions currently in the decision cache.", st.cache.get("size", 0))
+        yield gauge("authz_answer_memo_entries", "Encoded answers currently in the decision port's answer memo.",
+                    memo.get("answers", 0))
+        yield gauge("authz_policy_revision", "Revision of the policy set being served.", st.revision)
+        reloads = CounterMetricFamily("authz_reloads", "Policy set loads (bundle reads), by outcome.",
+                                      labels=("result",))
+        reloads.add_metric(("ok",), st.reloads_ok)
+        reloads.add_metric(("failed",), st.reloads_failed)
+        yield reloads
+        yield gauge("authz_last_load_error", "1 when the last bundle load failed (the previous set still serves).",
+                    1 if st.last_load_error else 0)
+        yield gauge("authz_ready", "1 once a policy set has loaded.", 1 if st.ready else 0)
 
 
 class Metrics:
-    """Decision counters and latency histograms, fed with DecisionEvents; rendered on scrape."""
+    """Decision counters and latency histograms, fed with DecisionEvents, and the store's values; one registry."""
 
     def __init__(self, status: Callable[[], StoreStatus],
                  memo: Callable[[], dict[str, int]] | None = None) -> None:
-        self._status = status
-        self._memo = memo        # the decision port's answer memo (authz.server.answers), when there is one
-        self._lock = threading.Lock()
-        self._decisions: dict[tuple[str, str], int] = {}
-        self._latency: dict[str, _Histogram] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._decisions = Counter("authz_decisions", "Decisions answered, by RPC (Check: Envoy's ext_authz) "
+                                  "and result.", ("rpc", "decision"), registry=self.registry)
+        self._latency = Histogram("authz_decision_latency_seconds", "Time to answer one decision inside the "
+                                  "server (a batch item: that item alone).", ("rpc",), buckets=LATENCY_BUCKETS,
+                                  registry=self.registry)
+        self.registry.register(_StoreCollector(status, memo))
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        for rpc, label in PRESET_SERIES:
+            self._decisions.labels(rpc, label)
+        # The label children of the hot path, looked up once: .labels() takes a lock every time.
+        self._children: dict[tuple[str, str], tuple[Callable[[], None], Callable[[float], None]]] = {}
+        self._children_lock = threading.Lock()
+
+    def _child(self, rpc: str, decision: str) -> tuple[Callable[[], None], Callable[[float], None]]:
+        key = (rpc, decision)
+        found = self._children.get(key)
+        if found is None:
+            label = DECISION_LABELS.get(decision) or decision.lower()
+            with self._children_lock:
+                found = self._children[key] = (self._decisions.labels(rpc, label).inc,
+                                               self._latency.labels(rpc).observe)
+        return found
 
     def observe(self, events: Sequence[DecisionEvent]) -> None:
-        with self._lock:
-            for event in events:
-                label = DECISION_LABELS.get(event.decision) or event.decision.lower()
-                key = (event.rpc, label)
-                self._decisions[key] = self._decisions.get(key, 0) + 1
-                hist = self._latency.get(event.rpc)
-                if hist is None:
-                    hist = self._latency[event.rpc] = _Histogram()
-                hist.observe(event.latency_seconds)
+        for event in events:
+            count, time_it = self._child(event.rpc, event.decision)
+            count()
+            time_it(event.latency_seconds)
 
-    def render(self) -> str:
-        st = self._status()
-        lines: list[str] = []
 
-        def family(name: str, kind: str, help_text: str) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-
-        with self._lock:
-            decisions = dict(self._decisions)
-            latency = {rpc: (list(h.counts), h.total, h.count) for rpc, h in self._latency.items()}
-        family("authz_decisions_total", "counter", "Decisions answered, by RPC and result.")
-        for label in ("allow", "explicit_deny", "implicit_deny"):
-            decisions.setdefault(("Authorize", label), 0)
-        for (rpc, label), n in sorted(decisions.items()):
-            lines.append(f'authz_decisions_total{{rpc="{rpc}",decision="{label}"}} {n}')
-        family("authz_decision_latency_seconds", "histogram",
-               "Time to answer one decision inside the server (a batch item: that item alone).")
-        for rpc, (counts, total, count) in sorted(latency.items()):
-            running = 0
-            for bound, n in zip(LATENCY_BUCKETS, counts):
-                running += n
-                lines.append(f'authz_decision_latency_seconds_bucket{{rpc="{rpc}",le="{_fmt(bound)}"}} {running}')
-            lines.append(f'authz_decision_latency_seconds_bucket{{rpc="{rpc}",le="+Inf"}} {count}')
-            lines.append(f'authz_decision_latency_seconds_sum{{rpc="{rpc}"}} {_fmt(total)}')
-            lines.append(f'authz_decision_latency_seconds_count{{rpc="{rpc}"}} {count}')
-        memo = self._memo() if self._memo is not None else {}
-        family("authz_cache_hits_total", "counter",
-               "Decisions answered from a cache: the answer memo of the decision port or the decision cache.")
-        lines.append(f"authz_cache_hits_total {st.cache.get('hits', 0)}")
-        family("authz_cache_misses_total", "counter", "Decisions evaluated because no cache had them.")
-        lines.append(f"authz_cache_misses_total {st.cache.get('misses', 0)}")
-        family("authz_cache_entries", "gauge", "Decisions currently in the decision cache.")
-        lines.append(f"authz_cache_entries {st.cache.get('size', 0)}")
-        family("authz_answer_memo_entries", "gauge", "Encoded answers currently in the decision port's answer memo.")
-        lines.append(f"authz_answer_memo_entries {memo.get('answers', 0)}")
-        family("authz_policy_revision", "gauge", "Revision of the policy set being served.")
-        lines.append(f"authz_policy_revision {st.revision}")
-        family("authz_reloads_total", "counter", "Policy set loads (bundle reads), by outcome.")
-        lines.append(f'authz_reloads_total{{result="ok"}} {st.reloads_ok}')
-        lines.append(f'authz_reloads_total{{result="failed"}} {st.reloads_failed}')
-        family("authz_last_load_error", "gauge", "1 when the last bundle load failed (the previous set still serves).")
-        lines.append(f"authz_last_load_error {1 if st.last_load_error else 0}")
-        family("authz_ready", "gauge", "1 once a policy set has loaded.")
-        lines.append(f"authz_ready {1 if st.ready else 0}")
-        return "\n".join(lines) + "\n"
+def _listen_family(host: str, port: int) -> socket.AddressFamily:
+    """IPv4 or IPv6 as the host names it (http.server alone binds IPv4 only)."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except socket.gaierror:
+        return socket.AF_INET      # let the bind say what is wrong with the host
 
 
 class MetricsServer:
-    """GET /metrics on its own thread; anything else is 404."""
+    """GET /metrics on its own thread (content negotiation and gzip by prometheus_client); other paths are 404."""
 
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
-        render = metrics.render
+        class Handler(MetricsHandler):
+            registry = metrics.registry
 
-        class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                if self.path.split("?", 1)[0] not in METRICS_PATHS:
                     self.send_error(404, "try /metrics")
                     return
-                body = render().encode("utf-8")
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                super().do_GET()
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - scrapes are not news
                 log.debug("metrics: " + format, *args)
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            address_family = _listen_family(host, port)
+            daemon_threads = True
+
+        self._httpd = Server((host, port), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True)
 
     @property
     def address(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"{host.decode() if isinstance(host, bytes) else host}:{port}"
+        host = host.decode() if isinstance(host, bytes) else host
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def start(self) -> None:
         self._thread.start()
