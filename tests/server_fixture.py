@@ -1,7 +1,8 @@
 """Starts `server.py` as a real subprocess on ephemeral ports and waits until gRPC health says SERVING.
 
 Synchronisation is by events only: a reader thread parses the server's `listening {...}` log line
-for the bound addresses, and readiness comes from a health Watch stream, never from sleeping.
+(text, or the message of a --log-format json line) for the bound addresses, and readiness comes
+from a health Watch stream, never from sleeping.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class ServerProcess:
         for line in self.proc.stderr:
             with self._seen:
                 self.log.append(line)
-                _, marker, rest = line.partition(" listening ")
+                _, marker, rest = f" {_message(line)}".partition(" listening ")
                 if marker:
                     self.listening.append(json.loads(rest))
                 self._seen.notify_all()
@@ -109,6 +110,18 @@ class ServerProcess:
                     except ProcessLookupError:
                         pass
         return self.stop(signal.SIGKILL)
+
+
+def _message(line: str) -> str:
+    """The message of a log line: the whole line as text, or its "message" member with --log-format json."""
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return line
+        if isinstance(record, dict) and isinstance(record.get("message"), str):
+            return record["message"]
+    return line
 
 
 def copy_example_bundle(dest: Path) -> Path:

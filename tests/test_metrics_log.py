@@ -191,3 +191,20 @@ def test_gateway_checks_are_logged_and_counted(tmp_path: Path) -> None:
     signatures = [w.headers["Authorization"].rsplit("Signature=", 1)[1] for w in wires.values()]
     for secret in [CAMERA.secret, VIEWER_KEY.secret, ADMIN_KEY.secret, wrong_key.secret, *signatures]:
         assert secret not in raw
+
+
+def test_with_workers_each_serves_its_own_metrics(tmp_path: Path) -> None:
+    s = start_server(copy_example_bundle(tmp_path / "bundle"), tmp_path / "state", "--metrics-listen", "127.0.0.1:0",
+                     "--watch-interval", "0", workers=2, admin=None, token=None)
+    try:
+        with s.client() as authz:             # one channel, one connection: the kernel gives it to one worker
+            for _ in range(3):
+                authz.authorize(VIEWER, "kinesisvideo:GetMedia", YOUR_STREAM)
+        scraped = [scrape(str(worker["metrics"]))[0] for worker in s.listening]
+    finally:
+        s.kill()
+    addresses = {str(worker["metrics"]) for worker in s.listening}
+    assert len(scraped) == len(addresses) == 2
+    allows = [m['authz_decisions_total{rpc="Authorize",decision="allow"}'] for m in scraped]
+    assert sorted(allows) == [0, 3]       # counted by the worker that answered, in its own registry only
+    assert all("process_cpu_seconds_total" in m and m["authz_ready"] == 1 for m in scraped)

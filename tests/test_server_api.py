@@ -440,6 +440,7 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
         "--watch-interval": ("0.5", "watch_interval", 0.5),
         "--drain-grace": ("1.5", "drain_grace", 1.5),
         "--log-level": ("debug", "log_level", "DEBUG"),
+        "--log-format": ("JSON", "log_format", "json"),
         "--principal-from": ("peer", "principal_from", "peer"),
         "--region": ("eu-west-1", "region", "eu-west-1"),
         "--trusted-proxies": ("10.0.0.0/8", "trusted_proxies", ("10.0.0.0/8",)),

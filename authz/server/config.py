@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +17,7 @@ from ..gateway.principal import (MAX_REGIONS, PRINCIPAL_FROM_HELP, parse_princip
                                  parse_trusted_proxies)
 from ..store.store import DEFAULT_CACHE_SIZE, DEFAULT_WATCH_INTERVAL
 from . import settings
+from .logs import LOG_FORMATS, LOG_LEVELS, configure
 
 ENV_PREFIX = "AUTHZ_"
 UNIX_PREFIX = "unix:"
@@ -42,6 +41,7 @@ class Config:
     watch_interval: float = DEFAULT_WATCH_INTERVAL
     drain_grace: float = settings.DRAIN_GRACE_SECONDS
     log_level: str = "INFO"
+    log_format: str = "text"          # text, or json: one object per line (authz.server.logs)
     principal_from: str = "sigv4"     # Envoy ext_authz: where the caller's identity comes from
     region: str = "us-east-1"         # Envoy ext_authz: regions served, comma-separated; the first for unsigned sources
     trusted_proxies: tuple[str, ...] = ()
@@ -197,7 +197,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                                "every parameter comes from its signed body); e.g. --assume-role-auth sigv4",
          default="none", metavar="MODE", choices=list(settings.ASSUME_ROLE_AUTH_MODES))
     flag("--log-level", "DEBUG, INFO, WARNING or ERROR; e.g. --log-level DEBUG", default="INFO", metavar="LEVEL",
-         type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+         type=str.upper, choices=list(LOG_LEVELS))
+    flag("--log-format", "text, or json: one object per line with time, level, logger, message and the request "
+                         "id of the call it is about; e.g. --log-format json", default="text", metavar="FORMAT",
+         type=str.lower, choices=list(LOG_FORMATS))
     return ap
 
 
@@ -253,6 +256,7 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                   cache_size=a.cache_size, metrics_listen=a.metrics_listen or None,
                   decision_log=a.decision_log or None, workers=a.workers, threads=a.threads,
                   watch_interval=a.watch_interval, drain_grace=a.drain_grace, log_level=a.log_level,
+                  log_format=a.log_format,
                   principal_from=a.principal_from.strip(), region=region, trusted_proxies=proxies,
                   memo_bytes=a.memo_bytes, simulate_processes=a.simulate_processes,
                   assume_role_auth=a.assume_role_auth)
@@ -261,7 +265,6 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point of `python server.py` and `authz serve`: parse, then run until SIGTERM."""
     config = parse_config(argv, prog)
-    logging.basicConfig(level=config.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(config.log_level, config.log_format)
     from .app import run   # after parsing: --help and flag errors never load gRPC
     return run(config)

@@ -70,11 +70,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
 
 
+def handler(log_format: str, stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing `log_format` lines (text or json) to `stream` (stderr), request ids included."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format {log_format!r}: expected one of {', '.join(LOG_FORMATS)}")
+    out = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    out.addFilter(_RequestIdFilter())
+    out.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    return out
+
+
 def configure(level: str, log_format: str, stream: TextIO | None = None) -> None:
     """Send the process's log lines to `stream` (stderr) at `level`, as text or JSON lines."""
-    if level not in LOG_LEVELS or log_format not in LOG_FORMATS:
-        raise ValueError(f"log level {level!r} / format {log_format!r}: expected one of {LOG_LEVELS} / {LOG_FORMATS}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    logging.basicConfig(level=level, handlers=[handler(log_format, stream)], force=True)
