@@ -12,9 +12,10 @@ from typing import Any, Iterator, Sequence, TextIO
 from . import __version__
 from .evaluate import Decision, PolicySet, Request, Result, evaluate
 from .policy.errors import AuthzError, Problem
-from .policy.jsontext import kind_of, load_document, load_text, plain
+from .policy.jsontext import child_path, kind_of, load_document, load_text, plain
 from .policy.limits import MAX_POLICY_TEXT_CHARS
 from .policy.model import Policy, PolicyType, compile_policy, statement_shape_problem
+from .policy import lint
 from .policy.validate import ValidationReport, validate_document
 from .policy.yamltext import load_yaml
 from .requests import check_context, check_target
@@ -176,49 +177,174 @@ def cmd_validate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int
         print("authz validate: name one or more policy files, or use --jsonl with cases on stdin", file=sys.stderr)
         return 2
     ptype = PolicyType.parse(args.type)
-    failed = False
-    for name in args.files:
-        path = Path(name)
-        bundle_verdict = _validate_as_bundle(path)
-        if bundle_verdict is not None:
-            ok, line = bundle_verdict
-            print(f"{name}: {line}", file=stdout)
-            failed = failed or not ok
-            continue
-        try:
-            text = path.read_bytes()
-        except OSError as exc:
-            print(f"{name}: cannot read: {exc.strerror}", file=stdout)
-            failed = True
-            continue
-        if path.suffix.lower() in YAML_SUFFIXES:
-            report = _validate_yaml(text, ptype)
-        else:
-            report = validate_document(text, ptype)
-        for p in report.errors:
-            print(f"{name}: error: {p.path}: {p.message}", file=stdout)
-        for p in report.warnings:
-            print(f"{name}: warning: {p.path}: {p.message}", file=stdout)
-        if report.valid:
-            print(f"{name}: valid {ptype.value} policy" + (f" ({len(report.warnings)} warnings)"
-                                                            if report.warnings else ""), file=stdout)
-        failed = failed or not report.valid
+    checked = [_check_file(name, ptype) for name in args.files]
+    if args.output == "json":
+        stdout.write(json.dumps({"files": [c.as_dict() for c in checked]}, indent=2) + "\n")
+    elif args.output == "sarif":
+        stdout.write(json.dumps(_sarif(checked), indent=2) + "\n")
+    else:
+        for c in checked:
+            _print_checked(c, stdout)
+    bar = lint.Severity[args.fail_on.upper()].rank
+    failed = any(not c.valid or any(f.severity.rank <= bar for _, f in c.findings) for c in checked)
     return 1 if failed else 0
 
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def _validate_as_bundle(path: Path) -> tuple[bool, str] | None:
+@dataclass
+class CheckedFile:
+    """What `authz validate` found in one named file or bundle directory. `problems` and `findings` carry the
+    file they are in (for a bundle directory, one of its files; else the name as given)."""
+
+    name: str
+    valid: bool
+    summary: str                                          # "valid identity policy", "valid bundle directory (...)"
+    errors: list[tuple[str, Problem]]
+    warnings: list[tuple[str, Problem]]
+    findings: list[tuple[str, "lint.Finding"]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.name, "valid": self.valid, "summary": self.summary,
+                "errors": [dict(p.as_dict(), file=f) for f, p in self.errors],
+                "warnings": [dict(p.as_dict(), file=f) for f, p in self.warnings],
+                "findings": [dict(x.as_dict(), file=f) for f, x in self.findings]}
+
+
+def _check_file(name: str, ptype: PolicyType) -> CheckedFile:
+    """Validate one named file (a policy, a bundle file or a bundle directory) and lint every valid policy in it."""
+    path = Path(name)
+    bundle_verdict = _validate_as_bundle(path)
+    if bundle_verdict is not None:
+        ok, line, docs = bundle_verdict
+        if not ok:
+            return CheckedFile(name, False, line, [(name, Problem("$", line.removeprefix("error: ")))], [], [])
+        base = path if path.is_dir() else path.parent
+        findings = [(str(base / source), f) for source, doc in docs for f in _lint_bundle_file(doc)]
+        return CheckedFile(name, True, line, [], [], findings)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        return CheckedFile(name, False, f"cannot read: {exc.strerror}", [], [], [])
+    if path.suffix.lower() in YAML_SUFFIXES:
+        report = _validate_yaml(text, ptype)
+    else:
+        report = validate_document(text, ptype)
+    if not report.valid:
+        return CheckedFile(name, False, "invalid", [(name, p) for p in report.errors],
+                           [(name, p) for p in report.warnings], [])
+    found = lint.lint_document(report.document, ptype)
+    # One message per place: a validator warning that a lint finding restates (same path) is left out.
+    linted = {f.path for f in found}
+    warnings = [(name, p) for p in report.warnings if p.path not in linted]
+    return CheckedFile(name, True, f"valid {ptype.value} policy", [], warnings, [(name, f) for f in found])
+
+
+def _lint_bundle_file(doc: Any) -> Iterator["lint.Finding"]:
+    """Lint every policy document of one bundle file (already loaded by the sidecar's loader), with paths that
+    name its place in the file (`$.policies[0].document.Statement[0]`)."""
+    for where, ptype, source in _bundle_policies(doc):
+        report = validate_document(source, ptype)
+        if report.valid:
+            yield from (f.under(where) for f in lint.lint_document(report.document, ptype))
+
+
+_INLINE_LISTS = {"user": "UserPolicyList", "group": "GroupPolicyList", "role": "RolePolicyList"}
+
+
+def _bundle_policies(doc: Any) -> Iterator[tuple[str, PolicyType, Any]]:
+    """(place, policy type, document) of every policy in effect in one bundle file, read from the loader's ops
+    (so URL-encoded export documents arrive decoded): managed policies (their default version), inline
+    policies, trust policies, stream and channel policies, SCPs and RCPs."""
+    from .store.bundle import IAM_DETAIL_KEYS, ops_of_document
+
+    export = bool(set(doc) & IAM_DETAIL_KEYS)
+    for o in ops_of_document(doc, ""):
+        where = o.get("_where", "$")
+        if o["op"] == "CreatePolicy":
+            if not export:
+                yield f"{where}.document", PolicyType.IDENTITY, o.get("document")
+            for k, (vid, version) in enumerate(o.get("versions") or []):
+                if vid == o.get("default_version"):
+                    yield f"{where}.PolicyVersionList[{k}].Document", PolicyType.IDENTITY, version
+        elif o["op"] == "CreatePrincipal":
+            if o.get("trust_policy") is not None:
+                yield (f"{where}.AssumeRolePolicyDocument" if export else f"{where}.trust", PolicyType.TRUST,
+                       o["trust_policy"])
+            for k, (name, inline) in enumerate((o.get("inline") or {}).items()):
+                place = (f"{where}.{_INLINE_LISTS[o['kind']]}[{k}].PolicyDocument" if export
+                         else child_path(f"{where}.inline", name))
+                yield place, PolicyType.IDENTITY, inline
+        elif o["op"] == "RegisterResource" and o.get("policy") is not None:
+            yield f"{where}.policy", PolicyType.RESOURCE, o["policy"]
+        elif o["op"] == "SetOrganizationPolicies":
+            for member, levels, ptype in (("scps", o.get("scp_levels"), PolicyType.SCP),
+                                          ("rcps", o.get("rcp_levels"), PolicyType.RCP)):
+                for i, level in enumerate(levels or []):
+                    for j, policy in enumerate(level or []):
+                        yield f"$.{member}[{i}][{j}]", ptype, policy
+
+
+def _print_checked(c: CheckedFile, stdout: TextIO) -> None:
+    if c.summary.startswith(("error: ", "cannot read: ")):
+        print(f"{c.name}: {c.summary}", file=stdout)
+        return
+    where = (lambda f: "" if f == c.name else f"{Path(f).name}: ")
+    for f, p in c.errors:
+        print(f"{c.name}: error: {where(f)}{p.path}: {p.message}", file=stdout)
+    for f, p in c.warnings:
+        print(f"{c.name}: warning: {where(f)}{p.path}: {p.message}", file=stdout)
+    for f, x in c.findings:
+        print(f"{c.name}: {x.severity.value.lower()}[{x.code}]: {where(f)}{x.path}: {x.message}; fix: {x.fix}",
+              file=stdout)
+    if c.valid:
+        counts = [f"{len(c.warnings)} warnings"] if c.warnings else []
+        by_severity = [f"{n} {s.value}" for s in lint.Severity
+                       if (n := sum(1 for _, x in c.findings if x.severity is s))]
+        counts += [f"findings: {', '.join(by_severity)}"] if by_severity else []
+        print(f"{c.name}: {c.summary}" + (f" ({'; '.join(counts)})" if counts else ""), file=stdout)
+
+
+def _sarif(checked: list[CheckedFile]) -> dict[str, Any]:
+    """The SARIF log of a run: validation errors and lint findings, each at the line of its JSON path."""
+    positions: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def at(file: str, path: str) -> tuple[int, int]:
+        if file not in positions:
+            positions[file] = {}
+            p = Path(file)
+            try:
+                text = p.read_text(encoding="utf-8-sig") if p.is_file() else ""
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            if text:
+                positions[file] = (lint.yaml_positions(text) if p.suffix.lower() in YAML_SUFFIXES
+                                   else lint.json_positions(text))
+        return lint.locate(positions[file], path)
+
+    def uri(file: str) -> str:     # as named (relative to where the tool ran), or a file: URI when absolute
+        p = Path(file)
+        return p.as_uri() if p.is_absolute() else p.as_posix()
+
+    invalid = [(uri(f), p.path, p.message, at(f, p.path)) for c in checked for f, p in c.errors]
+    invalid += [(uri(c.name), "$", c.summary, (1, 1)) for c in checked if not c.valid and not c.errors]
+    results = [(uri(f), x, at(f, x.path)) for c in checked for f, x in c.findings]
+    return lint.sarif_log(results, __version__, invalid)
+
+
+def _validate_as_bundle(path: Path) -> tuple[bool, str, list[tuple[str, Any]]] | None:
     """A bundle directory, or one bundle file (an `aws iam get-account-authorization-details` export or a
-    hand-written file with `account`), loaded exactly as the sidecar loads it: (valid, the line to print).
-    None for anything else, which is validated as one policy document."""
-    from .store.bundle import BundleError, HAND_KEYS, IAM_DETAIL_KEYS, apply_documents, load_bundle, read_file
+    hand-written file with `account`), loaded exactly as the sidecar loads it: (valid, the line to print, the
+    parsed files by name). None for anything else, which is validated as one policy document."""
+    from .store.bundle import BundleError, HAND_KEYS, IAM_DETAIL_KEYS, apply_documents, bundle_files, read_file
     from .store.errors import StoreError
 
+    docs: list[tuple[str, Any]] = []
     try:
         if path.is_dir():
-            state, what = load_bundle(path), "bundle directory"
+            docs = [(p.name, read_file(p)) for p in bundle_files(path)]      # load_bundle, keeping the files
+            state, what = apply_documents(docs), "bundle directory"
         else:
             if not path.is_file() or path.suffix.lower() not in (".json", *YAML_SUFFIXES):
                 return None
@@ -230,16 +356,18 @@ def _validate_as_bundle(path: Path) -> tuple[bool, str] | None:
                     set(doc) & IAM_DETAIL_KEYS or ("account" in doc and set(doc) <= HAND_KEYS)):
                 return None
             what = ("IAM authorization-details export" if set(doc) & IAM_DETAIL_KEYS else "bundle file")
-            state = apply_documents([(path.name, doc)])
+            docs = [(path.name, doc)]
+            state = apply_documents(docs)
     except StoreError as exc:      # BundleError names the file and the place in it
-        return False, f"error: {exc}"
+        return False, f"error: {exc}", []
     except (AttributeError, TypeError, KeyError, ValueError) as exc:
         # A member of the wrong shape that the loader does not check by name (the sidecar refuses it too).
-        return False, f"error: not a well-formed bundle: a member has the wrong type ({type(exc).__name__}: {exc})"
+        return (False, f"error: not a well-formed bundle: a member has the wrong type ({type(exc).__name__}: "
+                       f"{exc})", [])
     except OSError as exc:
-        return False, f"error: cannot read: {exc.strerror}"
+        return False, f"error: cannot read: {exc.strerror}", []
     counts = ", ".join(f"{n} {k}" for k, n in state.counts().items() if n)
-    return True, f"valid {what}" + (f" ({counts})" if counts else "")
+    return True, f"valid {what}" + (f" ({counts})" if counts else ""), docs
 
 
 def _validate_yaml(text: bytes, ptype: PolicyType) -> ValidationReport:
@@ -510,10 +638,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add every matched statement and the explanation (decided by, per policy type, "
                         "missing context keys, notes)")
 
-    p = sub.add_parser("validate", help="lint policy files; exit 1 if any is invalid",
-                       description="Prints every problem with its JSON path. Exit status 1 when a file is invalid.",
+    p = sub.add_parser("validate", help="validate and lint policy files; exit 1 if any is invalid",
+                       description="Prints every problem with its JSON path, then the lint findings of every valid "
+                                   "policy (code, severity, path, fix; docs/lint.md). Exit status: 0 fine, 1 a file "
+                                   "is invalid or has a finding at or above --fail-on, 2 bad usage.",
                        epilog="examples: authz validate --type identity policy.json\n"
-                              "          authz validate --jsonl < validation.jsonl")
+                              "          authz validate --output sarif examples/bundle > authz.sarif\n"
+                              "          authz validate --jsonl < validation.jsonl",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*",
                    help="policy documents (JSON or YAML); a bundle directory or an IAM authorization-details "
                         "export is loaded as the sidecar loads it, every policy in it validated")
@@ -521,6 +653,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policy type: identity, resource, trust, boundary, session, scp, rcp (default identity)")
     p.add_argument("--jsonl", action="store_true",
                    help="read cases ({id, policyType, policy|policyText}) from stdin, write {id, valid, errors}")
+    p.add_argument("--output", choices=("text", "json", "sarif"), default="text",
+                   help="text (default), json (one document: files with errors, warnings, findings) or sarif "
+                        "(SARIF 2.1.0, for code-scanning tools)")
+    p.add_argument("--fail-on", choices=("error", "security_warning", "warning", "suggestion"), default="error",
+                   help="exit 1 when a finding is at least this severe (default error; invalid files always fail)")
 
     p = sub.add_parser("test", help="run policy test files against a bundle; exit 1 on any failure",
                        description="Each test file (YAML or JSON) has `bundle: DIR` (relative to the file) and "
