@@ -12,13 +12,17 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from authz.client import Check
+from authz.gateway.ext_authz import ExtAuthzServicer
+from authz.server.decision_log import DecisionEvent
 from authz.server.metrics import CONTENT_TYPE
+from authz.store import Store, StoreConfig
 from authz.v1 import authz_pb2 as pb
 from tests.example_ids import ADMIN as ADMIN_KEY
 from tests.example_ids import CAMERA, REGION, Key, user
 from tests.example_ids import VIEWER as VIEWER_KEY
 from tests.server_fixture import copy_example_bundle, start_server
-from tests.test_ext_authz_unit import Answer, Wire, answer_of, put_media, signed
+from tests.test_ext_authz_unit import (BUNDLE, OPTIONS, T0, Answer, FaultyStore, Wire, answer_of, ask, boom,
+                                       put_media, signed)
 
 ACCT = "123456789012"
 VIEWER = f"arn:aws:iam::{ACCT}:user/viewer"
@@ -208,3 +212,24 @@ def test_with_workers_each_serves_its_own_metrics(tmp_path: Path) -> None:
     allows = [m['authz_decisions_total{rpc="Authorize",decision="allow"}'] for m in scraped]
     assert sorted(allows) == [0, 3]       # counted by the worker that answered, in its own registry only
     assert all("process_cpu_seconds_total" in m and m["authz_ready"] == 1 for m in scraped)
+
+
+def test_a_check_that_fails_is_recorded_and_an_unrecordable_allow_is_refused() -> None:
+    store = Store(StoreConfig(bundle_dir=BUNDLE, watch_interval=0), clock=lambda: T0.timestamp())
+    store.open()
+    try:
+        events: list[DecisionEvent] = []
+        broken = ExtAuthzServicer(FaultyStore(store, authorize=boom), OPTIONS, [events.extend])  # type: ignore[arg-type]
+        assert ask(broken, put_media(CAMERA, name="your_stream")).code == "InternalFailure"
+        (event,) = events
+        assert (event.rpc, event.decision, event.reason, event.principal, event.action) == (
+            "Check", "Denied", "InternalFailure", user("camera"), "kinesisvideo:PutMedia")
+
+        def full_disk(_events: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        unrecorded = ExtAuthzServicer(store, OPTIONS, [full_disk])
+        assert ask(ExtAuthzServicer(store, OPTIONS), put_media(CAMERA, name="your_stream")).allowed   # the control
+        assert not ask(unrecorded, put_media(CAMERA, name="your_stream")).allowed
+    finally:
+        store.close()
