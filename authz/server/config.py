@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,6 +23,12 @@ from .logs import LOG_FORMATS, LOG_LEVELS, configure
 
 ENV_PREFIX = "AUTHZ_"
 UNIX_PREFIX = "unix:"
+# --demo serves the example bundle from the first of these that exists: where the container image puts it
+# (outside the package, next to the virtualenv it installs), then a source checkout's examples/bundle.
+DEMO_BUNDLE_DIRS = (Path(sys.prefix) / "share" / "kvs-authz" / "examples" / "bundle",
+                    Path(__file__).resolve().parents[2] / "examples" / "bundle")
+SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                 "off": False, "": False}
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class Config:
     memo_bytes: int = settings.MEMO_MAX_BYTES            # the decision port's memos, together (answers.py)
     simulate_processes: int = settings.SIMULATE_PROCESSES  # Simulate's own processes; 0: on the server threads
     assume_role_auth: str = "none"    # AssumeRole: "none" believes `caller`; "sigv4" verifies the signed STS request
+    demo: bool = False                # --demo: `bundle` is the shipped example bundle, with its published keys
     reuse_port: bool = False          # set by the --workers supervisor for its children, never a flag
     worker_index: int = 0
 
@@ -132,6 +141,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                      "Without it the server starts with no policies and denies everything until some are "
                      "loaded through the admin service or --state-dir; e.g. --bundle examples/bundle",
          type=Path, metavar="DIR")
+    flag("--demo", "serve the example bundle shipped with kvs-authz (examples/bundle: example users with "
+                   "published access keys; for trying the sidecar, never for real traffic) when --bundle is not "
+                   "given or does not exist, as in the container image with nothing mounted; refused when "
+                   "--bundle names an existing directory; e.g. AUTHZ_DEMO=1", action="store_true")
     flag("--listen", "decision listener: Authorizer + health + reflection; e.g. --listen 0.0.0.0:50051",
          default=settings.DEFAULT_LISTEN, metavar="HOST:PORT")
     flag("--admin-listen", "admin listener (PolicyAdmin + health), never the decision listener: HOST:PORT or "
@@ -219,10 +232,25 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
             token = a.admin_token_file.read_text(encoding="utf-8").splitlines()[0].strip() or None
         except (OSError, IndexError) as exc:
             ap.error(f"--admin-token-file: cannot read a token from {a.admin_token_file}: {exc}")
-    if a.bundle is not None and not a.bundle.is_dir():
-        ap.error(f"--bundle: {str(a.bundle)!r} does not exist or is not a directory; point --bundle (or "
+    demo = bool(a.demo) if a.demo in (None, True) else SWITCH_VALUES.get(str(a.demo).strip().lower())
+    if demo is None:
+        ap.error(f"--demo: {a.demo!r} (from {env_name('--demo')}) is not a switch; use {env_name('--demo')}=1 "
+                 f"to serve the example bundle, or {env_name('--demo')}=0")
+    bundle = a.bundle
+    if demo:
+        if bundle is not None and bundle.is_dir():
+            ap.error(f"--demo serves the example bundle, but --bundle {str(bundle)!r} holds a bundle of its own; "
+                     f"unset --demo ({env_name('--demo')}) to serve it")
+        bundle = next((d for d in DEMO_BUNDLE_DIRS if d.is_dir()), None)
+        if bundle is None:
+            ap.error(f"--demo: the example bundle is not installed here (looked in "
+                     f"{', '.join(map(str, DEMO_BUNDLE_DIRS))}); give --bundle DIR instead")
+    elif bundle is not None and not bundle.is_dir():
+        ap.error(f"--bundle: {str(bundle)!r} does not exist or is not a directory; point --bundle (or "
                  f"{env_name('--bundle')}) at the directory of bundle files, e.g. --bundle examples/bundle, or "
-                 "leave it out to start empty")
+                 f"leave it out to start empty. In a container, mount your bundle directory at {bundle} "
+                 f"(docker run -v /path/to/bundle:{bundle}:ro ...), or set {env_name('--demo')}=1 to try the "
+                 "example policies")
     try:
         split_host_port(a.listen, "--listen")
         if a.metrics_listen:
@@ -251,7 +279,7 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
         ap.error("--admin-token without --admin-listen: there is no admin listener to protect")
     if a.workers > 1 and a.state_dir is None:
         ap.error("--workers > 1 needs --state-dir: the worker processes share admin changes and sessions through it")
-    return Config(bundle=a.bundle, listen=a.listen, admin_listen=a.admin_listen or None, admin_token=token,
+    return Config(bundle=bundle, listen=a.listen, admin_listen=a.admin_listen or None, admin_token=token,
                   tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca, state_dir=a.state_dir,
                   cache_size=a.cache_size, metrics_listen=a.metrics_listen or None,
                   decision_log=a.decision_log or None, workers=a.workers, threads=a.threads,
@@ -259,12 +287,16 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                   log_format=a.log_format,
                   principal_from=a.principal_from.strip(), region=region, trusted_proxies=proxies,
                   memo_bytes=a.memo_bytes, simulate_processes=a.simulate_processes,
-                  assume_role_auth=a.assume_role_auth)
+                  assume_role_auth=a.assume_role_auth, demo=demo)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point of `python server.py` and `authz serve`: parse, then run until SIGTERM."""
     config = parse_config(argv, prog)
     configure(config.log_level, config.log_format)
+    if config.demo:
+        logging.getLogger("authz.server").warning(
+            "--demo: serving the example bundle %s; its users' access keys are published: never use it for real "
+            "traffic, mount your own bundle instead", config.bundle)
     from .app import run   # after parsing: --help and flag errors never load gRPC
     return run(config)
