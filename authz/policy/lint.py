@@ -535,19 +535,19 @@ def _key_findings(path: str, op: OperatorName, key: str, s: Statement,
     family = op.spec.family
     if family != "null" and not any(family in _FAMILIES.get(ty, frozenset()) for ty in info.types):
         yield _finding("OPERATOR_TYPE_MISMATCH", path,
-                       f"{op.base} compares {family.replace('-ci', '')} values, but {info.name} is of type "
+                       f"{op.base} compares {family.replace('-ci', '')} values, but {key} is of type "
                        f"{' or '.join(info.types)}", f"use {_OPERATOR_FOR[info.types[0]]}")
     if op.if_exists and info.always:
-        yield _finding("IFEXISTS_UNNECESSARY", path, f"{info.name} is in every request, so IfExists changes nothing",
+        yield _finding("IFEXISTS_UNNECESSARY", path, f"{key} is in every request, so IfExists changes nothing",
                        f"write {op.name.replace('IfExists', '')}")
     if family != "null" and op.qualifier is not None and not info.multivalued:
         yield _finding("SET_OPERATOR_ON_SINGLE_VALUED_KEY", path,
-                       f"{op.qualifier} on the single-valued key {info.name} treats its value as a set of one"
+                       f"{op.qualifier} on the single-valued key {key} treats its value as a set of one"
                        + (", and matches when the key is absent" if op.qualifier == "ForAllValues" else ""), f"write {op.base}"
                                                                                f"{'IfExists' if op.if_exists else ''}")
     if family != "null" and op.qualifier is None and info.multivalued:
         yield _finding("MISSING_SET_OPERATOR", path,
-                       f"{op.name} on the multivalued key {info.name} does not match a request with two or more "
+                       f"{op.name} on the multivalued key {key} does not match a request with two or more "
                        "values", f"write ForAnyValue:{op.name} or ForAllValues:{op.name} (with a Null check)")
     yield from _key_support(path, key, s, covered)
 
