@@ -570,9 +570,8 @@ def cmd_check(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
         field = f" (field: {exc.field})" if exc.field else ""
         print(f"authz check: {exc.code.name}: {exc.message}{field}", file=sys.stderr)
         return 2
-    stdout.write(json.dumps(MessageToDict(answer, preserving_proto_field_name=True), indent=2) + "\n")
-    from .v1 import authz_pb2 as pb
-    return 0 if answer.decision == pb.DECISION_ALLOW else 1
+    stdout.write(json.dumps(MessageToDict(answer.proto, preserving_proto_field_name=True), indent=2) + "\n")
+    return 0 if answer.allowed else 1
 
 
 def _check_offline(args: argparse.Namespace, context: dict[str, str | list[str]], stdout: TextIO) -> int:

@@ -1,26 +1,43 @@
-"""A typed Python client for the sidecar: AuthzClient for decisions, AdminClient for the admin listener.
+"""The Python client of the sidecar: its calls, typed results, errors and retry policy, and the blocking clients.
 
     with AuthzClient("127.0.0.1:50051") as authz:
-        if authz.is_allowed("arn:aws:iam::123456789012:user/camera", "kinesisvideo:PutMedia", stream_arn,
-                            {"aws:SourceIp": "192.0.2.10"}):
+        answer = authz.authorize("arn:aws:iam::123456789012:user/camera", "kinesisvideo:PutMedia", stream_arn,
+                                 {"aws:SourceIp": "192.0.2.10"})
+        if answer.allowed:
             ...
 
-Failed calls raise CallError (status code, message, and the request field at fault when the server
-named one). `is_allowed` never raises and fails closed: any error is a deny.
+Every call is described once, as an `Rpc` (the request it builds, the result it returns); AuthzClient and
+AdminClient bind those descriptions to a blocking channel, and authz.aio_client binds the same ones to
+an asyncio channel, so both clients build the same requests and return the same types.
+
+Results are frozen dataclasses (`Decision`, `Credentials`, `PolicyInfo`, ...); each keeps the message it
+came from as `.proto` for callers that need a field the dataclass leaves out. Failed calls raise CallError
+(status code, message, and the google.rpc details: reason, field violations). `is_allowed` never raises
+and fails closed: any error is a deny.
+
+Retries (see RETRIED_METHODS): a call that only reads (Authorize, AuthorizeBatch, Simulate, health, the
+admin reads) is retried by gRPC itself when it fails with UNAVAILABLE; AssumeRole and every admin write
+are never retried, since a repeat could act twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+import functools
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, TypeVar
+from types import MappingProxyType
+from typing import (Any, Callable, Concatenate, Generic, Iterable, Mapping, ParamSpec, Sequence, TypeVar)
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2
 
 from .server.convert import context_to_proto, policy_document
 from .server.convert import document_text as _text
-from .server.errors import FIELD_METADATA_KEY
+from .server.errors import DETAILS_METADATA_KEY, FIELD_METADATA_KEY
 from .server.settings import ADMIN_TOKEN_HEADER, MAX_MESSAGE_BYTES
 from .v1 import authz_pb2 as pb
 from .v1 import authz_pb2_grpc as pb_grpc
@@ -31,39 +48,340 @@ DEFAULT_TIMEOUT = 5.0
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES))
 
+AUTHORIZER = "authz.v1.Authorizer"
+ADMIN = "authz.v1.PolicyAdmin"
+HEALTH = "grpc.health.v1.Health"
+
+# ------------------------------------------------------------------ retries
+
+# Retried by gRPC on UNAVAILABLE: calls that only read, so that a repeat cannot do anything twice.
+RETRIED_METHODS: frozenset[tuple[str, str]] = frozenset({
+    (AUTHORIZER, "Authorize"), (AUTHORIZER, "AuthorizeBatch"), (AUTHORIZER, "Simulate"),
+    (HEALTH, "Check"),
+    (ADMIN, "GetPolicy"), (ADMIN, "ListPolicies"), (ADMIN, "Status"), (ADMIN, "ValidatePolicy"),
+})
+# Never retried: AssumeRole issues new credentials on every call, and each admin write changes the state
+# (a retried CreateAccessKey would mint a second key; a retried CreatePolicyVersion a second version).
+NEVER_RETRIED_METHODS: frozenset[tuple[str, str]] = frozenset({
+    (AUTHORIZER, "AssumeRole"),
+    *((ADMIN, m) for m in (
+        "CreatePolicy", "CreatePolicyVersion", "DeletePolicy", "PutInlinePolicy", "DeleteInlinePolicy",
+        "AttachPolicy", "DetachPolicy", "CreateUser", "CreateGroup", "CreateRole", "AddUserToGroup",
+        "RemoveUserFromGroup", "SetPermissionsBoundary", "TagPrincipal", "CreateAccessKey", "DeleteAccessKey",
+        "UpdateAccessKey", "RegisterResource", "DeleteResource", "Reload", "DeletePrincipal", "SetTrustPolicy",
+        "RevokeSessions")),
+})
+# UNAVAILABLE only: the server answers it when it cannot decide yet (no policy set loaded) or its state
+# cannot be written, and gRPC when the connection failed; another attempt may well succeed. Not
+# RESOURCE_EXHAUSTED: this server means by it a named limit (a batch too large: the same request fails
+# again) or a full Simulate pool, where immediate retries from every client would only add load.
+RETRYABLE_CODES = ("UNAVAILABLE",)
+RETRY_MAX_ATTEMPTS = 4               # the first attempt included; gRPC caps it at 5
+RETRY_INITIAL_BACKOFF_SECONDS = 0.05  # the n-th retry waits a random time up to min(initial * 2^(n-1), max)
+RETRY_MAX_BACKOFF_SECONDS = 1.0
+RETRY_BACKOFF_MULTIPLIER = 2
+RETRY_THROTTLE_MAX_TOKENS = 10       # gRPC retry throttling: a channel whose calls keep failing stops retrying
+RETRY_THROTTLE_TOKEN_RATIO = 0.5
+
+
+def service_config() -> str:
+    """The gRPC service config (JSON) of the client's channels: the retry policy for RETRIED_METHODS."""
+    policy = {"maxAttempts": RETRY_MAX_ATTEMPTS, "initialBackoff": f"{RETRY_INITIAL_BACKOFF_SECONDS}s",
+              "maxBackoff": f"{RETRY_MAX_BACKOFF_SECONDS}s", "backoffMultiplier": RETRY_BACKOFF_MULTIPLIER,
+              "retryableStatusCodes": list(RETRYABLE_CODES)}
+    names = [{"service": s, "method": m} for s, m in sorted(RETRIED_METHODS)]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}],
+                       "retryThrottling": {"maxTokens": RETRY_THROTTLE_MAX_TOKENS,
+                                           "tokenRatio": RETRY_THROTTLE_TOKEN_RATIO}})
+
+
+def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
+    """The options of every client channel (message sizes, retries), then the caller's, which win."""
+    return [*CHANNEL_OPTIONS, ("grpc.enable_retries", 1), ("grpc.service_config", service_config()), *options]
+
+
+# ------------------------------------------------------------------ errors
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One google.rpc.BadRequest field violation: the request field at fault and what is wrong with it."""
+
+    field: str
+    description: str
+
 
 class CallError(Exception):
-    """A failed RPC: `code` (grpc.StatusCode), `message`, `field` (the request field at fault, or "")."""
+    """A failed RPC: `code` (grpc.StatusCode), `message`, `field` (the request field at fault, or ""),
+    `reason` (the stable google.rpc.ErrorInfo reason, e.g. INVALID_ACTION; "" when the server sent none,
+    as for a connection failure) and `violations` (google.rpc.BadRequest, for INVALID_ARGUMENT)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, field: str = "") -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, field: str = "", *, reason: str = "",
+                 domain: str = "", violations: tuple[FieldViolation, ...] = (),
+                 metadata: Mapping[str, str] | None = None) -> None:
         self.code = code
         self.message = message
         self.field = field
+        self.reason = reason
+        self.domain = domain
+        self.violations = violations
+        self.metadata: Mapping[str, str] = MappingProxyType(dict(metadata or {}))
         super().__init__(f"{code.name}: {message}")
 
     @classmethod
     def of(cls, err: grpc.RpcError) -> "CallError":
+        """From a failed call of a blocking channel."""
         call: Any = err
-        field = ""
-        for key, value in (call.trailing_metadata() or ()):
+        return cls.from_status(call.code(), call.details() or "", call.trailing_metadata())
+
+    @classmethod
+    def from_status(cls, code: grpc.StatusCode, message: str, trailing: Iterable[tuple[str, Any]] | None
+                    ) -> "CallError":
+        """From a status and its trailing metadata (what blocking and asyncio calls both have)."""
+        fld, rich = "", None
+        for key, value in trailing or ():
             if key == FIELD_METADATA_KEY:
-                field = value
-        return cls(call.code(), call.details() or "", field)
+                fld = value
+            elif key == DETAILS_METADATA_KEY and isinstance(value, bytes):
+                try:
+                    rich = status_pb2.Status.FromString(value)
+                except Exception:   # noqa: BLE001 - undecodable details: the code and message still stand
+                    rich = None
+        if rich is None:
+            return cls(code, message, fld)
+        info, violations = error_details_pb2.ErrorInfo(), []
+        for detail in rich.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                detail.Unpack(info)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
+        return cls(code, message, fld or info.metadata.get("field", ""), reason=info.reason, domain=info.domain,
+                   violations=tuple(violations), metadata=dict(info.metadata))
+
+
+# ------------------------------------------------------------------ results
+
+
+class DecisionKind(enum.IntEnum):
+    """authz.v1.Decision; compares equal to the proto's numbers (pb.DECISION_ALLOW == DecisionKind.ALLOW)."""
+
+    UNSPECIFIED = pb.DECISION_UNSPECIFIED
+    ALLOW = pb.DECISION_ALLOW
+    EXPLICIT_DENY = pb.DECISION_EXPLICIT_DENY
+    IMPLICIT_DENY = pb.DECISION_IMPLICIT_DENY
 
 
 @dataclass(frozen=True)
-class TlsFiles:
-    """TLS for the channel. `ca`: roots to trust (None: the system's); `cert` + `key`: a client
-    certificate for mutual TLS."""
+class MatchedStatement:
+    """A statement that decided: its policy's type and name, Sid, position and effect."""
 
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
+    policy_type: str
+    policy_name: str
+    sid: str
+    index: int
+    effect: str
 
-    def credentials(self) -> grpc.ChannelCredentials:
-        def read(p: Path | None) -> bytes | None:
-            return p.read_bytes() if p is not None else None
-        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+    @classmethod
+    def from_proto(cls, m: pb.MatchedStatement) -> "MatchedStatement":
+        return cls(m.policy_type, m.policy_name, m.sid, m.index, m.effect)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why (only with explain=True): see authz.v1.Explanation."""
+
+    decided_by: str
+    per_policy_type: Mapping[str, str]
+    resource_grant_kind: str
+    same_account: bool
+    missing_context_keys: tuple[str, ...]
+    notes: tuple[str, ...]
+    blocked_by: str
+
+    @classmethod
+    def from_proto(cls, e: pb.Explanation) -> "Explanation":
+        return cls(e.decided_by, MappingProxyType(dict(e.per_policy_type)), e.resource_grant_kind, e.same_account,
+                   tuple(e.missing_context_keys), tuple(e.notes), e.blocked_by)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One answer. `allowed` is true only for DecisionKind.ALLOW: any other answer is a deny."""
+
+    decision: DecisionKind
+    deciding_statements: tuple[MatchedStatement, ...]
+    revision: int                       # the store revision the decision was made against
+    explanation: Explanation | None     # only when asked for (explain=True)
+    cached: bool
+    proto: pb.AuthorizeResponse = field(repr=False, compare=False)
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision is DecisionKind.ALLOW
+
+    @classmethod
+    def from_proto(cls, r: pb.AuthorizeResponse) -> "Decision":
+        try:
+            kind = DecisionKind(r.decision)
+        except ValueError:                  # a number this client does not know: a deny
+            kind = DecisionKind.UNSPECIFIED
+        return cls(kind, tuple(MatchedStatement.from_proto(m) for m in r.deciding_statements), r.revision,
+                   Explanation.from_proto(r.explanation) if r.HasField("explanation") else None, r.cached, r)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What AssumeRole grants: the session and its temporary credentials (secrets left out of repr)."""
+
+    assumed_role_arn: str
+    assumed_role_id: str               # ROLEID:SESSION
+    expiration_unix: int
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str = field(repr=False)
+    proto: pb.AssumeRoleResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, r: pb.AssumeRoleResponse) -> "Credentials":
+        return cls(r.assumed_role_arn, r.assumed_role_id, r.expiration_unix, r.access_key_id, r.secret_access_key,
+                   r.session_token, r)
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """A managed policy: its ARN, versions and default version's document."""
+
+    arn: str
+    name: str
+    default_version: str
+    versions: tuple[str, ...]
+    document: str
+    attachment_count: int
+    proto: pb.PolicyInfo = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, p: pb.PolicyInfo) -> "PolicyInfo":
+        return cls(p.arn, p.name, p.default_version, tuple(p.versions), p.document, p.attachment_count, p)
+
+
+@dataclass(frozen=True)
+class PrincipalInfo:
+    arn: str
+    unique_id: str
+
+    @classmethod
+    def from_proto(cls, p: pb.PrincipalInfo) -> "PrincipalInfo":
+        return cls(p.arn, p.unique_id)
+
+
+@dataclass(frozen=True)
+class AccessKey:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)   # only in the CreateAccessKey answer
+    user_arn: str = ""
+
+    @classmethod
+    def from_proto(cls, k: pb.AccessKey) -> "AccessKey":
+        return cls(k.access_key_id, k.secret_access_key, k.user_arn)
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    arn: str
+    tags: Mapping[str, str]
+
+    @classmethod
+    def from_proto(cls, r: pb.ResourceInfo) -> "ResourceInfo":
+        return cls(r.arn, MappingProxyType(dict(r.tags)))
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """The admin Status answer: revision, whether it serves, the last load, counts and cache figures."""
+
+    revision: int
+    serving: bool
+    last_load_error: str
+    last_load_unix: int
+    counts: Mapping[str, int]
+    cache_hits: int
+    cache_misses: int
+    cache_size: int
+    cache_capacity: int
+    proto: pb.StatusResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, s: pb.StatusResponse) -> "ServerStatus":
+        return cls(s.revision, s.serving, s.last_load_error, s.last_load_unix, MappingProxyType(dict(s.counts)),
+                   s.cache_hits, s.cache_misses, s.cache_size, s.cache_capacity, s)
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str          # JSON path into the document, e.g. $.Statement[0].Effect
+    message: str
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The ValidatePolicy answer: valid (no errors), the errors and the warnings."""
+
+    valid: bool
+    errors: tuple[Problem, ...]
+    warnings: tuple[Problem, ...]
+
+    @classmethod
+    def from_proto(cls, v: pb.ValidatePolicyResponse) -> "Validation":
+        return cls(v.valid, tuple(Problem(p.path, p.message) for p in v.errors),
+                   tuple(Problem(p.path, p.message) for p in v.warnings))
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    revision: int
+    ok: bool
+    error: str
+
+    @classmethod
+    def from_proto(cls, r: pb.ReloadResponse) -> "ReloadResult":
+        return cls(r.revision, r.ok, r.error)
+
+
+# ------------------------------------------------------------------ calls
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Resp = TypeVar("Resp", bound=Message)
+
+
+@dataclass(frozen=True)
+class Rpc(Generic[P, Resp, R]):
+    """One client call: the method it invokes, how its request is built from the Python arguments, and
+    how the response becomes the result. Bound to a channel by `blocking` here and `awaiting` in aio_client."""
+
+    service: str
+    method: str
+    build: Callable[P, Message]
+    response: type[Resp]
+    result: Callable[[Resp], R]
+
+    @property
+    def path(self) -> str:
+        return f"/{self.service}/{self.method}"
+
+
+def _none(_: Message) -> None:
+    return None
+
+
+def _tags(tags: Mapping[str, str] | None) -> list[pb.Tag]:
+    return [pb.Tag(key=k, value=v) for k, v in (tags or {}).items()]
+
+
+def _ref(account: str, kind: str, name: str) -> pb.PrincipalRef:
+    return pb.PrincipalRef(account=account, kind=kind, name=name)
 
 
 @dataclass(frozen=True)
@@ -84,37 +402,315 @@ class Check:
                                    request_id=self.request_id, access_key_id=self.access_key_id)
 
 
+def _health_check(service: str = "") -> health_pb2.HealthCheckRequest:
+    """SERVING, NOT_SERVING or SERVICE_UNKNOWN."""
+    return health_pb2.HealthCheckRequest(service=service)
+
+
+def _authorize(principal: str, action: str, resource: str, context: Context | None = None, *,
+               explain: bool = False, request_id: str = "", access_key_id: str = "") -> pb.AuthorizeRequest:
+    """The decision for one request (a deny is an answer, not an error)."""
+    return Check(principal, action, resource, context, explain, request_id, access_key_id).to_proto()
+
+
+def _authorize_batch(checks: Iterable[Check]) -> pb.AuthorizeBatchRequest:
+    """The decisions for several requests, in their order."""
+    return pb.AuthorizeBatchRequest(requests=[c.to_proto() for c in checks])
+
+
+def _simulate(principal: str, action: str, resource: str, *, context: Context | None = None,
+              identity_policies: Sequence[Document] = (), resource_policy: Document | None = None,
+              permissions_boundary: Document | None = None, session_policy: Document | None = None,
+              scp_levels: Sequence[Sequence[Document]] | None = None,
+              rcp_levels: Sequence[Sequence[Document]] | None = None, resource_account: str = "",
+              explain: bool = False, validate: bool = False) -> pb.SimulateRequest:
+    """Decide against the given documents only (like IAM SimulateCustomPolicy); the store is not used."""
+    req = pb.SimulateRequest(
+        request=Check(principal, action, resource, context, explain).to_proto(),
+        resource_account=resource_account, validate=validate,
+        identity_policies=[policy_document("", d) for d in identity_policies],
+        scp_levels=[pb.PolicyLevel(policies=[policy_document("", d) for d in lvl]) for lvl in scp_levels or ()],
+        rcp_levels=[pb.PolicyLevel(policies=[policy_document("", d) for d in lvl]) for lvl in rcp_levels or ()])
+    for name, doc in (("resource_policy", resource_policy), ("permissions_boundary", permissions_boundary),
+                      ("session_policy", session_policy)):
+        if doc is not None:
+            getattr(req, name).CopyFrom(policy_document("", doc))
+    return req
+
+
+def _assume_role(caller: str, role_arn: str, session_name: str, *, duration_seconds: int = 0,
+                 session_policy: Document | None = None, tags: Mapping[str, str] | None = None,
+                 context: Context | None = None, external_id: str = "") -> pb.AssumeRoleRequest:
+    """Temporary credentials for a role session, `caller` believed (a server with --assume-role-auth none)."""
+    return pb.AssumeRoleRequest(caller=caller, role_arn=role_arn, session_name=session_name,
+                                duration_seconds=duration_seconds,
+                                session_policy=_text(session_policy) if session_policy is not None else "",
+                                tags=_tags(tags), context=context_to_proto(context), external_id=external_id)
+
+
+def _assume_role_signed(role_arn: str, session_name: str, *, access_key_id: str, secret_access_key: str,
+                        session_token: str | None = None, region: str = "us-east-1", duration_seconds: int = 0,
+                        session_policy: Document | None = None, tags: Mapping[str, str] | None = None,
+                        external_id: str = "") -> pb.AssumeRoleRequest:
+    """AssumeRole as the owner of the access key: the request carries the STS AssumeRole request signed
+    with it (what a server with --assume-role-auth sigv4 requires). Needs botocore."""
+    return pb.AssumeRoleRequest(signed_request=signed_assume_role_request(
+        role_arn, session_name, access_key_id=access_key_id, secret_access_key=secret_access_key,
+        session_token=session_token, region=region, duration_seconds=duration_seconds,
+        session_policy=session_policy, tags=tags, external_id=external_id))
+
+
+def _status_name(resp: health_pb2.HealthCheckResponse) -> str:
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+def _decisions(resp: pb.AuthorizeBatchResponse) -> list[Decision]:
+    return [Decision.from_proto(r) for r in resp.responses]
+
+
+def _simulated(resp: pb.SimulateResponse) -> Decision:
+    return Decision.from_proto(resp.result)
+
+
+HEALTH_CHECK = Rpc(HEALTH, "Check", _health_check, health_pb2.HealthCheckResponse, _status_name)
+AUTHORIZE = Rpc(AUTHORIZER, "Authorize", _authorize, pb.AuthorizeResponse, Decision.from_proto)
+AUTHORIZE_BATCH = Rpc(AUTHORIZER, "AuthorizeBatch", _authorize_batch, pb.AuthorizeBatchResponse, _decisions)
+SIMULATE = Rpc(AUTHORIZER, "Simulate", _simulate, pb.SimulateResponse, _simulated)
+ASSUME_ROLE = Rpc(AUTHORIZER, "AssumeRole", _assume_role, pb.AssumeRoleResponse, Credentials.from_proto)
+ASSUME_ROLE_SIGNED = Rpc(AUTHORIZER, "AssumeRole", _assume_role_signed, pb.AssumeRoleResponse,
+                         Credentials.from_proto)
+
+
+# admin requests
+
+
+def _create_policy(account: str, name: str, document: Document, *, path: str = "/",
+                   description: str = "") -> pb.CreatePolicyRequest:
+    return pb.CreatePolicyRequest(account=account, name=name, path=path, document=_text(document),
+                                  description=description)
+
+
+def _create_policy_version(arn: str, document: Document, *, set_as_default: bool = True
+                           ) -> pb.CreatePolicyVersionRequest:
+    return pb.CreatePolicyVersionRequest(arn=arn, document=_text(document), set_as_default=set_as_default)
+
+
+def _policy_ref(arn: str) -> pb.PolicyRef:
+    return pb.PolicyRef(arn=arn)
+
+
+def _list_policies(account: str = "") -> pb.ListPoliciesRequest:
+    return pb.ListPoliciesRequest(account=account)
+
+
+def _put_inline_policy(account: str, kind: str, name: str, policy_name: str, document: Document
+                       ) -> pb.PutInlinePolicyRequest:
+    return pb.PutInlinePolicyRequest(principal=_ref(account, kind, name), policy_name=policy_name,
+                                     document=_text(document))
+
+
+def _delete_inline_policy(account: str, kind: str, name: str, policy_name: str) -> pb.DeleteInlinePolicyRequest:
+    return pb.DeleteInlinePolicyRequest(principal=_ref(account, kind, name), policy_name=policy_name)
+
+
+def _attachment(account: str, kind: str, name: str, policy_arn: str) -> pb.AttachPolicyRequest:
+    return pb.AttachPolicyRequest(principal=_ref(account, kind, name), policy_arn=policy_arn)
+
+
+def _boundary(account: str, kind: str, name: str, policy_arn: str = "") -> pb.SetBoundaryRequest:
+    """policy_arn "" removes the boundary."""
+    return pb.SetBoundaryRequest(principal=_ref(account, kind, name), policy_arn=policy_arn)
+
+
+def _create_user(account: str, name: str, *, path: str = "/", tags: Mapping[str, str] | None = None
+                 ) -> pb.CreateUserRequest:
+    return pb.CreateUserRequest(account=account, name=name, path=path, tags=_tags(tags))
+
+
+def _create_group(account: str, name: str, *, path: str = "/") -> pb.CreateGroupRequest:
+    return pb.CreateGroupRequest(account=account, name=name, path=path)
+
+
+def _create_role(account: str, name: str, trust_policy: Document, *, path: str = "/",
+                 max_session_duration: int = 0, tags: Mapping[str, str] | None = None) -> pb.CreateRoleRequest:
+    return pb.CreateRoleRequest(account=account, name=name, path=path, trust_policy=_text(trust_policy),
+                                max_session_duration=max_session_duration, tags=_tags(tags))
+
+
+def _set_trust_policy(account: str, role: str, trust_policy: Document) -> pb.SetTrustPolicyRequest:
+    return pb.SetTrustPolicyRequest(account=account, role=role, trust_policy=_text(trust_policy))
+
+
+def _membership(account: str, user: str, group: str) -> pb.AddUserToGroupRequest:
+    return pb.AddUserToGroupRequest(account=account, user=user, group=group)
+
+
+def _revoke_sessions(account: str, role: str) -> pb.RevokeSessionsRequest:
+    """Refuse every session of the role issued until now; the result is that time (unix seconds)."""
+    return pb.RevokeSessionsRequest(account=account, role=role)
+
+
+def _tag_principal(account: str, kind: str, name: str, tags: Mapping[str, str] | None = None,
+                   remove_keys: Sequence[str] = ()) -> pb.TagPrincipalRequest:
+    return pb.TagPrincipalRequest(principal=_ref(account, kind, name), tags=_tags(tags),
+                                  remove_keys=list(remove_keys))
+
+
+def _access_key_request(account: str, user: str) -> pb.AccessKeyRequest:
+    return pb.AccessKeyRequest(account=account, user=user)
+
+
+def _delete_access_key(access_key_id: str) -> pb.DeleteAccessKeyRequest:
+    return pb.DeleteAccessKeyRequest(access_key_id=access_key_id)
+
+
+def _update_access_key(access_key_id: str, status: str) -> pb.UpdateAccessKeyRequest:
+    """Active or Inactive (IAM's UpdateAccessKey)."""
+    return pb.UpdateAccessKeyRequest(access_key_id=access_key_id, status=status)
+
+
+def _register_resource(*, type: str, name: str = "", account: str = "", region: str = "", arn: str = "",
+                       tags: Mapping[str, str] | None = None,
+                       resource_policy: Document | None = None) -> pb.RegisterResourceRequest:
+    return pb.RegisterResourceRequest(account=account, region=region, type=type, name=name, arn=arn,
+                                      tags=dict(tags or {}),
+                                      resource_policy=_text(resource_policy) if resource_policy is not None else "")
+
+
+def _delete_resource(arn: str) -> pb.DeleteResourceRequest:
+    return pb.DeleteResourceRequest(arn=arn)
+
+
+def _empty() -> pb.Empty:
+    return pb.Empty()
+
+
+def _validate_policy(policy_type: str, document: Document) -> pb.ValidatePolicyRequest:
+    return pb.ValidatePolicyRequest(policy_type=policy_type, document=_text(document))
+
+
+def _policies(resp: pb.ListPoliciesResponse) -> list[PolicyInfo]:
+    return [PolicyInfo.from_proto(p) for p in resp.policies]
+
+
+def _revoked_before(resp: pb.RevokeSessionsResponse) -> int:
+    return int(resp.revoked_before_unix)
+
+
+def _admin(method: str, build: Callable[P, Message], response: type[Resp], result: Callable[[Resp], R]
+           ) -> Rpc[P, Resp, R]:
+    return Rpc(ADMIN, method, build, response, result)
+
+
+CREATE_POLICY = _admin("CreatePolicy", _create_policy, pb.PolicyInfo, PolicyInfo.from_proto)
+CREATE_POLICY_VERSION = _admin("CreatePolicyVersion", _create_policy_version, pb.PolicyInfo, PolicyInfo.from_proto)
+DELETE_POLICY = _admin("DeletePolicy", _policy_ref, pb.Empty, _none)
+GET_POLICY = _admin("GetPolicy", _policy_ref, pb.PolicyInfo, PolicyInfo.from_proto)
+LIST_POLICIES = _admin("ListPolicies", _list_policies, pb.ListPoliciesResponse, _policies)
+PUT_INLINE_POLICY = _admin("PutInlinePolicy", _put_inline_policy, pb.Empty, _none)
+DELETE_INLINE_POLICY = _admin("DeleteInlinePolicy", _delete_inline_policy, pb.Empty, _none)
+ATTACH_POLICY = _admin("AttachPolicy", _attachment, pb.Empty, _none)
+DETACH_POLICY = _admin("DetachPolicy", _attachment, pb.Empty, _none)
+SET_PERMISSIONS_BOUNDARY = _admin("SetPermissionsBoundary", _boundary, pb.Empty, _none)
+CREATE_USER = _admin("CreateUser", _create_user, pb.PrincipalInfo, PrincipalInfo.from_proto)
+CREATE_GROUP = _admin("CreateGroup", _create_group, pb.PrincipalInfo, PrincipalInfo.from_proto)
+CREATE_ROLE = _admin("CreateRole", _create_role, pb.PrincipalInfo, PrincipalInfo.from_proto)
+DELETE_PRINCIPAL = _admin("DeletePrincipal", _ref, pb.Empty, _none)
+SET_TRUST_POLICY = _admin("SetTrustPolicy", _set_trust_policy, pb.Empty, _none)
+ADD_USER_TO_GROUP = _admin("AddUserToGroup", _membership, pb.Empty, _none)
+REMOVE_USER_FROM_GROUP = _admin("RemoveUserFromGroup", _membership, pb.Empty, _none)
+REVOKE_SESSIONS = _admin("RevokeSessions", _revoke_sessions, pb.RevokeSessionsResponse, _revoked_before)
+TAG_PRINCIPAL = _admin("TagPrincipal", _tag_principal, pb.Empty, _none)
+CREATE_ACCESS_KEY = _admin("CreateAccessKey", _access_key_request, pb.AccessKey, AccessKey.from_proto)
+DELETE_ACCESS_KEY = _admin("DeleteAccessKey", _delete_access_key, pb.Empty, _none)
+UPDATE_ACCESS_KEY = _admin("UpdateAccessKey", _update_access_key, pb.Empty, _none)
+REGISTER_RESOURCE = _admin("RegisterResource", _register_resource, pb.ResourceInfo, ResourceInfo.from_proto)
+DELETE_RESOURCE = _admin("DeleteResource", _delete_resource, pb.Empty, _none)
+RELOAD = _admin("Reload", _empty, pb.ReloadResponse, ReloadResult.from_proto)
+STATUS = _admin("Status", _empty, pb.StatusResponse, ServerStatus.from_proto)
+VALIDATE_POLICY = _admin("ValidatePolicy", _validate_policy, pb.ValidatePolicyResponse, Validation.from_proto)
+
+
+# ------------------------------------------------------------------ TLS and metadata
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """TLS for the channel. `ca`: roots to trust (None: the system's); `cert` + `key`: a client
+    certificate for mutual TLS."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(p: Path | None) -> bytes | None:
+            return p.read_bytes() if p is not None else None
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
+def channel_credentials(tls: TlsFiles | bool | None) -> grpc.ChannelCredentials | None:
+    """None for a plaintext channel; `True` means TLS with the system's roots."""
+    if not tls:
+        return None
+    return (tls if isinstance(tls, TlsFiles) else TlsFiles()).credentials()
+
+
+def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return ((ADMIN_TOKEN_HEADER, f"Bearer {token}"),) if token else ()
+
+
+# ------------------------------------------------------------------ the blocking clients
+
+
+def blocking(rpc: Rpc[P, Resp, R]) -> Callable[Concatenate["_Client", P], R]:
+    """A method of the blocking clients that makes the call `rpc` describes."""
+    def method(self: _Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return rpc.result(self._invoke(rpc, rpc.build(*args, **kwargs)))
+    method.__doc__ = rpc.build.__doc__
+    return method
+
+
 ClientT = TypeVar("ClientT", bound="_Client")
 
 
 class _Client:
     def __init__(self, addr: str, *, tls: TlsFiles | bool | None = None, token: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, options: Sequence[tuple[str, Any]] = ()) -> None:
-        opts = [*CHANNEL_OPTIONS, *options]
-        if tls:
-            creds = (tls if isinstance(tls, TlsFiles) else TlsFiles()).credentials()
-            self.channel = grpc.secure_channel(addr, creds, options=opts)
-        else:
-            self.channel = grpc.insecure_channel(addr, options=opts)
-        self.metadata: tuple[tuple[str, str], ...] = ((ADMIN_TOKEN_HEADER, f"Bearer {token}"),) if token else ()
+        creds, opts = channel_credentials(tls), channel_options(options)
+        self.channel = (grpc.secure_channel(addr, creds, options=opts) if creds is not None
+                        else grpc.insecure_channel(addr, options=opts))
+        self.metadata = call_metadata(token)
         self.timeout = timeout
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._methods: dict[str, grpc.UnaryUnaryMultiCallable] = {}
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _invoke(self, rpc: Rpc[Any, Resp, Any], request: Message) -> Resp:
+        call = self._methods.get(rpc.path)
+        if call is None:
+            call = self._methods[rpc.path] = self.channel.unary_unary(
+                rpc.path, request_serializer=type(request).SerializeToString,
+                response_deserializer=rpc.response.FromString)
+        try:
+            return call(request, timeout=self.timeout, metadata=self.metadata)  # type: ignore[no-any-return]
+        except grpc.RpcError as err:
+            raise CallError.of(err) from None
+
+    def raw(self, method: Callable[..., Resp], request: Message) -> Resp:
+        """Call a method of `self.stub` (the generated stub) with a request message and return the response
+        message as it is, for what the typed methods do not cover; CallError on failure."""
         try:
             return method(request, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as err:
             raise CallError.of(err) from None
 
-    def health(self, service: str = "") -> str:
-        """SERVING, NOT_SERVING or SERVICE_UNKNOWN."""
-        resp = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service))
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+    health = blocking(HEALTH_CHECK)
 
     def wait_until_serving(self, service: str = "", timeout: float = 30.0) -> None:
         """Block until health reports SERVING (Watch stream: no polling); CallError DEADLINE_EXCEEDED otherwise."""
-        stream = self._health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout,
-                                    wait_for_ready=True)
+        watch = self.channel.unary_stream(f"/{HEALTH}/Watch",
+                                          request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                                          response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        stream = watch(health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=True)
         try:
             for resp in stream:
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
@@ -127,7 +723,7 @@ class _Client:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self: "ClientT") -> "ClientT":
+    def __enter__(self: ClientT) -> ClientT:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -141,62 +737,57 @@ class AuthzClient(_Client):
         super().__init__(addr, **kw)
         self.stub = pb_grpc.AuthorizerStub(self.channel)
 
-    def authorize(self, principal: str, action: str, resource: str, context: Context | None = None, *,
-                  explain: bool = False, request_id: str = "", access_key_id: str = "") -> pb.AuthorizeResponse:
-        return self._call(self.stub.Authorize, Check(principal, action, resource, context, explain,
-                                                     request_id, access_key_id).to_proto())
+    authorize = blocking(AUTHORIZE)
+    authorize_batch = blocking(AUTHORIZE_BATCH)
+    simulate = blocking(SIMULATE)
+    assume_role = blocking(ASSUME_ROLE)
+    assume_role_signed = blocking(ASSUME_ROLE_SIGNED)
 
     def is_allowed(self, principal: str, action: str, resource: str, context: Context | None = None) -> bool:
-        """True only for an explicit DECISION_ALLOW; every error and every other answer is a deny."""
+        """True only for an explicit ALLOW; every error and every other answer is a deny."""
         try:
-            return bool(self.authorize(principal, action, resource, context).decision == pb.DECISION_ALLOW)
+            return self.authorize(principal, action, resource, context).allowed
         except (CallError, TypeError, ValueError):
             return False
 
-    def authorize_batch(self, checks: Iterable[Check]) -> list[pb.AuthorizeResponse]:
-        req = pb.AuthorizeBatchRequest(requests=[c.to_proto() for c in checks])
-        return list(self._call(self.stub.AuthorizeBatch, req).responses)
 
-    def simulate(self, principal: str, action: str, resource: str, *, context: Context | None = None,
-                 identity_policies: Sequence[Document] = (), resource_policy: Document | None = None,
-                 permissions_boundary: Document | None = None, session_policy: Document | None = None,
-                 scp_levels: Sequence[Sequence[Document]] | None = None,
-                 rcp_levels: Sequence[Sequence[Document]] | None = None, resource_account: str = "",
-                 explain: bool = False, validate: bool = False) -> pb.AuthorizeResponse:
-        """Decide against the given documents only (like IAM SimulateCustomPolicy); the store is not used."""
-        req = pb.SimulateRequest(
-            request=Check(principal, action, resource, context, explain).to_proto(),
-            resource_account=resource_account, validate=validate,
-            identity_policies=[policy_document("", d) for d in identity_policies],
-            scp_levels=[pb.PolicyLevel(policies=[policy_document("", d) for d in lvl]) for lvl in scp_levels or ()],
-            rcp_levels=[pb.PolicyLevel(policies=[policy_document("", d) for d in lvl]) for lvl in rcp_levels or ()])
-        for name, doc in (("resource_policy", resource_policy), ("permissions_boundary", permissions_boundary),
-                          ("session_policy", session_policy)):
-            if doc is not None:
-                getattr(req, name).CopyFrom(policy_document("", doc))
-        return self._call(self.stub.Simulate, req).result
+class AdminClient(_Client):
+    """The admin listener's PolicyAdmin calls; `token` is the server's --admin-token."""
 
-    def assume_role(self, caller: str, role_arn: str, session_name: str, *, duration_seconds: int = 0,
-                    session_policy: Document | None = None, tags: Mapping[str, str] | None = None,
-                    context: Context | None = None, external_id: str = "") -> pb.AssumeRoleResponse:
-        req = pb.AssumeRoleRequest(caller=caller, role_arn=role_arn, session_name=session_name,
-                                   duration_seconds=duration_seconds,
-                                   session_policy=_text(session_policy) if session_policy is not None else "",
-                                   tags=[pb.Tag(key=k, value=v) for k, v in (tags or {}).items()],
-                                   context=context_to_proto(context), external_id=external_id)
-        return self._call(self.stub.AssumeRole, req)
+    def __init__(self, addr: str, **kw: Any) -> None:
+        super().__init__(addr, **kw)
+        self.stub = pb_grpc.PolicyAdminStub(self.channel)
 
-    def assume_role_signed(self, role_arn: str, session_name: str, *, access_key_id: str, secret_access_key: str,
-                           session_token: str | None = None, region: str = "us-east-1", duration_seconds: int = 0,
-                           session_policy: Document | None = None, tags: Mapping[str, str] | None = None,
-                           external_id: str = "") -> pb.AssumeRoleResponse:
-        """AssumeRole as the owner of the access key: the request carries the STS AssumeRole request signed
-        with it (what a server with --assume-role-auth sigv4 requires). Needs botocore."""
-        signed = signed_assume_role_request(role_arn, session_name, access_key_id=access_key_id,
-                                            secret_access_key=secret_access_key, session_token=session_token,
-                                            region=region, duration_seconds=duration_seconds,
-                                            session_policy=session_policy, tags=tags, external_id=external_id)
-        return self._call(self.stub.AssumeRole, pb.AssumeRoleRequest(signed_request=signed))
+    create_policy = blocking(CREATE_POLICY)
+    create_policy_version = blocking(CREATE_POLICY_VERSION)
+    delete_policy = blocking(DELETE_POLICY)
+    get_policy = blocking(GET_POLICY)
+    list_policies = blocking(LIST_POLICIES)
+    put_inline_policy = blocking(PUT_INLINE_POLICY)
+    delete_inline_policy = blocking(DELETE_INLINE_POLICY)
+    attach_policy = blocking(ATTACH_POLICY)
+    detach_policy = blocking(DETACH_POLICY)
+    set_permissions_boundary = blocking(SET_PERMISSIONS_BOUNDARY)
+    create_user = blocking(CREATE_USER)
+    create_group = blocking(CREATE_GROUP)
+    create_role = blocking(CREATE_ROLE)
+    delete_principal = blocking(DELETE_PRINCIPAL)
+    set_trust_policy = blocking(SET_TRUST_POLICY)
+    add_user_to_group = blocking(ADD_USER_TO_GROUP)
+    remove_user_from_group = blocking(REMOVE_USER_FROM_GROUP)
+    revoke_sessions = blocking(REVOKE_SESSIONS)
+    tag_principal = blocking(TAG_PRINCIPAL)
+    create_access_key = blocking(CREATE_ACCESS_KEY)
+    delete_access_key = blocking(DELETE_ACCESS_KEY)
+    update_access_key = blocking(UPDATE_ACCESS_KEY)
+    register_resource = blocking(REGISTER_RESOURCE)
+    delete_resource = blocking(DELETE_RESOURCE)
+    reload = blocking(RELOAD)
+    status = blocking(STATUS)
+    validate_policy = blocking(VALIDATE_POLICY)
+
+
+# ------------------------------------------------------------------ signed AssumeRole
 
 
 class _Captured(Exception):
@@ -247,130 +838,6 @@ def signed_assume_role_request(role_arn: str, session_name: str, *, access_key_i
     finally:
         client.close()
     raise RuntimeError("botocore sent no AssumeRole request")   # pragma: no cover
-
-
-def _ref(account: str, kind: str, name: str) -> pb.PrincipalRef:
-    return pb.PrincipalRef(account=account, kind=kind, name=name)
-
-
-class AdminClient(_Client):
-    """The admin listener's PolicyAdmin calls; `token` is the server's --admin-token."""
-
-    def __init__(self, addr: str, **kw: Any) -> None:
-        super().__init__(addr, **kw)
-        self.stub = pb_grpc.PolicyAdminStub(self.channel)
-
-    # managed policies
-    def create_policy(self, account: str, name: str, document: Document, *, path: str = "/",
-                      description: str = "") -> pb.PolicyInfo:
-        return self._call(self.stub.CreatePolicy, pb.CreatePolicyRequest(
-            account=account, name=name, path=path, document=_text(document), description=description))
-
-    def create_policy_version(self, arn: str, document: Document, *, set_as_default: bool = True) -> pb.PolicyInfo:
-        return self._call(self.stub.CreatePolicyVersion, pb.CreatePolicyVersionRequest(
-            arn=arn, document=_text(document), set_as_default=set_as_default))
-
-    def delete_policy(self, arn: str) -> None:
-        self._call(self.stub.DeletePolicy, pb.PolicyRef(arn=arn))
-
-    def get_policy(self, arn: str) -> pb.PolicyInfo:
-        return self._call(self.stub.GetPolicy, pb.PolicyRef(arn=arn))
-
-    def list_policies(self, account: str = "") -> list[pb.PolicyInfo]:
-        return list(self._call(self.stub.ListPolicies, pb.ListPoliciesRequest(account=account)).policies)
-
-    # principals' policies
-    def put_inline_policy(self, account: str, kind: str, name: str, policy_name: str, document: Document) -> None:
-        self._call(self.stub.PutInlinePolicy, pb.PutInlinePolicyRequest(
-            principal=_ref(account, kind, name), policy_name=policy_name, document=_text(document)))
-
-    def delete_inline_policy(self, account: str, kind: str, name: str, policy_name: str) -> None:
-        self._call(self.stub.DeleteInlinePolicy, pb.DeleteInlinePolicyRequest(
-            principal=_ref(account, kind, name), policy_name=policy_name))
-
-    def attach_policy(self, account: str, kind: str, name: str, policy_arn: str) -> None:
-        self._call(self.stub.AttachPolicy, pb.AttachPolicyRequest(principal=_ref(account, kind, name),
-                                                                  policy_arn=policy_arn))
-
-    def detach_policy(self, account: str, kind: str, name: str, policy_arn: str) -> None:
-        self._call(self.stub.DetachPolicy, pb.AttachPolicyRequest(principal=_ref(account, kind, name),
-                                                                  policy_arn=policy_arn))
-
-    def set_permissions_boundary(self, account: str, kind: str, name: str, policy_arn: str = "") -> None:
-        self._call(self.stub.SetPermissionsBoundary, pb.SetBoundaryRequest(principal=_ref(account, kind, name),
-                                                                           policy_arn=policy_arn))
-
-    # users, groups, roles
-    def create_user(self, account: str, name: str, *, path: str = "/",
-                    tags: Mapping[str, str] | None = None) -> pb.PrincipalInfo:
-        return self._call(self.stub.CreateUser, pb.CreateUserRequest(
-            account=account, name=name, path=path, tags=[pb.Tag(key=k, value=v) for k, v in (tags or {}).items()]))
-
-    def create_group(self, account: str, name: str, *, path: str = "/") -> pb.PrincipalInfo:
-        return self._call(self.stub.CreateGroup, pb.CreateGroupRequest(account=account, name=name, path=path))
-
-    def create_role(self, account: str, name: str, trust_policy: Document, *, path: str = "/",
-                    max_session_duration: int = 0, tags: Mapping[str, str] | None = None) -> pb.PrincipalInfo:
-        return self._call(self.stub.CreateRole, pb.CreateRoleRequest(
-            account=account, name=name, path=path, trust_policy=_text(trust_policy),
-            max_session_duration=max_session_duration,
-            tags=[pb.Tag(key=k, value=v) for k, v in (tags or {}).items()]))
-
-    def delete_principal(self, account: str, kind: str, name: str) -> None:
-        self._call(self.stub.DeletePrincipal, _ref(account, kind, name))
-
-    def set_trust_policy(self, account: str, role: str, trust_policy: Document) -> None:
-        self._call(self.stub.SetTrustPolicy, pb.SetTrustPolicyRequest(account=account, role=role,
-                                                                      trust_policy=_text(trust_policy)))
-
-    def add_user_to_group(self, account: str, user: str, group: str) -> None:
-        self._call(self.stub.AddUserToGroup, pb.AddUserToGroupRequest(account=account, user=user, group=group))
-
-    def remove_user_from_group(self, account: str, user: str, group: str) -> None:
-        self._call(self.stub.RemoveUserFromGroup, pb.AddUserToGroupRequest(account=account, user=user, group=group))
-
-    def revoke_sessions(self, account: str, role: str) -> int:
-        """Refuse every session of the role issued until now; returns that time (unix seconds)."""
-        return int(self._call(self.stub.RevokeSessions, pb.RevokeSessionsRequest(account=account,
-                                                                                 role=role)).revoked_before_unix)
-
-    def tag_principal(self, account: str, kind: str, name: str, tags: Mapping[str, str] | None = None,
-                      remove_keys: Sequence[str] = ()) -> None:
-        self._call(self.stub.TagPrincipal, pb.TagPrincipalRequest(
-            principal=_ref(account, kind, name), tags=[pb.Tag(key=k, value=v) for k, v in (tags or {}).items()],
-            remove_keys=list(remove_keys)))
-
-    # credentials and resources
-    def create_access_key(self, account: str, user: str) -> pb.AccessKey:
-        return self._call(self.stub.CreateAccessKey, pb.AccessKeyRequest(account=account, user=user))
-
-    def delete_access_key(self, access_key_id: str) -> None:
-        self._call(self.stub.DeleteAccessKey, pb.DeleteAccessKeyRequest(access_key_id=access_key_id))
-
-    def update_access_key(self, access_key_id: str, status: str) -> None:
-        """Active or Inactive (IAM's UpdateAccessKey)."""
-        self._call(self.stub.UpdateAccessKey, pb.UpdateAccessKeyRequest(access_key_id=access_key_id, status=status))
-
-    def register_resource(self, *, type: str, name: str = "", account: str = "", region: str = "", arn: str = "",
-                          tags: Mapping[str, str] | None = None,
-                          resource_policy: Document | None = None) -> pb.ResourceInfo:
-        return self._call(self.stub.RegisterResource, pb.RegisterResourceRequest(
-            account=account, region=region, type=type, name=name, arn=arn, tags=dict(tags or {}),
-            resource_policy=_text(resource_policy) if resource_policy is not None else ""))
-
-    def delete_resource(self, arn: str) -> None:
-        self._call(self.stub.DeleteResource, pb.DeleteResourceRequest(arn=arn))
-
-    # operations
-    def reload(self) -> pb.ReloadResponse:
-        return self._call(self.stub.Reload, pb.Empty())
-
-    def status(self) -> pb.StatusResponse:
-        return self._call(self.stub.Status, pb.Empty())
-
-    def validate_policy(self, policy_type: str, document: Document) -> pb.ValidatePolicyResponse:
-        return self._call(self.stub.ValidatePolicy, pb.ValidatePolicyRequest(policy_type=policy_type,
-                                                                            document=_text(document)))
 
 
 def parse_context(pairs: Iterable[str]) -> dict[str, str | list[str]]:

@@ -61,7 +61,7 @@ def measure(processes: int, concurrent: int, request: pb.SimulateRequest) -> dic
         def simulate() -> None:
             t = time.perf_counter()
             try:
-                client._call(client.stub.Simulate, request)
+                client.raw(client.stub.Simulate, request)
                 code = "OK"
             except CallError as err:
                 code = err.code.name

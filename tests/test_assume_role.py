@@ -57,7 +57,7 @@ def test_cross_account_steps_end_in_an_allowed_put_media(authz: AuthzClient) -> 
     assert authz.authorize(PARTNER_USER, "sts:AssumeRole", ROLE).decision == pb.DECISION_ALLOW
     before = time.time()
     grant = authz.assume_role(PARTNER_USER, ROLE, "partner-cam-1", duration_seconds=1800)
-    assert grant.decision == pb.DECISION_ALLOW
+    assert grant.proto.decision == pb.DECISION_ALLOW
     assert grant.assumed_role_arn == session
     assert grant.assumed_role_id.endswith(":partner-cam-1") and grant.assumed_role_id.startswith("AROA")
     assert before + 1800 - 5 <= grant.expiration_unix <= time.time() + 1800 + 5

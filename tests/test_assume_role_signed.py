@@ -83,7 +83,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def signed_call(authz: AuthzClient, signed: pb.StsSignedRequest, **fields: Any) -> pb.AssumeRoleResponse:
-    return authz._call(authz.stub.AssumeRole, pb.AssumeRoleRequest(signed_request=signed, **fields))
+    return authz.raw(authz.stub.AssumeRole, pb.AssumeRoleRequest(signed_request=signed, **fields))
 
 
 def refused(authz: AuthzClient, signed: pb.StsSignedRequest, **fields: Any) -> CallError:

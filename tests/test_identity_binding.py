@@ -297,8 +297,8 @@ def test_assume_role_keys_come_from_the_request_not_the_callers_context(admin: A
     err = pytest.raises(CallError, authz.assume_role, alice, role, "alice", tags={"team": "blue"},
                         context=forged).value
     assert (err.code, err.field) == (grpc.StatusCode.PERMISSION_DENIED, "tags")
-    assert authz.assume_role(alice, role, "alice").decision == ALLOW                    # controls
-    assert authz.assume_role(alice, role, "alice", tags={"team": "red"}).decision == ALLOW
+    assert authz.assume_role(alice, role, "alice").proto.decision == ALLOW                   # controls
+    assert authz.assume_role(alice, role, "alice", tags={"team": "red"}).proto.decision == ALLOW
 
 
 def test_external_id_is_the_requests(admin: AdminClient, authz: AuthzClient) -> None:
@@ -310,7 +310,7 @@ def test_external_id_is_the_requests(admin: AdminClient, authz: AuthzClient) -> 
     role, vendor = f"arn:aws:iam::{ACCOUNT}:role/VendorAccess", user("vendor")
     err = pytest.raises(CallError, authz.assume_role, vendor, role, "v1", context={"sts:ExternalId": "ticket-42"}).value
     assert err.code == grpc.StatusCode.PERMISSION_DENIED
-    assert authz.assume_role(vendor, role, "v1", external_id="ticket-42").decision == ALLOW
+    assert authz.assume_role(vendor, role, "v1", external_id="ticket-42").proto.decision == ALLOW
     err = pytest.raises(CallError, authz.assume_role, vendor, role, "v1", external_id="x").value
     assert (err.code, err.field) == (grpc.StatusCode.INVALID_ARGUMENT, "external_id")
 

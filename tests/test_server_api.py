@@ -66,7 +66,7 @@ def test_allow_and_deny_are_ok_rpcs(authz: AuthzClient) -> None:
     assert allowed.revision >= 1
     denied = authz.authorize(VIEWER, "kinesisvideo:PutMedia", YOUR_STREAM)
     assert denied.decision == IMPLICIT
-    assert not denied.HasField("explanation")          # only with explain
+    assert denied.explanation is None                  # only with explain
 
 
 def test_explicit_deny_names_the_deny_statement(authz: AuthzClient, admin: AdminClient) -> None:

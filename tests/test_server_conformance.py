@@ -47,7 +47,7 @@ def test_simulate_matches_engine(authz: AuthzClient, case: dict[str, Any]) -> No
                          session_policy=case.get("sessionPolicy"), scp_levels=case.get("scpLevels"),
                          rcp_levels=case.get("rcpLevels"), resource_account=case["resourceAccount"], explain=True)
     local = evaluate(request(case), policy_set(case), explain=True)
-    assert got == result_to_proto(local, 0, False, True)       # the whole answer, explanation included
+    assert got.proto == result_to_proto(local, 0, False, True)  # the whole answer, explanation included
     assert pb.Decision.Name(got.decision) == "DECISION_" + {"Allow": "ALLOW", "ExplicitDeny": "EXPLICIT_DENY",
                                                              "ImplicitDeny": "IMPLICIT_DENY"}[case["expect"]]
 

@@ -92,7 +92,7 @@ def test_authorize_is_answered_while_large_simulates_run(server: ServerProcess, 
         with server.client(timeout=60) as c:
             events.add(f"simulate-{i}-start")
             try:
-                c._call(c.stub.Simulate, request)
+                c.raw(c.stub.Simulate, request)
                 statuses.append(grpc.StatusCode.OK)
                 events.add("simulate-done")
             except CallError as err:
@@ -126,7 +126,7 @@ def test_a_simulate_beyond_the_processes_is_refused_at_once(server: ServerProces
 
     def large() -> None:
         with server.client(timeout=60) as c:
-            big.append(c._call(c.stub.Simulate, large_simulate()))
+            big.append(c.raw(c.stub.Simulate, large_simulate()))
             events.add("large-done")
 
     t = threading.Thread(target=large)
