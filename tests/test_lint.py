@@ -6,13 +6,18 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authz import cli
+from authz.evaluate import PolicySet, Request, evaluate
 from authz.policy import lint
+from authz.policy.model import compile_policy
 from authz.policy.validate import validate_document
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -400,3 +405,71 @@ def test_the_bundled_examples_lint_clean() -> None:
     code, out = run(["validate", "--fail-on", "warning", str(ROOT / "examples" / "bundle")])
     assert code == 0, out
     assert "[" not in out.split(": valid bundle directory", 1)[0]
+
+
+# ------------------------------------------------------------------ properties
+
+
+_ACTIONS = st.sampled_from(["kinesisvideo:GetMedia", "kinesisvideo:Get*", "kinesisvideo:*", "kinesisvideo:PutMedia",
+                            "kinesisvideo:ListStreams", "kinesisvideo:G?tMedia", "*", "kinesisvideo:GetMeida",
+                            "kinesisvideo:ConnectAs*"])
+_RESOURCES = st.sampled_from(["*", STREAM, "arn:aws:kinesisvideo:*:*:stream/*", CHANNEL,
+                              "arn:aws:kinesisvideo:us-east-1:111122223333:stream/cam-0?/*",
+                              "arn:aws:kinesisvideo:us-east-1:111122223333:stream/cam-01"])
+# Codes that say an element never matches a real request: removing it changes no decision.
+_DEAD_ELEMENT = {"UNKNOWN_ACTION", "ACTION_MATCHES_NOTHING", "ACTION_NEEDS_WILDCARD_RESOURCE",
+                 "RESOURCE_TYPE_MISMATCH", "RESOURCE_MATCHES_NO_ACTION", "MALFORMED_ARN"}
+_CONDITIONS = st.sampled_from([None, {"Bool": {"aws:SecureTransport": "true"}},
+                               {"StringEquals": {"aws:PrincipalTag/team": "red"}}])
+
+
+@st.composite
+def _statements(draw: st.DrawFn) -> dict[str, Any]:
+    s: dict[str, Any] = {"Effect": draw(st.sampled_from(["Allow", "Deny"])),
+                         "Action": draw(st.lists(_ACTIONS, min_size=1, max_size=2)),
+                         "Resource": draw(st.lists(_RESOURCES, min_size=1, max_size=2))}
+    cond = draw(_CONDITIONS)
+    if cond:
+        s["Condition"] = cond
+    return s
+
+
+# Requests as the gateway forms them: each action with a resource of its type ("*" when it has none).
+_STREAMS = ("arn:aws:kinesisvideo:us-east-1:111122223333:stream/cam-01/1",
+            "arn:aws:kinesisvideo:us-east-1:111122223333:stream/other/1")
+_REQUESTS = [Request("arn:aws:iam::111122223333:user/u", f"kinesisvideo:{a}", r, ctx)
+             for a, resources in (("GetMedia", _STREAMS), ("PutMedia", _STREAMS), ("GetClip", _STREAMS),
+                                  ("ListStreams", ("*",)),
+                                  ("ConnectAsViewer", ("arn:aws:kinesisvideo:us-east-1:111122223333:channel/door/1",)))
+             for r in resources
+             for ctx in ({"aws:SecureTransport": "true", "aws:PrincipalTag/team": "red"},
+                         {"aws:SecureTransport": "false"})]
+
+
+def _decisions(document: dict[str, Any]) -> list[str]:
+    policies = PolicySet(identity=(compile_policy(document, "p"),))
+    return [evaluate(r, policies).decision.value for r in _REQUESTS]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_statements(), min_size=1, max_size=3))
+def test_property_removing_what_a_finding_calls_dead_changes_no_decision(statements: list[dict[str, Any]]) -> None:
+    document = doc(*statements)
+    got = findings(document)
+    before = _decisions(document)
+    positions = lint.json_positions(json.dumps(document, indent=1))
+    for f in got:
+        assert f.path in positions, f.path          # every path is a real place in the document
+        if f.code in ("REDUNDANT_STATEMENT", "SHADOWED_BY_DENY"):
+            index = int(f.path.removeprefix("$.Statement[").rstrip("]"))
+            without = doc(*(s for i, s in enumerate(statements) if i != index))
+            assert _decisions(without) == before, f.as_dict()
+        elif f.code in _DEAD_ELEMENT:
+            m = re.fullmatch(r"\$\.Statement\[(\d+)\]\.(Action|Resource)\[(\d+)\]", f.path)
+            assert m, f.path
+            i, member, k = int(m[1]), m[2], int(m[3])
+            changed = copy.deepcopy(statements)
+            del changed[i][member][k]
+            if not changed[i][member]:
+                del changed[i]
+            assert _decisions(doc(*changed)) == before, f.as_dict()
