@@ -193,17 +193,17 @@ def cmd_validate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckedFile:
-    """What `authz validate` found in one named file or bundle directory. `problems` and `findings` carry the
-    file they are in (for a bundle directory, one of its files; else the name as given)."""
+    """What `authz validate` found in one named file or bundle directory. Errors, warnings and findings carry
+    the file they are in (for a bundle directory, one of its files; else the name as given)."""
 
     name: str
     valid: bool
     summary: str                                          # "valid identity policy", "valid bundle directory (...)"
     errors: list[tuple[str, Problem]]
     warnings: list[tuple[str, Problem]]
-    findings: list[tuple[str, "lint.Finding"]]
+    findings: list[tuple[str, lint.Finding]]
 
     def as_dict(self) -> dict[str, Any]:
         return {"file": self.name, "valid": self.valid, "summary": self.summary,
@@ -241,7 +241,7 @@ def _check_file(name: str, ptype: PolicyType) -> CheckedFile:
     return CheckedFile(name, True, f"valid {ptype.value} policy", [], warnings, [(name, f) for f in found])
 
 
-def _lint_bundle_file(doc: Any) -> Iterator["lint.Finding"]:
+def _lint_bundle_file(doc: Any) -> Iterator[lint.Finding]:
     """Lint every policy document of one bundle file (already loaded by the sidecar's loader), with paths that
     name its place in the file (`$.policies[0].document.Statement[0]`)."""
     for where, ptype, source in _bundle_policies(doc):
@@ -287,7 +287,7 @@ def _bundle_policies(doc: Any) -> Iterator[tuple[str, PolicyType, Any]]:
 
 
 def _print_checked(c: CheckedFile, stdout: TextIO) -> None:
-    if c.summary.startswith(("error: ", "cannot read: ")):
+    if c.summary.startswith(("error: ", "cannot read: ")):   # a bundle that does not load, a file not read
         print(f"{c.name}: {c.summary}", file=stdout)
         return
     where = (lambda f: "" if f == c.name else f"{Path(f).name}: ")
