@@ -4,7 +4,8 @@ No container engine runs here, so nothing is built or applied: the Dockerfile go
 every Kubernetes manifest through kubernetes-validate (strict, for the oldest Kubernetes the manifests
 support and the newest the package knows), compose through the compose-spec schema, and the Envoy
 config through `envoy --mode validate`. The image's start-up is exercised by running its CMD with
-its ENV against the installed package (only the state directory moved to a temporary one).
+its ENV against the installed package (only the state directory moved to a temporary one), and the
+sidecar reads a bundle laid out as the kubelet projects a Secret.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ipaddress
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -299,6 +301,48 @@ def test_a_demo_switch_value_that_is_not_a_switch_is_refused(tmp_path: Path, val
     assert "AUTHZ_DEMO" in last and repr(value) in last
 
 
+def project_secret(volume: Path, files: dict[str, str], generation: int) -> None:
+    """Write `files` into `volume` as the kubelet projects a Secret: the data in a timestamped directory,
+    `..data` pointing at it (swapped atomically by a rename), one symbolic link per key through `..data`."""
+    data = volume / f"..2026_01_01_00_00_{generation:02d}.000000001"
+    data.mkdir(parents=True)
+    for name, text in files.items():
+        (data / name).write_text(text)
+    old = os.readlink(volume / "..data") if (volume / "..data").is_symlink() else None
+    (volume / "..data_tmp").symlink_to(data.name)
+    os.replace(volume / "..data_tmp", volume / "..data")
+    for name in files:
+        if not (volume / name).is_symlink():
+            (volume / name).symlink_to(f"..data/{name}")
+    for link in volume.iterdir():
+        if link.is_symlink() and not link.name.startswith("..") and link.name not in files:
+            link.unlink()
+    if old is not None:
+        shutil.rmtree(volume / old)
+
+
+def test_a_bundle_in_a_secret_volume_loads_and_reloads_when_the_secret_changes(
+        tmp_path: Path, started: list[ServerProcess]) -> None:
+    examples = ROOT / "examples" / "bundle"
+    files = {p.name: p.read_text() for p in examples.iterdir() if p.suffix == ".yaml"}
+    volume = tmp_path / "bundle"
+    project_secret(volume, files, 1)
+    s = start_server(volume, None, "--watch-interval", "0.05", admin=None, token=None)
+    started.append(s)
+    viewer = "arn:aws:iam::123456789012:user/viewer"
+    stream = "arn:aws:kinesisvideo:us-west-2:123456789012:stream/your_stream/0123456789012"
+    with s.client() as c:
+        assert c.is_allowed(viewer, "kinesisvideo:DescribeStream", stream)
+        loads = sum("loaded policy set revision" in line for line in s.log)
+        account = "123456789012.yaml"
+        assert files[account].count("    groups: [viewers]\n") == 1
+        project_secret(volume, {**files, account: files[account].replace("    groups: [viewers]\n", "")}, 2)
+        with s._seen:           # the reload is logged; wait for that line, not for time
+            assert s._seen.wait_for(lambda: sum("loaded policy set revision" in line for line in s.log) > loads,
+                                    START_TIMEOUT), "".join(s.log)
+        assert not c.is_allowed(viewer, "kinesisvideo:DescribeStream", stream)
+
+
 # ------------------------------------------------------------------ compose
 
 
@@ -497,6 +541,15 @@ def test_the_envoy_config_passes_envoys_own_validation() -> None:
     envoy_version()
     done = run_tool(ENVOY_BIN, "--mode", "validate", "-c", SHIPPED_ENVOY_CONFIG, "--log-level", "error")
     assert done.returncode == 0 and "OK" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_envoy_validation_is_live(tmp_path: Path) -> None:
+    cfg = yaml.safe_load(SHIPPED_ENVOY_CONFIG.read_text())
+    cfg["static_resources"]["clusters"][0]["connect_timeoutt"] = "1s"
+    bad = tmp_path / "envoy.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    envoy_version()
+    assert run_tool(ENVOY_BIN, "--mode", "validate", "-c", bad, "--log-level", "critical").returncode != 0
 
 
 def test_envoy_asks_the_sidecar_where_the_deployments_make_it_listen() -> None:
