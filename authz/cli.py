@@ -166,11 +166,12 @@ def cmd_validate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int
                 if source is None:
                     raise ValueError("each case needs `policy` or `policyText`")
                 report = validate_document(source, ptype)
+                found = lint.lint_document(report.document, ptype) if report.valid else []
                 out = {"id": case.get("id"), "valid": report.valid, "errors": [p.as_dict() for p in report.errors],
-                       "warnings": [p.as_dict() for p in report.warnings]}
+                       "warnings": [p.as_dict() for p in report.warnings], "findings": [f.as_dict() for f in found]}
             except (ValueError, TypeError) as exc:
                 out = {"id": case.get("id"), "valid": False, "errors": [{"path": "$", "message": str(exc)}],
-                       "warnings": []}
+                       "warnings": [], "findings": []}
             stdout.write(json.dumps(out, separators=(",", ":")) + "\n")
         return 0
     if not args.files:
@@ -651,7 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", default="identity",
                    help="policy type: identity, resource, trust, boundary, session, scp, rcp (default identity)")
     p.add_argument("--jsonl", action="store_true",
-                   help="read cases ({id, policyType, policy|policyText}) from stdin, write {id, valid, errors}")
+                   help="read cases ({id, policyType, policy|policyText}) from stdin, write {id, valid, errors, "
+                        "warnings, findings}")
     p.add_argument("--output", choices=("text", "json", "sarif"), default="text",
                    help="text (default), json (one document: files with errors, warnings, findings) or sarif "
                         "(SARIF 2.1.0, for code-scanning tools)")

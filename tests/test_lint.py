@@ -473,3 +473,13 @@ def test_property_removing_what_a_finding_calls_dead_changes_no_decision(stateme
             if not changed[i][member]:
                 del changed[i]
             assert _decisions(doc(*changed)) == before, f.as_dict()
+
+
+def test_jsonl_cases_carry_their_findings() -> None:
+    cases = [{"id": "a", "policy": doc(allow("kinesisvideo:GetMeida"))},
+             {"id": "b", "policyType": "resource", "policy": doc(allow("kinesisvideo:GetMedia"))}]
+    out = io.StringIO()
+    cli.main(["validate", "--jsonl"], stdin=io.StringIO("".join(json.dumps(c) + "\n" for c in cases)), stdout=out)
+    a, b = (json.loads(line) for line in out.getvalue().splitlines())
+    assert a["valid"] is True and [f["code"] for f in a["findings"]] == ["UNKNOWN_ACTION"]
+    assert b["valid"] is False and b["findings"] == []
