@@ -447,6 +447,7 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
         "--memo-bytes": ("1048576", "memo_bytes", 1_048_576),
         "--simulate-processes": ("0", "simulate_processes", 0),
         "--assume-role-auth": ("sigv4", "assume_role_auth", "sigv4"),
+        "--otlp-endpoint": ("http://127.0.0.1:4317", "otlp_endpoint", "http://127.0.0.1:4317"),
     }
     flags = {f for a in build_parser()._actions for f in a.option_strings if f.startswith("--") and f != "--help"}
     assert flags == set(values) | {"--admin-token"}                     # the table covers every flag

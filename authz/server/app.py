@@ -54,6 +54,7 @@ if TYPE_CHECKING:   # gRPC itself is imported only inside a serving process (see
 
     from .answers import Answers
     from .simulate import Simulator
+    from .tracing import Tracing
     from grpc_health.v1.health import HealthServicer
 
 log = logging.getLogger("authz.server")
@@ -76,6 +77,7 @@ class Sidecar:
     decision_log: DecisionLog | None = None
     answers: Answers | None = None        # the decision port's memos (authz.server.answers)
     simulator: Simulator | None = None    # Simulate's worker processes (authz.server.simulate)
+    tracing: Tracing | None = None        # --otlp-endpoint (authz.server.tracing)
     _sync_stop: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace: float | None = None) -> None:
@@ -93,6 +95,8 @@ class Sidecar:
             self.metrics_server.close()
         if self.decision_log is not None:
             self.decision_log.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
 
 def server_options(config: Config) -> list[tuple[str, Any]]:
@@ -154,8 +158,11 @@ def _health(initial: dict[str, int]) -> HealthServicer:
     return h
 
 
-def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
-    """Build the store and the listeners, start serving, then load the first policy set."""
+def start(config: Config, *, clock: Callable[[], float] = time.time, span_processor: Any = None) -> Sidecar:
+    """Build the store and the listeners, start serving, then load the first policy set.
+
+    `span_processor` (an OpenTelemetry SpanProcessor) turns tracing on as --otlp-endpoint does, exporting
+    through it instead of OTLP."""
     import grpc
     from envoy.service.auth.v3 import external_auth_pb2
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -169,6 +176,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     from .authorizer import Authorizer, Observer
     from .simulate import Simulator
     from .errors import UndecodableRequests, add_checked, checked
+    from .tracing import start_tracing
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     gc.set_threshold(*settings.GC_THRESHOLDS)
@@ -192,7 +200,10 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     # at once, so that decisions always have a thread (with the defaults: 2 threads, 1 Simulate).
     simulator = Simulator(config.simulate_processes, store.config.options)
     threads = max(config.threads, config.simulate_processes + 1)
-    decision = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="authz"), options=server_options(config))
+    tracing = (start_tracing(config.otlp_endpoint, span_processor)
+               if config.otlp_endpoint or span_processor is not None else None)
+    decision = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="authz"), options=server_options(config),
+                           interceptors=(tracing.interceptor,) if tracing is not None else None)
     add_checked(authz_pb2_grpc.add_AuthorizerServicer_to_server,
                 Authorizer(store, tuple(observers), answers=answers, simulator=simulator,
                            assume_role_auth=config.assume_role_auth, secure_transport=credentials is not None,
@@ -237,7 +248,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time) -> Sidecar:
     for s in servers:
         s.start()
     sidecar = Sidecar(config, store, servers, healths, addresses, decision_log=decision_log, answers=answers,
-                      simulator=simulator)
+                      simulator=simulator, tracing=tracing)
     try:
         store.open()
         if metrics is not None and config.metrics_listen:

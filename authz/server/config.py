@@ -56,6 +56,7 @@ class Config:
     memo_bytes: int = settings.MEMO_MAX_BYTES            # the decision port's memos, together (answers.py)
     simulate_processes: int = settings.SIMULATE_PROCESSES  # Simulate's own processes; 0: on the server threads
     assume_role_auth: str = "none"    # AssumeRole: "none" believes `caller`; "sigv4" verifies the signed STS request
+    otlp_endpoint: str | None = None  # OpenTelemetry: export a span per decision RPC here (authz.server.tracing)
     demo: bool = False                # --demo: `bundle` is the shipped example bundle, with its published keys
     reuse_port: bool = False          # set by the --workers supervisor for its children, never a flag
     worker_index: int = 0
@@ -209,6 +210,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                                "request must carry the STS AssumeRole HTTP request signed with the caller's key; "
                                "every parameter comes from its signed body); e.g. --assume-role-auth sigv4",
          default="none", metavar="MODE", choices=list(settings.ASSUME_ROLE_AUTH_MODES))
+    flag("--otlp-endpoint", "OpenTelemetry tracing: export a span per decision RPC (Authorize, AuthorizeBatch, "
+                            "Simulate, Check), child of the caller's W3C traceparent, to this OTLP/gRPC collector; "
+                            "needs pip install 'kvs-authz[otel]'; e.g. --otlp-endpoint http://127.0.0.1:4317",
+         metavar="URL")
     flag("--log-level", "DEBUG, INFO, WARNING or ERROR; e.g. --log-level DEBUG", default="INFO", metavar="LEVEL",
          type=str.upper, choices=list(LOG_LEVELS))
     flag("--log-format", "text, or json: one object per line with time, level, logger, message and the request "
@@ -287,7 +292,7 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                   log_format=a.log_format,
                   principal_from=a.principal_from.strip(), region=region, trusted_proxies=proxies,
                   memo_bytes=a.memo_bytes, simulate_processes=a.simulate_processes,
-                  assume_role_auth=a.assume_role_auth, demo=demo)
+                  assume_role_auth=a.assume_role_auth, otlp_endpoint=a.otlp_endpoint or None, demo=demo)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
