@@ -353,7 +353,8 @@ def test_sarif_output_places_each_finding_on_its_line(tmp_path: Path) -> None:
     _sarif_shape(log)
     results = {r["ruleId"]: r for r in log["runs"][0]["results"]}
     lines = p.read_text().splitlines()
-    for rule, needle in (("UNKNOWN_ACTION", '"kinesisvideo:GetMeida"'), ("OPERATOR_TYPE_MISMATCH", '"aws:CurrentTime"')):
+    for rule, needle in (("UNKNOWN_ACTION", '"kinesisvideo:GetMeida"'),
+                         ("OPERATOR_TYPE_MISMATCH", '"aws:CurrentTime"')):
         region = results[rule]["locations"][0]["physicalLocation"]["region"]
         line = lines[region["startLine"] - 1]
         assert line[region["startColumn"] - 1:].startswith(needle), (rule, line)
@@ -382,7 +383,8 @@ def test_bundle_policies_are_linted_with_the_file_and_place(tmp_path: Path) -> N
     code, out = run(["validate", str(tmp_path)])
     assert code == 1
     assert "error[UNKNOWN_ACTION]: a.yaml: $.policies[0].document.Statement[0].Action[0]" in out
-    assert "security_warning[PUBLIC_PRINCIPAL_WITHOUT_CONDITION]: a.yaml: $.roles[0].trust.Statement[0].Principal" in out
+    assert ("security_warning[PUBLIC_PRINCIPAL_WITHOUT_CONDITION]: a.yaml: $.roles[0].trust.Statement[0]"
+            ".Principal") in out
     log = json.loads(run(["validate", "--output", "sarif", str(tmp_path)])[1])
     _sarif_shape(log)
     region = {r["ruleId"]: r["locations"][0]["physicalLocation"]["region"] for r in log["runs"][0]["results"]}

@@ -51,7 +51,8 @@ def test_tag_condition_keys_agree_with_the_routes_tag_forms() -> None:
 def test_arn_formats_are_the_spec_formats() -> None:
     for rtype, info in KVS["resourceTypes"].items():
         name = "StreamName" if rtype == "stream" else "ChannelName"
-        assert info["arn"] == f"arn:${{Partition}}:kinesisvideo:${{Region}}:${{Account}}:{rtype}/${{{name}}}/${{CreationTime}}"
+        head = "arn:${Partition}:kinesisvideo:${Region}:${Account}"
+        assert info["arn"] == f"{head}:{rtype}/${{{name}}}/${{CreationTime}}"
     assert {t for a in KVS["actions"].values() for t in a["resourceTypes"]} == set(KVS["resourceTypes"])
 
 

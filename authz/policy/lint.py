@@ -1,4 +1,7 @@
-"""The policy linter: coded findings on a valid policy (unknown names, resource-type and operator mismatches, risky grants, dead statements) from the tables in data/actions.json."""
+"""The policy linter: coded findings on valid policies, from the service tables in data/actions.json.
+
+Findings: unknown names, resource-type and operator mismatches, risky grants, dead statements (docs/lint.md).
+"""
 
 from __future__ import annotations
 
@@ -541,10 +544,10 @@ def _key_findings(path: str, op: OperatorName, key: str, s: Statement,
         yield _finding("IFEXISTS_UNNECESSARY", path, f"{key} is in every request, so IfExists changes nothing",
                        f"write {op.name.replace('IfExists', '')}")
     if family != "null" and op.qualifier is not None and not info.multivalued:
+        absent = ", and matches when the key is absent" if op.qualifier == "ForAllValues" else ""
         yield _finding("SET_OPERATOR_ON_SINGLE_VALUED_KEY", path,
-                       f"{op.qualifier} on the single-valued key {key} treats its value as a set of one"
-                       + (", and matches when the key is absent" if op.qualifier == "ForAllValues" else ""), f"write {op.base}"
-                                                                               f"{'IfExists' if op.if_exists else ''}")
+                       f"{op.qualifier} on the single-valued key {key} treats its value as a set of one{absent}",
+                       f"write {op.base}{'IfExists' if op.if_exists else ''}")
     if family != "null" and op.qualifier is None and info.multivalued:
         yield _finding("MISSING_SET_OPERATOR", path,
                        f"{op.name} on the multivalued key {key} does not match a request with two or more "
