@@ -96,8 +96,9 @@ def service_config() -> str:
 
 
 def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    """The options of every client channel (message sizes, retries), then the caller's, which win."""
-    return [*CHANNEL_OPTIONS, ("grpc.enable_retries", 1), ("grpc.service_config", service_config()), *options]
+    """The caller's options, then those of every client channel (message sizes, retries). gRPC keeps the first
+    value of an option given twice, so the caller's win (e.g. ("grpc.enable_retries", 0))."""
+    return [*options, *CHANNEL_OPTIONS, ("grpc.enable_retries", 1), ("grpc.service_config", service_config())]
 
 
 # ------------------------------------------------------------------ errors

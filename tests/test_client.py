@@ -215,6 +215,13 @@ def test_retries_stop_at_the_attempt_limit(flaky: Callable[[int], FlakyServer]) 
     assert server.calls == {f"/{AUTHORIZER}/Authorize": RETRY_MAX_ATTEMPTS}
 
 
+def test_retries_can_be_turned_off(flaky: Callable[[int], FlakyServer]) -> None:
+    server = flaky(FAILURES)
+    with AuthzClient(server.addr, timeout=30, options=[("grpc.enable_retries", 0)]) as client:
+        assert not client.is_allowed(VIEWER, GET, STREAM)
+    assert server.calls == {f"/{AUTHORIZER}/Authorize": 1}
+
+
 def test_assume_role_and_admin_writes_are_never_retried(flaky: Callable[[int], FlakyServer]) -> None:
     server = flaky(FAILURES)
     with AuthzClient(server.addr, timeout=30) as client, AdminClient(server.addr, timeout=30) as admin:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -10,7 +11,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from authz.requests import MAX_BATCH
-from authz.server.errors import REASON_DOMAIN
+from authz.server.errors import REASON_DOMAIN, REASONS
 from authz.v1 import authz_pb2 as pb
 from authz.v1 import authz_pb2_grpc as pb_grpc
 from tests.server_fixture import TOKEN, ServerProcess, copy_example_bundle, start_server
@@ -122,3 +123,8 @@ def test_the_legacy_field_metadata_is_kept(channels: tuple[grpc.Channel, grpc.Ch
     stub = pb_grpc.AuthorizerStub(channels[0])
     err, _ = rich_error(stub.Authorize, pb.AuthorizeRequest(principal=VIEWER, action="", resource=STREAM))
     assert ("authz-field", "action") in tuple(err.trailing_metadata())
+
+
+def test_every_reason_is_documented() -> None:
+    api = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
+    assert {r for r in REASONS if f"| `{r}` |" not in api} == set()

@@ -70,6 +70,9 @@ _FIELD_REASONS: dict[str, str] = {
     "context": "INVALID_CONTEXT",
     "signed_request": "INVALID_SIGNED_REQUEST",
 }
+# Every reason this server sends (docs/api.md lists them all; a test checks that it does).
+REASONS: frozenset[str] = frozenset({r for _, _, r in _STATUSES} | set(_FIELD_REASONS.values())
+                                    | {"INVALID_POLICY", INTERNAL_REASON, UNAUTHENTICATED_ADMIN})
 _LEAF = re.compile(r"(?:^|[.\]])([a-z_]+)(?:\[[^\]]*\])?$")
 
 
