@@ -58,3 +58,12 @@ def test_the_own_case_example_runs_as_pasted() -> None:
     out = subprocess.run(["bash", "-c", command.replace(".venv/bin/authz", str(authz), 1)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=True)
     assert '"decision":"Allow"' in out.stdout.replace(" ", "")
+
+
+def test_every_server_flag_is_documented() -> None:
+    from authz.server.config import build_parser
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    flags = {opt for action in build_parser()._actions for opt in action.option_strings
+             if opt.startswith("--") and opt not in ("--help", "--version")}
+    missing = sorted(f for f in flags if f"`{f}" not in page)
+    assert not missing, f"docs/configuration.md does not describe {missing}"
