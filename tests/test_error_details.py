@@ -128,3 +128,14 @@ def test_the_legacy_field_metadata_is_kept(channels: tuple[grpc.Channel, grpc.Ch
 def test_every_reason_is_documented() -> None:
     api = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
     assert {r for r in REASONS if f"| `{r}` |" not in api} == set()
+
+
+def test_a_rejected_policy_document_is_invalid_policy(channels: tuple[grpc.Channel, grpc.Channel]) -> None:
+    admin = pb_grpc.PolicyAdminStub(channels[1])
+    bad = '{"Version": "2012-10-17", "Statement": [{"Effect": "Maybe", "Action": "*", "Resource": "*"}]}'
+    err, status = rich_error(admin.CreatePolicy, pb.CreatePolicyRequest(account=ACCT, name="Bad", document=bad),
+                             metadata=(("authorization", f"Bearer {TOKEN}"),))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "Effect" in err.details()
+    info, violations = details(status)
+    assert info.reason == "INVALID_POLICY"
+    assert violations is not None and violations.field_violations[0].description == err.details()

@@ -1,4 +1,4 @@
-"""The one place that turns domain errors into gRPC status codes (and hides unexpected ones behind INTERNAL)."""
+"""The one place that turns domain errors into gRPC statuses with google.rpc details (and hides unexpected ones behind INTERNAL)."""
 
 from __future__ import annotations
 
@@ -40,13 +40,15 @@ class Undecodable(AuthzError):
 REASON_DOMAIN = "authz.kvs"          # google.rpc.ErrorInfo.domain of every error this server raises
 DETAILS_METADATA_KEY = "grpc-status-details-bin"   # where gRPC carries a google.rpc.Status (grpcio-status)
 
+INVALID_POLICY = "INVALID_POLICY"      # also an InvalidInput that carries policy problems
+
 # Most specific first: InvalidInput and friends are StoreErrors, so the order of this table matters.
 # The reason (google.rpc.ErrorInfo.reason) is stable API: docs/api.md lists every one.
 _STATUSES: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
     (RequestError, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
     (Undecodable, grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_MESSAGE"),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_INPUT"),
-    (PolicyError, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_POLICY"),
+    (PolicyError, grpc.StatusCode.INVALID_ARGUMENT, INVALID_POLICY),
     (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED, "LIMIT_EXCEEDED"),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED"),
     (NotFound, grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
@@ -72,7 +74,7 @@ _FIELD_REASONS: dict[str, str] = {
 }
 # Every reason this server sends (docs/api.md lists them all; a test checks that it does).
 REASONS: frozenset[str] = frozenset({r for _, _, r in _STATUSES} | set(_FIELD_REASONS.values())
-                                    | {"INVALID_POLICY", INTERNAL_REASON, UNAUTHENTICATED_ADMIN})
+                                    | {INTERNAL_REASON, UNAUTHENTICATED_ADMIN})
 _LEAF = re.compile(r"(?:^|[.\]])([a-z_]+)(?:\[[^\]]*\])?$")
 
 
@@ -134,7 +136,7 @@ def error_status(exc: BaseException) -> ErrorStatus:
             if cls is RequestError:
                 reason = _field_reason(fld) or reason
             elif cls is InvalidInput and bool(getattr(exc, "problems", ())):
-                reason = "INVALID_POLICY"
+                reason = INVALID_POLICY
             return ErrorStatus(code, message, reason, fld)
     incident = uuid.uuid4().hex[:12]
     log.error("unexpected error (incident %s)", incident, exc_info=exc)
