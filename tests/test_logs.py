@@ -127,3 +127,43 @@ def test_a_check_binds_its_request_id_and_leaves_none_behind(captured: tuple[log
     allow, unnamed = (json.loads(line) for line in out.getvalue().splitlines())
     assert allow["message"].startswith("ext_authz allow") and allow["request_id"] == "in-process-1"
     assert "request_id" not in unnamed        # an id that is not a request id (a space, '!') is not repeated
+
+
+def test_the_incident_line_of_a_failed_authorize_carries_the_callers_request_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that fails unexpectedly logs one incident line; it names the caller's x-request-id (and a call
+    without one leaves no id behind on the reused server thread)."""
+    import grpc
+
+    from authz.server import app
+    from authz.server.config import Config
+    from authz.store import store as store_module
+    from authz.v1 import authz_pb2 as pb
+    from authz.v1 import authz_pb2_grpc as pb_grpc
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise RuntimeError("injected failure")
+
+    out = io.StringIO()
+    errors_log = logging.getLogger("authz.server")
+    h = handler("json", out)
+    errors_log.addHandler(h)
+    sidecar = app.start(Config(bundle=copy_example_bundle(tmp_path / "bundle"), listen="127.0.0.1:0",
+                               watch_interval=0))
+    monkeypatch.setattr(store_module, "decide", boom)
+    request = pb.AuthorizeRequest(principal=user("camera"), action="kinesisvideo:PutMedia", resource="*")
+    try:
+        with grpc.insecure_channel(sidecar.addresses["decision"]) as channel:
+            stub = pb_grpc.AuthorizerStub(channel)
+            for metadata in ([("x-request-id", "req-incident-7")], []):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Authorize(request, timeout=5, metadata=metadata)
+                assert err.value.code() == grpc.StatusCode.INTERNAL
+    finally:
+        errors_log.removeHandler(h)
+        sidecar.stop(0)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    incidents = [line for line in lines if line["message"].startswith("unexpected error")]
+    assert len(incidents) == 2
+    assert incidents[0]["request_id"] == "req-incident-7"
+    assert "request_id" not in incidents[1]

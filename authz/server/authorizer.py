@@ -20,7 +20,7 @@ from ..v1.wire_pb2 import AuthorizeRequestView
 from . import convert, settings
 from .answers import Answers, Decided, encode_batch, parse_batch
 from .decision_log import DecisionEvent, statement_label
-from .errors import NotServing, Undecodable, abort, raw_bytes, rpc
+from .errors import NotServing, Undecodable, abort, metadata_request_id, raw_bytes, rpc
 from .simulate import Simulator, renamed
 from .sts import Unauthenticated, peer_address, verify_assume_role
 
@@ -28,12 +28,7 @@ Observer = Callable[[Sequence[DecisionEvent]], None]   # gets the events of one 
 
 
 def _request_id(given: str, context: grpc.ServicerContext) -> str:
-    if given:
-        return given
-    for key, value in context.invocation_metadata() or ():
-        if key == settings.REQUEST_ID_HEADER and isinstance(value, str) and value:
-            return value[:128]
-    return uuid.uuid4().hex
+    return given or metadata_request_id(context) or uuid.uuid4().hex
 
 
 class Authorizer(pb_grpc.AuthorizerServicer):

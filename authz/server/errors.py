@@ -17,6 +17,8 @@ from grpc_status import rpc_status
 from ..policy.errors import AuthzError, LimitError, PolicyError, RequestError
 from ..store.errors import (AlreadyExists, Conflict, InvalidInput, NotFound, PermissionDenied, QuotaExceeded,
                             StorageFailure, StoreError)
+from .logs import bind_request_id, request_scope
+from .settings import REQUEST_ID_HEADER
 from .sts import Unauthenticated
 
 log = logging.getLogger("authz.server")
@@ -179,8 +181,18 @@ def rpc(method: Method[Self, Req, Resp]) -> Method[Self, Req, Resp]:
         try:
             return method(self, request, context)
         except Exception as exc:   # noqa: BLE001 - the one place errors become statuses
-            abort(context, exc)
+            with request_scope():  # the incident's log line carries the caller's request id; nothing on success
+                bind_request_id(metadata_request_id(context))
+                abort(context, exc)
     return wrapper
+
+
+def metadata_request_id(context: grpc.ServicerContext) -> str:
+    """The caller's `x-request-id` metadata (at most 128 characters), or ""."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and value:
+            return value[:128]
+    return ""
 
 
 class _Undecodable:
