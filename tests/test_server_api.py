@@ -448,6 +448,7 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
         "--simulate-processes": ("0", "simulate_processes", 0),
         "--assume-role-auth": ("sigv4", "assume_role_auth", "sigv4"),
         "--otlp-endpoint": ("http://127.0.0.1:4317", "otlp_endpoint", "http://127.0.0.1:4317"),
+        "--demo": ("off", "demo", False),     # on, it refuses a --bundle of its own: see the check below
     }
     flags = {f for a in build_parser()._actions for f in a.option_strings if f.startswith("--") and f != "--help"}
     assert flags == set(values) | {"--admin-token"}                     # the table covers every flag
@@ -457,6 +458,10 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
     for flag, (_, attr, expected) in values.items():
         assert getattr(c, attr) == expected, flag
     assert parse_config(["--cache-size", "9"]).cache_size == 9           # the flag wins over the environment
+    monkeypatch.delenv("AUTHZ_BUNDLE")
+    monkeypatch.setenv("AUTHZ_DEMO", "yes")
+    demo = parse_config([])
+    assert demo.demo and demo.bundle is not None and (demo.bundle / "123456789012.yaml").is_file()
     help_text = build_parser().format_help()
     for flag in flags:
         assert "AUTHZ_" + flag[2:].replace("-", "_").upper() in help_text and "e.g." in help_text
