@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench,fuzz,otel]'
+	@# xds-protos ships an older copy of opentelemetry/proto/; put opentelemetry-proto's own files back.
+	$(PY) -m pip install --quiet --force-reinstall --no-deps -c constraints.txt opentelemetry-proto
 	touch $(STAMP)
 
 setup: $(STAMP) $(PROTO_OUT)

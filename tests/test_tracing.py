@@ -155,6 +155,29 @@ def test_otlp_endpoint_without_the_packages_is_a_clear_start_error(tmp_path: Pat
     assert MISSING_PACKAGES in out.stderr and "pip install 'kvs-authz[otel]'" in out.stderr
 
 
+def test_otlp_protos_overwritten_by_another_package_is_a_start_error_that_says_how_to_repair(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """xds-protos ships an older opentelemetry/proto/ copy; when it wins the exporter cannot import a name."""
+    import importlib.abc
+
+    from authz.server import tracing
+
+    class Overwritten(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, *_: object) -> None:
+            if name == "opentelemetry.exporter.otlp.proto.grpc.trace_exporter":
+                raise ImportError("cannot import name 'InstrumentationScope' from "
+                                  "'opentelemetry.proto.common.v1.common_pb2'",
+                                  name="opentelemetry.proto.common.v1.common_pb2")
+            return None
+
+    monkeypatch.delitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Overwritten(), *sys.meta_path])
+    with pytest.raises(tracing.TracingUnavailable) as err:
+        tracing.start_tracing("http://127.0.0.1:4317")
+    assert "pip install --force-reinstall --no-deps opentelemetry-proto" in str(err.value)
+    assert "InstrumentationScope" in str(err.value)
+
+
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):
     """A real OTLP/gRPC trace collector on a real port, keeping what it receives."""
 

@@ -21,6 +21,11 @@ from ..v1 import wire_pb2
 
 MISSING_PACKAGES = ("--otlp-endpoint needs the OpenTelemetry packages, which the base install does not include: "
                     "pip install 'kvs-authz[otel]' (or leave --otlp-endpoint / AUTHZ_OTLP_ENDPOINT unset)")
+# xds-protos (which the Envoy Check service needs) ships its own, older copy of OpenTelemetry's
+# opentelemetry/proto/ modules; whichever of it and opentelemetry-proto pip installs last owns those files.
+OVERWRITTEN_PROTOS = ("--otlp-endpoint: the OTLP exporter cannot load OpenTelemetry's protobuf modules ({error}); "
+                      "xds-protos installs an older copy of the same files over opentelemetry-proto's. Restore them "
+                      "with: pip install --force-reinstall --no-deps opentelemetry-proto")
 SERVICE_NAME = "kvs-authz"               # the resource's service.name
 TRACER_NAME = "authz.server"
 
@@ -163,8 +168,11 @@ def start_tracing(endpoint: str | None, span_processor: Any = None) -> Tracing:
     if span_processor is None:
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        except ImportError:
-            raise TracingUnavailable(MISSING_PACKAGES) from None
+        except ImportError as exc:
+            # A module that is there but lacks a name (not a missing module): the overwritten copy.
+            overwritten = not isinstance(exc, ModuleNotFoundError) and "opentelemetry.proto" in str(exc)
+            raise TracingUnavailable(OVERWRITTEN_PROTOS.format(error=exc) if overwritten else MISSING_PACKAGES) \
+                from None
         span_processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint))
     provider.add_span_processor(span_processor)
     return Tracing(provider, TracingInterceptor(provider.get_tracer(TRACER_NAME)))
