@@ -53,17 +53,17 @@ from authz.gateway.mapping import (
     Environment,
     HttpRequest,
     MappingError,
-    ResourceRecord,
     map_request,
     parse_body,
     signed_view,
 )
-from authz.gateway.sigv4 import PRESIGN_QUERY_PARAMS, Credential, SignatureError, verify
+from authz.gateway.sigv4 import PRESIGN_QUERY_PARAMS, SignatureError, verify
 from authz.policy import LimitError, Policy, PolicyError, PolicyType, RequestError, compile_policy
 from authz.policy.conditions import BASE_OPERATORS
 from authz.cli import case_policy_set
 from authz.policy.jsontext import load_document, load_text, plain
 from authz.policy.validate import parse_policy, validate_document
+from authz.records import Credential, ResourceRecord
 from authz.requests import check_context, check_request
 
 TARGETS = ("policy", "request", "http")

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authz.client import AuthzClient, CallError
-from authz.gateway.sigv4 import Credential
+from authz.records import Credential
 from authz.v1 import authz_pb2 as pb
 from tests import example_ids as ids
 from tests.server_fixture import ServerProcess, copy_example_bundle, start_server

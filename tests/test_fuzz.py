@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 
 from authz.evaluate import DEFAULT_OPTIONS, Decision, EngineOptions, Request, evaluate
 from authz.gateway.mapping import MappingError, HttpRequest, map_request, parse_body
-from authz.gateway.sigv4 import Credential, SignatureError, verify
+from authz.gateway.sigv4 import SignatureError, verify
 from authz.policy import LimitError, PolicyType, RequestError, compile_policy, limits
 from authz.policy.errors import Problem
 from authz.policy.validate import ValidationReport, parse_policy, validate_document
+from authz.records import Credential
 from authz.requests import (MAX_ACTION_CHARS, MAX_ARN_CHARS, MAX_CONTEXT_KEY_CHARS, MAX_CONTEXT_KEYS,
                             MAX_CONTEXT_VALUE_CHARS, MAX_CONTEXT_VALUES, check_context, check_request)
 from tests import fuzz

@@ -35,13 +35,13 @@ from authz.gateway.mapping import (
     MappedRequest,
     MappingError,
     RawBody,
-    ResourceRecord,
     Route,
     UnparsableBody,
     map_request,
     parse_body,
     signed_view,
 )
+from authz.records import ResourceRecord
 
 from tests.testdata import CONFORMANCE_DIR, SPEC_FILE
 

@@ -33,12 +33,12 @@ from authz.gateway.sigv4 import (
     SIGNATURE_DOES_NOT_MATCH,
     SIGNING_KEY_CACHE_SIZE,
     UNKNOWN_ACCESS_KEY,
-    Credential,
     SignatureError,
     VerifiedCaller,
     _signing_key,
     verify,
 )
+from authz.records import Credential
 
 T0 = datetime(2026, 1, 15, 12, 0, 0, tzinfo=timezone.utc)
 REGION = "us-east-1"

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, Final, Literal, NoReturn, Protocol
 
+from ..records import ResourceRecord
 from .sigv4 import PRESIGN_QUERY_PARAMS
 
 SERVICE_PREFIX: Final = "kinesisvideo"
@@ -213,16 +214,6 @@ _ROUTE_BODY_MEMBERS: Final[Mapping[str, Mapping[str, str]]] = MappingProxyType(
 
 # ---------------------------------------------------------------------------------------------
 # Public data types
-
-
-@dataclass(frozen=True)
-class ResourceRecord:
-    """A stream or signaling channel that exists."""
-
-    type: str            # "stream" | "channel"
-    name: str
-    arn: str
-    tags: Mapping[str, str]
 
 
 class ResourceRegistry(Protocol):

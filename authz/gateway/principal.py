@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
+from ..records import Credential
 from . import sigv4
-from .sigv4 import Credential, SignatureError
+from .sigv4 import SignatureError
 
 SOURCE_SIGV4: Final = "sigv4"
 SOURCE_PEER: Final = "peer"

@@ -13,6 +13,8 @@ from functools import lru_cache
 from typing import Final
 from urllib.parse import quote, unquote_to_bytes
 
+from ..records import Credential
+
 ALGORITHM: Final = "AWS4-HMAC-SHA256"
 SCOPE_TERMINATOR: Final = "aws4_request"
 UNSIGNED_PAYLOAD: Final = "UNSIGNED-PAYLOAD"
@@ -40,25 +42,6 @@ REQUEST_TIME_TOO_SKEWED: Final = "RequestTimeTooSkewed"
 REQUEST_EXPIRED: Final = "RequestExpired"
 SIGNATURE_DOES_NOT_MATCH: Final = "SignatureDoesNotMatch"
 CONTENT_SHA256_MISMATCH: Final = "ContentSha256Mismatch"
-
-
-@dataclass(frozen=True)
-class Credential:
-    access_key_id: str
-    secret_access_key: str
-    principal: str                      # the ARN the key authenticates as (user or assumed-role session)
-    session_token: str | None = None    # temporary credentials: the request must carry this token
-    expires_at: datetime | None = None
-    session_token_sha256: bytes | None = None   # or only its SHA-256 (what the store keeps of a session token)
-
-    @property
-    def temporary(self) -> bool:
-        return self.session_token is not None or self.session_token_sha256 is not None
-
-    def token_digest(self) -> bytes | None:
-        if self.session_token_sha256 is not None:
-            return self.session_token_sha256
-        return hashlib.sha256(self.session_token.encode()).digest() if self.session_token is not None else None
 
 
 @dataclass(frozen=True)

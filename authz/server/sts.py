@@ -18,8 +18,9 @@ from datetime import datetime
 from urllib.parse import parse_qsl
 
 from ..gateway import sigv4
-from ..gateway.sigv4 import Credential, SignatureError
+from ..gateway.sigv4 import SignatureError
 from ..policy.errors import LimitError, RequestError
+from ..records import Credential
 from ..v1 import authz_pb2 as pb
 from . import settings
 

@@ -17,11 +17,10 @@ from typing import Any, Generic, Mapping, TypeVar
 from cachetools import LRUCache
 
 from ..evaluate import CompiledPolicySet, PolicySet
-from ..gateway.mapping import ResourceRecord
-from ..gateway.sigv4 import Credential
 from ..policy.conditions import ContextValue, normalise_context
 from ..policy.model import Policy, compile_policy
 from ..policy.principals import Requester, parse_requester
+from ..records import Credential, ResourceRecord
 from .state import AccessKey, Account, IamState, Principal, Resource, principal_of_arn
 
 # Context keys the store derives (spec 6): the single list of them. A caller can neither supply nor
