@@ -28,7 +28,7 @@ COPY protos/ protos/
 COPY authz/ authz/
 # --no-deps: the dependencies are the pinned ones above. The build (setup.py) runs protoc.
 RUN /opt/venv/bin/pip install --no-deps . \
- && /opt/venv/bin/python -c "import authz.gateway.ext_authz, authz.server.app, authz.v1.authz_pb2" \
+ && /opt/venv/bin/python -c "import authz.server.ext_authz, authz.server.app, authz.v1.authz_pb2" \
  && /opt/venv/bin/authz --help > /dev/null
 
 FROM ${PYTHON_IMAGE}

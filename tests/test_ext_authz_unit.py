@@ -26,9 +26,9 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
-from authz.gateway import ext_authz
+from authz.server import ext_authz
 from authz.gateway import mapping as ext_authz_mapping
-from authz.gateway.ext_authz import PRINCIPAL_HEADER, ExtAuthzServicer, GatewayOptions, register
+from authz.server.ext_authz import PRINCIPAL_HEADER, ExtAuthzServicer, GatewayOptions, register
 from authz.gateway.principal import PrincipalSource, parse_principal_from
 from authz.policy.errors import RequestError
 from authz.store import Store, StoreConfig
@@ -637,10 +637,10 @@ FAULTS: dict[str, Callable[[Store], tuple[Any, dict[str, Any]]]] = {
     "authorize returns a non-allow": lambda s: (FaultyStore(s, authorize=lambda *a, **k: mock.Mock(
         result=mock.Mock(allowed=False, decision=None, deciding=(), decided_by="", blocked_by=""))), {}),
     "signature verification raises": lambda s: (s, {"authz.gateway.sigv4.verify": boom}),
-    "mapping raises": lambda s: (s, {"authz.gateway.ext_authz.map_request": boom}),
+    "mapping raises": lambda s: (s, {"authz.server.ext_authz.map_request": boom}),
     "body parsing raises": lambda s: (s, {"authz.gateway.mapping.parse_body": boom}),
-    "building the allow answer raises": lambda s: (s, {"authz.gateway.ext_authz._allow": boom}),
-    "metadata cannot be encoded": lambda s: (s, {"authz.gateway.ext_authz._struct": boom}),
+    "building the allow answer raises": lambda s: (s, {"authz.server.ext_authz._allow": boom}),
+    "metadata cannot be encoded": lambda s: (s, {"authz.server.ext_authz._struct": boom}),
 }
 
 

@@ -21,7 +21,7 @@ import pytest
 from google.rpc import code_pb2
 
 from authz.client import AuthzClient, CallError, Check
-from authz.gateway.ext_authz import PRINCIPAL_HEADER, ExtAuthzServicer, GatewayOptions
+from authz.server.ext_authz import PRINCIPAL_HEADER, ExtAuthzServicer, GatewayOptions
 from authz.server import app
 from authz.server.config import Config
 from authz.server.decision_log import DecisionLog

@@ -12,7 +12,7 @@ from botocore.utils import percent_encode_sequence
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from authz.gateway.ext_authz import ExtAuthzServicer
+from authz.server.ext_authz import ExtAuthzServicer
 from authz.gateway.mapping import ROUTES, Route
 from authz.store import Store, StoreConfig
 from tests.example_ids import (ADMIN, CAMERA, OTHER_STREAM, REGION, SHARED_STREAM, VIEWER, WRITER, YOUR_CHANNEL,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from authz.gateway.ext_authz import ExtAuthzServicer
+from authz.server.ext_authz import ExtAuthzServicer
 from authz.server.logs import JsonFormatter, bind_request_id, current_request_id, handler, request_scope
 from authz.store import Store, StoreConfig
 from tests.example_ids import CAMERA, REGION, Key, user

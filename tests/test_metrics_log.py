@@ -12,7 +12,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from authz.client import Check
-from authz.gateway.ext_authz import ExtAuthzServicer
+from authz.server.ext_authz import ExtAuthzServicer
 from authz.server.decision_log import DecisionEvent
 from authz.server.metrics import CONTENT_TYPE
 from authz.store import Store, StoreConfig

@@ -9,7 +9,7 @@ harness (bench/, which imports SERVER_OPTIONS and DEFAULT_WORKERS) compares this
 echo server of the same settings; beyond one core, --workers adds processes, not threads.
 
 Listeners. The decision listener serves authz.v1.Authorizer, Envoy's ext_authz Check
-(authz.gateway.ext_authz, configured by --principal-from/--region/--trusted-proxies),
+(authz.server.ext_authz, configured by --principal-from/--region/--trusted-proxies),
 grpc.health.v1 and reflection; it
 answers NOT_SERVING (and Authorize answers UNAVAILABLE) until the first policy set has loaded.
 The admin listener (--admin-listen, TCP or unix:PATH) serves authz.v1.PolicyAdmin and health,
@@ -168,7 +168,6 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
-    from ..gateway import ext_authz
     from ..v1 import authz_pb2, authz_pb2_grpc
     from .admin import PolicyAdmin
     from .answers import Answers
@@ -176,6 +175,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     from .authorizer import Authorizer, Observer
     from .simulate import Simulator
     from .errors import UndecodableRequests, add_checked, checked
+    from . import ext_authz
     from .tracing import start_tracing
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING

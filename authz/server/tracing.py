@@ -67,7 +67,7 @@ def _simulate(request: bytes, response: bytes) -> Attributes:
 
 
 def _check(request: Any, response: Any) -> Attributes:
-    facts = response.dynamic_metadata.fields     # what the gateway reports to Envoy (authz.gateway.ext_authz)
+    facts = response.dynamic_metadata.fields     # what the gateway reports to Envoy (authz.server.ext_authz)
     out: Attributes = {"authz.decision": "ALLOW" if response.status.code == 0 else "DENY"}
     for key, attribute in (("action", "authz.action"), ("error", "authz.error")):
         if key in facts:
