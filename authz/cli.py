@@ -580,7 +580,8 @@ def _check_offline(args: argparse.Namespace, context: dict[str, str | list[str]]
     runs, loaded from the bundle; the same JSON and exit status as the online form."""
     from google.protobuf.json_format import MessageToDict
 
-    from .server.convert import context_from_proto, context_to_proto, result_to_proto
+    from .api import context_to_proto
+    from .server.convert import context_from_proto, result_to_proto
     from .store import Store, StoreConfig
     from .v1 import authz_pb2 as pb
 

@@ -35,10 +35,9 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
-from .server.convert import context_to_proto, policy_document
-from .server.convert import document_text as _text
-from .server.errors import DETAILS_METADATA_KEY, FIELD_METADATA_KEY
-from .server.settings import ADMIN_TOKEN_HEADER, MAX_MESSAGE_BYTES
+from .api import (ADMIN_TOKEN_HEADER, DETAILS_METADATA_KEY, FIELD_METADATA_KEY, MAX_MESSAGE_BYTES, context_to_proto,
+                  policy_document)
+from .api import document_text as _text
 from .v1 import authz_pb2 as pb
 from .v1 import authz_pb2_grpc as pb_grpc
 

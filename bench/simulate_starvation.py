@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.client import AuthzClient, CallError
-from authz.server.convert import policy_document
+from authz.api import policy_document
 from authz.v1 import authz_pb2 as pb
 
 from .stats import percentile

@@ -23,6 +23,7 @@ from google.protobuf import descriptor as pb_descriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from authz.api import context_to_proto
 from authz.client import AdminClient, AuthzClient, CallError
 from authz.evaluate import Result
 from authz.policy.conditions import MULTIVALUED_KEYS
@@ -103,7 +104,7 @@ def make_bundle(dest: Path) -> Path:
 def request(principal: str, action: str, resource: str, context: Mapping[str, Sequence[str] | str] | None = None,
             *, explain: bool = False, request_id: str = "") -> pb.AuthorizeRequest:
     return pb.AuthorizeRequest(principal=principal, action=action, resource=resource,
-                               context=convert.context_to_proto(context), explain=explain, request_id=request_id)
+                               context=context_to_proto(context), explain=explain, request_id=request_id)
 
 
 def encode(principal: str, action: str, resource: str, context: Mapping[str, Sequence[str] | str] | None = None,

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
+from authz.api import ADMIN_TOKEN_HEADER
 from authz.client import AdminClient, AuthzClient, CallError, Check
 from authz.policy import limits
 from authz.requests import MAX_BATCH, MAX_CONTEXT_KEYS, MAX_CONTEXT_VALUE_CHARS, MAX_CONTEXT_VALUES
@@ -98,7 +99,7 @@ class Clients:
 
     def send(self, method: str, payload: bytes, admin: bool = False) -> bytes:
         channel = self.admin_raw if admin else self.raw
-        metadata = ((settings.ADMIN_TOKEN_HEADER, f"Bearer {TOKEN}"),) if admin else ()
+        metadata = ((ADMIN_TOKEN_HEADER, f"Bearer {TOKEN}"),) if admin else ()
         return channel.unary_unary(method)(payload, timeout=10, metadata=metadata)   # type: ignore[no-any-return]
 
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from authz.server import convert
+from authz.api import context_to_proto
 from authz.server import settings as server_settings
 from authz.server import answers as answers_module
 from authz.server.answers import Answers
@@ -45,7 +45,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 
 def request(context: Mapping[str, str | Sequence[str]], request_id: str = "") -> bytes:
     return pb.AuthorizeRequest(principal=VIEWER, action=GET, resource=ids.YOUR_STREAM, request_id=request_id,
-                               context=convert.context_to_proto(context)).SerializeToString()
+                               context=context_to_proto(context)).SerializeToString()
 
 
 def mib_request(i: int) -> bytes:

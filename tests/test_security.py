@@ -29,8 +29,9 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from authz.api import ADMIN_TOKEN_HEADER
 from authz.client import AdminClient, AuthzClient, CallError, TlsFiles
-from authz.server import healthcheck, settings
+from authz.server import healthcheck
 from authz.store.oplog import DB_NAME
 from authz.v1 import authz_pb2 as pb
 from tests import test_ext_authz_unit as ext_unit
@@ -88,7 +89,7 @@ def rogue(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Pki:
 
 
 def test_no_admin_method_is_served_on_the_decision_listener(server: ServerProcess) -> None:
-    token = ((settings.ADMIN_TOKEN_HEADER, f"Bearer {TOKEN}"),)
+    token = ((ADMIN_TOKEN_HEADER, f"Bearer {TOKEN}"),)
     with grpc.insecure_channel(server.addr) as decision, grpc.insecure_channel(server.admin_addr) as admin:
         # Control: the admin listener knows every method (with the token it gets past authentication).
         assert raw_admin_call(admin, "Status", metadata=token) == grpc.StatusCode.OK
@@ -110,8 +111,8 @@ def test_every_admin_method_refuses_callers_without_the_token(server: ServerProc
     }
     with server.admin() as admin:
         before = admin.status()
-    wrong = [(), ((settings.ADMIN_TOKEN_HEADER, "Bearer wrong"),), ((settings.ADMIN_TOKEN_HEADER, TOKEN),),
-             ((settings.ADMIN_TOKEN_HEADER, f"Basic {TOKEN}"),), ((settings.ADMIN_TOKEN_HEADER, f"Bearer {TOKEN}x"),),
+    wrong = [(), ((ADMIN_TOKEN_HEADER, "Bearer wrong"),), ((ADMIN_TOKEN_HEADER, TOKEN),),
+             ((ADMIN_TOKEN_HEADER, f"Basic {TOKEN}"),), ((ADMIN_TOKEN_HEADER, f"Bearer {TOKEN}x"),),
              (("x-admin-token", TOKEN),)]
     with grpc.insecure_channel(server.admin_addr) as channel:
         for method in ADMIN_METHODS:

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from authz.api import context_to_proto, policy_document
 from authz.client import AuthzClient, CallError
 from authz.evaluate import DEFAULT_OPTIONS
 from authz.policy.errors import AuthzError, LimitError
-from authz.server.convert import context_to_proto, policy_document
 from authz.v1 import authz_pb2 as pb
 from tests import example_ids as ids
 from tests.server_fixture import ServerProcess, copy_example_bundle, start_server

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import grpc
 
-from . import settings
+from ..api import ADMIN_TOKEN_HEADER
 from .errors import UNAUTHENTICATED_ADMIN, ErrorStatus, abort_with
 
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
@@ -50,7 +50,7 @@ class AdminTokenInterceptor(grpc.ServerInterceptor):
             return continuation(handler_call_details)
         presented = ""
         for key, value in handler_call_details.invocation_metadata or ():
-            if key == settings.ADMIN_TOKEN_HEADER and isinstance(value, str):
+            if key == ADMIN_TOKEN_HEADER and isinstance(value, str):
                 presented = value
                 break
         scheme, _, token = presented.partition(" ")

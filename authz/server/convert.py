@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..evaluate import Decision, MatchedStatement, PolicySet, Request, Result
@@ -34,23 +33,6 @@ def context_from_proto(context: Mapping[str, pb.ContextValues]) -> dict[str, str
     for key, entry in context.items():
         values = list(entry.values)
         out[key] = values[0] if len(values) == 1 and key.lower() not in MULTIVALUED_KEYS else values
-    return out
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    raise TypeError(f"context values are strings, booleans or numbers, got {type(value).__name__}")
-
-
-def context_to_proto(context: Mapping[str, Any] | None) -> dict[str, pb.ContextValues]:
-    """A Python context (value, or a list of values for multivalued keys) as the proto map."""
-    out: dict[str, pb.ContextValues] = {}
-    for key, value in (context or {}).items():
-        values = value if isinstance(value, (list, tuple)) else [value]
-        out[key] = pb.ContextValues(values=[_text(v) for v in values])
     return out
 
 
@@ -161,15 +143,6 @@ def simulate_document_count(req: pb.SimulateRequest) -> int:
     return (len(req.identity_policies) + sum(1 for f in ("resource_policy", "permissions_boundary", "session_policy")
                                              if req.HasField(f))
             + sum(len(level.policies) for level in (*req.scp_levels, *req.rcp_levels)))
-
-
-def document_text(document: str | Mapping[str, Any]) -> str:
-    """A policy document given as text or as a parsed object, as the JSON text the API carries."""
-    return document if isinstance(document, str) else json.dumps(document, separators=(",", ":"))
-
-
-def policy_document(name: str, document: str | Mapping[str, Any]) -> pb.PolicyDocument:
-    return pb.PolicyDocument(name=name, document=document_text(document))
 
 
 # ------------------------------------------------------------------ AssumeRole

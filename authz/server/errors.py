@@ -14,6 +14,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from ..api import FIELD_METADATA_KEY
 from ..policy.errors import AuthzError, LimitError, PolicyError, RequestError
 from ..store.errors import (AlreadyExists, Conflict, InvalidInput, NotFound, PermissionDenied, QuotaExceeded,
                             StorageFailure, StoreError)
@@ -22,8 +23,6 @@ from .settings import REQUEST_ID_HEADER
 from .sts import Unauthenticated
 
 log = logging.getLogger("authz.server")
-
-FIELD_METADATA_KEY = "authz-field"     # trailing metadata naming the request field at fault, when known
 
 
 class NotServing(AuthzError):
@@ -40,7 +39,6 @@ class Undecodable(AuthzError):
 
 
 REASON_DOMAIN = "authz.kvs"          # google.rpc.ErrorInfo.domain of every error this server raises
-DETAILS_METADATA_KEY = "grpc-status-details-bin"   # where gRPC carries a google.rpc.Status (grpcio-status)
 
 INVALID_POLICY = "INVALID_POLICY"      # also an InvalidInput that carries policy problems
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..api import MAX_MESSAGE_BYTES
 from ..policy import limits
 
 MIB = 1024 * 1024
-MAX_MESSAGE_BYTES = 4 * MIB            # one message either way; a full batch of 1,000 requests fits easily
 
 # Threads of the grpc.server ThreadPoolExecutor, per process. Decisions are CPU-bound Python: every
 # extra thread only competes for the GIL with the others and with gRPC's own polling thread. Measured
@@ -89,7 +89,6 @@ MAX_STS_HEADER_CHARS = 8 * 1024        # one header, name and value
 DRAIN_GRACE_SECONDS = 10.0             # SIGTERM: in-flight calls get this long to finish
 WORKER_SYNC_INTERVAL = 0.2             # --workers: how often each process looks for other processes' changes
 DEFAULT_LISTEN = "127.0.0.1:50051"
-ADMIN_TOKEN_HEADER = "authorization"   # metadata key; value "Bearer <token>"
 REQUEST_ID_HEADER = "x-request-id"     # metadata key read when AuthorizeRequest.request_id is empty
 
 # Health service names: "" is the whole server (what probes ask by default).
