@@ -611,7 +611,7 @@ def _check_offline(args: argparse.Namespace, context: dict[str, str | list[str]]
 
 
 def cmd_serve(argv: Sequence[str]) -> int:
-    from .server.config import main as serve_main
+    from .server.serve import main as serve_main
 
     return serve_main(list(argv), prog="authz serve")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from ..gateway.principal import (MAX_REGIONS, PRINCIPAL_FROM_HELP, parse_princip
                                  parse_trusted_proxies)
 from ..store.store import DEFAULT_CACHE_SIZE, DEFAULT_WATCH_INTERVAL
 from . import settings
-from .logs import LOG_FORMATS, LOG_LEVELS, configure
+from .logs import LOG_FORMATS, LOG_LEVELS
 
 ENV_PREFIX = "AUTHZ_"
 UNIX_PREFIX = "unix:"
@@ -293,15 +292,3 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                   principal_from=a.principal_from.strip(), region=region, trusted_proxies=proxies,
                   memo_bytes=a.memo_bytes, simulate_processes=a.simulate_processes,
                   assume_role_auth=a.assume_role_auth, otlp_endpoint=a.otlp_endpoint or None, demo=demo)
-
-
-def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Entry point of `python server.py` and `authz serve`: parse, then run until SIGTERM."""
-    config = parse_config(argv, prog)
-    configure(config.log_level, config.log_format)
-    if config.demo:
-        logging.getLogger("authz.server").warning(
-            "--demo: serving the example bundle %s; its users' access keys are published: never use it for real "
-            "traffic, mount your own bundle instead", config.bundle)
-    from .app import run   # after parsing: --help and flag errors never load gRPC
-    return run(config)
