@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from ..evaluate import DEFAULT_OPTIONS, Decision, EngineOptions, Result, decide
 from ..policy import limits
@@ -439,16 +439,6 @@ class Store:
         cps = snap.policy_set(principal, rp, rkey, rpol, res_account)
         return decide(cps, rp.requester, action, resource, res_account, values, explain=explain,
                       options=self.config.options)
-
-    def authorize_batch(self, requests: Sequence[tuple[str, str, str, Mapping[str, Any]]], *,
-                        explain: bool = False) -> list[Answer | StoreError | Exception]:
-        out: list[Answer | StoreError | Exception] = []
-        for principal, action, resource, context in requests:
-            try:
-                out.append(self.authorize(principal, action, resource, context, explain=explain))
-            except Exception as exc:   # one bad request never spoils the batch; the servicer reports it
-                out.append(exc)
-        return out
 
     # ------------------------------------------------------------ AssumeRole
 
