@@ -2,7 +2,7 @@
 
 One run starts the sidecar (server.py, example bundle), a fake upstream in its own process and
 two Envoys from the shipped deploy/envoy/envoy.yaml: one as shipped, one with the ext_authz
-filter removed (tests/gateway_env.render_envoy_config). A fixed-rate open-loop HTTP/1.1 client
+filter removed (bench/gateway_env.render_envoy_config). A fixed-rate open-loop HTTP/1.1 client
 sends the same SigV4-signed DescribeStream (viewer, allowed) to both, in alternating blocks
 A B B A ..., so drift on the machine lands on both sides alike. Latency runs from each request's
 scheduled send time, so a stalled gateway is not hidden by the client waiting (no coordinated
@@ -158,7 +158,7 @@ def measure_envoy_hop(quick: bool) -> dict[str, Any]:
     Raises FileNotFoundError when the Envoy binary is missing and RuntimeError when a part does
     not start (with its log tail).
     """
-    from tests.gateway_env import ENVOY_BIN, Envoy, Sidecar, UpstreamProcess, render_envoy_config
+    from .gateway_env import ENVOY_BIN, Envoy, Sidecar, UpstreamProcess, render_envoy_config
 
     plan = QUICK if quick else FULL
     rate, block_s, blocks = float(plan["rate"]), float(plan["block_s"]), int(plan["blocks_per_side"])

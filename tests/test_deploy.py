@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from authz.server.config import DEMO_BUNDLE_DIRS, split_host_port
-from tests.gateway_env import ENVOY_BIN, SHIPPED_ENVOY_CONFIG, SIDECAR_CLUSTER
+from bench.gateway_env import ENVOY_BIN, SHIPPED_ENVOY_CONFIG, SIDECAR_CLUSTER
 from tests.server_fixture import ROOT, START_TIMEOUT, ServerProcess, start_server
 
 DOCKERFILE = ROOT / "Dockerfile"

@@ -31,8 +31,9 @@ from authz.v1 import authz_pb2, authz_pb2_grpc
 
 from tests.example_ids import (ACCOUNT, ADMIN, CAMERA, OTHER_STREAM, PARTNER_ROLE, REGION, SHARED_STREAM, VIEWER,
                                 WRITER, YOUR_CHANNEL, YOUR_STREAM, Key, stream, user)
+from bench.gateway_env import ENVOY_BIN, SHIPPED_ENVOY_CONFIG
 from tests.gateway_env import (  # noqa: F401 (gateway, private_gateway: fixtures)
-    ENVOY_BIN, SHIPPED_ENVOY_CONFIG, Gateway, gateway, make_test_pki, private_gateway, start_gateway)
+    Gateway, gateway, make_test_pki, private_gateway, start_gateway)
 
 pytestmark = pytest.mark.integration
 

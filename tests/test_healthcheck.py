@@ -16,7 +16,8 @@ from typing import Iterator
 import pytest
 
 from authz.client import TlsFiles
-from tests.gateway_env import Pki, make_test_pki
+from bench.gateway_env import Pki
+from tests.gateway_env import make_test_pki
 from tests.server_fixture import ROOT, START_TIMEOUT, ServerProcess, copy_example_bundle, start_server
 
 PROBE_TIMEOUT_S = 30.0         # a cold interpreter imports grpc; the probe's own RPC deadline is 2 s

@@ -35,8 +35,8 @@ from authz.server import healthcheck
 from authz.store.oplog import DB_NAME
 from authz.v1 import authz_pb2 as pb
 from tests import test_ext_authz_unit as ext_unit
-from tests.gateway_env import (SHIPPED_ENVOY_CONFIG, Envoy, FakeUpstream, Pki, Sidecar, make_test_pki,
-                               render_envoy_config, start_gateway)
+from bench.gateway_env import SHIPPED_ENVOY_CONFIG, Envoy, FakeUpstream, Pki, Sidecar, render_envoy_config
+from tests.gateway_env import make_test_pki, start_gateway
 from tests.server_fixture import server_factory  # noqa: F401 - a fixture, requested by name
 from tests.server_fixture import TOKEN, ServerProcess, copy_example_bundle, start_server
 
