@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from authz.api import ADMIN_TOKEN_HEADER
+from authz.api import ADMIN_TOKEN_HEADER, MAX_MESSAGE_BYTES
 from authz.client import AdminClient, AuthzClient, CallError, Check
 from authz.policy import limits
 from authz.requests import MAX_BATCH, MAX_CONTEXT_KEYS, MAX_CONTEXT_VALUE_CHARS, MAX_CONTEXT_VALUES
@@ -246,18 +246,18 @@ HOSTILE: list[Hostile] = [
     # -- oversized gRPC messages (gRPC refuses them before any handler runs)
     Hostile("oversized gRPC messages", "5 MiB Authorize", lambda c: c.send(
         "/authz.v1.Authorizer/Authorize", authorize_bytes(principal="a" * 5 * MIB)), EXHAUSTED,
-        ("larger than max", f"{settings.MAX_MESSAGE_BYTES}")),
+        ("larger than max", f"{MAX_MESSAGE_BYTES}")),
     Hostile("oversized gRPC messages", "5 MiB AuthorizeBatch", lambda c: c.send(
         "/authz.v1.Authorizer/AuthorizeBatch", pb.AuthorizeBatchRequest(requests=[pb.AuthorizeRequest(
             principal=VIEWER, action=GET, resource=YOUR_STREAM)] * 50_000).SerializeToString()), EXHAUSTED,
-        (f"{settings.MAX_MESSAGE_BYTES}",)),
+        (f"{MAX_MESSAGE_BYTES}",)),
     Hostile("oversized gRPC messages", "5 MiB admin CreatePolicy", lambda c: c.send(
         "/authz.v1.PolicyAdmin/CreatePolicy", pb.CreatePolicyRequest(
             account=ACCT, name="Huge", document="x" * 5 * MIB).SerializeToString(), admin=True), EXHAUSTED,
-        (f"{settings.MAX_MESSAGE_BYTES}",)),
+        (f"{MAX_MESSAGE_BYTES}",)),
     Hostile("oversized gRPC messages", "5 MiB ext_authz Check", lambda c: c.send(
         "/envoy.service.auth.v3.Authorization/Check", check_request_with("h" * 5 * MIB)), EXHAUSTED,
-        (f"{settings.MAX_MESSAGE_BYTES}",)),
+        (f"{MAX_MESSAGE_BYTES}",)),
     # -- batches over the limit
     Hostile("batches over the limit", f"{MAX_BATCH + 1} requests", lambda c: c.authz.authorize_batch(
         [Check(VIEWER, GET, YOUR_STREAM)] * (MAX_BATCH + 1)), EXHAUSTED,

@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from ..api import MAX_MESSAGE_BYTES
 from ..evaluate import EngineOptions, evaluate
 from ..policy.errors import LimitError, PolicyError, Problem, RequestError
 from ..requests import check_request
@@ -36,7 +37,7 @@ from . import convert, settings
 FieldError = RequestError | LimitError
 
 SIMULATE_MAX_SECONDS = 60.0     # a Simulate without a deadline gets this long before its worker is killed
-MAX_FRAME_BYTES = settings.MAX_MESSAGE_BYTES + 64 * 1024    # a request or an answer between server and worker
+MAX_FRAME_BYTES = MAX_MESSAGE_BYTES + 64 * 1024    # a request or an answer between server and worker
 _LENGTH = struct.Struct(">I")
 _OK, _ERROR = 0, 1
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])   # the directory that holds the authz package
