@@ -8,6 +8,7 @@ touches only the asking principal's data and never scans other principals.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from ..policy.conditions import ContextValue, normalise_context
 from ..policy.model import Policy, compile_policy
 from ..policy.principals import Requester, parse_requester
 from ..records import Credential, ResourceRecord
-from .state import AccessKey, Account, IamState, Principal, Resource, principal_of_arn
+from .state import (AccessKey, Account, IamState, Principal, Resource, inline_policy_name, org_policy_name,
+                    principal_of_arn, resource_policy_name, session_policy_name, trust_policy_name)
 
 # Context keys the store derives (spec 6): the single list of them. A caller can neither supply nor
 # override any of them: its copies are dropped, in any letter case, and the store sets what AWS would
@@ -52,11 +54,18 @@ POLICY_CACHE_SIZE = 20_000
 
 
 class PolicyCompiler:
-    """Compiled policies by document text, shared across snapshots (documents rarely change)."""
+    """Compiled policies by name and document text, shared across snapshots (documents rarely change).
+
+    Documents are compiled when they are validated (`adopt`, from the validator's parse: see
+    state.check_policy), so the first decision after an admin write or a reload compiles nothing;
+    `get` compiles what is not there (evicted, or left to it by a bulk load) on first use. Compiled
+    policies are immutable and shared by every snapshot and thread.
+    """
 
     def __init__(self, size: int = POLICY_CACHE_SIZE) -> None:
         self._cache: LRUCache[tuple[str, str], Policy] = LRUCache(size)
         self._lock = threading.Lock()
+        self.compiled = 0           # documents compiled, by adopt or get (for Status and the benchmarks)
 
     def get(self, name: str, text: str) -> Policy:
         key = (name, text)
@@ -64,11 +73,29 @@ class PolicyCompiler:
             hit = self._cache.get(key)
         if hit is not None:
             return hit
-        import json
-        pol = compile_policy(json.loads(text), name)
+        return self._put(key, compile_policy(json.loads(text), name))
+
+    def adopt(self, name: str, text: str, document: Any, *, evict: bool = True) -> bool:
+        """Compile a validated document from its parse, unless it is compiled already; True when it is
+        (or now is) compiled. With `evict` False it is compiled only while the cache has room, so a
+        bulk load never pushes out what decisions are using."""
+        key = (name, text)
         with self._lock:
-            self._cache[key] = pol
-        return pol
+            if self._cache.get(key) is not None:
+                return True
+            if not evict and self._cache.currsize >= self._cache.maxsize:
+                return False
+        self._put(key, compile_policy(document, name))
+        return True
+
+    def _put(self, key: tuple[str, str], policy: Policy) -> Policy:
+        with self._lock:
+            self._cache[key] = policy
+            self.compiled += 1
+        return policy
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 K = TypeVar("K")
@@ -162,13 +189,13 @@ class Snapshot:
 
     def _identity_policies(self, p: Principal, acct: Account) -> list[Policy]:
         out: list[Policy] = []
-        out.extend(self.compiler.get(f"{p.arn}#{name}", doc) for name, doc in p.inline)
+        out.extend(self.compiler.get(inline_policy_name(p.arn, name), doc) for name, doc in p.inline)
         out.extend(x for x in (self._managed(a) for a in p.attached) if x is not None)
         for g in p.groups:
             group = acct.groups.get(g.lower())
             if group is None:
                 continue
-            out.extend(self.compiler.get(f"{group.arn}#{name}", doc) for name, doc in group.inline)
+            out.extend(self.compiler.get(inline_policy_name(group.arn, name), doc) for name, doc in group.inline)
             out.extend(x for x in (self._managed(a) for a in group.attached) if x is not None)
         return out
 
@@ -279,7 +306,7 @@ class Snapshot:
                 ctx[f"aws:PrincipalTag/{k}"] = v
             req = parse_requester(principal, userid)
             boundary = self._managed(role.boundary) if role.boundary else None
-            session = (self.compiler.get(f"{s.arn}#session", s.policy),) if s.policy else None
+            session = (self.compiler.get(session_policy_name(s.arn), s.policy),) if s.policy else None
             return ResolvedPrincipal(req, normalise_context(ctx), tuple(self._identity_policies(role, acct)),
                                      boundary, session, r.account, (principal, access_key_id), s.expires)
         return None
@@ -293,10 +320,10 @@ class Snapshot:
         """The policy acting as resource policy: a registered resource's, or a role's trust policy."""
         res = self.state.resources.get(arn)
         if res is not None and res.policy:
-            return arn, self.compiler.get(f"{arn}#resource-policy", res.policy)
+            return arn, self.compiler.get(resource_policy_name(arn), res.policy)
         role = principal_of_arn(self.state, "role", arn) if ":role/" in arn else None
         if role is not None and role.trust:
-            return arn, self.compiler.get(f"{arn}#trust", role.trust)
+            return arn, self.compiler.get(trust_policy_name(arn), role.trust)
         return "", None
 
     def org_levels(self, account: str, kind: str) -> tuple[tuple[Policy, ...], ...] | None:
@@ -304,7 +331,7 @@ class Snapshot:
         levels = None if acct is None else (acct.scp_levels if kind == "scp" else acct.rcp_levels)
         if levels is None:
             return None
-        return tuple(tuple(self.compiler.get(f"{account}#{kind}{i}.{j}", d) for j, d in enumerate(level))
+        return tuple(tuple(self.compiler.get(org_policy_name(account, kind, i, j), d) for j, d in enumerate(level))
                      for i, level in enumerate(levels))
 
     def policy_set(self, principal: str, rp: ResolvedPrincipal, resource_key: str, resource_policy: Policy | None,

@@ -256,8 +256,10 @@ def check_tags(tags: Mapping[str, str], field_name: str = "tags", max_count: int
     return tuple(tags.items())
 
 
-def check_policy(document: Any, policy_type: PolicyType, field_name: str, size_kind: str | None = None) -> str:
-    """Validate a policy document; returns its text. Raises InvalidInput naming every problem."""
+def validated_policy(document: Any, policy_type: PolicyType, field_name: str, size_kind: str | None = None
+                     ) -> tuple[str, Any]:
+    """Validate a policy document; returns its text and the validator's parse of it. Raises InvalidInput
+    naming every problem."""
     if isinstance(document, Mapping):
         document = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
     if not isinstance(document, str) or not document.strip():
@@ -268,7 +270,63 @@ def check_policy(document: Any, policy_type: PolicyType, field_name: str, size_k
         more = f" (+{len(report.errors) - 5} more)" if len(report.errors) > 5 else ""
         raise InvalidInput(f"{field_name}: invalid {policy_type.value} policy: {detail}{more}", field_name,
                            report.errors)
-    return document
+    return document, report.document
+
+
+def check_policy(document: Any, policy_type: PolicyType, field_name: str, size_kind: str | None = None,
+                 name: str = "") -> str:
+    """Validate a policy document; returns its text. Raises InvalidInput naming every problem.
+
+    `name` is the name decisions know the document by (the *_policy_name functions below): with a
+    compile hook installed (`compiling`), the validator's parse is handed to it, so that the document
+    is compiled from that parse now rather than parsed and compiled again by the first decision."""
+    text, parsed = validated_policy(document, policy_type, field_name, size_kind)
+    hook = _ON_VALID_POLICY.get() if name else None
+    if hook is not None:
+        hook(name, text, parsed)
+    return text
+
+
+# ------------------------------------------------------------------ compiled policy names
+
+# The name of a compiled policy: what a decision's matched statements report, and with the document
+# text the key of the store's compiled policies. Validation (check_policy) and decisions
+# (snapshot.py) both name documents through these.
+
+def inline_policy_name(owner_arn: str, policy_name: str) -> str:
+    return f"{owner_arn}#{policy_name}"
+
+
+def trust_policy_name(role_arn: str) -> str:
+    return f"{role_arn}#trust"
+
+
+def resource_policy_name(resource_arn: str) -> str:
+    return f"{resource_arn}#resource-policy"
+
+
+def org_policy_name(account: str, kind: str, level: int, index: int) -> str:
+    """kind: scp | rcp; level 0 is the root."""
+    return f"{account}#{kind}{level}.{index}"
+
+
+def session_policy_name(session_arn: str) -> str:
+    return f"{session_arn}#session"
+
+
+# (name, document text, the validator's parse of it) -> None: see check_policy.
+PolicyHook = Callable[[str, str, Any], None]
+_ON_VALID_POLICY: ContextVar[PolicyHook | None] = ContextVar("on_valid_policy", default=None)
+
+
+@contextmanager
+def compiling(hook: PolicyHook) -> Iterator[None]:
+    """Within this block, every named document that validates is handed to `hook` (see check_policy)."""
+    token = _ON_VALID_POLICY.set(hook)
+    try:
+        yield
+    finally:
+        _ON_VALID_POLICY.reset(token)
 
 
 # ------------------------------------------------------------------ operations
@@ -439,8 +497,10 @@ def _set_org(state: IamState, o: dict[str, Any]) -> IamState:
         if raw is None:
             levels[kind] = None
             continue
-        levels[kind] = tuple(tuple(check_policy(d, ptype, f"{kind}[{i}][{j}]") for j, d in enumerate(level))
-                             for i, level in enumerate(raw))
+        short = kind.split("_")[0]
+        levels[kind] = tuple(tuple(check_policy(d, ptype, f"{kind}[{i}][{j}]",
+                                                name=org_policy_name(account, short, i, j))
+                                   for j, d in enumerate(level)) for i, level in enumerate(raw))
     return _with_account(state, evolve(acct, **levels))
 
 
@@ -468,7 +528,7 @@ def _create_principal(state: IamState, o: dict[str, Any]) -> IamState:
     trust = None
     max_session = limits.DEFAULT_SESSION_SECONDS
     if kind == "role":
-        trust = check_policy(o.get("trust_policy"), PolicyType.TRUST, "trust_policy")
+        trust = check_policy(o.get("trust_policy"), PolicyType.TRUST, "trust_policy", name=trust_policy_name(arn))
         max_session = int(o.get("max_session_duration") or limits.DEFAULT_SESSION_SECONDS)
         if not limits.DEFAULT_SESSION_SECONDS <= max_session <= limits.MAX_SESSION_SECONDS:
             raise InvalidInput(f"max_session_duration must be {limits.DEFAULT_SESSION_SECONDS}-"
@@ -490,7 +550,8 @@ def _create_principal(state: IamState, o: dict[str, Any]) -> IamState:
 def _with_inline(p: Principal, pname: Any, document: Any) -> Principal:
     if not isinstance(pname, str) or not INLINE_POLICY_NAME.fullmatch(pname):
         raise InvalidInput("policy_name: 1-128 characters, no white space and none of \\ / * ?", "policy_name")
-    doc = check_policy(document, PolicyType.IDENTITY, "document", _inline_size_kind(p.kind))
+    doc = check_policy(document, PolicyType.IDENTITY, "document", _inline_size_kind(p.kind),
+                       name=inline_policy_name(p.arn, pname))
     inline = tuple((n, d) for n, d in p.inline if n != pname) + ((pname, doc),)
     # Inline policies of one principal share one size quota (spec 8).
     total = sum(len(json.dumps(json.loads(d), separators=(",", ":"), ensure_ascii=False)) for _, d in inline)
@@ -634,11 +695,12 @@ def _create_policy(state: IamState, o: dict[str, Any]) -> IamState:
     if versions:  # from IAM details: every stored version
         if len(versions) > limits.MAX_POLICY_VERSIONS:
             raise QuotaExceeded(f"a managed policy keeps at most {limits.MAX_POLICY_VERSIONS} versions", "versions")
-        vers = tuple((str(v), check_policy(d, PolicyType.IDENTITY, f"versions[{v}]", size_kind))
-                     for v, d in versions)
+        served = str(o.get("default_version") or versions[-1][0])    # the version decisions read
+        vers = tuple((str(v), check_policy(d, PolicyType.IDENTITY, f"versions[{v}]", size_kind,
+                                           name=arn if str(v) == served else "")) for v, d in versions)
         default = o.get("default_version") or vers[-1][0]
     else:
-        vers = (("v1", check_policy(o.get("document"), PolicyType.IDENTITY, "document", size_kind)),)
+        vers = (("v1", check_policy(o.get("document"), PolicyType.IDENTITY, "document", size_kind, name=arn)),)
         default = "v1"
     policies = _own(state.policies)
     policies[arn] = ManagedPolicy(arn, name, path, vers, default, str(o.get("description") or ""))
@@ -653,7 +715,8 @@ def _create_policy_version(state: IamState, o: dict[str, Any]) -> IamState:
         raise NotFound(f"policy {arn!r} does not exist", "arn")
     if len(pol.versions) >= limits.MAX_POLICY_VERSIONS:
         raise QuotaExceeded(f"policy {arn} already has {limits.MAX_POLICY_VERSIONS} versions; delete one first", "arn")
-    doc = check_policy(o.get("document"), PolicyType.IDENTITY, "document", "managed")
+    doc = check_policy(o.get("document"), PolicyType.IDENTITY, "document", "managed",
+                       name=arn if o.get("set_as_default") else "")
     nums = [int(v[1:]) for v, _ in pol.versions if v[1:].isdigit()]
     vid = f"v{max(nums, default=0) + 1}"
     new = evolve(pol, versions=pol.versions + ((vid, doc),),
@@ -756,7 +819,8 @@ def _tag(state: IamState, o: dict[str, Any]) -> IamState:
 @op("SetTrustPolicy")
 def _set_trust(state: IamState, o: dict[str, Any]) -> IamState:
     p = _target(state, o, "role")
-    return _put_principal(state, evolve(p, trust=check_policy(o.get("document"), PolicyType.TRUST, "document")))
+    trust = check_policy(o.get("document"), PolicyType.TRUST, "document", name=trust_policy_name(p.arn))
+    return _put_principal(state, evolve(p, trust=trust))
 
 
 def _check_status(status: Any) -> str:
@@ -840,7 +904,7 @@ def _register(state: IamState, o: dict[str, Any]) -> IamState:
     tags = check_tags(dict(o.get("tags") or {}), max_count=MAX_RESOURCE_TAGS)
     policy = o.get("policy")
     if policy is not None:
-        policy = check_policy(policy, PolicyType.RESOURCE, "resource_policy")
+        policy = check_policy(policy, PolicyType.RESOURCE, "resource_policy", name=resource_policy_name(arn))
     resources = _own(state.resources)
     resources[arn] = Resource(arn, rtype, name, partition, region, account, tags, policy)
     names = _own(state.resource_names)

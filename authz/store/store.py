@@ -33,12 +33,16 @@ from .oplog import OpLog
 from .snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, Unresolved, \
     caller_values
 from .state import (EXTERNAL_ID, SESSION_NAME, IamState, ManagedPolicy, Principal, PrincipalGone, apply_op,
-                    check_policy, check_tags, op_digest, principal_of_arn, resource_arn, token_digest, transaction,
-                    with_generated_values)
+                    check_tags, compiling, op_digest, principal_of_arn, resource_arn, session_policy_name,
+                    token_digest, transaction, validated_policy, with_generated_values)
 
 log = logging.getLogger("authz.store")
 
 DEFAULT_CACHE_SIZE = 100_000
+# Documents one load (a bundle read and the replay of the op log) compiles as it validates them, at most:
+# about 0.3-0.5 ms each, so this bounds what eager compilation adds to a load (docs/performance.md,
+# "Parse once"); the rest, and any beyond the compiled-policy cache's room, compile on first use.
+EAGER_COMPILE_PER_LOAD = 5_000
 DEFAULT_WATCH_INTERVAL = 1.0
 MAX_ACCESS_KEY_ID_CHARS = 128        # AuthorizeRequest.access_key_id (IAM: 16-128)
 
@@ -160,6 +164,30 @@ def _release_memory() -> None:
         pass
 
 
+class _Compile:
+    """The compile hook of state.check_policy: compiles a validated document from the validator's parse.
+
+    `budget` bounds a bulk load: at most that many documents compiled, and only while the compiled-policy
+    cache has room. A single admin write has no budget: it compiles the few documents it carries.
+    A document that fails to compile here is left to its first decision (which reports the failure)."""
+
+    def __init__(self, compiler: PolicyCompiler, budget: int | None = None) -> None:
+        self._compiler = compiler
+        self._left = budget
+
+    def __call__(self, name: str, text: str, document: Any) -> None:
+        if self._left is not None and self._left <= 0:
+            return
+        before = self._compiler.compiled
+        try:
+            self._compiler.adopt(name, text, document, evict=self._left is None)
+        except Exception:   # pragma: no cover - compilation is lenient; a bug here must not refuse a valid write
+            log.exception("compiling %s failed; it compiles on first use", name)
+            return
+        if self._left is not None:
+            self._left -= self._compiler.compiled - before
+
+
 def _token(alphabet: str, n: int) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(n))
 
@@ -249,8 +277,10 @@ class Store:
             return self._reload()
 
     def _reload(self) -> tuple[bool, str]:
+        bulk = _Compile(self.compiler, EAGER_COMPILE_PER_LOAD)
         try:
-            base = load_bundle(self.config.bundle_dir) if self.config.bundle_dir is not None else IamState()
+            with compiling(bulk):
+                base = load_bundle(self.config.bundle_dir) if self.config.bundle_dir is not None else IamState()
         except (BundleError, OSError, StoreError, ValueError) as exc:
             msg = str(exc) if isinstance(exc, StoreError) else f"cannot read the bundle: {exc}"
             with self._write_lock:
@@ -259,7 +289,7 @@ class Store:
             log.error("bundle rejected, still serving revision %d: %s", self._revision, msg)
             return False, msg
         with self._write_lock:
-            state = self._replay(base)
+            state = self._replay(base, bulk)
             self._last_error = ""
             self._last_load = self.clock()
             self._reloads_ok += 1
@@ -268,7 +298,7 @@ class Store:
         _release_memory()
         return True, ""
 
-    def _replay(self, base: IamState) -> IamState:
+    def _replay(self, base: IamState, compile_hook: _Compile | None = None) -> IamState:
         """Apply the persisted ops to `base` and publish the result; callers hold the write lock.
 
         A persisted op whose principal was in the state served until now but is gone from the new one
@@ -281,7 +311,8 @@ class Store:
         previous = self._state
         retired = {d for o in self._ops if o.get("op") == "RetireOps" for d in o.get("digests") or ()}
         state, skipped, retire = base, 0, []
-        with transaction():   # `base` itself is never modified: sync() replays onto it again
+        hook = compile_hook or _Compile(self.compiler, EAGER_COMPILE_PER_LOAD)
+        with transaction(), compiling(hook):   # `base` itself is never modified: sync() replays onto it again
             for o in self._ops:
                 if retired and o.get("op") != "RetireOps" and op_digest(o) in retired:
                     continue
@@ -463,8 +494,9 @@ class Store:
         if reserved:
             raise InvalidInput(f"tags: session tag keys cannot start with aws: (reserved for AWS); got {reserved[0]!r}",
                                "tags")
+        parsed_policy = None
         if session_policy:
-            check_policy(session_policy, PolicyType.SESSION, "session_policy")
+            session_policy, parsed_policy = validated_policy(session_policy, PolicyType.SESSION, "session_policy")
         snap = self._snapshot
         role = principal_of_arn(snap.state, "role", role_arn)
         denied = PermissionDenied(f"{caller} is not authorized to perform sts:AssumeRole on resource {role_arn}",
@@ -498,6 +530,8 @@ class Store:
               "session_name": session_name, "issued": now, "expires": now + duration, "policy": session_policy or None,
               "tags": tags, "access_key_id": key_id, "secret": secret,
               "session_token_sha256": token_digest(token).hex(), "source": caller}
+        if session_policy:
+            _Compile(self.compiler)(session_policy_name(session_arn), session_policy, parsed_policy)
         self._commit(op)
         return SessionGrant(session_arn, f"{role.unique_id}:{session_name}", now + duration, key_id, secret, token)
 
@@ -513,7 +547,7 @@ class Store:
     def _commit(self, op: dict[str, Any]) -> IamState:
         """Apply, persist, publish: all or nothing. The op is logged with the unique ids it creates and
         of the principals it addresses (state.with_generated_values), so that its replay is exact."""
-        with self._write_lock:
+        with self._write_lock, compiling(_Compile(self.compiler)):
             op = with_generated_values(self._state, op)
             state = apply_op(self._state, op)
             if self._oplog is not None:
