@@ -149,15 +149,29 @@ def markdown(results: Mapping[str, Any]) -> str:
     scale = cases.get("scale", {})
     if scale.get("sizes"):
         lines += ["", "## Scale (store, fresh process per size)", "",
-                  "| principals | load s | reload s | RSS loaded MB | RSS after decisions MB | cold µs | warm µs |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| principals | load s | reload s | RSS loaded MB | RSS after decisions MB | cold µs | warm µs "
+                  "| after reload µs |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in scale["sizes"]:
             if "skipped" in row:
-                lines.append(f"| {row['principals']:,} | skipped: {row['skipped']} | | | | | |")
+                lines.append(f"| {row['principals']:,} | skipped: {row['skipped']} | | | | | | |")
                 continue
             lines.append(f"| {row['principals']:,} | {_fmt(row['load_s'], 2)} | {_spread_cell(row['reload_s'], 2)} | "
                          f"{_fmt(row['rss_mb']['loaded'])} | {_fmt(row['rss_mb']['after_decisions'])} | "
-                         f"{_spread_cell(row['cold_us'])} | {_spread_cell(row['warm_us'])} |")
+                         f"{_spread_cell(row['cold_us'])} | {_spread_cell(row['warm_us'])} | "
+                         f"{_spread_cell(row.get('after_reload_us'))} |")
+        writes = [row for row in scale["sizes"] if row.get("admin_write")]
+        if writes:
+            lines += ["", "## Admin write (one PutInlinePolicy)", "",
+                      "The writer applies it through Store.apply (validated, appended to the --state-dir op log, "
+                      "published); a follower on the same op log (a `--workers` process) then catches up with "
+                      "Store.sync, which rebuilds its state from the bundle plus every op in the log.", "",
+                      "| principals | ops already in the log | writer ms | follower catch-up ms |",
+                      "| --- | --- | --- | --- |"]
+            for row in writes:
+                w = row["admin_write"]
+                lines.append(f"| {row['principals']:,} | {w['log_ops']:,} | {_spread_cell(w['writer_ms'], 2)} | "
+                             f"{_spread_cell(w['follower_ms'], 1)} |")
     budget = cases.get("budget", {})
     if budget.get("by_handler_us"):
         lines += ["", "## Work per call against throughput", "",

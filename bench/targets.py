@@ -213,6 +213,22 @@ class StoreTarget:
             raise Unavailable(f"reload failed: {message}")
         return time.perf_counter() - t0
 
+    def apply(self, op: Mapping[str, Any]) -> float:
+        """One admin write (`Store.apply`: validated, appended to the op log, published); seconds it took."""
+        t0 = time.perf_counter()
+        self._store.apply(dict(op))
+        return time.perf_counter() - t0
+
+    def sync(self) -> float:
+        """Catch up with what another store appended to the shared op log (`Store.sync`, what a `server.py
+        --workers` process does); seconds it took. Raises Unavailable when there was nothing to pick up."""
+        t0 = time.perf_counter()
+        changed = self._store.sync()
+        elapsed = time.perf_counter() - t0
+        if not changed:
+            raise Unavailable("the follower found no new change in the op log")
+        return elapsed
+
     def close(self) -> None:
         self._store.close()
         if self._tmp is not None:
