@@ -183,7 +183,7 @@ def test_a_bulk_adopt_never_evicts_but_a_write_does() -> None:
     other, other_parsed = validated_policy(json.dumps(doc(PUT)), PolicyType.IDENTITY, "document")
     assert compiler.adopt("a", text, parsed, evict=False)
     assert not compiler.adopt("b", other, other_parsed, evict=False)       # full: left to first use
-    assert compiler.adopt("a", text, parsed, evict=False)                   # already there: nothing to do
+    assert not compiler.adopt("a", text, parsed, evict=False)               # already there: nothing to do
     assert compiler.compiled == 1
     assert compiler.adopt("b", other, other_parsed)                         # a write makes room
     assert compiler.compiled == 2 and len(compiler) == 1

@@ -76,13 +76,13 @@ class PolicyCompiler:
         return self._put(key, compile_policy(json.loads(text), name))
 
     def adopt(self, name: str, text: str, document: Any, *, evict: bool = True) -> bool:
-        """Compile a validated document from its parse, unless it is compiled already; True when it is
-        (or now is) compiled. With `evict` False it is compiled only while the cache has room, so a
-        bulk load never pushes out what decisions are using."""
+        """Compile a validated document from its parse, unless it is compiled already; True when this
+        call compiled it. With `evict` False it is compiled only while the cache has room, so a bulk
+        load never pushes out what decisions are using."""
         key = (name, text)
         with self._lock:
             if self._cache.get(key) is not None:
-                return True
+                return False
             if not evict and self._cache.currsize >= self._cache.maxsize:
                 return False
         self._put(key, compile_policy(document, name))

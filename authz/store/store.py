@@ -178,14 +178,13 @@ class _Compile:
     def __call__(self, name: str, text: str, document: Any) -> None:
         if self._left is not None and self._left <= 0:
             return
-        before = self._compiler.compiled
         try:
-            self._compiler.adopt(name, text, document, evict=self._left is None)
+            compiled = self._compiler.adopt(name, text, document, evict=self._left is None)
         except Exception:   # pragma: no cover - compilation is lenient; a bug here must not refuse a valid write
             log.exception("compiling %s failed; it compiles on first use", name)
             return
-        if self._left is not None:
-            self._left -= self._compiler.compiled - before
+        if compiled and self._left is not None:
+            self._left -= 1
 
 
 def _token(alphabet: str, n: int) -> str:
