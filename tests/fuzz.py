@@ -502,8 +502,10 @@ _VALUES = ("cam-01", "cam-02", "door-01", S1, S2, C1, "arn:aws:kinesisvideo:us-w
 def _mutate(signed: WireRequest, fdp: atheris.FuzzedDataProvider) -> tuple[WireRequest, WireRequest | None]:
     """One change made after signing, or a re-signing by the key holder (then perhaps another body).
 
-    Returns the changed request and, for a re-signing, the re-signed request before any body swap: a key
-    holder may sign any request, so from then on that request is what the changed one must ask exactly."""
+    Returns the changed request and, for a re-signing, the request the signature covers: a key holder may sign
+    any request, so from then on that request is what the changed one must ask exactly. UNSIGNED-PAYLOAD covers
+    every body, so after a body swap the swapped request is the reference (and the swap itself is checked:
+    an unsigned body never changes an answer)."""
     return _changed(signed, fdp)
 
 
@@ -563,8 +565,18 @@ def _changed(signed: WireRequest, fdp: atheris.FuzzedDataProvider) -> tuple[Wire
     except ValueError:
         return signed, None
     if fdp.ConsumeBool():
-        return WireRequest(resigned.method, resigned.raw_path, resigned.raw_query, resigned.headers,
-                           fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256))), resigned
+        swapped = WireRequest(resigned.method, resigned.raw_path, resigned.raw_query, resigned.headers,
+                              fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 256)))
+        # UNSIGNED-PAYLOAD signs no body: the signature covers the swapped request exactly as it covers the
+        # re-signed one, so the swapped request is the reference from here on. What must hold instead is that an
+        # unsigned body never decides anything: allowed with it => the same answer as with no body at all.
+        decided = gateway_pipeline(swapped)
+        bodiless = gateway_pipeline(WireRequest(resigned.method, resigned.raw_path, resigned.raw_query,
+                                                resigned.headers, b""))
+        if decided is not None and decided != bodiless:
+            raise AssertionError(f"an unsigned body changed the answer: with it {decided!r}, without {bodiless!r}"
+                                 f"\nrequest: {swapped.render()[:600]!r}")
+        return swapped, swapped
     return resigned, resigned
 
 
