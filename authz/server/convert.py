@@ -36,10 +36,6 @@ def context_from_proto(context: Mapping[str, pb.ContextValues]) -> dict[str, str
     return out
 
 
-def authorize_args(req: pb.AuthorizeRequest) -> tuple[str, str, str, dict[str, str | list[str]]]:
-    return req.principal, req.action, req.resource, context_from_proto(req.context)
-
-
 # ------------------------------------------------------------------ decisions
 
 
