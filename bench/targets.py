@@ -176,6 +176,7 @@ class StoreTarget:
         if missing:
             raise Unavailable(missing)
         from authz.store import Store, StoreConfig
+        from authz.store.memory import release_memory
 
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-state-") if state_dir is None else None
         if self._tmp is not None:
@@ -184,6 +185,7 @@ class StoreTarget:
         if not cache:
             config = dataclasses.replace(config, cache_size=0)
         self._store = Store(config)
+        self._store.on_reload(release_memory)     # as the server does, so load and RSS figures are the server's
         t0 = time.perf_counter()
         self._store.open()
         self.load_s = time.perf_counter() - t0

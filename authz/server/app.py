@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..store import Store, StoreConfig
 from ..store.errors import StoreError
+from ..store.memory import release_memory
 from ..store.oplog import OpLog, private_umask
 from . import settings
 from .config import UNIX_PREFIX, Config, listen_error, split_host_port
@@ -182,6 +183,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     gc.set_threshold(*settings.GC_THRESHOLDS)
     store = Store(StoreConfig(bundle_dir=config.bundle, state_dir=config.state_dir, cache_size=config.cache_size,
                               watch_interval=config.watch_interval), clock=clock)
+    store.on_reload(release_memory)        # each loaded state frozen, the freed heap returned (store/memory.py)
     credentials = (server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
                    if config.tls_cert is not None and config.tls_key is not None else None)
 

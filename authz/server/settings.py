@@ -59,7 +59,7 @@ MEMO_CONTEXT_VALUE_OVERHEAD_BYTES = 80
 # (700, 10, 10) collects the young generation every 700 net allocations; with caches filling on
 # uncached traffic that also promotes and rescans their entries over and over. Measured in process on
 # uncached Authorize requests: about 27 us per call with the default, 19 us with these (as with the
-# collector off). Decisions make no reference cycles; the loaded state is frozen (store._release_memory).
+# collector off). Decisions make no reference cycles; the loaded state is frozen (store/memory.py).
 GC_THRESHOLDS = (50_000, 20, 20)
 
 # Simulate: documents arrive inline, so their number and size are bounded here (the IAM API bounds a policy

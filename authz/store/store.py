@@ -6,8 +6,6 @@ serialise on one lock, build the new state off to the side, persist it, and swap
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import math
 import secrets
@@ -146,24 +144,6 @@ def assume_role_context(context: Mapping[str, Any], session_name: str, tags: Map
     return caller, derived
 
 
-def _release_memory() -> None:
-    """After a reload the previous state is garbage: hand the freed heap back to the system, so
-    resident memory does not ratchet up by one state per reload (glibc keeps it otherwise).
-
-    What survives (the new state, hundreds of thousands of objects at scale) is then frozen out of
-    the cyclic collector's way: later collections scan only objects made since, instead of walking
-    the whole policy set every time caches grow. The next reload unfreezes it first, so a
-    superseded state is always collected.
-    """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc: nothing to do
-        pass
-
-
 class _Compile:
     """The compile hook of state.check_policy: compiles a validated document from the validator's parse.
 
@@ -214,6 +194,7 @@ class Store:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._listeners: list[Callable[[Snapshot], None]] = []
+        self._reload_hooks: list[Callable[[], None]] = []
         self._stamp: tuple[int, str, str] = (-1, "", "")   # aws:CurrentTime/EpochTime of the current second
 
     # ------------------------------------------------------------ life cycle
@@ -239,6 +220,11 @@ class Store:
 
     def on_swap(self, listener: Callable[[Snapshot], None]) -> None:
         self._listeners.append(listener)
+
+    def on_reload(self, hook: Callable[[], None]) -> None:
+        """Call `hook` after each reload that loaded, once the previous state is garbage and the write
+        lock is released (the server registers its allocator tuning, memory.release_memory, here)."""
+        self._reload_hooks.append(hook)
 
     @property
     def ready(self) -> bool:
@@ -294,7 +280,8 @@ class Store:
             self._reloads_ok += 1
         log.info("loaded policy set revision %d: %s", self._revision, state.counts())
         del state, base
-        _release_memory()
+        for hook in self._reload_hooks:
+            hook()
         return True, ""
 
     def _replay(self, base: IamState, compile_hook: _Compile | None = None) -> IamState:

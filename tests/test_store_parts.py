@@ -1,0 +1,44 @@
+"""The store's parts behind its facade: reload hooks (the server's allocator tuning is one, registered by the
+server, never run by the store on its own)."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+from authz.server import app
+from authz.server.config import Config
+from authz.store import Store, StoreConfig
+from tests.server_fixture import copy_example_bundle
+
+
+def test_reload_hooks_run_after_each_load_that_loaded(tmp_path: Path) -> None:
+    bundle = copy_example_bundle(tmp_path / "bundle")
+    store = Store(StoreConfig(bundle_dir=bundle, watch_interval=0))
+    calls: list[int] = []
+    store.on_reload(lambda: calls.append(store.revision))
+    store.open()
+    try:
+        assert calls == [1]
+        assert store.reload() == (True, "")
+        assert calls == [1, 2]
+        (bundle / "broken.json").write_text("{not json")
+        ok, _message = store.reload()
+        assert not ok and calls == [1, 2]            # a failed load publishes nothing and calls no hook
+    finally:
+        store.close()
+
+
+def test_the_store_tunes_no_allocator_of_its_own_and_the_server_registers_it(tmp_path: Path) -> None:
+    gc.unfreeze()
+    store = Store(StoreConfig(bundle_dir=copy_example_bundle(tmp_path / "plain"), watch_interval=0))
+    store.open()
+    store.close()
+    assert gc.get_freeze_count() == 0               # no hook registered: nothing frozen
+    sidecar = app.start(Config(bundle=copy_example_bundle(tmp_path / "served"), listen="127.0.0.1:0",
+                               watch_interval=0))
+    try:
+        assert gc.get_freeze_count() > 0            # the server's hook froze the loaded state
+    finally:
+        sidecar.stop(0)
+        gc.unfreeze()
