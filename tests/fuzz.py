@@ -593,29 +593,72 @@ def differential_http(wire: WireRequest, data: bytes) -> None:
         mutated, resigned = _mutate(mutated, fdp)
         if resigned is not None:
             reference = resigned
+    check_change(reference, mutated)
+
+
+def check_change(reference: WireRequest, mutated: WireRequest) -> None:
+    """The oracle: `mutated` is `reference` (a request its key holder signed) changed after signing."""
     before = gateway_pipeline(reference)
     after = gateway_pipeline(mutated)
     if after is None or after == before:
         return
-    if _only_unsigned_body_differs(reference, mutated):
-        # UNSIGNED-PAYLOAD signs no body, so the key holder signed the changed request too. What must hold is
-        # that an unsigned body never decides anything: allowed with it => the same answer as with no body.
-        bodiless = gateway_pipeline(WireRequest(mutated.method, mutated.raw_path, mutated.raw_query,
-                                                mutated.headers, b""))
-        if after != bodiless:
-            raise AssertionError(f"an unsigned body changed the answer: with it {after!r}, without {bodiless!r}"
-                                 f"\nrequest: {mutated.render()[:600]!r}")
+    if _same_signed_parts(reference, mutated):
+        # The changed request differs only in what the signature does not cover (headers outside SignedHeaders,
+        # an UNSIGNED-PAYLOAD body), so the key holder signed it too. What must hold is that those parts decide
+        # nothing: allowed with them => the same answer as the request without them.
+        bare = gateway_pipeline(_without_unsigned_parts(reference))
+        if after != bare:
+            raise AssertionError(f"unsigned parts changed the answer: with them {after!r}, without {bare!r}"
+                                 f"\nrequest: {_shown(mutated)!r}")
         return
     raise AssertionError(f"a request changed after signing is authorised differently: signed {before!r}, "
-                         f"changed {after!r}\nchanged request: {mutated.render()[:600]!r}")
+                         f"changed {after!r}\nchanged request: {_shown(mutated)!r}")
 
 
-def _only_unsigned_body_differs(reference: WireRequest, changed: WireRequest) -> bool:
-    """The same signed request (method, path, query, headers) with another body, and the payload UNSIGNED."""
-    payload = [v for k, v in changed.headers.items() if k.lower() == "x-amz-content-sha256"]
-    return (payload == ["UNSIGNED-PAYLOAD"] and changed.method == reference.method
-            and changed.raw_path == reference.raw_path and changed.raw_query == reference.raw_query
-            and changed.headers == reference.headers)
+def _shown(request: WireRequest) -> bytes | str:
+    try:
+        return request.render()[:600]
+    except UnicodeEncodeError:             # a fuzzed header value outside latin-1
+        return repr(request)[:600]
+
+
+def _signed_header_names(request: WireRequest) -> frozenset[str] | None:
+    """The lower-cased SignedHeaders of the Authorization header, or of a presigned query; None if neither."""
+    auth = [v for k, v in request.headers.items() if k.lower() == "authorization"]
+    if len(auth) == 1 and "SignedHeaders=" in auth[0]:
+        names = auth[0].split("SignedHeaders=", 1)[1].split(",", 1)[0]
+    else:
+        names = next((unquote(piece.partition("=")[2]) for piece in request.raw_query.split("&")
+                      if unquote(piece.partition("=")[0]) == "X-Amz-SignedHeaders"), "")
+    return frozenset(n.strip().lower() for n in names.split(";") if n.strip()) or None
+
+
+def _payload_unsigned(request: WireRequest) -> bool:
+    return [v for k, v in request.headers.items() if k.lower() == "x-amz-content-sha256"] == ["UNSIGNED-PAYLOAD"]
+
+
+def _signed_headers_of(request: WireRequest, names: frozenset[str]) -> list[tuple[str, str]]:
+    return sorted((k.lower(), v) for k, v in request.headers.items() if k.lower() in names or k.lower() == "authorization")
+
+
+def _same_signed_parts(reference: WireRequest, changed: WireRequest) -> bool:
+    """Everything the signature covers is the same: method, path, query, the signed headers (every spelling of
+    their names) and the body unless the payload is UNSIGNED-PAYLOAD."""
+    names = _signed_header_names(reference)
+    if names is None or _signed_header_names(changed) != names:
+        return False
+    if (changed.method, changed.raw_path, changed.raw_query) != (reference.method, reference.raw_path,
+                                                                 reference.raw_query):
+        return False
+    if _signed_headers_of(changed, names) != _signed_headers_of(reference, names):
+        return False
+    return changed.body == reference.body or ("x-amz-content-sha256" in names and _payload_unsigned(changed))
+
+
+def _without_unsigned_parts(reference: WireRequest) -> WireRequest:
+    """The signed reference as its key holder sent it, minus an UNSIGNED-PAYLOAD body."""
+    body = b"" if _payload_unsigned(reference) else reference.body
+    return WireRequest(reference.method, reference.raw_path, reference.raw_query, reference.headers, body)
 
 
 def fuzz_http(data: bytes) -> None:

@@ -605,3 +605,43 @@ def test_bounded_atheris_run(tmp_path: Path) -> None:
     assert set(executed) == set(TARGETS), output
     assert all(n > 0 for n in executed.values()), output
     assert proc.returncode == 0, output
+
+
+# ---------------------------------------------------------------------------------------------
+# The HTTP oracle itself: a request that differs from the signed one only in what the signature does not
+# cover is one its key holder signed, but those parts must still decide nothing.
+
+
+def _unsigned_payload_list_streams(body: bytes) -> fuzz.WireRequest:
+    return fuzz.sign_wire(fuzz.WireRequest("POST", "/listStreams", "", {}, body), fuzz.LONG_TERM,
+                          unsigned_payload=True)
+
+
+def test_the_oracle_accepts_an_unsigned_body_swap_that_decides_nothing() -> None:
+    reference = _unsigned_payload_list_streams(b"\xff\xfe{not json")          # refused: unparsable body
+    swapped = fuzz.WireRequest(reference.method, reference.raw_path, reference.raw_query,
+                               {**reference.headers, "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}, b"")
+    assert fuzz._same_signed_parts(reference, swapped)
+    assert fuzz.gateway_pipeline(reference) is None and fuzz.gateway_pipeline(swapped) is not None
+    fuzz.check_change(reference, swapped)                                      # the key holder signed both
+
+
+def test_the_oracle_still_catches_an_unsigned_body_that_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = _unsigned_payload_list_streams(b"")
+    swapped = fuzz.WireRequest(reference.method, reference.raw_path, reference.raw_query, reference.headers,
+                               b'{"StreamARN": "arn:aws:kinesisvideo:us-east-1:111122223333:stream/x/1"}')
+    real = fuzz.gateway_pipeline
+
+    def reads_the_unsigned_body(request: fuzz.WireRequest) -> Any:        # a gateway with the bug
+        answer = real(fuzz.WireRequest(request.method, request.raw_path, request.raw_query, request.headers, b""))
+        return None if answer is None else (*answer[:2], request.body.decode() or answer[2], answer[3])
+
+    monkeypatch.setattr(fuzz, "gateway_pipeline", reads_the_unsigned_body)
+    with pytest.raises(AssertionError, match="unsigned parts changed the answer"):
+        fuzz.check_change(reference, swapped)
+
+
+def test_the_oracle_still_catches_a_signed_part_changed() -> None:
+    reference = _unsigned_payload_list_streams(b"")
+    moved = fuzz.WireRequest(reference.method, "/describeStream", reference.raw_query, reference.headers, b"")
+    assert not fuzz._same_signed_parts(reference, moved)
