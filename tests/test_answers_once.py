@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 import authz.server.answers as answers_module
-import authz.store.store as store_module
+import authz.store.decisions as decisions_module
 from authz.policy.errors import LimitError, RequestError
 from authz.requests import MAX_CONTEXT_VALUE_CHARS
 from authz.server.answers import CACHED_FIELD, Answers, decode_context
@@ -93,8 +93,8 @@ class CountingCheck:
 
 
 def test_the_target_is_checked_once_per_request(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    counter = CountingCheck(store_module.check_target)
-    monkeypatch.setattr(store_module, "check_target", counter)
+    counter = CountingCheck(decisions_module.check_target)
+    monkeypatch.setattr(decisions_module, "check_target", counter)
     monkeypatch.setattr(answers_module, "check_target", counter)
     answers = Answers(store, answer_memo_size=0)     # every request decided; the context memo still works
     for n, ctx in enumerate(({"aws:SourceIp": ["10.0.0.1"]}, {"aws:SourceIp": ["10.0.0.1"]}, {"k": ["v"]})):

@@ -26,7 +26,8 @@ from authz.server import app
 from authz.server.config import Config
 from authz.server.decision_log import DecisionLog
 from authz.store import snapshot as snapshot_module
-from authz.store import store as store_module
+from authz.store import Store
+from authz.store import decisions as decisions_module
 from authz.v1 import authz_pb2 as pb
 from tests import test_ext_authz_unit as ext_unit
 from tests.server_fixture import ManualClock, copy_example_bundle
@@ -51,7 +52,7 @@ class Rig:
     opened: list[int] = field(default_factory=list)
 
     @property
-    def store(self) -> store_module.Store:
+    def store(self) -> Store:
         return self.sidecar.store
 
 
@@ -94,25 +95,25 @@ def undecided(*args: Any, **kw: Any) -> Any:
     return REAL_DECIDE(*args, **kw)._replace(decision=None)  # type: ignore[arg-type]
 
 
-REAL_DECIDE = store_module.decide
+REAL_DECIDE = decisions_module.decide
 
 # Faults inside the store and the engine: (monkeypatch, rig) -> None installs one.
 Fault = Callable[[pytest.MonkeyPatch, Rig], None]
 STORE_FAULTS: dict[str, Fault] = {
-    "engine raises": lambda mp, r: mp.setattr(store_module, "decide", boom),
-    "engine runs out of memory": lambda mp, r: mp.setattr(store_module, "decide", exhausted),
-    "engine answers without a decision": lambda mp, r: mp.setattr(store_module, "decide", undecided),
+    "engine raises": lambda mp, r: mp.setattr(decisions_module, "decide", boom),
+    "engine runs out of memory": lambda mp, r: mp.setattr(decisions_module, "decide", exhausted),
+    "engine answers without a decision": lambda mp, r: mp.setattr(decisions_module, "decide", undecided),
     "principal resolution raises": lambda mp, r: mp.setattr(snapshot_module.Snapshot, "resolve", boom),
     "policy set cannot be built": lambda mp, r: mp.setattr(snapshot_module.Snapshot, "policy_set", boom),
     "resource policy lookup raises": lambda mp, r: mp.setattr(snapshot_module.Snapshot, "resource_policy", boom),
-    "request context cannot be built": lambda mp, r: mp.setattr(r.store, "_context", boom),
+    "request context cannot be built": lambda mp, r: mp.setattr(r.store._decisions, "_context", boom),
     "decision cache raises": lambda mp, r: mp.setattr(r.store.cache, "get", boom),
     "store clock raises": lambda mp, r: mp.setattr(r.store, "clock", boom),
 }
 
 # The gRPC servicer's own ways of not deciding, with the status each must end in.
 AUTHORIZER_PATHS: dict[str, tuple[Fault, grpc.StatusCode]] = {
-    "no policy set loaded": (lambda mp, r: mp.setattr(r.store, "_ready", False), grpc.StatusCode.UNAVAILABLE),
+    "no policy set loaded": (lambda mp, r: mp.setattr(r.store._holder, "_ready", False), grpc.StatusCode.UNAVAILABLE),
     "the answer cannot be built": (lambda mp, r: mp.setattr(app_convert(), "result_to_proto", boom),
                                    grpc.StatusCode.INTERNAL),
     "the decision log cannot be written": (lambda mp, r: log_to_a_full_disk(mp, r), grpc.StatusCode.INTERNAL),
@@ -211,7 +212,7 @@ def test_a_decision_that_never_comes_is_a_deny_for_the_client(rig: Rig, monkeypa
         rig.released.wait(30)
         return REAL_DECIDE(*args, **kw)
 
-    monkeypatch.setattr(store_module, "decide", hang)
+    monkeypatch.setattr(decisions_module, "decide", hang)
     with AuthzClient(rig.sidecar.addresses["decision"], timeout=0.5) as impatient:
         try:
             assert refused_or_denied(lambda: impatient.authorize(CAMERA, PUT, YOUR_STREAM)) == \

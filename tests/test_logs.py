@@ -137,7 +137,7 @@ def test_the_incident_line_of_a_failed_authorize_carries_the_callers_request_id(
 
     from authz.server import app
     from authz.server.config import Config
-    from authz.store import store as store_module
+    from authz.store import decisions as decisions_module
     from authz.v1 import authz_pb2 as pb
     from authz.v1 import authz_pb2_grpc as pb_grpc
 
@@ -150,7 +150,7 @@ def test_the_incident_line_of_a_failed_authorize_carries_the_callers_request_id(
     errors_log.addHandler(h)
     sidecar = app.start(Config(bundle=copy_example_bundle(tmp_path / "bundle"), listen="127.0.0.1:0",
                                watch_interval=0))
-    monkeypatch.setattr(store_module, "decide", boom)
+    monkeypatch.setattr(decisions_module, "decide", boom)
     request = pb.AuthorizeRequest(principal=user("camera"), action="kinesisvideo:PutMedia", resource="*")
     try:
         with grpc.insecure_channel(sidecar.addresses["decision"]) as channel:

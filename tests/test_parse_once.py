@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-import authz.store.store as store_module
+import authz.store.holder as holder_module
 from authz.evaluate import Decision
 from authz.policy.model import PolicyType, compile_policy
 from authz.store import Store, StoreConfig
@@ -91,7 +91,7 @@ def test_a_load_compiles_every_document_before_the_first_decision(store: Store) 
 def test_decisions_from_eagerly_compiled_policies_equal_lazily_compiled_ones(
         store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     eager = decide_all(store)
-    monkeypatch.setattr(store_module, "EAGER_COMPILE_PER_LOAD", 0)     # every document compiles on first use
+    monkeypatch.setattr(holder_module, "EAGER_COMPILE_PER_LOAD", 0)     # every document compiles on first use
     lazy = Store(StoreConfig(bundle_dir=bundle(tmp_path / "lazy"), state_dir=tmp_path / "lazy-state",
                              watch_interval=0))
     lazy.open()
@@ -165,7 +165,7 @@ def test_a_replayed_op_log_is_compiled_at_load(tmp_path: Path) -> None:
 
 
 def test_a_load_compiles_at_most_its_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "EAGER_COMPILE_PER_LOAD", 3)
+    monkeypatch.setattr(holder_module, "EAGER_COMPILE_PER_LOAD", 3)
     s = Store(StoreConfig(bundle_dir=bundle(tmp_path), state_dir=tmp_path / "state", watch_interval=0))
     s.open()
     try:

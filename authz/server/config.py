@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from ..gateway.principal import (MAX_REGIONS, PRINCIPAL_FROM_HELP, parse_principal_from, parse_regions,
                                  parse_trusted_proxies)
-from ..store.store import DEFAULT_CACHE_SIZE, DEFAULT_WATCH_INTERVAL
+from ..store.holder import DEFAULT_CACHE_SIZE, DEFAULT_WATCH_INTERVAL
 from . import settings
 from .logs import LOG_FORMATS, LOG_LEVELS
 

@@ -180,7 +180,7 @@ def evolve(obj: Any, **changes: Any) -> Any:
 
 def stable_id(prefix: str, seed: str) -> str:
     """An IAM-style unique id derived from the entity's ARN, stable across reloads: only for principals
-    of a hand-written bundle, which declare none (see Store._replay for how one that disappears and
+    of a hand-written bundle, which declare none (see holder.SnapshotHolder._replay for how one that disappears and
     comes back is kept from reviving what was bound to it)."""
     digest = base64.b32encode(hashlib.sha256(seed.encode()).digest()).decode()
     return prefix + digest[:UNIQUE_ID_CHARS]
@@ -191,6 +191,11 @@ def random_id(kind: str) -> str:
     principal at creation, so that one re-created under the same name is a different identity."""
     alphabet = string.ascii_uppercase + string.digits
     return UNIQUE_ID_PREFIX[kind] + "".join(secrets.choice(alphabet) for _ in range(UNIQUE_ID_CHARS))
+
+
+def random_token(alphabet: str, n: int) -> str:
+    """`n` characters of `alphabet`, each drawn with `secrets` (access key ids, secrets, session tokens)."""
+    return "".join(secrets.choice(alphabet) for _ in range(n))
 
 
 def token_digest(token: str) -> bytes:
@@ -411,7 +416,7 @@ def _with_account(state: IamState, acct: Account) -> IamState:
 class PrincipalGone(NotFound):
     """The principal an op is addressed to does not exist, or is another principal now (another unique
     id under the same name). Replaying the op log, an op that fails this way because its principal
-    was there before and is gone now is retired for good (Store._replay), so that a principal that
+    was there before and is gone now is retired for good (SnapshotHolder._replay), so that a principal that
     disappears and comes back never gets it again."""
 
     def __init__(self, message: str, field: str, target: tuple[Any, str, Any, Any]) -> None:
@@ -986,7 +991,7 @@ def _revoke_sessions(state: IamState, o: dict[str, Any]) -> IamState:
 
 @op("RetireOps")
 def _retire_ops(state: IamState, o: dict[str, Any]) -> IamState:
-    """A record for Store._replay (the logged ops it names are skipped from then on); changes no state."""
+    """A record for SnapshotHolder._replay (the logged ops it names are skipped from then on); changes no state."""
     digests = o.get("digests")
     if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
         raise InvalidInput("digests: a list of op digests is required", "digests")

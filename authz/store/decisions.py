@@ -1,0 +1,153 @@
+"""Decisions: one request decided against the current snapshot, through the decision cache, with derived context."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from ..evaluate import Decision, Result, decide
+from ..policy.errors import RequestError
+from ..requests import check_context, check_target
+from .holder import SnapshotHolder
+from .snapshot import ResolvedPrincipal, Snapshot, Unresolved, caller_values
+
+MAX_ACCESS_KEY_ID_CHARS = 128        # AuthorizeRequest.access_key_id (IAM: 16-128)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A decision with where it came from."""
+
+    result: Result
+    revision: int
+    cached: bool
+    principal_known: bool
+    # While valid_from <= the store's clock < valid_until, the same request against the same revision
+    # gets this answer: always, or only within the current second when the decision read aws:CurrentTime
+    # or aws:EpochTime from the clock, and only until a role session ends. Callers that keep answers use it.
+    valid_until: float = math.inf
+    valid_from: float = -math.inf
+
+
+class PreparedContext:
+    """A caller's request context, checked against the request limits and normalised, with the keys the
+    store derives removed. Immutable once built, so one can serve any number of requests that carry
+    the same context (the gRPC servicer keeps them per distinct context)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values: Mapping[str, Any] = values
+
+
+def _unknown_principal(revision: int, principal: str) -> Answer:
+    r = Result(Decision.IMPLICIT_DENY, (), (), "unknown_principal", "", {}, "NONE", False, (),
+               (f"unknownPrincipal:{principal[:200]}",), frozenset())
+    return Answer(r, revision, False, False)
+
+
+def _unresolved(revision: int, why: Unresolved) -> Answer:
+    """An implicit deny for a principal the store knows but will not decide for as asked."""
+    r = Result(Decision.IMPLICIT_DENY, (), (), why.reason, "", {}, "NONE", False, (), (why.note,), frozenset())
+    return Answer(r, revision, False, True, why.until)
+
+
+def _checked_caller_values(context: Mapping[str, Any], trusted: Mapping[str, Any] | None) -> dict[str, Any]:
+    check_context(context)
+    return caller_values(context, trusted)
+
+
+_CLOCK_KEYS = ("aws:currenttime", "aws:epochtime")   # the keys the store fills from its clock
+
+
+class Decisions:
+    """Authorize and its prepared contexts, over the holder's current snapshot and decision cache."""
+
+    def __init__(self, holder: SnapshotHolder) -> None:
+        self._holder = holder
+        self._stamp: tuple[int, str, str] = (-1, "", "")   # aws:CurrentTime/EpochTime of the current second
+
+    def prepare_context(self, context: Mapping[str, Any], trusted_context: Mapping[str, Any] | None = None
+                        ) -> PreparedContext:
+        """The caller's `context` checked and normalised once, for `authorize(..., prepared=...)`.
+
+        Keys the store derives (principal and resource facts) are dropped from it. `trusted_context`
+        comes from this process's own gateway mapping and may carry aws:ResourceTag/* for resources
+        being created.
+        """
+        return PreparedContext(_checked_caller_values(context, trusted_context))
+
+    def authorize(self, principal: str, action: str, resource: str, context: Mapping[str, Any] | None = None, *,
+                  explain: bool = False, trusted_context: Mapping[str, Any] | None = None,
+                  prepared: PreparedContext | None = None, access_key_id: str = "") -> Answer:
+        """Decide one request against the current snapshot.
+
+        The caller's context comes either as `context` (and `trusted_context`; see prepare_context)
+        or already prepared. `access_key_id` names the credential the request was signed with, when
+        the caller knows it: a role session is resolved through it (see Snapshot.resolve).
+        """
+        check_target(principal, action, resource)
+        if not isinstance(access_key_id, str) or len(access_key_id) > MAX_ACCESS_KEY_ID_CHARS:
+            raise RequestError("access_key_id", f"at most {MAX_ACCESS_KEY_ID_CHARS} characters (an access key id)")
+        caller = prepared.values if prepared is not None else _checked_caller_values(context or {}, trusted_context)
+        snap = self._holder.snapshot
+        now = self._holder.clock()
+        rp = snap.resolve(principal, now, access_key_id)
+        if rp is None:
+            return _unknown_principal(snap.revision, principal)
+        if isinstance(rp, Unresolved):
+            return _unresolved(snap.revision, rp)
+        values = self._context(snap, rp, resource, caller, now)
+        key = (snap.revision, rp.key, action.lower(), resource)
+        result = None if explain else self._holder.cache.get(key, values)
+        cached = result is not None
+        if result is None:
+            result = self._decide(snap, principal, rp, action, resource, values, explain)
+            if not explain:
+                self._holder.cache.put(key, values, result)
+        since, until = -math.inf, math.inf
+        read = result.keys_read
+        for k in _CLOCK_KEYS:
+            if k in read and k not in caller:
+                since, until = float(int(now)), float(int(now) + 1)   # the clock's values hold for this second
+        return Answer(result, snap.revision, cached, True, min(until, rp.expires), since)
+
+    def _context(self, snap: Snapshot, rp: ResolvedPrincipal, resource: str, caller: Mapping[str, Any],
+                 now: float) -> dict[str, Any]:
+        values = dict(caller)
+        if "aws:currenttime" not in values or "aws:epochtime" not in values:
+            second = int(now)
+            stamp = self._stamp
+            if stamp[0] != second:
+                stamp = self._stamp = (second, datetime.fromtimestamp(second, tz=timezone.utc).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"), str(second))
+            values.setdefault("aws:currenttime", stamp[1])
+            values.setdefault("aws:epochtime", stamp[2])
+        values.update(rp.context)
+        if resource != "*":
+            f = resource.split(":", 5)
+            if len(f) == 6 and f[4]:
+                values["aws:resourceaccount"] = f[4]
+                owner = snap.state.accounts.get(f[4])
+                if owner is not None and owner.org_id:
+                    values["aws:resourceorgid"] = owner.org_id
+                    values["aws:resourceorgpaths"] = owner.org_paths
+            res = snap.resource(resource)
+            if res is not None:
+                for k, v in res.tags:
+                    values[f"aws:resourcetag/{k.lower()}"] = v
+        return values
+
+    def _decide(self, snap: Snapshot, principal: str, rp: ResolvedPrincipal, action: str, resource: str,
+                values: dict[str, Any], explain: bool) -> Result:
+        if resource == "*":
+            res_account = rp.account
+        else:
+            f = resource.split(":", 5)
+            res_account = f[4] if len(f) == 6 else ""
+        rkey, rpol = snap.resource_policy(resource)
+        cps = snap.policy_set(principal, rp, rkey, rpol, res_account)
+        return decide(cps, rp.requester, action, resource, res_account, values, explain=explain,
+                      options=self._holder.config.options)
