@@ -1,5 +1,5 @@
 """The store's parts behind its facade: reload hooks (the server's allocator tuning is one, registered by the
-server, never run by the store on its own)."""
+server, never run by the store on its own), and arrows between the parts that point one way."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from authz.server import app
 from authz.server.config import Config
 from authz.store import Store, StoreConfig
 from tests.server_fixture import copy_example_bundle
+from tests.test_architecture import import_graph
 
 
 def test_reload_hooks_run_after_each_load_that_loaded(tmp_path: Path) -> None:
@@ -42,3 +43,22 @@ def test_the_store_tunes_no_allocator_of_its_own_and_the_server_registers_it(tmp
     finally:
         sidecar.stop(0)
         gc.unfreeze()
+
+
+# Which of the store's parts each store module may import (docs/architecture.md, "The store's parts"): the
+# facade -> the parts -> the holder; the modules below the holder (snapshot, state, cache, oplog, bundle,
+# errors, memory) import none of them.
+PARTS = ("authz.store.store", "authz.store.sts", "authz.store.decisions", "authz.store.admin", "authz.store.holder")
+MAY_IMPORT = {
+    "authz.store": {"authz.store.store"},                     # the package re-exports the facade
+    "authz.store.store": {"authz.store.holder", "authz.store.decisions", "authz.store.sts", "authz.store.admin"},
+    "authz.store.sts": {"authz.store.holder", "authz.store.decisions"},
+    "authz.store.decisions": {"authz.store.holder"},
+    "authz.store.admin": {"authz.store.holder"},
+}
+
+
+def test_the_store_parts_import_one_way() -> None:
+    against = [str(edge) for module, edges in import_graph().items() if module.startswith("authz.store")
+               for edge in edges if edge.target in PARTS and edge.target not in MAY_IMPORT.get(module, set())]
+    assert not against, "arrows between the store's parts must point down:\n" + "\n".join(against)

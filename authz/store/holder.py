@@ -148,6 +148,11 @@ class SnapshotHolder:
     def revision(self) -> int:
         return self._snapshot.revision
 
+    def status(self) -> StoreStatus:
+        snap = self._snapshot
+        return StoreStatus(snap.revision, self._ready, self._last_error, self._last_load, snap.state.counts(),
+                           self.cache.stats(), self._reloads_ok, self._reloads_failed, self._replay_skipped)
+
     def _swap(self, state: IamState) -> None:
         """Publish a new snapshot; callers hold the write lock."""
         self._state = state
@@ -280,11 +285,6 @@ class SnapshotHolder:
                 log.error("%s; still serving revision %d", self._last_error, self._revision)
                 continue
             self.reload()
-
-    def status(self) -> StoreStatus:
-        snap = self._snapshot
-        return StoreStatus(snap.revision, self._ready, self._last_error, self._last_load, snap.state.counts(),
-                           self.cache.stats(), self._reloads_ok, self._reloads_failed, self._replay_skipped)
 
     # ------------------------------------------------------------ one op
 
