@@ -181,6 +181,7 @@ def markdown(results: Mapping[str, Any]) -> str:
                   f"| 0 (plain floor) | {_spread_cell(budget.get('floor_rps'), 0)} | 1 |"]
         for us, fig in budget["by_handler_us"].items():
             lines.append(f"| {us} | {_spread_cell(fig['throughput_rps'], 0)} | {_fmt(fig['ratio'], 2)} |")
+    lines += _streams_section(cases.get("streams", {}))
     skipped = [(name, c["skipped"]) for name, c in cases.items() if isinstance(c, Mapping) and c.get("skipped")]
     for row in scale.get("sizes") or ():
         if row.get("skipped"):
@@ -191,6 +192,43 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     lines += ["", f"Total time: {_fmt(results.get('elapsed_s'))} s.", ""]
     return "\n".join(lines)
+
+
+_STREAM_MODELS = {"sync": "sync", "aio": "grpc.aio", "hybrid": "sync + grpc.aio thread"}
+
+
+def _answered(row: Mapping[str, Any], top: str) -> str:
+    return f"{row[top]['ok'] + row['1']['ok']:,} / {row[top]['sent'] + row['1']['sent']:,}"
+
+
+def _streams_section(st: Mapping[str, Any]) -> list[str]:
+    """The streams case: unary Authorize on the floor while N streams are open, as ratios to today's sync server."""
+    if not st.get("rows"):
+        return []
+    top = str(st["concurrency"])
+    base = st["baseline"]
+    lines = ["", "## Streaming-ready server (floor, unary Authorize while N streams are open)", "",
+             f"Ratios are to (a), today's sync server with no streams, measured first and last in this run. "
+             f"(b) uses a pool of {st['sync_pool_for_streams']:,} threads so that every stream has one; the "
+             f"starvation probe is today's pool holding as many streams as it has threads (calls time out "
+             f"after {st['starve_timeout_s']:g} s).", "",
+             f"| option | model | streams | threads | RSS MB | KB per stream | rps at {top} | × (a) | p50 µs at 1 | "
+             "× (a) | answered / sent |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+             f"| a | sync, {base['workers']} threads | 0 | {base['threads']} | {_fmt(base['rss_mb'])} | | "
+             f"{_spread_cell(base[top]['throughput_rps'], 0)} | 1 | {_spread_cell(base['1']['p50_us'], 0)} | 1 | "
+             f"{_answered(base, top)} |"]
+    for key, row in st["rows"].items():
+        model = _STREAM_MODELS.get(row["model"], row["model"])
+        if row.get("workers"):
+            model += f", {row['workers']:,} threads"
+        lines.append(f"| {key} | {model} | {row['streams']:,} | {row['threads']}→{row['threads_after_load']} | "
+                     f"{_fmt(row['rss_mb'])} | {_fmt(row.get('rss_kb_per_stream'))} | "
+                     f"{_spread_cell(row[top]['throughput_rps'], 0)} | {_fmt(row['throughput_ratio'], 2)} | "
+                     f"{_spread_cell(row['1']['p50_us'], 0)} | {_fmt(row['p50_ratio'], 2)} | "
+                     f"{_answered(row, top)} |")
+    lines += ["", "Threads: after the streams opened → after the unary load."]
+    return lines
 
 
 def write_markdown(results: Mapping[str, Any], out_dir: Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import engine as engine_bench
-from . import plots, report
+from . import plots, report, streams
 from .fixtures import (ENGINE_USERS, REQUEST_CONTEXT, authorize_payloads, batch_payloads, engine_bundle_document,
                        engine_requests, write_bundle, write_bundle_document)
 from .floor import ServerSettings, server_settings
@@ -24,7 +24,7 @@ from .stats import percentile, ratio, spread
 from .targets import (REPO, ServedProcess, StoreTarget, Unavailable, measure_envoy, start_floor, start_server,
                       store_missing)
 
-CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy")
+CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy", "streams")
 DEFAULT_OUT = REPO / "bench" / "results"
 FLOOR, SERVER = "floor", "server"
 
@@ -50,6 +50,7 @@ class Plan:
     bundle_principals: int = 1_000           # the bundle the gRPC server serves
     request_principals: int = 64             # distinct users in the gRPC request mix
     connections: int = 1                     # client connections per run (server.py --workers spreads by connection)
+    stream_counts: tuple[int, ...] = (0, 100, 1_000)   # case "streams": long-lived streams held open
     server: bool = True
     server_workers: int | None = None        # server.py --workers (not passed when None)
     server_options: Mapping[str, Any] | None = None
@@ -60,7 +61,7 @@ class Plan:
     def quick_plan(cls) -> "Plan":
         return cls(quick=True, repeats=2, duration_s=0.4, warmup_s=0.1, scale_sizes=(100, 5_000),
                    scale_budget_s=60.0, engine_samples=10, bundle_principals=100, concurrency=(1, 64),
-                   handler_budget_us=(20.0,))
+                   handler_budget_us=(20.0,), stream_counts=(10,))
 
 
 class Progress:
@@ -491,6 +492,80 @@ def case_workers(plan: Plan, progress: Progress) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ case 6: envoy
 
+# ------------------------------------------------------------------ streaming-ready server
+
+STARVE_TIMEOUT_S = 1.0        # the starvation probe's per-call deadline: a starved call fails instead of waiting
+
+
+def _streams_row(g: GrpcBench, label: str, model: str, workers: int, n: int, *,
+                 timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, list[LoadResult]]]:
+    """One configuration: start `model`, open `n` streams, then unary Authorize at the top concurrency and at 1.
+
+    Returns the row (memory, threads, figures) and the runs by concurrency."""
+    payloads = _payloads(g.plan, unique=False)
+    proc, stream_address = streams.start(model, workers)
+    results: dict[str, list[LoadResult]] = {}
+    try:
+        rss0, threads0 = streams.usage(proc.pid)
+        holder = streams.StreamHolder(stream_address, n) if n else None
+        try:
+            rss1, threads1 = streams.usage(proc.pid)
+            g.targets = {label: proc.address}
+            row: dict[str, Any] = {"model": model, "workers": workers if model != "aio" else None, "streams": n,
+                                   "rss_mb": rss1, "threads": threads1,
+                                   "rss_kb_per_stream": (rss1 - rss0) * 1e3 / n if n else None,
+                                   "threads_per_stream": (threads1 - threads0) / n if n else None}
+            for c in (max(g.plan.concurrency), 1):
+                if timeout_s is None:
+                    spec = g.spec(payloads, concurrency=c)
+                    results[str(c)] = g.repeated(f"streams {label} c={c:<3}", spec)[label]
+                else:                  # the starvation probe: one run, calls fail after timeout_s
+                    spec = g.spec(payloads, concurrency=c, timeout_s=timeout_s)
+                    results[str(c)] = [g.run(label, spec, f"streams {label} c={c:<3}")]
+                row[str(c)] = load_figure(results[str(c)])
+            row["threads_after_load"] = streams.usage(proc.pid)[1]
+        finally:
+            if holder is not None:
+                holder.close()
+    finally:
+        proc.stop()
+    return row, results
+
+
+def _median(figure: Mapping[str, Any], key: str) -> float:
+    s = figure.get(key)
+    return float(s["median"]) if s else math.nan
+
+
+def case_streams(plan: Plan, progress: Progress, settings: ServerSettings) -> dict[str, Any]:
+    """Unary Authorize on the echo floor while N long-lived server-streaming calls are open, per server model:
+    (a) today's sync server, no streams (the baseline, measured first and last); (b) the sync server with a pool
+    large enough for the streams, (c) grpc.aio for both, (d) sync for unary + grpc.aio in a thread for streams;
+    and a probe of today's pool with as many streams as threads (unary starves)."""
+    today = settings.workers
+    big_pool = max(plan.stream_counts) + today
+    top = str(max(plan.concurrency))
+    rows: dict[str, dict[str, Any]] = {}
+    with LoadClient() as client:
+        g = GrpcBench(plan, progress, client, {})
+        base, first = _streams_row(g, "a", "sync", today, 0)
+        rows["starve"] = _streams_row(g, "starve", "sync", today, today, timeout_s=STARVE_TIMEOUT_S)[0]
+        for n in plan.stream_counts:
+            rows[f"b{n}"] = _streams_row(g, f"b{n}", "sync", big_pool, n)[0]
+            rows[f"c{n}"] = _streams_row(g, f"c{n}", "aio", today, n)[0]
+            rows[f"d{n}"] = _streams_row(g, f"d{n}", "hybrid", today, n)[0]
+        last = _streams_row(g, "a", "sync", today, 0)[1]
+    for c in (top, "1"):               # the baseline's figure: the runs before and after the others together
+        base[c] = load_figure(first[c] + last[c])
+    a_rps, a_p50 = _median(base[top], "throughput_rps"), _median(base["1"], "p50_us")
+    for row in rows.values():
+        row["throughput_ratio"] = ratio(_median(row[top], "throughput_rps"), a_rps)
+        row["p50_ratio"] = ratio(_median(row["1"], "p50_us"), a_p50)
+    return {"baseline": base, "rows": rows, "concurrency": int(top), "stream_counts": list(plan.stream_counts),
+            "sync_pool_for_streams": big_pool, "stream_channels": streams.STREAM_CHANNELS,
+            "starve_timeout_s": STARVE_TIMEOUT_S}
+
+
 def case_envoy(plan: Plan, progress: Progress) -> dict[str, Any]:
     """The ext_authz hop through Envoy, against the same Envoy without the filter (bench/envoy_hop.py)."""
     progress("envoy: the same Envoy with and without ext_authz, open loop")
@@ -638,6 +713,8 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
         cases["workers"] = _guarded("workers", progress, lambda: case_workers(plan, progress))
     if "envoy" in plan.cases:
         cases["envoy"] = _guarded("envoy", progress, lambda: case_envoy(plan, progress))
+    if "streams" in plan.cases:
+        cases["streams"] = _guarded("streams", progress, lambda: case_streams(plan, progress, settings))
     results: dict[str, Any] = {
         "schema": report.SCHEMA,
         "environment": env,
@@ -649,7 +726,7 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
             "scale_budget_s": plan.scale_budget_s,
             "engine_samples": plan.engine_samples, "bundle_principals": plan.bundle_principals,
             "request_principals": plan.request_principals, "connections": plan.connections,
-            "server_workers": plan.server_workers,
+            "server_workers": plan.server_workers, "stream_counts": list(plan.stream_counts),
             "server_settings": settings.as_dict(),
         },
         "cases": cases,
