@@ -765,6 +765,7 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     ap.add_argument("--server-workers", type=int, help="passed to server.py as --workers N (processes)")
     ap.add_argument("--connections", type=int, help="client connections per load run (default 1)")
     ap.add_argument("--server-options", type=json.loads, help="JSON object of gRPC options for the floor")
+    ap.add_argument("--stream-counts", type=_ints, help="streams case: open streams per configuration, e.g. 0,100,1000")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default bench/results)")
     a = ap.parse_args(argv)
@@ -778,7 +779,8 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     for name, value in (("repeats", a.repeats), ("duration_s", a.duration), ("warmup_s", a.warmup),
                         ("requests", a.requests), ("concurrency", a.concurrency), ("scale_sizes", a.scale_sizes),
                         ("scale_budget_s", a.scale_budget),
-                        ("bundle_principals", a.bundle_principals), ("connections", a.connections)):
+                        ("bundle_principals", a.bundle_principals), ("connections", a.connections),
+                        ("stream_counts", a.stream_counts)):
         if value is not None:
             overrides[name] = value
     return replace(plan, **overrides)
