@@ -519,8 +519,8 @@ def _streams_row(g: GrpcBench, label: str, model: str, workers: int, n: int, *,
                 if timeout_s is None:
                     spec = g.spec(payloads, concurrency=c)
                     results[str(c)] = g.repeated(f"streams {label} c={c:<3}", spec)[label]
-                else:                  # the starvation probe: one run, calls fail after timeout_s
-                    spec = g.spec(payloads, concurrency=c, timeout_s=timeout_s)
+                else:                  # the starvation probe: one call per slot in flight, each may wait timeout_s
+                    spec = replace(g.spec(payloads, concurrency=c, timeout_s=timeout_s), requests=c, warmup_s=0.0)
                     results[str(c)] = [g.run(label, spec, f"streams {label} c={c:<3}")]
                 row[str(c)] = load_figure(results[str(c)])
             row["threads_after_load"] = streams.usage(proc.pid)[1]
