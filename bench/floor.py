@@ -63,12 +63,12 @@ def server_settings(overrides: Mapping[str, Any] | None = None, workers: int | N
         if exc.name not in (SETTINGS_MODULE, "authz.server"):
             raise
         mod = None
-    if mod is not None and hasattr(mod, "SERVER_OPTIONS") and hasattr(mod, "DEFAULT_WORKERS"):
+    if mod is not None and hasattr(mod, "SERVER_OPTIONS") and hasattr(mod, "DEFAULT_THREADS"):
         options = dict(_as_options(mod.SERVER_OPTIONS))
-        default_workers, source = int(mod.DEFAULT_WORKERS), SETTINGS_MODULE
+        default_workers, source = int(mod.DEFAULT_THREADS), SETTINGS_MODULE
     else:
         if warn:
-            print(f"warning: {SETTINGS_MODULE} (SERVER_OPTIONS, DEFAULT_WORKERS) not found; the floor uses "
+            print(f"warning: {SETTINGS_MODULE} (SERVER_OPTIONS, DEFAULT_THREADS) not found; the floor uses "
                   f"bench.floor's fallback settings: {FALLBACK_WORKERS} workers, {FALLBACK_OPTIONS}",
                   file=sys.stderr)
         options, default_workers, source = dict(FALLBACK_OPTIONS), FALLBACK_WORKERS, "bench.floor fallback"

@@ -103,7 +103,7 @@ def test_a_burst_of_queued_calls_is_answered_not_shed(tmp_path: Path, monkeypatc
         with AuthzClient(sidecar.addresses["decision"], timeout=60) as client:
             request = pb.AuthorizeRequest(principal=VIEWER, action=GET, resource=YOUR_STREAM)
             calls = [client.stub.Authorize.future(request, timeout=60) for _ in range(BURST)]
-            for _ in range(settings.DEFAULT_WORKERS):           # every server thread now holds a call
+            for _ in range(settings.DEFAULT_THREADS):           # every server thread now holds a call
                 assert busy.acquire(timeout=30)
             release.set()
             codes = Counter(c.code() for c in calls)

@@ -5,7 +5,7 @@ Python (the store's readers take no lock and do no I/O), so it holds the GIL fro
 and asyncio could not overlap anything: it would only add an event loop hop per call. The sync
 model keeps servicers as plain functions, lets the lock-free store serve several threads, and
 makes blocking work (admin writes to SQLite, reloads) harmless to other calls. The benchmark
-harness (bench/, which imports SERVER_OPTIONS and DEFAULT_WORKERS) compares this server with an
+harness (bench/, which imports SERVER_OPTIONS and DEFAULT_THREADS) compares this server with an
 echo server of the same settings; beyond one core, --workers adds processes, not threads.
 
 Listeners. The decision listener serves authz.v1.Authorizer, Envoy's ext_authz Check

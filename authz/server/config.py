@@ -44,7 +44,7 @@ class Config:
     metrics_listen: str | None = None
     decision_log: str | None = None
     workers: int = 1
-    threads: int = settings.DEFAULT_WORKERS
+    threads: int = settings.DEFAULT_THREADS
     watch_interval: float = DEFAULT_WATCH_INTERVAL
     drain_grace: float = settings.DRAIN_GRACE_SECONDS
     log_level: str = "INFO"
@@ -187,7 +187,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                       f"state within {settings.WORKER_SYNC_INTERVAL} s; e.g. --workers 2",
          type=_positive(int, 1), default=1, metavar="N")
     flag("--threads", "gRPC worker threads per process; e.g. --threads 16", type=_positive(int, 1),
-         default=settings.DEFAULT_WORKERS, metavar="N")
+         default=settings.DEFAULT_THREADS, metavar="N")
     flag("--watch-interval", "seconds between checks of the bundle directory for changes (0 disables "
                              "watching; reload through the admin Reload call); e.g. --watch-interval 5",
          type=_positive(float, 0), default=DEFAULT_WATCH_INTERVAL, metavar="SECONDS")

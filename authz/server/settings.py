@@ -14,7 +14,7 @@ MIB = 1024 * 1024
 # with `make bench` (closed loop, 64 in flight, 2 cores): 8 threads 2,300-2,600 calls/s, 4 threads
 # ~3,400, 2 threads ~3,850. Two, so that one slow call (a large Simulate) does not stall the rest;
 # scale out with --workers (processes), not threads.
-DEFAULT_WORKERS = 2
+DEFAULT_THREADS = 2
 
 # Calls gRPC core holds until a server thread takes them. Above gRPC's default soft limit of 1,000 it
 # cancels the oldest (the client sees CANCELLED): at 2,000 calls/s a pause of half a second (a reload, a
