@@ -9,10 +9,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import timezone
 from pathlib import Path
 from typing import Any
-from unittest import mock
 from urllib.parse import quote
 
 import pytest
@@ -507,27 +505,6 @@ def test_near_valid_http_requests_give_only_mapping_errors(wire: WireRequest) ->
     assert mapped.action.startswith("kinesisvideo:")
 
 
-def _sign(wire: WireRequest, credential: Credential, presign: bool) -> WireRequest:
-    """The request as botocore would sign it at NOW (header form, or a presigned query)."""
-    from botocore.auth import SigV4Auth, SigV4QueryAuth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    host = "kinesisvideo.us-east-1.amazonaws.com"
-    url = f"https://{host}{wire.raw_path}" + (f"?{wire.raw_query}" if wire.raw_query else "")
-    headers = {k: v for k, v in wire.headers.items() if k.lower() not in ("host", "authorization")}
-    req = AWSRequest(wire.method, url, data=wire.body, headers=headers)
-    creds = Credentials(credential.access_key_id, credential.secret_access_key, credential.session_token)
-    naive_now = NOW.astimezone(timezone.utc).replace(tzinfo=None)
-    with mock.patch("botocore.auth.get_current_datetime", return_value=naive_now):
-        if presign:
-            SigV4QueryAuth(creds, "kinesisvideo", "us-east-1", expires=300).add_auth(req)
-        else:
-            SigV4Auth(creds, "kinesisvideo", "us-east-1").add_auth(req)
-    path, _, query = req.url.split(host, 1)[1].partition("?")
-    return WireRequest(wire.method, path, query, {**dict(req.headers.items()), "host": host}, wire.body)
-
-
 _SIGNED_MUTATIONS = ("body", "path", "query", "signed-header", "authorization", "date", "token", "junk-header")
 
 
@@ -536,7 +513,7 @@ def signed_http(draw: st.DrawFn) -> tuple[WireRequest, Credential, str]:
     base = draw(st.sampled_from(_HTTP_BASES))
     credential = draw(st.sampled_from((LONG_TERM, TEMPORARY)))
     presign = not base.body and draw(st.booleans())
-    return _sign(base, credential, presign), credential, draw(st.sampled_from(_SIGNED_MUTATIONS))
+    return fuzz.sign_wire(base, credential, presign=presign), credential, draw(st.sampled_from(_SIGNED_MUTATIONS))
 
 
 def _flip(text: str, at: int) -> str:
