@@ -122,14 +122,28 @@ def serve(listen: str, workers: int, *, options: Mapping[str, Any] | Sequence[tu
     """Start the floor on `listen` (host:port) with `workers` threads; options default to server_settings()."""
     opts = _as_options(options) if options is not None else server_settings(workers=workers).options
     server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floor"), options=opts)
+    add_floor(server, handler_us)
+    server.add_insecure_port(listen)   # raises RuntimeError when the address cannot be bound
+    server.start()
+    return server
+
+
+def add_floor(server: grpc.Server, handler_us: float = 0.0) -> None:
+    """The echo Authorizer and a health service that says SERVING, on a sync server."""
     authz_pb2_grpc.add_AuthorizerServicer_to_server(EchoAuthorizer(handler_us), server)
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port(listen)   # raises RuntimeError when the address cannot be bound
-    server.start()
-    return server
+
+
+async def add_aio_floor(server: grpc.aio.Server) -> None:
+    """The same on a grpc.aio server."""
+    authz_pb2_grpc.add_AuthorizerServicer_to_server(AioEchoAuthorizer(), server)
+    health_servicer = health.aio.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
 
 class AioEchoAuthorizer(authz_pb2_grpc.AuthorizerServicer):
@@ -156,11 +170,7 @@ def serve_aio(listen: str, options: Options, stopped: threading.Event, *, use_uv
 
     async def run() -> None:
         server = grpc.aio.server(options=options)
-        authz_pb2_grpc.add_AuthorizerServicer_to_server(AioEchoAuthorizer(), server)
-        health_servicer = health.aio.HealthServicer()
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        await add_aio_floor(server)
         server.add_insecure_port(listen)
         await server.start()
         loop = asyncio.get_running_loop()

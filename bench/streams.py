@@ -25,11 +25,8 @@ from typing import Any, Sequence
 
 import grpc
 import psutil
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from authz.v1 import authz_pb2_grpc
-
-from .floor import SERVICE_NAME, AioEchoAuthorizer, EchoAuthorizer, Options, server_settings
+from .floor import Options, add_aio_floor, add_floor, server_settings
 from .targets import ServedProcess, free_port
 
 STREAM_SERVICE = "bench.v1.Watch"
@@ -51,20 +48,12 @@ def _sync_watch(request: bytes, context: grpc.ServicerContext) -> Any:
     ended.wait()
 
 
-def _health(servicer: Any) -> None:
-    for name in ("", SERVICE_NAME):
-        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-
-
 def _sync_server(listen: str, workers: int, options: Options, with_streams: bool) -> grpc.Server:
     server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floor"), options=options)
-    authz_pb2_grpc.add_AuthorizerServicer_to_server(EchoAuthorizer(), server)
+    add_floor(server)
     if with_streams:
         handler = grpc.unary_stream_rpc_method_handler(_sync_watch)   # no (de)serializers: raw bytes
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(STREAM_SERVICE, {"Watch": handler}),))
-    servicer = health.HealthServicer()
-    _health(servicer)
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     server.add_insecure_port(listen)
     server.start()
     return server
@@ -83,11 +72,7 @@ async def _aio_serve(listen: str, options: Options, *, with_unary: bool, started
     handler = grpc.unary_stream_rpc_method_handler(watch)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(STREAM_SERVICE, {"Watch": handler}),))
     if with_unary:
-        authz_pb2_grpc.add_AuthorizerServicer_to_server(AioEchoAuthorizer(), server)
-        servicer = health.aio.HealthServicer()
-        for name in ("", SERVICE_NAME):
-            await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        await add_aio_floor(server)
     server.add_insecure_port(listen)
     await server.start()
     started.set()
