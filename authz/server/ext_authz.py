@@ -28,7 +28,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from ..evaluate import Decision, Result
+from ..evaluate import Decision, MatchedStatement, Result
 from ..gateway.mapping import (Endpoint, Environment, HttpRefusal, MappedRequest, MappingError, map_request,
                                signed_view)
 from ..gateway.principal import AuthenticationError, Caller, PrincipalSource, SignedRequest, authenticate, \
@@ -136,7 +136,7 @@ class _Facts:
     resource: str = ""
     revision: int = 0
     decision: str = DENIED
-    deciding: tuple[str, ...] = ()
+    deciding: Sequence[MatchedStatement] = ()   # labelled only when the event is made (observers present)
     cached: bool = False
     reason: str = ""                   # refused before a decision: the error code
 
@@ -144,8 +144,9 @@ class _Facts:
         self.decision, self.deciding, self.cached, self.reason = DENIED, (), False, code
 
     def event(self, seconds: float) -> DecisionEvent:
+        deciding = tuple(statement_label(m.policy_type, m.policy_name, m.index, m.sid) for m in self.deciding)
         return DecisionEvent(RPC_NAME, self.request_id or uuid.uuid4().hex, self.principal, self.action,
-                             self.resource, self.decision, self.deciding, self.revision, seconds, self.cached,
+                             self.resource, self.decision, deciding, self.revision, seconds, self.cached,
                              reason=self.reason)
 
 
@@ -417,7 +418,7 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
         result = answer.result
         facts.decision, facts.revision, facts.cached = result.decision.value, answer.revision, answer.cached
-        facts.deciding = tuple(statement_label(m.policy_type, m.policy_name, m.index, m.sid) for m in result.deciding)
+        facts.deciding = result.deciding
         named = {"principal": caller.principal, "action": mapped.action, "resource": mapped.resource}
         if not result.allowed:
             log.debug("ext_authz deny %s %s %s (%s) %s", caller.principal, mapped.action, mapped.resource,
