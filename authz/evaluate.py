@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
-from .policy.arn import PreparedResource
+from .policy.arn import PreparedResource, account_of, service_of
 from .policy.conditions import ConditionContext, ContextValue, normalise_context
 from .policy.model import Policy, Statement
 from .policy.principals import GrantKind, Requester, not_principal_applies, parse_requester, principal_grant
@@ -124,12 +124,21 @@ class PolicySet:
                 yield RCP_BASE + lvl, p
 
 
-# (sequence, group, statement, its explanation row, fast form): the fast form is (resource regexes,
-# conditions) for the usual identity statement (static resources, no NotResource, no Principal,
-# nothing unevaluable), so the hot loop reads two locals instead of five attributes; else None.
+# The fast form of the usual identity statement (static resources, no NotResource, no Principal, nothing
+# unevaluable): (resource regexes, conditions), so the hot loop reads two locals instead of five attributes.
 _Fast = tuple[tuple[Any, ...], tuple[Any, ...]]
-_Entry = tuple[int, int, Statement, MatchedStatement, "_Fast | None"]
 _CANDIDATE_MEMO_MAX = 512
+
+
+class _Entry(NamedTuple):
+    """One statement in the index. The decision loops unpack entries positionally, in this field order
+    (`for _seq, group, st, m, fast in ...`): as cheap as a plain tuple, where `.statement` would cost more."""
+
+    seq: int                        # position among every statement of the set: candidates keep this order
+    group: int                      # IDENTITY, RESOURCE, BOUNDARY, SESSION, SCP_BASE + level or RCP_BASE + level
+    statement: Statement
+    matched: MatchedStatement       # how a result names it
+    fast: _Fast | None              # the fast form, or None
 
 
 class StatementIndex:
@@ -152,11 +161,12 @@ class StatementIndex:
             self.size += 1
             fast = ((st.res_fast, st.conditions) if st.res_fast is not None and not st.not_resource
                     and st.principals is None and not st.broken else None)
-            entry = (seq, group, st, MatchedStatement(group_type(group), st.policy_name, st.sid, st.index,
-                                                      st.effect), fast)
+            entry = _Entry(seq, group, st, MatchedStatement(group_type(group), st.policy_name, st.sid, st.index,
+                                                            st.effect), fast)
             if not st.not_action and st.actions and all(a.literal is not None for a in st.actions):
                 for key in dict.fromkeys(a.literal for a in st.actions):
-                    self.literal.setdefault(key, []).append(entry)  # type: ignore[arg-type]
+                    if key is not None:
+                        self.literal.setdefault(key, []).append(entry)
             else:
                 self.patterned.append(entry)
 
@@ -166,19 +176,19 @@ class StatementIndex:
         if hit is not None:
             return hit
         found = list(self.literal.get(action_lower, ()))
-        found.extend(e for e in self.patterned if e[2].matches_action(action_lower))
-        found.sort(key=lambda e: e[0])
-        result = (tuple(e for e in found if not e[2].allow), tuple(e for e in found if e[2].allow))
+        found.extend(e for e in self.patterned if e.statement.matches_action(action_lower))
+        found.sort(key=lambda e: e.seq)
+        result = (tuple(e for e in found if not e.statement.allow), tuple(e for e in found if e.statement.allow))
         if len(self.memo) < _CANDIDATE_MEMO_MAX:
             self.memo[action_lower] = result
         return result
 
     def full_scan(self, action_lower: str) -> tuple[tuple[_Entry, ...], tuple[_Entry, ...]]:
         """The same answer as candidates(), by checking every statement (the index's reference)."""
-        every = sorted([*(e for lst in self.literal.values() for e in lst), *self.patterned], key=lambda e: e[0])
-        uniq = list({e[0]: e for e in every}.values())
-        found = [e for e in uniq if e[2].matches_action(action_lower)]
-        return (tuple(e for e in found if not e[2].allow), tuple(e for e in found if e[2].allow))
+        every = sorted([*(e for lst in self.literal.values() for e in lst), *self.patterned], key=lambda e: e.seq)
+        uniq = list({e.seq: e for e in every}.values())
+        found = [e for e in uniq if e.statement.matches_action(action_lower)]
+        return (tuple(e for e in found if not e.statement.allow), tuple(e for e in found if e.statement.allow))
 
 
 class CompiledPolicySet:
@@ -199,16 +209,6 @@ class CompiledPolicySet:
         self.has_resource = policies.resource is not None
         self.identity_only = (not self.has_resource and not self.has_boundary and not self.has_session
                               and self.scp_level_count is None and self.rcp_level_count is None)
-
-
-def _account_of(arn: str) -> str:
-    f = arn.split(":", 5)
-    return f[4] if len(f) == 6 and f[0] == "arn" else ""
-
-
-def _service_of(arn: str) -> str:
-    f = arn.split(":", 5)
-    return f[2] if len(f) == 6 and f[0] == "arn" else ""
 
 
 def evaluate(request: Request, policies: PolicySet | CompiledPolicySet, *, explain: bool = False,
@@ -300,7 +300,7 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
 
     if cps.identity_only and not explain and r.kind in ("user", "assumed-role"):
         if res_account is None:
-            res_account = _account_of(req_resource) if req_resource != "*" else r.account
+            res_account = account_of(req_resource) if req_resource != "*" else r.account
         if r.account == res_account and not (action.startswith("sts:") and ":role/" in req_resource):
             return _identity_only(denies, allows, resource, ctx, r, cps, options)
 
@@ -309,7 +309,7 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
     # RCPs govern only resources of the services that support them, whoever asks (anonymous callers
     # included); SCPs govern only principals of the organization's accounts (spec 3.2): their Deny
     # statements count in the explicit-deny sweep exactly when their levels are checked below.
-    rcp_applies = cps.rcp_level_count is not None and _service_of(req_resource) in options.rcp_services
+    rcp_applies = cps.rcp_level_count is not None and service_of(req_resource) in options.rcp_services
     scp_applies = cps.scp_level_count is not None and r.kind not in _OUTSIDE_SCPS
     for _seq, group, st, m, _f in denies:
         if group >= RCP_BASE:
@@ -324,7 +324,7 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
                 break
 
     if res_account is None:
-        res_account = _account_of(req_resource) if req_resource != "*" else r.account
+        res_account = account_of(req_resource) if req_resource != "*" else r.account
     same_account = bool(r.account) and r.kind != "anonymous" and r.account == res_account
 
     # Allow statements: per group, whether any matches; for the resource policy the strongest kind.
@@ -356,7 +356,7 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
         absent = [key for _seq, group, st, _m, _f in (*denies, *allows) if group < SCP_BASE
                   for key in st.condition_keys() if key.lower() not in ctx.values]
         ctx.missing_keys[:0] = absent     # first, so the reported spelling is the policy's
-    base = _Outcome(matched, per_type, best_kind.label, same_account, ctx)
+    base = _ResultParts(matched, per_type, best_kind.label, same_account, ctx)
     if deny_hits:
         return base.make(Decision.EXPLICIT_DENY, "explicit_deny", deny_hits)
 
@@ -474,8 +474,8 @@ def _identity_only(denies: Sequence[_Entry], allows: Sequence[_Entry], resource:
                                 tuple(ctx.notes), frozenset(ctx.read)))
 
 
-class _Outcome:
-    """What every result of one decision shares; `make` adds the verdict."""
+class _ResultParts:
+    """What every Result of one decision shares; `make` adds the decision and the statements that decided."""
 
     __slots__ = ("matched", "per_type", "kind", "same_account", "ctx")
 

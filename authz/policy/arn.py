@@ -18,12 +18,31 @@ _MAX_SPANNING_STARS = 1
 from .variables import Lookup, Part, has_variables, render_text, render_tokens, static_tokens, variables_of
 
 
+# The fields of an ARN by position: arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE (the resource keeps any
+# further colons). This module is the one place that knows the layout.
+ARN_FIELDS = 6
+PARTITION, SERVICE, REGION, ACCOUNT, RESOURCE = 1, 2, 3, 4, 5
+
+
 def split_arn(value: str) -> list[str] | None:
     """The six ARN fields (the resource field keeps any further colons), or None if not an ARN."""
-    fields = value.split(":", 5)
-    if len(fields) != 6 or fields[0] != "arn":
+    fields = value.split(":", ARN_FIELDS - 1)
+    if len(fields) != ARN_FIELDS or fields[0] != "arn":
         return None
     return fields
+
+
+# account_of and service_of run for every request: one split and literal indexes, no call to split_arn.
+def account_of(arn: str) -> str:
+    """The account field of an ARN; "" when `arn` is not an ARN."""
+    f = arn.split(":", 5)
+    return f[4] if len(f) == 6 and f[0] == "arn" else ""
+
+
+def service_of(arn: str) -> str:
+    """The service field of an ARN; "" when `arn` is not an ARN."""
+    f = arn.split(":", 5)
+    return f[2] if len(f) == 6 and f[0] == "arn" else ""
 
 
 def _split_tokens(tokens: Sequence[Token], maxsplit: int = 5) -> list[list[Token]]:
