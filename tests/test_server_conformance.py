@@ -12,6 +12,7 @@ import pytest
 
 from authz.client import AdminClient, AuthzClient
 from authz.evaluate import evaluate
+from authz.policy.arn import account_of
 from authz.policy.validate import validate_document
 from authz.server.convert import result_to_proto
 from authz.store.snapshot import DERIVED_KEYS, DERIVED_PREFIXES
@@ -66,7 +67,7 @@ def _store_context(case: dict[str, Any]) -> dict[str, Any]:
         if k.lower().startswith(("aws:principaltag/", "aws:resourcetag/")):
             ctx[k.lower()] = v
     if resource != "*":
-        ctx["aws:resourceaccount"] = resource.split(":")[4]
+        ctx["aws:resourceaccount"] = account_of(resource)
     ctx.setdefault("aws:currenttime", UNKNOWN)
     ctx.setdefault("aws:epochtime", UNKNOWN)
     return ctx
@@ -80,7 +81,7 @@ def expressible(case: dict[str, Any]) -> bool:
         return False
     if "/" in principal[len(USER_PREFIX):] or any(k in case for k in OTHER_POLICY_KEYS):
         return False
-    owner = DOC_ACCOUNT if resource == "*" else resource.split(":")[4]
+    owner = DOC_ACCOUNT if resource == "*" else account_of(resource)
     if case["resourceAccount"] != owner:
         return False
     if any(k.lower().startswith("aws:resourcetag/") for k in case["context"]) and not _KVS_ARN.match(resource):

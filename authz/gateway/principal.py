@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Literal
 
+from ..policy.arn import account_of
 from ..records import Credential
 from . import sigv4
 from .sigv4 import SignatureError
@@ -158,11 +159,6 @@ class SignedRequest:
     peer_principal: str                 # URI SAN or subject of the client certificate; "" without mTLS
 
 
-def principal_account(principal: str) -> str:
-    """The account of a principal ARN accepted by check_principal."""
-    return principal.split(":", 5)[4]
-
-
 def check_principal(value: str, where: str) -> str:
     """The principal ARN in `value`, or AuthenticationError: headers and certificates are not trusted blindly."""
     if not value:
@@ -193,10 +189,10 @@ def authenticate(source: PrincipalSource, request: SignedRequest, lookup: Callab
             status, code = _SIGNATURE_ERRORS.get(exc.reason, (403, "InvalidSignatureException"))
             raise AuthenticationError(status, code, str(exc)) from None
         principal = check_principal(verified.principal, "the access key's owner")
-        return Caller(principal, principal_account(principal), verified.region, str(source),
+        return Caller(principal, account_of(principal), verified.region, str(source),
                       verified.signed_headers, verified.payload_verified)
     if source.kind == "header":
         principal = check_principal(request.headers.get(source.header, ""), f"header {source.header}")
     else:
         principal = check_principal(request.peer_principal, "the client certificate (URI SAN or subject)")
-    return Caller(principal, principal_account(principal), None, str(source), None, request.body is not None)
+    return Caller(principal, account_of(principal), None, str(source), None, request.body is not None)

@@ -32,6 +32,11 @@ def split_arn(value: str) -> list[str] | None:
     return fields
 
 
+def lower_head(fields: Sequence[str]) -> list[str]:
+    """The six fields of an ARN with the case-insensitive ones (partition, service, region, account) lower-cased."""
+    return [fields[0], *(f.lower() for f in fields[PARTITION:RESOURCE]), fields[RESOURCE]]
+
+
 # account_of and service_of run for every request: one split and literal indexes, no call to split_arn.
 def account_of(arn: str) -> str:
     """The account field of an ARN; "" when `arn` is not an ARN."""

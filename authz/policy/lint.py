@@ -15,7 +15,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterator, Sequence
 
-from .arn import ResourcePattern, split_arn
+from .arn import RESOURCE, ResourcePattern, lower_head, split_arn
 from .conditions import OperatorName, parse_operator
 from .glob import Glob, tokens_of
 from .jsontext import child_path
@@ -308,7 +308,8 @@ def _arn_parts(source: str) -> tuple[str, str, str, str] | None:
     f = split_arn(source)
     if f is None:
         return None
-    return f[2].lower(), f[3], f[4], f[5]
+    _, _partition, service, region, account, segment = f
+    return service.lower(), region, account, segment
 
 
 def _wild(text: str) -> bool:
@@ -336,7 +337,10 @@ _ACCOUNT = re.compile(r"[0-9]{12}", re.ASCII)
 
 def _format_regex(arn_format: str) -> re.Pattern[str]:
     """The regular expression of a resource segment from an ARN format of the tables."""
-    segment = arn_format.split(":", 5)[5]
+    fields = split_arn(arn_format)
+    if fields is None:
+        raise ValueError(f"data/actions.json: the resource ARN format {arn_format!r} is not an ARN; fix the table")
+    segment = fields[RESOURCE]
     out = ""
     for piece in re.split(r"(\$\{[A-Za-z]+\})", segment):
         out += _ARN_FIELD.get(piece, _NAME) if piece.startswith("${") else re.escape(piece)
@@ -606,7 +610,7 @@ def _resource_covers(a: ResourcePattern, b: ResourcePattern) -> bool:
     f = split_arn(b.source)
     if f is None:
         return False
-    return a.static.match_text(":".join([f[0], f[1].lower(), f[2].lower(), f[3].lower(), f[4].lower(), f[5]]))
+    return a.static.match_text(":".join(lower_head(f)))
 
 
 def _covers(a: _Entry, b: _Entry, *, same_condition: bool) -> bool:

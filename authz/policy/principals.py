@@ -9,6 +9,8 @@ from functools import lru_cache
 from enum import IntEnum
 from typing import Any
 
+from .arn import split_arn
+
 
 class GrantKind(IntEnum):
     """How a resource-policy principal entry matched the requester (spec 2.7, 3.4); higher is stronger."""
@@ -61,10 +63,10 @@ def parse_requester(principal: str, userid: str | None = None, federated_creator
         return Requester(ANONYMOUS, "anonymous")
     if principal.endswith(".amazonaws.com") and not principal.startswith("arn:"):
         return Requester(principal, "service")
-    f = principal.split(":", 5)
-    if len(f) != 6 or f[0] != "arn":
+    f = split_arn(principal)
+    if f is None:
         return Requester(principal, "unknown")
-    partition, service, account, res = f[1], f[2], f[4], f[5]
+    _, partition, service, _region, account, res = f
     uid = userid or ""
     if service == "iam":
         if res == "root":
@@ -138,10 +140,10 @@ def _aws_entry(value: str) -> PrincipalEntry:
         return PrincipalEntry("account", value)
     if value.startswith(("AIDA", "AROA")) and ":" not in value:
         return PrincipalEntry("unique-id", value)
-    f = value.split(":", 5)
-    if len(f) != 6 or f[0] != "arn" or "*" in value or "?" in value:
+    f = split_arn(value)
+    if f is None or "*" in value or "?" in value:
         return PrincipalEntry("invalid", value)
-    partition, service, account, res = f[1], f[2], f[4], f[5]
+    _, partition, service, _region, account, res = f
     if service == "iam":
         if res == "root":
             return PrincipalEntry("account", account, partition, account)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import limits
-from .arn import compile_arn_like, split_arn
+from .arn import ACCOUNT, ARN_FIELDS, PARTITION, REGION, RESOURCE, SERVICE, compile_arn_like, split_arn
 from .conditions import (BASE_OPERATORS, MULTIVALUED_KEYS, QUALIFIERS, OperatorName, parse_base64, parse_date,
                          parse_ip_network, parse_number, parse_operator, value_text)
 from .errors import PolicyError, Problem
@@ -208,8 +208,8 @@ def _split_fields(parts: tuple[Part, ...]) -> list[list[Part]]:
     (so `${aws:PrincipalTag/svc}` in the service segment stays one part of that segment)."""
     fields: list[list[Part]] = [[]]
     for p in parts:
-        if isinstance(p, str) and len(fields) < 6:
-            pieces = p.split(":", 6 - len(fields))
+        if isinstance(p, str) and len(fields) < ARN_FIELDS:
+            pieces = p.split(":", ARN_FIELDS - len(fields))
             if pieces[0]:
                 fields[-1].append(pieces[0])
             for piece in pieces[1:]:
@@ -491,17 +491,17 @@ class _Checker:
         if len(fields) < 3:
             self.error(path, f"{which} entry {_show(r)} names no service; write e.g. {_EXAMPLE_ARN}")
             return
-        for i, segment in ((1, "partition"), (2, "service"), (3, "region"), (4, "account")):
+        for i, segment in ((PARTITION, "partition"), (SERVICE, "service"), (REGION, "region"), (ACCOUNT, "account")):
             if i < len(fields) and _literal(fields[i]) is None:
                 self.error(path, f"{which} entry {_show(r)} has a policy variable in the {segment} segment; "
                                  "variables are allowed only in the resource segment (after the fifth ':'): write "
                                  f"the {segment} literally")
                 return
-        partition = _literal(fields[1]) or ""
+        partition = _literal(fields[PARTITION]) or ""
         if not self.known_partition(partition):
             self.error(path, f"{which} entry {_show(r)} has unknown partition {_show(partition)}; use "
                              f"{', '.join(_PARTITIONS)} (or a wildcard)")
-        service = _literal(fields[2]) or ""
+        service = _literal(fields[SERVICE]) or ""
         if _has_wildcard(service):
             self.error(path, f"{which} entry {_show(r)} has a wildcard in the service segment {_show(service)}; "
                              'write the service literally, e.g. "arn:aws:kinesisvideo:*:*:stream/*"')
@@ -510,8 +510,8 @@ class _Checker:
             self.error(path, f"{which} entry {_show(r)} has an invalid service segment {_show(service)}; write a "
                              'service name such as "kinesisvideo"')
             return
-        if len(fields) == 6:
-            self.resource_segment(path, r, which, service.lower(), fields[5])
+        if len(fields) == ARN_FIELDS:
+            self.resource_segment(path, r, which, service.lower(), fields[RESOURCE])
 
     def known_partition(self, partition: str) -> bool:
         if _has_wildcard(partition):
@@ -642,14 +642,16 @@ class _Checker:
         elif key == "Federated":
             f = split_arn(v)
             if f is not None:
-                if f[1] not in _PARTITIONS:
-                    self.error(path, f"{_show(v)} has unknown partition {_show(f[1])}; use {', '.join(_PARTITIONS)}")
-                elif f[2] != "iam" or not f[5].startswith(("saml-provider/", "oidc-provider/")):
+                _, partition, service, region, account, res = f
+                if partition not in _PARTITIONS:
+                    self.error(path, f"{_show(v)} has unknown partition {_show(partition)}; use "
+                                     f"{', '.join(_PARTITIONS)}")
+                elif service != "iam" or not res.startswith(("saml-provider/", "oidc-provider/")):
                     self.error(path, f"{_show(v)} is not an identity-provider ARN; write "
                                      '"arn:aws:iam::111122223333:saml-provider/NAME" (or oidc-provider/HOST)')
-                elif not _ACCOUNT_ID.fullmatch(f[4]):
+                elif not _ACCOUNT_ID.fullmatch(account):
                     self.error(path, f"{_show(v)} needs the 12-digit account id in its account field")
-                elif not _ARN_RESOURCE.fullmatch(f[5]) or f[3]:
+                elif not _ARN_RESOURCE.fullmatch(res) or region:
                     self.error(path, f"{_show(v)} must have an empty region and a provider name of printable ASCII "
                                      "without white space")
             elif not _HOST.fullmatch(v):
@@ -668,7 +670,7 @@ class _Checker:
         if f is None:
             self.error(path, f"{_show(v)} is not a principal; {hint}")
             return
-        partition, service, region, account, res = f[1:]
+        _, partition, service, region, account, res = f
         if partition not in _PARTITIONS:
             self.error(path, f"{_show(v)} has unknown partition {_show(partition)}; use {', '.join(_PARTITIONS)}")
         if region or not _ACCOUNT_ID.fullmatch(account):
