@@ -187,7 +187,9 @@ def presigned_viewer(key: Key, channel: str = YOUR_CHANNEL, client_id: str = "vi
 
 
 @dataclass(frozen=True)
-class Answer:
+class CheckAnswer:
+    """A CheckResponse as the client of the gateway reads it."""
+
     allowed: bool
     status: int
     code: str
@@ -197,12 +199,12 @@ class Answer:
     raw: external_auth_pb2.CheckResponse
 
 
-def answer_of(resp: external_auth_pb2.CheckResponse) -> Answer:
+def answer_of(resp: external_auth_pb2.CheckResponse) -> CheckAnswer:
     metadata = json_format.MessageToDict(resp.dynamic_metadata)
     if resp.status.code == code_pb2.OK:
         assert resp.HasField("ok_response") and not resp.HasField("denied_response")
         headers = {h.header.key: h.header.value for h in resp.ok_response.headers}
-        return Answer(True, 200, "", "", headers, metadata, resp)
+        return CheckAnswer(True, 200, "", "", headers, metadata, resp)
     assert resp.HasField("denied_response") and not resp.HasField("ok_response")
     denied = resp.denied_response
     headers = {h.header.key: h.header.value for h in denied.headers}
@@ -210,14 +212,14 @@ def answer_of(resp: external_auth_pb2.CheckResponse) -> Answer:
     assert set(body) == {"__type", "Message"}
     assert headers["x-amzn-ErrorType"] == body["__type"]
     assert headers["content-type"] == "application/json"
-    return Answer(False, denied.status.code, body["__type"], body["Message"], headers, metadata, resp)
+    return CheckAnswer(False, denied.status.code, body["__type"], body["Message"], headers, metadata, resp)
 
 
-def ask(servicer: ExtAuthzServicer, wire: Wire) -> Answer:
+def ask(servicer: ExtAuthzServicer, wire: Wire) -> CheckAnswer:
     return answer_of(servicer.Check(wire.check(), None))  # type: ignore[arg-type]
 
 
-def allowed(servicer: ExtAuthzServicer, wire: Wire, principal: str, action: str, resource: str) -> Answer:
+def allowed(servicer: ExtAuthzServicer, wire: Wire, principal: str, action: str, resource: str) -> CheckAnswer:
     a = ask(servicer, wire)
     assert a.allowed, f"{a.status} {a.code}: {a.message}"
     assert a.headers == {PRINCIPAL_HEADER: principal}
@@ -229,7 +231,8 @@ def allowed(servicer: ExtAuthzServicer, wire: Wire, principal: str, action: str,
     return a
 
 
-def denied(servicer: ExtAuthzServicer, wire: Wire, status: int = 403, code: str = "AccessDeniedException") -> Answer:
+def denied(servicer: ExtAuthzServicer, wire: Wire, status: int = 403,
+           code: str = "AccessDeniedException") -> CheckAnswer:
     a = ask(servicer, wire)
     assert not a.allowed
     assert (a.status, a.code) == (status, code), a.message

@@ -219,20 +219,22 @@ def mutated(draw: st.DrawFn, first: str) -> tuple[Original, list[str], Wire]:
 
 
 @dataclass(frozen=True)
-class Decided:
+class Compared:
+    """What the differential compares of one Check: its answer, and what the store was asked."""
+
     allowed: bool
     status: int
     asked: tuple[Any, ...] | None       # what the store was asked: principal, action, resource, context
 
 
-def decide(store: Store, wire: Wire) -> Decided:
+def decide(store: Store, wire: Wire) -> Compared:
     spy = SpyStore(store)
     answer = answer_of(ExtAuthzServicer(spy, OPTIONS).Check(wire.check(), None))  # type: ignore[arg-type]
     asked = None
     if spy.calls:
         ((args, kw),) = spy.calls
         asked = (args[0], args[1], args[2], dict(kw["trusted_context"]))
-    return Decided(answer.allowed, answer.status, asked)
+    return Compared(answer.allowed, answer.status, asked)
 
 
 def test_every_original_is_decided_by_the_store(store: Store) -> None:

@@ -53,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     s.kill()
 
 
-def check(s: ServerProcess, wire: ext_unit.Wire) -> ext_unit.Answer:
+def check(s: ServerProcess, wire: ext_unit.Wire) -> ext_unit.CheckAnswer:
     """Envoy's ext_authz Check, on the real server's decision port."""
     with grpc.insecure_channel(s.addr) as channel:
         return ext_unit.answer_of(external_auth_pb2_grpc.AuthorizationStub(channel).Check(wire.check(), timeout=5))

@@ -21,7 +21,7 @@ from tests.example_ids import ADMIN as ADMIN_KEY
 from tests.example_ids import CAMERA, REGION, Key, user
 from tests.example_ids import VIEWER as VIEWER_KEY
 from tests.server_fixture import copy_example_bundle, start_server
-from tests.test_ext_authz_unit import (BUNDLE, OPTIONS, T0, Answer, FaultyStore, Wire, answer_of, ask, boom,
+from tests.test_ext_authz_unit import (BUNDLE, OPTIONS, T0, CheckAnswer, FaultyStore, Wire, answer_of, ask, boom,
                                        put_media, signed)
 
 ACCT = "123456789012"
@@ -133,7 +133,7 @@ AUTHZ_FAMILIES = {"authz_decisions_total", "authz_decision_latency_seconds", "au
                   "authz_policy_revision", "authz_reloads_total", "authz_last_load_error", "authz_ready"}
 
 
-def check(addr: str, wire: Wire) -> Answer:
+def check(addr: str, wire: Wire) -> CheckAnswer:
     with grpc.insecure_channel(addr) as channel:
         return answer_of(external_auth_pb2_grpc.AuthorizationStub(channel).Check(wire.check(), timeout=10))
 

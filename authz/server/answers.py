@@ -18,8 +18,11 @@ the same player reading it), so the decision RPCs work on the bytes gRPC receive
 The target is checked once (by the store) and an answer encoded once: the memo's copy, with `cached`
 set, is the same bytes plus that field.
 
-Identical bytes always parse to the identical request, so neither memo can change an answer; both
-are emptied when the store publishes a new revision. Requests with `explain` are never memoised.
+Identical bytes always parse to the identical request, so neither memo can change an answer. An
+answer memoised at an earlier revision is served at a later one only while no change since touched
+what its decision read (Store.still_valid, the decision cache's own test), re-encoded with the current
+revision; a change that may touch anything (a bundle load) empties both memos. Requests with `explain`
+are never memoised.
 
 Memory. Both memos are bounded in bytes as well as entries (--memo-bytes, settings.MEMO_MAX_BYTES, shared
 between them), and a request larger than settings.MEMO_MAX_REQUEST_BYTES (a context larger than that, for
@@ -37,6 +40,8 @@ from typing import Generic, Hashable, Mapping, NamedTuple, TypeVar
 from ..evaluate import Result
 from ..requests import check_target
 from ..store import PreparedContext, Store
+from ..store.cache import Deps
+from ..store.changes import Change
 from ..v1 import authz_pb2 as pb
 from ..v1 import wire_pb2
 from . import convert, settings
@@ -50,10 +55,10 @@ ContextKey = tuple[bytes, ...]
 CACHED_FIELD = bytes(((pb.AuthorizeResponse.CACHED_FIELD_NUMBER << 3) | 0, 1))
 
 
-class Decided(NamedTuple):
-    """One answered request: the encoded response and what the decision log needs."""
+class EncodedAnswer(NamedTuple):
+    """The store's answer to one request, encoded as its AuthorizeResponse, with what the observers need."""
 
-    data: bytes
+    data: bytes                                  # the encoded AuthorizeResponse
     raw: bytes                                   # the request
     result: Result
     revision: int
@@ -70,7 +75,8 @@ class _Memo(NamedTuple):
     revision: int
     valid_from: float      # the store's clock must be in [valid_from, valid_until): see store.Answer
     valid_until: float
-    decided: Decided       # its response encoded with `cached` set
+    answer: EncodedAnswer  # its response encoded with `cached` set
+    deps: Deps | None      # what the decision read (store.Answer.deps): valid at a later revision while untouched
 
 
 K = TypeVar("K", bound=Hashable)
@@ -196,7 +202,11 @@ class Answers:
         self._answers: ByteBoundedMemo[bytes, _Memo] = ByteBoundedMemo(answer_memo_size, self._answer_bytes)
         self._contexts: ByteBoundedMemo[ContextKey, PreparedContext] = ByteBoundedMemo(context_memo_size,
                                                                                        self._context_bytes)
-        store.on_swap(lambda _snapshot: self.clear())
+        store.on_change(self._changed)
+
+    def _changed(self, _snapshot: object, change: Change) -> None:
+        if change.touched.everything:
+            self.clear()
 
     def clear(self) -> None:
         """Forget both memos. Called on every new revision: no entry can be used again, and the memory
@@ -204,7 +214,7 @@ class Answers:
         self._answers = ByteBoundedMemo(self._answer_size, self._answer_bytes)
         self._contexts = ByteBoundedMemo(self._context_size, self._context_bytes)
 
-    def decide(self, raw: bytes) -> Decided:
+    def decide(self, raw: bytes) -> EncodedAnswer:
         """Answer one encoded AuthorizeRequest with an encoded AuthorizeResponse.
 
         Raises Undecodable for bytes that are not a request, and the store's RequestError/LimitError
@@ -212,10 +222,19 @@ class Answers:
         """
         store = self.store
         memo = self._answers.get(raw)
-        if (memo is not None and memo.revision == store.revision
-                and memo.valid_from <= store.clock() < memo.valid_until):
-            store.cache.note_hit()
-            return memo.decided
+        if memo is not None and memo.valid_from <= store.clock() < memo.valid_until:
+            revision = store.revision
+            if memo.revision == revision:
+                store.cache.note_hit()
+                return memo.answer
+            if store.still_valid(memo.deps, memo.revision):
+                a = memo.answer
+                again = a._replace(revision=revision, data=convert.result_to_proto(
+                    a.result, revision, True, False).SerializeToString())
+                self._answers.put(raw, memo._replace(revision=revision, answer=again),
+                                  answer_charge(raw, again.data, a.parsed))
+                store.cache.note_hit()
+                return again
         view = parse_view(raw)
         if view.explain:
             return self._explained(raw, view)
@@ -229,14 +248,14 @@ class Answers:
                 self._contexts.put(ctx_key, prepared, context_charge(ctx_key, prepared))
         answer = store.authorize(principal, action, resource, prepared=prepared, access_key_id=view.access_key_id)
         data = convert.result_to_proto(answer.result, answer.revision, answer.cached, False).SerializeToString()
-        decided = Decided(data, raw, answer.result, answer.revision, answer.cached, view)
+        encoded = EncodedAnswer(data, raw, answer.result, answer.revision, answer.cached, view)
         if small and self._answer_size > 0 and answer.valid_until > store.clock():
             memo_data = data if answer.cached else data + CACHED_FIELD
             self._answers.put(raw, _Memo(answer.revision, answer.valid_from, answer.valid_until,
-                                         decided._replace(data=memo_data, cached=True,
-                                                          parsed=view if self.keep_views else None)),
+                                         encoded._replace(data=memo_data, cached=True,
+                                                          parsed=view if self.keep_views else None), answer.deps),
                               answer_charge(raw, memo_data, view if self.keep_views else None))
-        return decided
+        return encoded
 
     def _prepare(self, raw: bytes, principal: str, action: str, resource: str) -> PreparedContext:
         """The request's context, decoded and prepared by the store.
@@ -249,12 +268,13 @@ class Answers:
             check_target(principal, action, resource)
             raise
 
-    def _explained(self, raw: bytes, view: wire_pb2.AuthorizeRequestView) -> Decided:
+    def _explained(self, raw: bytes, view: wire_pb2.AuthorizeRequestView) -> EncodedAnswer:
         context = convert.context_from_proto(decode_context(raw))
         answer = self.store.authorize(view.principal, view.action, view.resource, context, explain=True,
                                       access_key_id=view.access_key_id)
         response = convert.result_to_proto(answer.result, answer.revision, answer.cached, True)
-        return Decided(response.SerializeToString(), raw, answer.result, answer.revision, answer.cached, view)
+        return EncodedAnswer(response.SerializeToString(), raw, answer.result, answer.revision, answer.cached,
+                             view)
 
     def stats(self) -> dict[str, int]:
         return {"answers": len(self._answers), "contexts": len(self._contexts),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import grpc
 
@@ -18,14 +18,11 @@ from ..v1 import authz_pb2 as pb
 from ..v1 import authz_pb2_grpc as pb_grpc
 from ..v1.wire_pb2 import AuthorizeRequestView
 from . import convert, settings
-from .answers import Answers, Decided, encode_batch, parse_batch
-from .decision_log import DecisionEvent, statement_label
+from .answers import Answers, EncodedAnswer, encode_batch, parse_batch
+from .decision_log import DecisionEvent, Observer, statement_label
 from .errors import NotServing, Undecodable, abort, metadata_request_id, raw_bytes, rpc
 from .simulate import Simulator, renamed
 from .sts import Unauthenticated, peer_address, verify_assume_role
-
-Observer = Callable[[Sequence[DecisionEvent]], None]   # gets the events of one call together
-
 
 def _request_id(given: str, context: grpc.ServicerContext) -> str:
     return given or metadata_request_id(context) or uuid.uuid4().hex
@@ -57,12 +54,12 @@ class Authorizer(pb_grpc.AuthorizerServicer):
             observe(events)
 
     @staticmethod
-    def _event(rpc_name: str, request_id: str, v: AuthorizeRequestView, d: Decided, seconds: float
+    def _event(rpc_name: str, request_id: str, v: AuthorizeRequestView, a: EncodedAnswer, seconds: float
                ) -> DecisionEvent:
-        return DecisionEvent(rpc_name, request_id, v.principal, v.action, v.resource, d.result.decision.value,
+        return DecisionEvent(rpc_name, request_id, v.principal, v.action, v.resource, a.result.decision.value,
                              tuple(statement_label(m.policy_type, m.policy_name, m.index, m.sid)
-                                   for m in d.result.deciding),
-                             d.revision, seconds, d.cached)
+                                   for m in a.result.deciding),
+                             a.revision, seconds, a.cached)
 
     # Authorize and AuthorizeBatch take and return bytes: see authz.server.answers.
 
@@ -71,12 +68,12 @@ class Authorizer(pb_grpc.AuthorizerServicer):
     def Authorize(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._require_ready()
         start = time.perf_counter()
-        decided = self.answers.decide(request)
+        answer = self.answers.decide(request)
         if self.observers:
-            v = decided.view
-            self._emit([self._event("Authorize", _request_id(v.request_id, context), v, decided,
+            v = answer.view
+            self._emit([self._event("Authorize", _request_id(v.request_id, context), v, answer,
                                     time.perf_counter() - start)])
-        return decided.data
+        return answer.data
 
     @raw_bytes
     @rpc
@@ -89,23 +86,23 @@ class Authorizer(pb_grpc.AuthorizerServicer):
         decide = self.answers.decide
         out: list[bytes] = []
         observed = bool(self.observers)
-        events: list[tuple[Decided, float]] = []
+        events: list[tuple[EncodedAnswer, float]] = []
         for i, raw in enumerate(items):
             start = time.perf_counter()
             try:
-                decided = decide(raw)
+                answer = decide(raw)
             except (RequestError, LimitError) as exc:
                 raise renamed(exc, f"requests[{i}].{exc.field}") from None
             except Undecodable as exc:
                 raise Undecodable("authz.v1.AuthorizeBatchRequest", f"requests[{i}]: {exc.reason}") from None
-            out.append(decided.data)
+            out.append(answer.data)
             if observed:
-                events.append((decided, time.perf_counter() - start))
+                events.append((answer, time.perf_counter() - start))
         if observed:   # only once every answer exists: a rejected batch logs nothing
             batch_id = _request_id("", context)
-            views = [d.view for d, _ in events]
-            self._emit([self._event("AuthorizeBatch", v.request_id or f"{batch_id}.{i}", v, d, seconds)
-                        for i, (v, (d, seconds)) in enumerate(zip(views, events))])
+            views = [a.view for a, _ in events]
+            self._emit([self._event("AuthorizeBatch", v.request_id or f"{batch_id}.{i}", v, a, seconds)
+                        for i, (v, (a, seconds)) in enumerate(zip(views, events))])
         return encode_batch(out)
 
     @raw_bytes

@@ -186,7 +186,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                       "required, worker 0 alone serves the admin listener, and every worker follows the shared "
                       f"state within {settings.WORKER_SYNC_INTERVAL} s; e.g. --workers 2",
          type=_positive(int, 1), default=1, metavar="N")
-    flag("--threads", "gRPC worker threads per process; e.g. --threads 16", type=_positive(int, 1),
+    flag("--threads", "threads serving gRPC calls in each process; e.g. --threads 16", type=_positive(int, 1),
          default=settings.DEFAULT_THREADS, metavar="N")
     flag("--watch-interval", "seconds between checks of the bundle directory for changes (0 disables "
                              "watching; reload through the admin Reload call); e.g. --watch-interval 5",
