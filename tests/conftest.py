@@ -1,4 +1,4 @@
-"""Shared pytest configuration: markers that pyproject does not declare, and clients of a module's `server`."""
+"""Shared pytest configuration: markers pyproject does not declare, clients of a module's `server`, real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Iterator
 import pytest
 
 from authz.client import AdminClient, AuthzClient
+from tests.pg_server import pg_db, pg_server, pg_url  # noqa: F401  (fixtures: a real PostgreSQL)
 from tests.server_fixture import ServerProcess
 
 
