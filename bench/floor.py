@@ -26,7 +26,7 @@ from authz.v1 import authz_pb2, authz_pb2_grpc
 SETTINGS_MODULE = "authz.server.settings"
 
 # Used only while authz.server.settings does not exist. Chosen for this harness:
-FALLBACK_WORKERS = 8                 # threads: enough for 64 RPCs in flight to queue cheaply on 2 cores
+FALLBACK_THREADS = 8                 # enough for 64 RPCs in flight to queue cheaply on 2 cores
 FALLBACK_OPTIONS: dict[str, Any] = {
     "grpc.so_reuseport": 0,          # a second server on a taken port must fail, not share the port
     "grpc.max_receive_message_length": 4 * 1024 * 1024,   # a full batch of 1,000 requests fits
@@ -44,17 +44,18 @@ def _as_options(raw: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> Options:
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """What the floor and the real server share: worker threads and channel options."""
+    """What the floor and the real server share: threads per process and channel options."""
 
-    workers: int
+    threads: int
     options: Options
     source: str                      # where they came from: the settings module or this file's fallback
 
     def as_dict(self) -> dict[str, Any]:
-        return {"workers": self.workers, "options": dict(self.options), "source": self.source}
+        # "workers": the key results.json has always had for the thread count (report.py reads it).
+        return {"workers": self.threads, "options": dict(self.options), "source": self.source}
 
 
-def server_settings(overrides: Mapping[str, Any] | None = None, workers: int | None = None,
+def server_settings(overrides: Mapping[str, Any] | None = None, threads: int | None = None,
                     *, warn: bool = True) -> ServerSettings:
     """The real server's settings (authz.server.settings), or this file's fallback with a warning."""
     try:
@@ -65,17 +66,17 @@ def server_settings(overrides: Mapping[str, Any] | None = None, workers: int | N
         mod = None
     if mod is not None and hasattr(mod, "SERVER_OPTIONS") and hasattr(mod, "DEFAULT_THREADS"):
         options = dict(_as_options(mod.SERVER_OPTIONS))
-        default_workers, source = int(mod.DEFAULT_THREADS), SETTINGS_MODULE
+        default_threads, source = int(mod.DEFAULT_THREADS), SETTINGS_MODULE
     else:
         if warn:
             print(f"warning: {SETTINGS_MODULE} (SERVER_OPTIONS, DEFAULT_THREADS) not found; the floor uses "
-                  f"bench.floor's fallback settings: {FALLBACK_WORKERS} workers, {FALLBACK_OPTIONS}",
+                  f"bench.floor's fallback settings: {FALLBACK_THREADS} threads, {FALLBACK_OPTIONS}",
                   file=sys.stderr)
-        options, default_workers, source = dict(FALLBACK_OPTIONS), FALLBACK_WORKERS, "bench.floor fallback"
+        options, default_threads, source = dict(FALLBACK_OPTIONS), FALLBACK_THREADS, "bench.floor fallback"
     if overrides:
         options.update(overrides)
         source += " + --server-options"
-    return ServerSettings(workers if workers is not None else default_workers, tuple(options.items()), source)
+    return ServerSettings(threads if threads is not None else default_threads, tuple(options.items()), source)
 
 
 FIXED_RESPONSE = authz_pb2.AuthorizeResponse(
@@ -117,11 +118,11 @@ class EchoAuthorizer(authz_pb2_grpc.AuthorizerServicer):
         return answer
 
 
-def serve(listen: str, workers: int, *, options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+def serve(listen: str, threads: int, *, options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
           handler_us: float = 0.0) -> grpc.Server:
-    """Start the floor on `listen` (host:port) with `workers` threads; options default to server_settings()."""
-    opts = _as_options(options) if options is not None else server_settings(workers=workers).options
-    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floor"), options=opts)
+    """Start the floor on `listen` (host:port) with `threads` threads; options default to server_settings()."""
+    opts = _as_options(options) if options is not None else server_settings(threads=threads).options
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="floor"), options=opts)
     add_floor(server, handler_us)
     server.add_insecure_port(listen)   # raises RuntimeError when the address cannot be bound
     server.start()
@@ -187,7 +188,7 @@ def serve_aio(listen: str, options: Options, stopped: threading.Event, *, use_uv
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
     ap.add_argument("--listen", required=True, help="host:port")
-    ap.add_argument("--workers", type=int, default=None, help="worker threads (default: the server's)")
+    ap.add_argument("--threads", type=int, default=None, help="threads serving calls (default: the server's)")
     ap.add_argument("--server-options", default=None,
                     help="JSON object of gRPC channel options, merged over the server's settings")
     ap.add_argument("--handler-us", type=float, default=0.0,
@@ -196,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="server model: sync (thread pool, as the sidecar), aio (grpc.aio), uvloop (grpc.aio on uvloop)")
     args = ap.parse_args(argv)
     overrides = json.loads(args.server_options) if args.server_options else None
-    settings = server_settings(overrides, args.workers, warn=overrides is None or args.workers is None)
+    settings = server_settings(overrides, args.threads, warn=overrides is None or args.threads is None)
     stopped = threading.Event()
 
     def stop(_sig: int, _frame: Any) -> None:
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model != "sync":
         serve_aio(args.listen, settings.options, stopped, use_uvloop=args.model == "uvloop")
         return 0
-    server = serve(args.listen, settings.workers, options=settings.options, handler_us=args.handler_us)
+    server = serve(args.listen, settings.threads, options=settings.options, handler_us=args.handler_us)
     stopped.wait()
     server.stop(grace=0.5).wait()
     return 0

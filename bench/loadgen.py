@@ -199,7 +199,7 @@ async def _closed(spec: LoadSpec) -> LoadResult:
         errors: Counter[str] = Counter()
         issued = 0
 
-        async def worker(call: Any) -> None:
+        async def sender(call: Any) -> None:
             nonlocal issued
             while True:
                 now = clock()
@@ -224,7 +224,7 @@ async def _closed(spec: LoadSpec) -> LoadResult:
                     latencies.append((t1 - t0) * 1e6)
                     raws.append(raw)
 
-        await asyncio.gather(*(worker(calls[j % len(calls)]) for j in range(spec.concurrency)))
+        await asyncio.gather(*(sender(calls[j % len(calls)]) for j in range(spec.concurrency)))
         elapsed = clock() - measure_from
     latencies.sort()
     decisions, cached = _tally(spec.method, raws)

@@ -115,7 +115,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"Mode: {'quick' if st['quick'] else 'full'}; {st['repeats']} repeats per figure; runs of "
         f"{st['duration_s']} s after {st['warmup_s']} s warm-up"
         f"{'; ' + str(st['requests']) + ' requests per run' if st.get('requests') else ''}. "
-        f"Server settings: {st['server_settings']['workers']} worker threads ({st['server_settings']['source']}).",
+        f"Server settings: {st['server_settings']['workers']} threads per process "
+        f"({st['server_settings']['source']}).",
         "", "Cells are `median [p10–p90]` over the repeats. Ratio = server ÷ floor, measured in the same run.", "",
         "## Server vs floor", "",
         "| case | figure | unit | server | floor | ratio | better |",

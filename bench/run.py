@@ -403,7 +403,7 @@ def grpc_cases(plan: Plan, progress: Progress, settings: ServerSettings, cases: 
     if not wanted:
         return ""
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp:
-        progress(f"grpc: starting the floor ({settings.workers} worker threads, {settings.source})")
+        progress(f"grpc: starting the floor ({settings.threads} threads, {settings.source})")
         started: list[ServedProcess] = []
         skip = ""
         try:
@@ -497,13 +497,14 @@ def case_workers(plan: Plan, progress: Progress) -> dict[str, Any]:
 STARVE_TIMEOUT_S = 1.0        # the starvation probe's per-call deadline: a starved call fails instead of waiting
 
 
-def _streams_row(g: GrpcBench, label: str, model: str, workers: int, n: int, *,
+def _streams_row(g: GrpcBench, label: str, model: str, threads: int, n: int, *,
                  timeout_s: float | None = None) -> tuple[dict[str, Any], dict[str, list[LoadResult]]]:
-    """One configuration: start `model`, open `n` streams, then unary Authorize at the top concurrency and at 1.
+    """One configuration: start `model` (a sync server with `threads` threads), open `n` streams, then unary
+    Authorize at the top concurrency and at 1.
 
     Returns the row (memory, threads, figures) and the runs by concurrency."""
     payloads = _payloads(g.plan, unique=False)
-    proc, stream_address = streams.start(model, workers)
+    proc, stream_address = streams.start(model, threads)
     results: dict[str, list[LoadResult]] = {}
     try:
         rss0, threads0 = streams.usage(proc.pid)
@@ -511,7 +512,8 @@ def _streams_row(g: GrpcBench, label: str, model: str, workers: int, n: int, *,
         try:
             rss1, threads1 = streams.usage(proc.pid)
             g.targets = {label: proc.address}
-            row: dict[str, Any] = {"model": model, "workers": workers if model != "aio" else None, "streams": n,
+            # "workers": the row's key for the sync pool's size, as results.json has always had it.
+            row: dict[str, Any] = {"model": model, "workers": threads if model != "aio" else None, "streams": n,
                                    "rss_mb": rss1, "threads": threads1,
                                    "rss_kb_per_stream": (rss1 - rss0) * 1e3 / n if n else None,
                                    "threads_per_stream": (threads1 - threads0) / n if n else None}
@@ -542,7 +544,7 @@ def case_streams(plan: Plan, progress: Progress, settings: ServerSettings) -> di
     (a) today's sync server, no streams (the baseline, measured first and last); (b) the sync server with a pool
     large enough for the streams, (c) grpc.aio for both, (d) sync for unary + grpc.aio in a thread for streams;
     and a probe of today's pool with as many streams as threads (unary starves)."""
-    today = settings.workers
+    today = settings.threads
     big_pool = max(plan.stream_counts) + today
     top = str(max(plan.concurrency))
     rows: dict[str, dict[str, Any]] = {}

@@ -239,14 +239,14 @@ async def _drive(plan: LoadPlan, started: Any) -> dict[str, Any]:
                 return
             rec.answered(raw, i, due - start, clock() - due)
 
-        if plan.concurrency:                      # closed loop: each worker sends again when answered
+        if plan.concurrency:                      # closed loop: each sender sends again when answered
             stop_at, counter = start + plan.duration_s, iter(range(10 ** 12))
 
-            async def worker() -> None:
+            async def sender() -> None:
                 while clock() < stop_at:
                     await one(next(counter), clock())
 
-            await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
+            await asyncio.gather(*(sender() for _ in range(plan.concurrency)))
             return rec.result(next(counter), clock() - start, 0, 0.0)
 
         # Open loop: sends on the schedule start + i / rate; latency counts from the scheduled time, so a

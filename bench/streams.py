@@ -1,7 +1,7 @@
 """The streams case's processes: the echo floor plus a long-lived server-streaming method, per server model, and the stream holder.
 
 Models (`--model`): `sync` is today's grpc.server on a thread pool, where every open stream holds a
-worker thread; `aio` is one grpc.aio server for unary and streams, each stream parked on an asyncio
+server thread; `aio` is one grpc.aio server for unary and streams, each stream parked on an asyncio
 event (no thread); `hybrid` is the sync server for unary on `--listen` plus a grpc.aio server in a
 thread of the same process for streams on `--stream-listen`. grpcio cannot put both servers on one
 port: each binds its own listening socket, and with SO_REUSEPORT the kernel would hand each
@@ -41,15 +41,15 @@ AIO_STOP_GRACE_S = 0.5
 # ------------------------------------------------------------------ the server process
 
 def _sync_watch(request: bytes, context: grpc.ServicerContext) -> Any:
-    """Send READY, then hold this worker thread until the call ends (client cancel or server stop)."""
+    """Send READY, then hold this server thread until the call ends (client cancel or server stop)."""
     ended = threading.Event()
     context.add_callback(ended.set)
     yield READY
     ended.wait()
 
 
-def _sync_server(listen: str, workers: int, options: Options, with_streams: bool) -> grpc.Server:
-    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floor"), options=options)
+def _sync_server(listen: str, threads: int, options: Options, with_streams: bool) -> grpc.Server:
+    server = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="floor"), options=options)
     add_floor(server)
     if with_streams:
         handler = grpc.unary_stream_rpc_method_handler(_sync_watch)   # no (de)serializers: raw bytes
@@ -80,7 +80,7 @@ async def _aio_serve(listen: str, options: Options, *, with_unary: bool, started
     await server.stop(AIO_STOP_GRACE_S)
 
 
-def serve(model: str, listen: str, stream_listen: str | None, workers: int, options: Options,
+def serve(model: str, listen: str, stream_listen: str | None, threads: int, options: Options,
           stopped: threading.Event) -> None:
     """Serve `model` until `stopped` is set."""
     started = threading.Event()
@@ -88,7 +88,7 @@ def serve(model: str, listen: str, stream_listen: str | None, workers: int, opti
         asyncio.run(_aio_serve(listen, options, with_unary=True, started=started, stopped=stopped))
         return
     if model == "sync":
-        server = _sync_server(listen, workers, options, with_streams=True)
+        server = _sync_server(listen, threads, options, with_streams=True)
         stopped.wait()
         server.stop(AIO_STOP_GRACE_S).wait()
         return
@@ -99,20 +99,20 @@ def serve(model: str, listen: str, stream_listen: str | None, workers: int, opti
                                                 stopped=stopped),))
     streams.start()
     started.wait()                     # SERVING on the unary port means both servers are up
-    server = _sync_server(listen, workers, options, with_streams=False)
+    server = _sync_server(listen, threads, options, with_streams=False)
     stopped.wait()
     server.stop(AIO_STOP_GRACE_S).wait()
     streams.join()
 
 
-def start(model: str, workers: int, host: str = "127.0.0.1") -> tuple[ServedProcess, str]:
+def start(model: str, threads: int, host: str = "127.0.0.1") -> tuple[ServedProcess, str]:
     """The server of `model` in its own process; returns it and the address its streams are served on."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, not {model!r}")
     settings = server_settings(warn=False)
     address = f"{host}:{free_port(host)}"
     stream_address = f"{host}:{free_port(host)}" if model == "hybrid" else address
-    argv = [sys.executable, "-m", "bench.streams", "--model", model, "--listen", address, "--workers", str(workers),
+    argv = [sys.executable, "-m", "bench.streams", "--model", model, "--listen", address, "--threads", str(threads),
             "--server-options", json.dumps(dict(settings.options))]
     if model == "hybrid":
         argv += ["--stream-listen", stream_address]
@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", choices=MODELS, required=True)
     ap.add_argument("--listen", required=True, help="host:port of unary Authorize and health")
     ap.add_argument("--stream-listen", default=None, help="hybrid: host:port of the streams' grpc.aio server")
-    ap.add_argument("--workers", type=int, required=True, help="sync server threads (sync and hybrid)")
+    ap.add_argument("--threads", type=int, required=True, help="sync server threads (sync and hybrid)")
     ap.add_argument("--server-options", required=True, help="JSON object of gRPC server options")
     args = ap.parse_args(argv)
     options = tuple(json.loads(args.server_options).items())
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    serve(args.model, args.listen, args.stream_listen, args.workers, options, stopped)
+    serve(args.model, args.listen, args.stream_listen, args.threads, options, stopped)
     return 0
 
 

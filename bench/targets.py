@@ -121,7 +121,7 @@ def start_floor(settings: ServerSettings, host: str = "127.0.0.1", model: str = 
     """The echo floor (bench.floor) in its own process, with the given settings and server model, and
     optionally a busy handler of `handler_us` microseconds per Authorize."""
     address = f"{host}:{free_port(host)}"
-    argv = [sys.executable, "-m", "bench.floor", "--listen", address, "--workers", str(settings.workers),
+    argv = [sys.executable, "-m", "bench.floor", "--listen", address, "--threads", str(settings.threads),
             "--server-options", json.dumps(dict(settings.options)), "--model", model]
     name = "floor" if model == "sync" else f"floor-{model}"
     if handler_us:
