@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import socket
 import threading
 from typing import Any
 
@@ -224,6 +226,94 @@ def test_connection_terminated_during_build_appends_nothing(pg_server: PgServer,
         assert log.write(1, lambda seen: [{"i": 2}]) == [2]     # a new connection, without a new PgChangeLog
     finally:
         log.close()
+
+
+class CommitCutter:
+    """A TCP relay to the server that, once armed, cuts the next connection to send COMMIT: before forwarding
+    it (the server rolls back) or after the server has answered it (committed, but the client never hears)."""
+
+    COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"     # the simple-query message libpq sends for COMMIT
+
+    def __init__(self, server_port: int) -> None:
+        self.server_port = server_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.armed = ""
+        self.cut = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, when: str) -> None:
+        assert when in ("before", "after")
+        with self._lock:
+            self.armed = when
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.server_port))
+            drop_reply = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, drop_reply), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, drop_reply), daemon=True).start()
+
+    def _cut(self, *socks: socket.socket) -> None:
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self.cut.set()
+
+    def _up(self, client: socket.socket, server: socket.socket, drop_reply: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if self.COMMIT in data:
+                    with self._lock:
+                        when, self.armed = self.armed, ""
+                    if when == "before":
+                        return self._cut(client, server)
+                    if when == "after":
+                        drop_reply.set()
+                server.sendall(data)
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_WR)
+
+    def _down(self, server: socket.socket, client: socket.socket, drop_reply: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                if drop_reply.is_set():                      # the answer to COMMIT: the server has committed
+                    return self._cut(client, server)
+                client.sendall(data)
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("cut", ["before", "after"])
+def test_a_commit_that_gets_no_answer_is_settled_by_asking_the_store(pg_server: PgServer, pg_db: str, cut: str) -> None:
+    """The connection drops during COMMIT: the write reports what the store did, never a guess."""
+    relay = CommitCutter(pg_server.port)
+    log = PgChangeLog(f"postgresql://postgres@127.0.0.1:{relay.port}/{pg_db}")
+    try:
+        append(log, [{"i": 1}])
+        relay.arm(cut)
+        if cut == "after":                                   # committed: acknowledged with its sequence number
+            assert log.write(1, lambda seen: [{"i": 2}]) == [2]
+            assert log.read(0) == [(1, {"i": 1}), (2, {"i": 2})]
+        else:                                                # rolled back: StorageFailure, nothing appended
+            with pytest.raises(StorageFailure, match=f"{relay.port}/{pg_db} is unreachable.*nothing was changed"):
+                log.write(1, lambda seen: [{"i": 2}])
+            assert log.read(0) == [(1, {"i": 1})]
+        assert relay.cut.is_set()
+        head = log.head()
+        assert log.write(head, lambda seen: [{"i": "next"}]) == [head + 1]   # the log goes on
+    finally:
+        log.close()
+        relay.close()
 
 
 def test_server_stopped_then_started(pg_server: PgServer, pg_db: str) -> None:

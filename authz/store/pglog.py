@@ -49,7 +49,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 LISTEN_RETRY_FIRST_S = 0.1
 LISTEN_RETRY_MAX_S = 2.0
 # How often a waiting listener looks at its stop event (the longest close() waits for it).
-LISTEN_STOP_CHECK_S = 0.5
+LISTEN_STOP_CHECK_S = 0.25
 
 APPLICATION_NAME = "authz-sidecar"
 WRITER_APPLICATION_NAME = f"{APPLICATION_NAME} changelog writer"
@@ -274,12 +274,14 @@ class PgChangeLog:
     def _append(self, conn: psycopg.Connection[Any], xid: str, head: int, texts: list[str]) -> list[int]:
         import psycopg
 
+        if not texts:
+            self._rollback()                    # nothing to append: release the write lock
+            return []
         seqs = list(range(head + 1, head + 1 + len(texts)))
         try:
-            if texts:
-                conn.execute("INSERT INTO changes (seq, record) SELECT * FROM unnest(%s::bigint[], %s::text[])",
-                             (seqs, texts))
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seqs[-1])))
+            conn.execute("INSERT INTO changes (seq, record) SELECT * FROM unnest(%s::bigint[], %s::text[])",
+                         (seqs, texts))
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(seqs[-1])))
         except psycopg.Error as exc:
             self._rollback()
             self._drop_writer()
@@ -287,40 +289,45 @@ class PgChangeLog:
         try:
             conn.commit()
         except psycopg.Error as exc:
+            # The COMMIT got no answer: it may have committed. Ask the store rather than guess.
             self._drop_writer()
-            if self._committed(xid):
+            outcome = self._outcome(xid)
+            if outcome == "committed":
+                log.warning("change store %s: the connection failed during COMMIT (%s); the store confirms records "
+                            "%d-%d were committed", self.where, _first_line(exc), seqs[0], seqs[-1])
                 return seqs
-            raise self._unreachable(exc) from None
+            if outcome == "aborted":
+                raise self._unreachable(exc) from None
+            raise StorageFailure(f"the change store {self.where} became unreachable during the commit "
+                                 f"({_first_line(exc)}) and could not say whether it committed: the change may "
+                                 "appear in the log; the sidecars apply it if it does. Check that PostgreSQL is "
+                                 "running, then read the state before retrying") from None
         return seqs
 
-    def _committed(self, xid: str) -> bool:
-        """Whether a transaction whose COMMIT got no answer committed after all (pg_xact_status).
+    def _outcome(self, xid: str) -> str | None:
+        """pg_xact_status of a transaction whose COMMIT got no answer, once it has ended; None if unknown.
 
-        True only when the store says so; when it cannot say (unreachable, still in progress), the
-        write is reported failed with the caveat that it may yet appear in the log.
+        The lost transaction holds the write lock until it ends (the server notices the dropped
+        connection, or finishes the commit): taking the lock first makes the answer final.
         """
         import psycopg
 
         if not xid:
-            return False
+            return None
         try:
             conn = self.connect(READER_APPLICATION_NAME, autocommit=True)
         except StorageFailure:
-            status = None
-        else:
-            try:
+            return None
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
                 row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
-                status = row[0] if row else None
-            except psycopg.Error:
-                status = None
-            finally:
-                self._discard(conn)
-        if status == "committed":
-            return True
-        if status != "aborted":
-            log.warning("change store %s: the outcome of a write is unknown (the connection failed during COMMIT); "
-                        "if it committed, the sidecars apply it when they next read the log", self.where)
-        return False
+            status = row[0] if row else None
+            return str(status) if status in ("committed", "aborted") else None
+        except psycopg.Error:
+            return None
+        finally:
+            self._discard(conn)
 
     def close(self) -> None:
         self._closed = True
