@@ -8,6 +8,9 @@ import grpc
 
 from ..policy.errors import RequestError
 from ..store import Store
+from ..store.ops import (AddUserToGroup, AttachPolicy, CreatePolicyVersion, DeleteAccessKey, DeleteInlinePolicy,
+                         DeletePolicy, DeletePrincipal, DeleteResource, DetachPolicy, PutInlinePolicy,
+                         RemoveUserFromGroup, SetPermissionsBoundary, SetTrustPolicy, TagPrincipal)
 from ..store.state import account_of_arn
 from ..v1 import authz_pb2 as pb
 from ..v1 import authz_pb2_grpc as pb_grpc
@@ -16,6 +19,16 @@ from .errors import rpc
 
 EMPTY = pb.Empty()
 Ctx: TypeAlias = grpc.ServicerContext
+
+
+def addressed(ref: pb.PrincipalRef, field: str = "principal") -> tuple[str, str, str]:
+    """(account, kind, name) of the user, group or role an admin call is addressed to."""
+    prefix = f"{field}." if field else ""
+    if not ref.kind:
+        raise RequestError(f"{prefix}kind", "required: user, group or role")
+    if not ref.name:
+        raise RequestError(f"{prefix}name", "required")
+    return ref.account, ref.kind, ref.name
 
 
 class PolicyAdmin(pb_grpc.PolicyAdminServicer):
@@ -35,13 +48,13 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
 
     @rpc
     def CreatePolicyVersion(self, request: pb.CreatePolicyVersionRequest, context: Ctx) -> pb.PolicyInfo:
-        self.store.apply({"op": "CreatePolicyVersion", "arn": request.arn, "document": request.document,
-                          "set_as_default": request.set_as_default})
+        self.store.apply(CreatePolicyVersion(arn=request.arn, document=request.document,
+                                             set_as_default=request.set_as_default))
         return self._info(request.arn)
 
     @rpc
     def DeletePolicy(self, request: pb.PolicyRef, context: Ctx) -> pb.Empty:
-        self.store.apply({"op": "DeletePolicy", "arn": request.arn})
+        self.store.apply(DeletePolicy(arn=request.arn))
         return EMPTY
 
     @rpc
@@ -58,30 +71,34 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
 
     @rpc
     def PutInlinePolicy(self, request: pb.PutInlinePolicyRequest, context: Ctx) -> pb.Empty:
-        self.store.apply(convert.principal_op("PutInlinePolicy", request.principal, policy_name=request.policy_name,
-                                              document=request.document))
+        account, kind, name = addressed(request.principal)
+        self.store.apply(PutInlinePolicy(account=account, kind=kind, name=name, policy_name=request.policy_name,
+                                         document=request.document))
         return EMPTY
 
     @rpc
     def DeleteInlinePolicy(self, request: pb.DeleteInlinePolicyRequest, context: Ctx) -> pb.Empty:
-        self.store.apply(convert.principal_op("DeleteInlinePolicy", request.principal,
-                                              policy_name=request.policy_name))
+        account, kind, name = addressed(request.principal)
+        self.store.apply(DeleteInlinePolicy(account=account, kind=kind, name=name, policy_name=request.policy_name))
         return EMPTY
 
     @rpc
     def AttachPolicy(self, request: pb.AttachPolicyRequest, context: Ctx) -> pb.Empty:
-        self.store.apply(convert.principal_op("AttachPolicy", request.principal, policy_arn=request.policy_arn))
+        account, kind, name = addressed(request.principal)
+        self.store.apply(AttachPolicy(account=account, kind=kind, name=name, policy_arn=request.policy_arn))
         return EMPTY
 
     @rpc
     def DetachPolicy(self, request: pb.AttachPolicyRequest, context: Ctx) -> pb.Empty:
-        self.store.apply(convert.principal_op("DetachPolicy", request.principal, policy_arn=request.policy_arn))
+        account, kind, name = addressed(request.principal)
+        self.store.apply(DetachPolicy(account=account, kind=kind, name=name, policy_arn=request.policy_arn))
         return EMPTY
 
     @rpc
     def SetPermissionsBoundary(self, request: pb.SetBoundaryRequest, context: Ctx) -> pb.Empty:
-        self.store.apply(convert.principal_op("SetPermissionsBoundary", request.principal,
-                                              policy_arn=request.policy_arn or None))
+        account, kind, name = addressed(request.principal)
+        self.store.apply(SetPermissionsBoundary(account=account, kind=kind, name=name,
+                                                policy_arn=request.policy_arn or None))
         return EMPTY
 
     # ------------------------------------------------------------ users, groups, roles
@@ -110,34 +127,32 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
 
     @rpc
     def DeletePrincipal(self, request: pb.PrincipalRef, context: Ctx) -> pb.Empty:
-        self.store.apply(convert.principal_op("DeletePrincipal", request, field=""))
+        account, kind, name = addressed(request, field="")
+        self.store.apply(DeletePrincipal(account=account, kind=kind, name=name))
         return EMPTY
 
     @rpc
     def SetTrustPolicy(self, request: pb.SetTrustPolicyRequest, context: Ctx) -> pb.Empty:
         if not request.role:
             raise RequestError("role", "required: the role name")
-        self.store.apply({"op": "SetTrustPolicy", "account": request.account, "name": request.role,
-                          "document": request.trust_policy})
+        self.store.apply(SetTrustPolicy(account=request.account, name=request.role, document=request.trust_policy))
         return EMPTY
 
     @rpc
     def AddUserToGroup(self, request: pb.AddUserToGroupRequest, context: Ctx) -> pb.Empty:
-        self.store.apply({"op": "AddUserToGroup", "account": request.account, "user": request.user,
-                          "group": request.group})
+        self.store.apply(AddUserToGroup(account=request.account, user=request.user, group=request.group))
         return EMPTY
 
     @rpc
     def RemoveUserFromGroup(self, request: pb.AddUserToGroupRequest, context: Ctx) -> pb.Empty:
-        self.store.apply({"op": "RemoveUserFromGroup", "account": request.account, "user": request.user,
-                          "group": request.group})
+        self.store.apply(RemoveUserFromGroup(account=request.account, user=request.user, group=request.group))
         return EMPTY
 
     @rpc
     def TagPrincipal(self, request: pb.TagPrincipalRequest, context: Ctx) -> pb.Empty:
-        self.store.apply(convert.principal_op("TagPrincipal", request.principal,
-                                              tags=convert.tags_from_proto(request.tags),
-                                              remove_keys=list(request.remove_keys)))
+        account, kind, name = addressed(request.principal)
+        self.store.apply(TagPrincipal(account=account, kind=kind, name=name, tags=convert.tags_from_proto(request.tags),
+                                      remove_keys=list(request.remove_keys)))
         return EMPTY
 
     # ------------------------------------------------------------ credentials and resources
@@ -149,7 +164,7 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
 
     @rpc
     def DeleteAccessKey(self, request: pb.DeleteAccessKeyRequest, context: Ctx) -> pb.Empty:
-        self.store.apply({"op": "DeleteAccessKey", "id": request.access_key_id})
+        self.store.apply(DeleteAccessKey(id=request.access_key_id))
         return EMPTY
 
     @rpc
@@ -179,7 +194,7 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
 
     @rpc
     def DeleteResource(self, request: pb.DeleteResourceRequest, context: Ctx) -> pb.Empty:
-        self.store.apply({"op": "DeleteResource", "arn": request.arn})
+        self.store.apply(DeleteResource(arn=request.arn))
         return EMPTY
 
     # ------------------------------------------------------------ operations

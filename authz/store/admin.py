@@ -9,7 +9,8 @@ from ..policy.model import PolicyType
 from ..policy.validate import ValidationReport, validate_document
 from .errors import InvalidInput, NotFound
 from .holder import SnapshotHolder
-from .state import IamState, ManagedPolicy, Principal, random_token, resource_arn
+from .ops import CreateAccessKey, CreatePolicy, CreatePrincipal, Op, RegisterResource, UpdateAccessKey, parse_op
+from .state import ATTACHED, IamState, ManagedPolicy, Principal, attachers, policy_arn, random_token, resource_arn
 
 
 class Admin:
@@ -18,31 +19,33 @@ class Admin:
     def __init__(self, holder: SnapshotHolder) -> None:
         self._holder = holder
 
-    def apply(self, op: dict[str, Any]) -> IamState:
-        """Apply one admin op (see state.py for the op names and their fields)."""
-        return self._holder.commit(op)
+    def apply(self, op: Op | Mapping[str, Any]) -> IamState:
+        """Apply one admin op (ops.py: the op classes, or their records as mappings)."""
+        return self._commit(op if isinstance(op, Op) else parse_op(op))
+
+    def _commit(self, op: Op) -> IamState:
+        # The holder takes the op's record (the form it logs).
+        return self._holder.commit(op.record())
 
     def create_policy(self, account: str, name: str, document: str, path: str = "/", description: str = ""
                       ) -> ManagedPolicy:
-        state = self._holder.commit({"op": "CreatePolicy", "account": account, "name": name, "path": path or "/",
-                                     "document": document, "description": description})
-        return next(p for p in state.policies.values() if p.name == name and p.arn.split(":")[4] == account
-                    and p.path == (path or "/"))
+        state = self._commit(CreatePolicy(account=account, name=name, path=path or "/", document=document,
+                                          description=description))
+        return state.policies[policy_arn(account, path or "/", name)]
 
     def create_access_key(self, account: str, user: str) -> tuple[str, str, str]:
         kid = "AKIA" + random_token(string.ascii_uppercase + string.digits, 16)
         secret = random_token(string.ascii_letters + string.digits + "+/", 40)
-        state = self._holder.commit({"op": "CreateAccessKey", "account": account, "user": user, "id": kid,
-                                     "secret": secret})
+        state = self._commit(CreateAccessKey(account=account, user=user, id=kid, secret=secret))
         return kid, secret, state.access_keys[kid].principal
 
     def update_access_key(self, access_key_id: str, status: str) -> None:
         """IAM's UpdateAccessKey: Active or Inactive (an Inactive key fails SigV4 verification)."""
-        self._holder.commit({"op": "UpdateAccessKey", "id": access_key_id, "status": status})
+        self._commit(UpdateAccessKey(id=access_key_id, status=status))
 
     def create_principal(self, kind: str, account: str, name: str, **fields: Any) -> Principal:
         """CreateUser/CreateGroup/CreateRole: the principal gets a fresh random unique id, carried in the op."""
-        self._holder.commit({"op": "CreatePrincipal", "kind": kind, "account": account, "name": name, **fields})
+        self._commit(CreatePrincipal(kind=kind, account=account, name=name, **fields))
         return self.principal(account, kind, name)
 
     def register_resource(self, account: str, region: str, rtype: str, name: str, arn: str = "",
@@ -50,8 +53,7 @@ class Admin:
         if not arn:
             arn = resource_arn(self._holder.config.partition, region, account, rtype, name,
                                int(self._holder.clock() * 1000))
-        self._holder.commit({"op": "RegisterResource", "type": rtype, "arn": arn, "tags": dict(tags or {}),
-                             "policy": policy or None})
+        self._commit(RegisterResource(type=rtype, arn=arn, tags=dict(tags or {}), policy=policy or None))
         return arn
 
     def policy(self, arn: str) -> ManagedPolicy:
@@ -70,11 +72,8 @@ class Admin:
         return p
 
     def attachment_count(self, arn: str) -> int:
-        n = 0
-        for acct in self._holder.snapshot.state.accounts.values():
-            for table in (acct.users, acct.groups, acct.roles):
-                n += sum(1 for p in table.values() if arn in p.attached)
-        return n
+        """How many users, groups and roles attach the managed policy (boundaries not counted, as IAM's)."""
+        return len(attachers(self._holder.snapshot.state, arn, ATTACHED))
 
     @staticmethod
     def validate_policy(policy_type: str, document: str) -> ValidationReport:

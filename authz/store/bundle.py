@@ -1,7 +1,8 @@
 """Bundle directories: IAM `get-account-authorization-details` JSON and hand-written JSON/YAML files, turned into ops.
 
-A bundle is read whole into a list of ops (see state.py) and applied to an empty state, so a
-bundle file and an admin call that say the same thing go through the same code.
+A bundle is read whole into op records (see ops.py; each also carries `_where`, its place in the
+file, for error messages) and applied to an empty state, so a bundle file and an admin call that say
+the same thing go through the same code.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, Iterator
 from ..policy.jsontext import child_path, load_large
 from ..policy.yamltext import load_yaml
 from .errors import AlreadyExists, InvalidInput, StoreError
-from .state import IamState, account_of_arn, apply_op, transaction
+from .ops import apply_op
+from .state import IamState, account_of_arn, freeze, transaction
 
 BUNDLE_SUFFIXES = (".json", ".yaml", ".yml")
 MAX_BUNDLE_FILE_BYTES = 256 * 1024 * 1024
@@ -90,7 +92,8 @@ def load_bundle(directory: Path) -> IamState:
 def apply_documents(docs: list[tuple[str, Any]]) -> IamState:
     """Build a state from parsed bundle files. Creation comes before reference: ops are applied
     phase by phase (then in file order), generated afresh for each phase so that the ops of a
-    large bundle never all exist at once."""
+    large bundle never all exist at once. Built in one transaction, the state's tables become
+    persistent maps once at the end (state.freeze)."""
     state = IamState()
     with transaction():
         for phase in range(_PHASES):
@@ -107,7 +110,7 @@ def apply_documents(docs: list[tuple[str, Any]]) -> IamState:
                             hint = ("; to give a user declared in another file (e.g. an IAM export) signing keys, "
                                     "list them in a top-level `access_keys: [{user, id, secret}]` member instead")
                         raise BundleError(f"{source}{': ' + where if where else ''}: {exc}{hint}") from None
-    return state
+    return freeze(state)
 
 
 _PHASES = 5

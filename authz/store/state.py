@@ -1,7 +1,7 @@
-"""The IAM state as immutable records, and the operations that derive a new state from an old one.
+"""The IAM state as immutable records: its identifiers, the checks ops make and the persistent tables ops write.
 
-Every change, whether it comes from a bundle file, the admin API or AssumeRole, is an *op*: a
-plain JSON-able dict applied by `apply_op`. Ops carry every generated value (ids, secrets,
+Every change, whether it comes from a bundle file, the admin API or AssumeRole, is an *op* (ops.py):
+a typed change whose record is a plain JSON-able dict. Ops carry every generated value (ids, secrets,
 timestamps), so replaying the persisted op log rebuilds exactly the acknowledged state.
 """
 
@@ -17,12 +17,15 @@ import string
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, MutableMapping, Sequence, TypeVar, cast
+
+import immutables
 
 from ..policy import limits
+from ..policy.arn import split_arn
 from ..policy.model import PolicyType
 from ..policy.validate import ValidatorOptions, validate_document
-from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, QuotaExceeded, StoreError
+from .errors import InvalidInput, NotFound, QuotaExceeded, StoreError
 
 ACCOUNT_ID = re.compile(r"^\d{12}$")
 NAME_USER_ROLE = re.compile(r"^[\w+=,.@-]{1,64}$")
@@ -44,6 +47,9 @@ UNIQUE_ID = re.compile(r"[A-Z0-9]{16,128}")
 UNIQUE_ID_PREFIX = {"user": "AIDA", "group": "AGPA", "role": "AROA"}
 UNIQUE_ID_CHARS = 17                   # after the prefix, as IAM's ids (AIDA + 17 = 21 characters)
 KEY_STATUSES = ("Active", "Inactive")  # IAM's access key states
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 # ------------------------------------------------------------------ records
@@ -133,28 +139,38 @@ class Session:
 @dataclass(frozen=True, slots=True)
 class Account:
     id: str
-    users: Mapping[str, Principal] = field(default_factory=dict)    # keyed by lower-cased name
-    groups: Mapping[str, Principal] = field(default_factory=dict)
-    roles: Mapping[str, Principal] = field(default_factory=dict)
+    users: Mapping[str, Principal] = field(default_factory=immutables.Map)    # keyed by lower-cased name
+    groups: Mapping[str, Principal] = field(default_factory=immutables.Map)
+    roles: Mapping[str, Principal] = field(default_factory=immutables.Map)
     scp_levels: tuple[tuple[str, ...], ...] | None = None          # policy texts, root level first
     rcp_levels: tuple[tuple[str, ...], ...] | None = None
     org_id: str = ""                                               # o-...: aws:PrincipalOrgID/ResourceOrgID
     org_paths: tuple[str, ...] = ()                                # o-.../r-.../ou-.../: aws:*OrgPaths
 
     def table(self, kind: str) -> Mapping[str, Principal]:
-        return {"user": self.users, "group": self.groups, "role": self.roles}[kind]
+        if kind == "user":
+            return self.users
+        if kind == "group":
+            return self.groups
+        if kind == "role":
+            return self.roles
+        raise KeyError(kind)
 
 
 @dataclass(frozen=True, slots=True)
 class IamState:
-    accounts: Mapping[str, Account] = field(default_factory=dict)
-    policies: Mapping[str, ManagedPolicy] = field(default_factory=dict)      # by ARN
-    resources: Mapping[str, Resource] = field(default_factory=dict)          # by ARN
-    resource_names: Mapping[tuple[str, str, str, str, str], str] = field(default_factory=dict)
-    access_keys: Mapping[str, AccessKey] = field(default_factory=dict)
-    sessions: Mapping[str, Session] = field(default_factory=dict)             # by access key id
-    session_arns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # session ARN -> access key ids
-    user_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)    # user unique id -> its key ids
+    """The whole IAM state. Every table is a persistent map (see "tables" below), read through Mapping only."""
+
+    accounts: Mapping[str, Account] = field(default_factory=immutables.Map)
+    policies: Mapping[str, ManagedPolicy] = field(default_factory=immutables.Map)     # by ARN
+    resources: Mapping[str, Resource] = field(default_factory=immutables.Map)         # by ARN
+    resource_names: Mapping[tuple[str, str, str, str, str], str] = field(default_factory=immutables.Map)
+    access_keys: Mapping[str, AccessKey] = field(default_factory=immutables.Map)
+    sessions: Mapping[str, Session] = field(default_factory=immutables.Map)           # by access key id
+    session_arns: Mapping[str, tuple[str, ...]] = field(default_factory=immutables.Map)  # session ARN -> key ids
+    user_keys: Mapping[str, tuple[str, ...]] = field(default_factory=immutables.Map)  # user unique id -> key ids
+    # policy ARN -> {ARN of a principal attaching it or having it as boundary: ATTACHED | BOUNDARY}
+    attachments: Mapping[str, Mapping[str, int]] = field(default_factory=immutables.Map)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -212,8 +228,9 @@ def policy_arn(account: str, path: str, name: str) -> str:
 
 
 def account_of_arn(arn: str) -> str:
-    f = arn.split(":", 5)
-    return f[4] if len(f) == 6 else ""
+    """The account field of an ARN ("aws" for AWS managed policies), or "" when `arn` is not one."""
+    f = split_arn(arn)
+    return f[4] if f is not None else ""
 
 
 # ------------------------------------------------------------------ checks
@@ -333,21 +350,25 @@ def compiling(hook: PolicyHook) -> Iterator[None]:
     finally:
         _ON_VALID_POLICY.reset(token)
 
+# ------------------------------------------------------------------ tables
 
-# ------------------------------------------------------------------ operations
-
-Apply = Callable[[IamState, dict[str, Any]], IamState]
-_OPS: dict[str, Apply] = {}
-
-# Copy-on-first-write: within one transaction every table is copied at most once, so loading a
-# bundle of 100,000 users costs 100,000 inserts, not 100,000 copies of a growing table. Tables of
-# the state a transaction started from are never modified: snapshots being served stay intact.
+# Tables are persistent maps (immutables.Map, a hash array mapped trie): a new state shares all but the
+# few trie nodes one op changes with the state it came from, so one admin write costs in proportion to
+# what it changes, not to the size of the state, and the snapshots being served are never modified.
+#
+# A bulk load (a bundle, the replay of the op log) runs inside `transaction()`: there every table is
+# copied into a plain dict at most once and then modified in place, so loading 100,000 users costs
+# 100,000 dict inserts. Tables of the state a transaction started from are never modified. A state that
+# comes out of a transaction holds dicts (freeze() turns them into maps at once; otherwise the first op
+# outside a transaction that edits a table converts that table, once).
 _TXN: ContextVar["set[int] | None"] = ContextVar("iam_state_txn", default=None)
+EMPTY: Mapping[Any, Any] = immutables.Map()
+_MUTATION: type = type(immutables.Map[Any, Any]().mutate())    # immutables.MapMutation is a typing Protocol
 
 
 @contextmanager
 def transaction() -> Iterator[None]:
-    """Group several apply_op calls; tables created inside it are mutated in place."""
+    """Group several ops; tables created inside it are plain dicts mutated in place."""
     if _TXN.get() is not None:
         yield
         return
@@ -358,42 +379,51 @@ def transaction() -> Iterator[None]:
         _TXN.reset(token)
 
 
-def _own(table: Mapping[Any, Any]) -> dict[Any, Any]:
-    """A table this transaction may modify: the table itself if the transaction made it, else a copy."""
+def edit(table: Mapping[K, V]) -> MutableMapping[K, V]:
+    """A writable version of `table`, to be passed to done() once written: inside a transaction, a dict
+    the transaction owns (the table itself when the transaction made it, else a copy); outside one, a
+    mutation of the persistent map (sharing all it does not change)."""
     owned = _TXN.get()
-    if owned is not None and id(table) in owned:
-        return table  # type: ignore[return-value]
-    copy = dict(table)
     if owned is not None:
+        if id(table) in owned:
+            return table  # type: ignore[return-value]
+        copy = dict(table)
         owned.add(id(copy))
-    return copy
+        return copy
+    base = table if isinstance(table, immutables.Map) else immutables.Map(table)
+    return cast("MutableMapping[K, V]", base.mutate())
 
 
-def op(name: str) -> Callable[[Apply], Apply]:
-    def register(fn: Apply) -> Apply:
-        _OPS[name] = fn
-        return fn
-    return register
+def done(table: MutableMapping[K, V]) -> Mapping[K, V]:
+    """The table written through edit(), as a table a state can hold."""
+    if type(table) is _MUTATION:
+        return cast("Mapping[K, V]", table.finish())  # type: ignore[attr-defined]
+    return table
 
 
-def apply_op(state: IamState, operation: Mapping[str, Any]) -> IamState:
-    """The state after one operation; raises a StoreError and leaves `state` untouched on failure.
-
-    Every op checks all its input before it modifies a table, so a failing op changes nothing even
-    inside a transaction (where tables are modified in place).
-    """
-    name = operation.get("op")
-    fn = _OPS.get(name) if isinstance(name, str) else None
-    if fn is None:
-        raise InvalidInput(f"unknown operation {name!r}", "op")
-    return fn(state, dict(operation))
-
-
-def op_names() -> tuple[str, ...]:
-    return tuple(sorted(_OPS))
+def freeze(state: IamState) -> IamState:
+    """`state` with every table a persistent map (a state built inside a transaction holds dicts):
+    one pass over the state after a bulk load, so that every later op costs only what it changes."""
+    def frozen(table: Mapping[Any, Any]) -> Mapping[Any, Any]:
+        return table if isinstance(table, immutables.Map) else immutables.Map(table)
+    accounts = immutables.Map({a: evolve(acct, users=frozen(acct.users), groups=frozen(acct.groups),
+                                         roles=frozen(acct.roles)) for a, acct in state.accounts.items()})
+    return evolve(state, accounts=accounts, policies=frozen(state.policies), resources=frozen(state.resources),
+                  resource_names=frozen(state.resource_names), access_keys=frozen(state.access_keys),
+                  sessions=frozen(state.sessions), session_arns=frozen(state.session_arns),
+                  user_keys=frozen(state.user_keys),
+                  attachments=immutables.Map({arn: frozen(by) for arn, by in state.attachments.items()}))
 
 
-def _account(state: IamState, account: str, create: bool = False) -> Account:
+def table_field(kind: str) -> str:
+    """The Account field holding principals of `kind`."""
+    return _TABLE_FIELDS[kind]
+
+
+_TABLE_FIELDS = {"user": "users", "group": "groups", "role": "roles"}
+
+
+def get_account(state: IamState, account: str, create: bool = False) -> Account:
     acct = state.accounts.get(account)
     if acct is None:
         if not create:
@@ -402,15 +432,15 @@ def _account(state: IamState, account: str, create: bool = False) -> Account:
     return acct
 
 
-def _ensure_account(state: IamState, account: str) -> IamState:
+def ensure_account(state: IamState, account: str) -> IamState:
     """The state with `account` present (an empty one is added when the account is new)."""
-    return state if account in state.accounts else _with_account(state, Account(account))
+    return state if account in state.accounts else with_account(state, Account(account))
 
 
-def _with_account(state: IamState, acct: Account) -> IamState:
-    accounts = _own(state.accounts)
+def with_account(state: IamState, acct: Account) -> IamState:
+    accounts = edit(state.accounts)
     accounts[acct.id] = acct
-    return evolve(state, accounts=accounts)
+    return evolve(state, accounts=done(accounts))
 
 
 class PrincipalGone(NotFound):
@@ -426,13 +456,13 @@ class PrincipalGone(NotFound):
     def existed_in(self, state: IamState) -> bool:
         """Whether `state` has the principal this op was addressed to (with its unique id, when the op names one)."""
         try:
-            _get_principal(state, *self.target)
+            get_principal(state, *self.target)
         except StoreError:
             return False
         return True
 
 
-def _get_principal(state: IamState, account: str, kind: str, name: str, unique_id: Any = None) -> Principal:
+def get_principal(state: IamState, account: Any, kind: Any, name: Any, unique_id: Any = None) -> Principal:
     """The principal, which must still be the one with `unique_id` when the op names one."""
     if kind not in ("user", "group", "role"):
         raise InvalidInput(f"principal.kind must be user, group or role; got {kind!r}", "principal.kind")
@@ -447,206 +477,70 @@ def _get_principal(state: IamState, account: str, kind: str, name: str, unique_i
     return p
 
 
-def _target(state: IamState, o: Mapping[str, Any], kind: str | None = None, name_field: str = "name",
-            id_field: str = "unique_id") -> Principal:
-    """The principal an op is addressed to (account, kind, name), checked against the unique id it carries."""
-    return _get_principal(state, o.get("account"), kind or o.get("kind"), o.get(name_field),  # type: ignore[arg-type]
-                          o.get(id_field))
+# The reverse index of managed policies: policy ARN -> {principal ARN: ATTACHED | BOUNDARY}, kept by
+# put_principal and remove_principal, so that DeletePolicy and attachment counts read one entry.
+ATTACHED = 1
+BOUNDARY = 2
 
 
-def _put_principal(state: IamState, p: Principal) -> IamState:
-    acct = _account(state, p.account, create=True)
-    table = _own(acct.table(p.kind))
-    table[p.name.lower()] = p
-    changes: dict[str, Any] = {{"user": "users", "group": "groups", "role": "roles"}[p.kind]: table}
-    return _with_account(state, evolve(acct, **changes))
+def _policy_refs(p: Principal | None) -> dict[str, int]:
+    refs: dict[str, int] = {}
+    if p is not None:
+        for arn in p.attached:
+            refs[arn] = ATTACHED
+        if p.boundary is not None:
+            refs[p.boundary] = refs.get(p.boundary, 0) | BOUNDARY
+    return refs
 
 
-def _limit_attached(p: Principal, extra: int = 1) -> None:
-    cap = {"user": limits.MAX_MANAGED_POLICIES_PER_USER, "group": limits.MAX_MANAGED_POLICIES_PER_GROUP,
-           "role": limits.MAX_MANAGED_POLICIES_PER_ROLE}[p.kind]
-    if len(p.attached) + extra > cap:
-        raise QuotaExceeded(f"a {p.kind} can have at most {cap} managed policies attached; {p.arn} has "
-                            f"{len(p.attached)}", "policy_arn")
-
-
-def _inline_size_kind(kind: str) -> str:
-    return {"user": "inline-user", "group": "inline-group", "role": "inline-role"}[kind]
-
-
-@op("CreateAccount")
-def _create_account(state: IamState, o: dict[str, Any]) -> IamState:
-    account = check_account(o.get("account"))
-    if account in state.accounts:
+def _reindex(state: IamState, old: Principal | None, new: Principal | None) -> IamState:
+    before, after = _policy_refs(old), _policy_refs(new)
+    if before == after and (old is None or new is None or old.arn == new.arn):
         return state
-    return _with_account(state, Account(account))
+    index = edit(state.attachments)
+    for arn in before.keys() | after.keys():
+        by = edit(index.get(arn, EMPTY))
+        if old is not None:
+            by.pop(old.arn, None)
+        if new is not None and arn in after:
+            by[new.arn] = after[arn]
+        if len(by):
+            index[arn] = done(by)
+        else:
+            index.pop(arn, None)
+    return evolve(state, attachments=done(index))
 
 
-@op("SetOrganizationPolicies")
-def _set_org(state: IamState, o: dict[str, Any]) -> IamState:
-    account = check_account(o.get("account"))
-    acct = _account(state, account, create=True)
-    levels: dict[str, Any] = {}
-    if o.get("org_id") is not None:       # the organization the account is in (optional)
-        org_id, paths = o.get("org_id"), o.get("org_paths") or []
-        if not isinstance(org_id, str) or not ORG_ID.fullmatch(org_id):
-            raise InvalidInput(f"organization id must look like o-exampleorgid (o- and 10-32 lower-case letters "
-                               f"or digits), got {org_id!r}", "organization.id")
-        if not isinstance(paths, list) or not all(isinstance(p, str) and ORG_PATH.fullmatch(p)
-                                                   and p.startswith(org_id + "/") for p in paths):
-            raise InvalidInput(f"organization paths are like {org_id}/r-ab12/ou-ab12-11111111/ (this organization's "
-                               f"id, the root, then OUs, each ending in /); got {paths!r}", "organization.paths")
-        levels["org_id"], levels["org_paths"] = org_id, tuple(paths)
-    for kind, ptype in (("scp_levels", PolicyType.SCP), ("rcp_levels", PolicyType.RCP)):
-        raw = o.get(kind)
-        if raw is None:
-            levels[kind] = None
-            continue
-        short = kind.split("_")[0]
-        levels[kind] = tuple(tuple(check_policy(d, ptype, f"{kind}[{i}][{j}]",
-                                                name=org_policy_name(account, short, i, j))
-                                   for j, d in enumerate(level)) for i, level in enumerate(raw))
-    return _with_account(state, evolve(acct, **levels))
+def put_principal(state: IamState, p: Principal) -> IamState:
+    """The state with `p` added or replacing the principal of its kind and name (and the index updated)."""
+    acct = get_account(state, p.account, create=True)
+    field_name = table_field(p.kind)
+    table = edit(acct.table(p.kind))
+    old = table.get(p.name.lower())
+    table[p.name.lower()] = p
+    state = with_account(state, evolve(acct, **{field_name: done(table)}))
+    if old is not None and old.attached is p.attached and old.boundary == p.boundary:
+        return state
+    return _reindex(state, old, p)
 
 
-@op("CreatePrincipal")
-def _create_principal(state: IamState, o: dict[str, Any]) -> IamState:
-    """Create a user, group or role; optionally with its inline policies, attached managed policies,
-    groups and boundary, checked by the same rules as the dedicated ops (bundles use this form)."""
-    kind = o.get("kind")
-    if kind not in ("user", "group", "role"):
-        raise InvalidInput("kind must be user, group or role", "kind")
-    account = check_account(o.get("account"))
-    name = check_name(kind, o.get("name"))
-    path = check_path(o.get("path"))
-    acct = _account(state, account, create=True)
-    if name.lower() in acct.table(kind):
-        raise AlreadyExists(f"{kind} {name!r} already exists in account {account} (names are case-insensitive)",
-                            "name")
-    arn = principal_arn(kind, account, path, name)
-    # Admin ops carry the random id the store drew; IAM-details bundles carry AWS's; a hand-written
-    # bundle declares none, and an op logged before ids were random has none either.
-    uid = o.get("unique_id") or stable_id(UNIQUE_ID_PREFIX[kind], arn)
-    if not isinstance(uid, str) or not UNIQUE_ID.fullmatch(uid):
-        raise InvalidInput(f"unique_id: 16-128 upper-case letters and digits, got {uid!r}", "unique_id")
-    tags = check_tags(dict(o.get("tags") or {}))
-    trust = None
-    max_session = limits.DEFAULT_SESSION_SECONDS
-    if kind == "role":
-        trust = check_policy(o.get("trust_policy"), PolicyType.TRUST, "trust_policy", name=trust_policy_name(arn))
-        max_session = int(o.get("max_session_duration") or limits.DEFAULT_SESSION_SECONDS)
-        if not limits.DEFAULT_SESSION_SECONDS <= max_session <= limits.MAX_SESSION_SECONDS:
-            raise InvalidInput(f"max_session_duration must be {limits.DEFAULT_SESSION_SECONDS}-"
-                               f"{limits.MAX_SESSION_SECONDS} seconds, got {max_session}", "max_session_duration")
-    p = Principal(kind, account, name, path, arn, uid, tags=tags, trust=trust, max_session=max_session)
-    for pname, doc in (o.get("inline") or {}).items():
-        p = _with_inline(p, pname, doc)
-    for parn in o.get("attached") or ():
-        p = _with_attached(state, p, parn)
-    for g in o.get("groups") or ():
-        p = _with_group(state, p, g)
-    if o.get("boundary"):
-        p = _with_boundary(state, p, o["boundary"])
-    return _put_principal(state, p)
-
-
-# Principal transformers: check one change against the state and return the changed principal.
-
-def _with_inline(p: Principal, pname: Any, document: Any) -> Principal:
-    if not isinstance(pname, str) or not INLINE_POLICY_NAME.fullmatch(pname):
-        raise InvalidInput("policy_name: 1-128 characters, no white space and none of \\ / * ?", "policy_name")
-    doc = check_policy(document, PolicyType.IDENTITY, "document", _inline_size_kind(p.kind),
-                       name=inline_policy_name(p.arn, pname))
-    inline = tuple((n, d) for n, d in p.inline if n != pname) + ((pname, doc),)
-    # Inline policies of one principal share one size quota (spec 8).
-    total = sum(len(json.dumps(json.loads(d), separators=(",", ":"), ensure_ascii=False)) for _, d in inline)
-    cap = limits.SIZE_LIMITS[_inline_size_kind(p.kind)][0]
-    if total > cap:
-        raise QuotaExceeded(f"inline policies of a {p.kind} total at most {cap} characters without white space; "
-                            f"this would make {total}", "document")
-    return evolve(p, inline=inline)
-
-
-def _with_attached(state: IamState, p: Principal, arn: Any) -> Principal:
-    pol = state.policies.get(arn) if isinstance(arn, str) else None
-    if pol is None:
-        raise NotFound(f"policy {arn!r} does not exist", "policy_arn")
-    if pol.arn in p.attached:
-        return p
-    _limit_attached(p)
-    return evolve(p, attached=p.attached + (pol.arn,))   # the policy's own string: shared, not copied
-
-
-def _with_group(state: IamState, user: Principal, group_name: Any) -> Principal:
-    if user.kind != "user":
-        raise InvalidInput("only users can be members of groups", "group")
-    group = _get_principal(state, user.account, "group", str(group_name))
-    if group.name in user.groups:
-        return user
-    if len(user.groups) >= limits.MAX_GROUPS_PER_USER:
-        raise QuotaExceeded(f"a user can be in at most {limits.MAX_GROUPS_PER_USER} groups", "group")
-    return evolve(user, groups=user.groups + (group.name,))
-
-
-def _with_boundary(state: IamState, p: Principal, arn: Any) -> Principal:
-    if p.kind == "group":
-        raise InvalidInput("groups cannot have a permissions boundary; use a user or a role", "principal.kind")
-    if arn is not None:
-        pol = state.policies.get(arn) if isinstance(arn, str) else None
-        if pol is None:
-            raise NotFound(f"policy {arn!r} does not exist", "policy_arn")
-        arn = pol.arn
-    return evolve(p, boundary=arn)
-
-
-def _members(acct: Account, group: Principal) -> list[Principal]:
-    return [u for u in acct.users.values() if group.name in u.groups]
-
-
-@op("DeletePrincipal")
-def _delete_principal(state: IamState, o: dict[str, Any]) -> IamState:
-    """As IAM's DeleteUser/DeleteGroup/DeleteRole: refused (DeleteConflict) while the principal has
-    policies, access keys, group memberships or members. A role's sessions end with it.
-
-    An op logged before these checks carries no unique_id: it was accepted then, so it is replayed as
-    the deletion it was, taking the user's keys and the group's memberships with it (a re-created
-    principal of the same name must not inherit them)."""
-    p = _target(state, o)
-    acct = _account(state, p.account)
-    legacy = not o.get("unique_id")
-    held = state.user_keys.get(p.unique_id, ()) if p.kind == "user" else ()
-    members = _members(acct, p) if p.kind == "group" else []
-    if p.inline or p.attached:
-        raise Conflict(f"{p.arn} still has policies; delete its inline policies and detach its managed policies "
-                       "first", "name")
-    if not legacy:
-        if held:
-            raise Conflict(f"{p.arn} still has {len(held)} access key(s); delete them first (DeleteAccessKey)",
-                           "name")
-        if p.groups:
-            raise Conflict(f"{p.arn} is still in group(s) {', '.join(p.groups)}; remove it first "
-                           "(RemoveUserFromGroup)", "name")
-        if members:
-            raise Conflict(f"{p.arn} still has {len(members)} member(s) (e.g. {members[0].name}); remove them "
-                           "first (RemoveUserFromGroup)", "name")
-    for u in members:   # legacy only: none otherwise
-        state = _put_principal(state, evolve(u, groups=tuple(g for g in u.groups if g != p.name)))
-        acct = _account(state, p.account)
-    table = _own(acct.table(p.kind))
+def remove_principal(state: IamState, p: Principal) -> IamState:
+    acct = get_account(state, p.account)
+    table = edit(acct.table(p.kind))
     del table[p.name.lower()]
-    changes: dict[str, Any] = {{"user": "users", "group": "groups", "role": "roles"}[p.kind]: table}
-    state = _with_account(state, evolve(acct, **changes))
-    if held:            # legacy only
-        state = _drop_keys(state, held)
-    if p.kind == "role":
-        state = _drop_sessions(state, [k for k, s in state.sessions.items() if s.role_id == p.unique_id])
-    return state
+    state = with_account(state, evolve(acct, **{table_field(p.kind): done(table)}))
+    return _reindex(state, p, None)
 
 
-def _drop_keys(state: IamState, kids: Sequence[str]) -> IamState:
+def attachers(state: IamState, policy: str, how: int = ATTACHED | BOUNDARY) -> list[str]:
+    """The ARNs of the principals that attach `policy` (ATTACHED), have it as boundary (BOUNDARY), or either."""
+    return [arn for arn, flags in state.attachments.get(policy, EMPTY).items() if flags & how]
+
+
+def drop_keys(state: IamState, kids: Sequence[str]) -> IamState:
     """The state without these access keys (and the sessions they are the credentials of)."""
-    keys = _own(state.access_keys)
-    by_user = _own(state.user_keys)
+    keys = edit(state.access_keys)
+    by_user = edit(state.user_keys)
     session_kids = []
     for kid in kids:
         gone = keys.pop(kid, None)
@@ -661,17 +555,17 @@ def _drop_keys(state: IamState, kids: Sequence[str]) -> IamState:
                 by_user[gone.owner_id] = rest
             else:
                 del by_user[gone.owner_id]
-    state = evolve(state, access_keys=keys, user_keys=by_user)
-    return _drop_sessions(state, session_kids) if session_kids else state
+    state = evolve(state, access_keys=done(keys), user_keys=done(by_user))
+    return drop_sessions(state, session_kids) if session_kids else state
 
 
-def _drop_sessions(state: IamState, kids: Sequence[str]) -> IamState:
+def drop_sessions(state: IamState, kids: Sequence[str]) -> IamState:
     """The state without the sessions whose credentials are these access key ids, nor their keys."""
     if not kids:
         return state
-    sessions = _own(state.sessions)
-    arns = _own(state.session_arns)
-    keys = _own(state.access_keys)
+    sessions = edit(state.sessions)
+    arns = edit(state.session_arns)
+    keys = edit(state.access_keys)
     for kid in kids:
         s = sessions.pop(kid, None)
         keys.pop(kid, None)
@@ -682,202 +576,7 @@ def _drop_sessions(state: IamState, kids: Sequence[str]) -> IamState:
             arns[s.arn] = rest
         else:
             arns.pop(s.arn, None)
-    return evolve(state, sessions=sessions, session_arns=arns, access_keys=keys)
-
-
-@op("CreatePolicy")
-def _create_policy(state: IamState, o: dict[str, Any]) -> IamState:
-    account = o.get("account")
-    if account != "aws":   # AWS managed policies live in the pseudo-account "aws"
-        account = check_account(account)
-    name = check_name("policy", o.get("name"))
-    path = check_path(o.get("path"))
-    arn = o.get("arn") or policy_arn(account, path, name)
-    size_kind = "aws-managed" if account == "aws" else "managed"
-    if arn in state.policies:
-        raise AlreadyExists(f"policy {arn} already exists", "name")
-    versions = o.get("versions")
-    if versions:  # from IAM details: every stored version
-        if len(versions) > limits.MAX_POLICY_VERSIONS:
-            raise QuotaExceeded(f"a managed policy keeps at most {limits.MAX_POLICY_VERSIONS} versions", "versions")
-        served = str(o.get("default_version") or versions[-1][0])    # the version decisions read
-        vers = tuple((str(v), check_policy(d, PolicyType.IDENTITY, f"versions[{v}]", size_kind,
-                                           name=arn if str(v) == served else "")) for v, d in versions)
-        default = o.get("default_version") or vers[-1][0]
-    else:
-        vers = (("v1", check_policy(o.get("document"), PolicyType.IDENTITY, "document", size_kind, name=arn)),)
-        default = "v1"
-    policies = _own(state.policies)
-    policies[arn] = ManagedPolicy(arn, name, path, vers, default, str(o.get("description") or ""))
-    return evolve(state if account == "aws" else _ensure_account(state, account), policies=policies)
-
-
-@op("CreatePolicyVersion")
-def _create_policy_version(state: IamState, o: dict[str, Any]) -> IamState:
-    arn = o.get("arn", "")
-    pol = state.policies.get(arn)
-    if pol is None:
-        raise NotFound(f"policy {arn!r} does not exist", "arn")
-    if len(pol.versions) >= limits.MAX_POLICY_VERSIONS:
-        raise QuotaExceeded(f"policy {arn} already has {limits.MAX_POLICY_VERSIONS} versions; delete one first", "arn")
-    doc = check_policy(o.get("document"), PolicyType.IDENTITY, "document", "managed",
-                       name=arn if o.get("set_as_default") else "")
-    nums = [int(v[1:]) for v, _ in pol.versions if v[1:].isdigit()]
-    vid = f"v{max(nums, default=0) + 1}"
-    new = evolve(pol, versions=pol.versions + ((vid, doc),),
-                  default_version=vid if o.get("set_as_default") else pol.default_version)
-    policies = _own(state.policies)
-    policies[arn] = new
-    return evolve(state, policies=policies)
-
-
-def _attachments(state: IamState, arn: str) -> list[str]:
-    found = []
-    for acct in state.accounts.values():
-        for table in (acct.users, acct.groups, acct.roles):
-            for p in table.values():
-                if arn in p.attached or p.boundary == arn:
-                    found.append(p.arn)
-    return found
-
-
-@op("DeletePolicy")
-def _delete_policy(state: IamState, o: dict[str, Any]) -> IamState:
-    arn = o.get("arn", "")
-    if arn not in state.policies:
-        raise NotFound(f"policy {arn!r} does not exist", "arn")
-    users = _attachments(state, arn)
-    if users:
-        raise Conflict(f"policy {arn} is still attached to {len(users)} entities (e.g. {users[0]}); detach it first",
-                       "arn")
-    policies = _own(state.policies)
-    del policies[arn]
-    return evolve(state, policies=policies)
-
-
-@op("PutInlinePolicy")
-def _put_inline(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _target(state, o)
-    return _put_principal(state, _with_inline(p, o.get("policy_name"), o.get("document")))
-
-
-@op("DeleteInlinePolicy")
-def _delete_inline(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _target(state, o)
-    pname = o.get("policy_name")
-    if not any(n == pname for n, _ in p.inline):
-        raise NotFound(f"{p.arn} has no inline policy named {pname!r}", "policy_name")
-    return _put_principal(state, evolve(p, inline=tuple((n, d) for n, d in p.inline if n != pname)))
-
-
-@op("AttachPolicy")
-def _attach(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _target(state, o)
-    changed = _with_attached(state, p, o.get("policy_arn", ""))
-    return state if changed is p else _put_principal(state, changed)
-
-
-@op("DetachPolicy")
-def _detach(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _target(state, o)
-    arn = o.get("policy_arn", "")
-    if arn not in p.attached:
-        raise NotFound(f"policy {arn!r} is not attached to {p.arn}", "policy_arn")
-    return _put_principal(state, evolve(p, attached=tuple(a for a in p.attached if a != arn)))
-
-
-@op("AddUserToGroup")
-def _add_to_group(state: IamState, o: dict[str, Any]) -> IamState:
-    user = _target(state, o, "user", "user")
-    _target(state, o, "group", "group", "group_id")
-    changed = _with_group(state, user, o["group"])
-    return state if changed is user else _put_principal(state, changed)
-
-
-@op("RemoveUserFromGroup")
-def _remove_from_group(state: IamState, o: dict[str, Any]) -> IamState:
-    user = _target(state, o, "user", "user")
-    if o["group"] not in user.groups:
-        raise NotFound(f"user {user.name} is not in group {o['group']!r}", "group")
-    return _put_principal(state, evolve(user, groups=tuple(g for g in user.groups if g != o["group"])))
-
-
-@op("SetPermissionsBoundary")
-def _set_boundary(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _target(state, o)
-    return _put_principal(state, _with_boundary(state, p, o.get("policy_arn") or None))
-
-
-@op("TagPrincipal")
-def _tag(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _target(state, o)
-    if p.kind == "group":
-        raise InvalidInput("groups cannot be tagged in IAM", "principal.kind")
-    remove = {k.lower() for k in o.get("remove_keys") or ()}
-    new = dict(o.get("tags") or {})
-    new_lower = {k.lower() for k in new}
-    merged = {k: v for k, v in p.tags if k.lower() not in remove and k.lower() not in new_lower}
-    merged.update(new)
-    return _put_principal(state, evolve(p, tags=check_tags(merged)))
-
-
-@op("SetTrustPolicy")
-def _set_trust(state: IamState, o: dict[str, Any]) -> IamState:
-    p = _target(state, o, "role")
-    trust = check_policy(o.get("document"), PolicyType.TRUST, "document", name=trust_policy_name(p.arn))
-    return _put_principal(state, evolve(p, trust=trust))
-
-
-def _check_status(status: Any) -> str:
-    if status not in KEY_STATUSES:
-        raise InvalidInput(f"status must be Active or Inactive, got {status!r}", "status")
-    return str(status)
-
-
-@op("CreateAccessKey")
-def _create_key(state: IamState, o: dict[str, Any]) -> IamState:
-    """A long-term key of a user, bound to the user's unique id (`owner_id`: the id the user had when
-    the key was made; absent from ops logged before keys were bound, which bind to the user of now)."""
-    user = _target(state, o, "user", "user", "owner_id")
-    kid, secret = o.get("id"), o.get("secret")
-    if not isinstance(kid, str) or not ACCESS_KEY_ID.fullmatch(kid):
-        raise InvalidInput("access key id must be 16-128 upper-case letters and digits", "access_key_id")
-    if not isinstance(secret, str) or len(secret) < 16:
-        raise InvalidInput("secret access key must be at least 16 characters", "secret_access_key")
-    status = _check_status(o.get("status") or "Active")
-    if kid in state.access_keys:
-        raise AlreadyExists(f"access key {kid} already exists", "access_key_id")
-    held = state.user_keys.get(user.unique_id, ())
-    if len(held) >= MAX_ACCESS_KEYS_PER_USER:
-        raise QuotaExceeded(f"user {user.arn} already has {MAX_ACCESS_KEYS_PER_USER} access keys (the IAM limit); "
-                            "delete one first", "user")
-    keys = _own(state.access_keys)
-    keys[kid] = AccessKey(kid, secret, user.arn, user.unique_id, status=status)
-    by_user = _own(state.user_keys)
-    by_user[user.unique_id] = held + (kid,)
-    return evolve(state, access_keys=keys, user_keys=by_user)
-
-
-def _user_key(state: IamState, kid: Any) -> AccessKey:
-    key = state.access_keys.get(kid) if isinstance(kid, str) else None
-    if key is None or kid in state.sessions:   # temporary credentials are not IAM access keys
-        raise NotFound(f"access key {kid!r} does not exist", "access_key_id")
-    return key
-
-
-@op("UpdateAccessKey")
-def _update_key(state: IamState, o: dict[str, Any]) -> IamState:
-    """IAM's UpdateAccessKey: make a user's key Active or Inactive (an inactive key authenticates nothing)."""
-    key = _user_key(state, o.get("id"))
-    status = _check_status(o.get("status"))
-    keys = _own(state.access_keys)
-    keys[key.id] = evolve(key, status=status)
-    return evolve(state, access_keys=keys)
-
-
-@op("DeleteAccessKey")
-def _delete_key(state: IamState, o: dict[str, Any]) -> IamState:
-    return _drop_keys(state, [_user_key(state, o.get("id", "")).id])
+    return evolve(state, sessions=done(sessions), session_arns=done(arns), access_keys=done(keys))
 
 
 def resource_arn(partition: str, region: str, account: str, rtype: str, name: str, created_ms: int) -> str:
@@ -887,51 +586,8 @@ def resource_arn(partition: str, region: str, account: str, rtype: str, name: st
 _KVS_ARN = re.compile(r"^arn:([a-z\d-]+):kinesisvideo:([a-z0-9-]+):(\d{12}):(stream|channel)/([a-zA-Z0-9_.-]+)/(\d+)$")
 
 
-@op("RegisterResource")
-def _register(state: IamState, o: dict[str, Any]) -> IamState:
-    rtype = o.get("type")
-    if rtype not in ("stream", "channel"):
-        raise InvalidInput(f"type must be stream or channel, got {rtype!r}", "type")
-    arn = o.get("arn")
-    if not isinstance(arn, str) or len(arn) > 1024:
-        raise InvalidInput("arn is required (at most 1,024 characters)", "arn")
-    m = _KVS_ARN.fullmatch(arn)
-    if not m or m.group(4) != rtype:
-        raise InvalidInput(f"arn {arn!r} is not a Kinesis Video {rtype} ARN "
-                           f"(arn:aws:kinesisvideo:REGION:ACCOUNT:{rtype}/NAME/CREATION-MS)", "arn")
-    partition, region, account, _, name, _ = m.groups()
-    if not RESOURCE_NAME.fullmatch(name):
-        raise InvalidInput("name: 1-256 characters of letters, digits and _.-", "name")
-    key = (rtype, partition, region, account, name)
-    existing = state.resource_names.get(key)
-    if arn in state.resources or existing is not None:
-        raise AlreadyExists(f"a {rtype} named {name!r} already exists in {region} of account {account}", "name")
-    tags = check_tags(dict(o.get("tags") or {}), max_count=MAX_RESOURCE_TAGS)
-    policy = o.get("policy")
-    if policy is not None:
-        policy = check_policy(policy, PolicyType.RESOURCE, "resource_policy", name=resource_policy_name(arn))
-    resources = _own(state.resources)
-    resources[arn] = Resource(arn, rtype, name, partition, region, account, tags, policy)
-    names = _own(state.resource_names)
-    names[key] = arn
-    return evolve(_ensure_account(state, account), resources=resources, resource_names=names)
-
-
-@op("DeleteResource")
-def _delete_resource(state: IamState, o: dict[str, Any]) -> IamState:
-    arn = o.get("arn", "")
-    res = state.resources.get(arn)
-    if res is None:
-        raise NotFound(f"resource {arn!r} is not registered", "arn")
-    resources = _own(state.resources)
-    del resources[arn]
-    names = _own(state.resource_names)
-    names.pop((res.type, res.partition, res.region, res.account, res.name), None)
-    return evolve(state, resources=resources, resource_names=names)
-
-
 def principal_of_arn(state: IamState, kind: str, arn: Any) -> Principal | None:
-    """The user or role whose ARN is exactly `arn` (path included), or None."""
+    """The user or role whose ARN is exactly `arn` (path included), or None. Called per request: split by hand."""
     f = arn.split(":", 5) if isinstance(arn, str) else []
     if len(f) != 6 or f[2] != "iam" or not f[5].startswith(kind + "/"):
         return None
@@ -940,96 +596,32 @@ def principal_of_arn(state: IamState, kind: str, arn: Any) -> Principal | None:
     return p if p is not None and p.arn == arn else None
 
 
-@op("CreateSession")
-def _create_session(state: IamState, o: dict[str, Any]) -> IamState:
-    """One AssumeRole grant: a session of the role that has unique id `role_id`, whose credentials are
-    the access key `access_key_id`. Ops logged before tokens were hashed carry `session_token` itself."""
-    role_arn = o.get("role_arn")
-    role = principal_of_arn(state, "role", role_arn)
-    if role is None or role.unique_id != o.get("role_id"):
-        f = str(role_arn).split(":", 5)
-        raise PrincipalGone(f"role {role_arn!r} with unique id {o.get('role_id')!r} no longer exists", "role_arn",
-                            (f[4] if len(f) == 6 else "", "role", f[-1].rsplit("/", 1)[-1], o.get("role_id")))
-    kid = o.get("access_key_id")
-    if not isinstance(kid, str) or not ACCESS_KEY_ID.fullmatch(kid):
-        raise InvalidInput("access_key_id: a session needs its access key id (16-128 upper-case letters and "
-                           "digits)", "access_key_id")
-    if kid in state.access_keys:
-        raise AlreadyExists(f"access key {kid} already exists", "access_key_id")
-    digest = o.get("session_token_sha256")
-    if digest is not None:
-        token_sha256 = bytes.fromhex(digest)
-    elif isinstance(o.get("session_token"), str):
-        token_sha256 = token_digest(o["session_token"])
-    else:
-        raise InvalidInput("session_token_sha256 is required", "session_token_sha256")
-    s = Session(o["arn"], role.arn, role.unique_id, o["session_name"], float(o["issued"]), float(o["expires"]),
-                o.get("policy"), tuple((k, v) for k, v in (o.get("tags") or {}).items()), kid, o.get("source", ""))
-    n = len(state.sessions) + 1
-    if n & (n - 1) == 0:
-        # Expired sessions and their keys fall away whenever the table reaches a power of two:
-        # amortised constant work per session (they are refused on use before that anyway).
-        state = _drop_sessions(state, [k for k, v in state.sessions.items() if v.expires <= s.issued])
-    sessions = _own(state.sessions)
-    arns = _own(state.session_arns)
-    keys = _own(state.access_keys)
-    sessions[kid] = s
-    arns[s.arn] = tuple(k for k in arns.get(s.arn, ()) if sessions[k].expires > s.issued) + (kid,)
-    keys[kid] = AccessKey(kid, o["secret"], s.arn, role.unique_id, token_sha256, s.expires)
-    return evolve(state, sessions=sessions, session_arns=arns, access_keys=keys)
+# ------------------------------------------------------------------ ops (typed in ops.py)
+
+# The op functions as they were imported from here; ops.py defines them (it imports this module, so
+# these import it when called).
+
+def apply_op(state: IamState, operation: Any) -> IamState:
+    """ops.apply_op."""
+    from .ops import apply_op as apply
+    return apply(state, operation)
 
 
-@op("RevokeSessions")
-def _revoke_sessions(state: IamState, o: dict[str, Any]) -> IamState:
-    """IAM's "revoke active sessions" of a role: every session issued before `at` is refused from now on."""
-    role = _target(state, o, "role")
-    at = o.get("at")
-    if not isinstance(at, (int, float)) or isinstance(at, bool) or not math.isfinite(at):
-        raise InvalidInput("at: the revocation time (unix seconds) is required", "at")
-    return _put_principal(state, evolve(role, revoked_before=max(role.revoked_before, float(at))))
+def op_digest(operation: Any) -> str:
+    """ops.op_digest."""
+    from .ops import op_digest as digest
+    return digest(operation)
 
 
-@op("RetireOps")
-def _retire_ops(state: IamState, o: dict[str, Any]) -> IamState:
-    """A record for SnapshotHolder._replay (the logged ops it names are skipped from then on); changes no state."""
-    digests = o.get("digests")
-    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
-        raise InvalidInput("digests: a list of op digests is required", "digests")
-    return state
+def op_names() -> tuple[str, ...]:
+    """ops.op_names."""
+    from .ops import op_names as names
+    return names()
 
 
-def op_digest(o: Mapping[str, Any]) -> str:
-    """An op's identity in the log, independent of its position."""
-    text = json.dumps(o, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-# The principals each op is addressed to: (kind, or None for the op's own `kind`; the op's field
-# holding the name; the field that carries the principal's unique id).
-_TARGETS: Mapping[str, tuple[tuple[str | None, str, str], ...]] = {
-    **{name: ((None, "name", "unique_id"),) for name in (
-        "PutInlinePolicy", "DeleteInlinePolicy", "AttachPolicy", "DetachPolicy", "SetPermissionsBoundary",
-        "TagPrincipal", "DeletePrincipal")},
-    "SetTrustPolicy": (("role", "name", "unique_id"),),
-    "RevokeSessions": (("role", "name", "unique_id"),),
-    "CreateAccessKey": (("user", "user", "owner_id"),),
-    "AddUserToGroup": (("user", "user", "unique_id"), ("group", "group", "group_id")),
-    "RemoveUserFromGroup": (("user", "user", "unique_id"),),
-}
-
-
-def with_generated_values(state: IamState, o: Mapping[str, Any]) -> dict[str, Any]:
-    """The op as it is logged: with a fresh unique id for a principal it creates, and the unique id of
-    every principal it is addressed to, so that replaying it acts on that principal or on nothing."""
-    out = dict(o)
-    name = out.get("op")
-    if name == "CreatePrincipal" and not out.get("unique_id") and out.get("kind") in UNIQUE_ID_PREFIX:
-        out["unique_id"] = random_id(out["kind"])
-    for kind, name_field, id_field in _TARGETS.get(name, ()) if isinstance(name, str) else ():
-        if out.get(id_field):
-            continue
-        try:
-            out[id_field] = _target(state, out, kind, name_field, id_field).unique_id
-        except StoreError:
-            pass        # the op fails on its own, with its own message
-    return out
+def with_generated_values(state: IamState, operation: Any) -> Any:
+    """ops.with_generated_values, in the form it is given: an op for an op, its record for a mapping
+    (for callers that keep and log records)."""
+    from .ops import Op, with_generated_values as generated
+    out = generated(state, operation)
+    return out if isinstance(operation, Op) else out.record()

@@ -16,6 +16,7 @@ from .admin import Admin
 from .decisions import Answer, Decisions, PreparedContext
 from .errors import QuotaExceeded, StoreError
 from .holder import SnapshotHolder, StoreConfig, StoreStatus
+from .ops import Op
 from .snapshot import Snapshot
 from .state import IamState, ManagedPolicy, Principal
 from .sts import SessionGrant, Sts
@@ -103,7 +104,7 @@ class Store:
 
     # ------------------------------------------------------------ admin operations (admin.py)
 
-    def apply(self, op: dict[str, Any]) -> IamState:
+    def apply(self, op: Op | Mapping[str, Any]) -> IamState:
         return self._admin.apply(op)
 
     def create_policy(self, account: str, name: str, document: str, path: str = "/", description: str = ""

@@ -12,6 +12,7 @@ from ..policy.principals import parse_requester
 from .decisions import Decisions
 from .errors import InvalidInput, PermissionDenied
 from .holder import CompileHook, SnapshotHolder
+from .ops import CreateSession, Op, RevokeSessions
 from .state import (EXTERNAL_ID, SESSION_NAME, check_tags, principal_of_arn, random_token, session_policy_name,
                     token_digest, validated_policy)
 
@@ -105,18 +106,21 @@ class Sts:
         key_id = "ASIA" + random_token(string.ascii_uppercase + string.digits, 16)
         secret = random_token(string.ascii_letters + string.digits + "+/", 40)
         token = random_token(string.ascii_letters + string.digits, 96)
-        op = {"op": "CreateSession", "arn": session_arn, "role_arn": role.arn, "role_id": role.unique_id,
-              "session_name": session_name, "issued": now, "expires": now + duration, "policy": session_policy or None,
-              "tags": tags, "access_key_id": key_id, "secret": secret,
-              "session_token_sha256": token_digest(token).hex(), "source": caller}
+        op = CreateSession(arn=session_arn, role_arn=role.arn, role_id=role.unique_id, session_name=session_name,
+                           issued=now, expires=now + duration, policy=session_policy or None, tags=tags,
+                           access_key_id=key_id, secret=secret, session_token_sha256=token_digest(token).hex(),
+                           source=caller)
         if session_policy:
             CompileHook(self._holder.compiler)(session_policy_name(session_arn), session_policy, parsed_policy)
-        self._holder.commit(op)
+        self._commit(op)
         return SessionGrant(session_arn, f"{role.unique_id}:{session_name}", now + duration, key_id, secret, token)
 
     def revoke_sessions(self, account: str, role: str) -> float:
         """IAM's "revoke active sessions": every session of the role issued before now is refused from now
         on (an implicit deny saying so); sessions issued afterwards are not affected. Returns the time."""
         at = self._holder.clock()
-        self._holder.commit({"op": "RevokeSessions", "account": account, "name": role, "at": at})
+        self._commit(RevokeSessions(account=account, name=role, at=at))
         return at
+
+    def _commit(self, op: Op) -> None:
+        self._holder.commit(op.record())    # the holder takes the op's record (the form it logs)
