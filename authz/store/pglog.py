@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from .changelog import Build, Entry, Record
 from .errors import StorageFailure
@@ -95,7 +95,7 @@ class PgChangeLog:
         params.setdefault("keepalives_interval", KEEPALIVES_INTERVAL_S)
         params.setdefault("keepalives_count", KEEPALIVES_COUNT)
         self._params = params
-        host = str(params.get("host") or "localhost")
+        host = str(params.get("host") or "default-socket")
         self.where = f"{host}:{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or ''}"
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -119,7 +119,7 @@ class PgChangeLog:
         return StorageFailure(f"the change store {self.where} refused the operation ({_first_line(exc)}); "
                               "nothing was changed; check the database user's privileges and the schema")
 
-    def connect(self, application_name: str, autocommit: bool) -> psycopg.Connection[Any]:
+    def _connect(self, application_name: str, autocommit: bool) -> psycopg.Connection[Any]:
         """A new connection with this log's timeouts, its schema migrated; StorageFailure when unreachable."""
         import psycopg
 
@@ -170,23 +170,17 @@ class PgChangeLog:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[Callable[[], psycopg.Connection[Any]]]:
-        with self._read_lock:
-            def get() -> psycopg.Connection[Any]:
-                if self._reader is None or self._reader.closed:
-                    self._reader = self.connect(READER_APPLICATION_NAME, autocommit=True)
-                return self._reader
-            yield get
-
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """Rows of one read-only statement; one retry on a fresh connection when the kept one had gone stale."""
+        """Rows of one read-only statement; one retry on a new connection when the kept one had gone stale."""
         import psycopg
 
-        with self._reading() as get:
+        with self._read_lock:
             for attempt in (1, 2):
                 fresh = self._reader is None or self._reader.closed
-                conn = get()
+                if fresh:
+                    self._reader = self._connect(READER_APPLICATION_NAME, autocommit=True)
+                conn = self._reader
+                assert conn is not None
                 try:
                     return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
                 except psycopg.Error as exc:
@@ -227,7 +221,7 @@ class PgChangeLog:
             for attempt in (1, 2):
                 fresh = self._writer is None or self._writer.closed
                 if fresh:
-                    self._writer = self.connect(WRITER_APPLICATION_NAME, autocommit=False)
+                    self._writer = self._connect(WRITER_APPLICATION_NAME, autocommit=False)
                 conn = self._writer
                 assert conn is not None
                 # Up to here nothing is built: a kept connection found stale is replaced and the write retried.
@@ -315,7 +309,7 @@ class PgChangeLog:
         if not xid:
             return None
         try:
-            conn = self.connect(READER_APPLICATION_NAME, autocommit=True)
+            conn = self._connect(READER_APPLICATION_NAME, autocommit=True)
         except StorageFailure:
             return None
         try:
@@ -353,7 +347,7 @@ class PgChangeLog:
         while not stop.is_set() and not self._closed:
             conn: psycopg.Connection[Any] | None = None
             try:
-                conn = self.connect(LISTENER_APPLICATION_NAME, autocommit=True)
+                conn = self._connect(LISTENER_APPLICATION_NAME, autocommit=True)
                 conn.execute(f"LISTEN {CHANNEL}")
                 row = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()
                 delay = LISTEN_RETRY_FIRST_S
