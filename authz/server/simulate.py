@@ -91,7 +91,7 @@ def _error(kind: str, **fields: Any) -> bytes:
     return json.dumps({"kind": kind, **fields}).encode()
 
 
-def outcome(status: int, payload: bytes) -> bytes:
+def answer_or_raise(status: int, payload: bytes) -> bytes:
     """The encoded SimulateResponse, or the error `answer` reported, raised again in this process."""
     if status == _OK:
         return payload
@@ -209,7 +209,7 @@ class Simulator:
         before it answered (killed at the deadline, out of memory).
         """
         if self.processes == 0:
-            return outcome(*answer(raw, self.options))
+            return answer_or_raise(*answer(raw, self.options))
         try:
             worker = self._slots.get_nowait()
         except queue.Empty:
@@ -228,7 +228,7 @@ class Simulator:
                                              "use fewer or smaller documents, or a longer deadline") from None
         finally:
             self._slots.put(worker)
-        return outcome(status, payload)
+        return answer_or_raise(status, payload)
 
     def _start(self) -> _Worker:
         with self._lock:
