@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Final, Iterable, Mapping, NamedTuple, Sequence
 
 from .policy.arn import PreparedResource, account_of, service_of
 from .policy.conditions import ConditionContext, ContextValue, normalise_context
@@ -130,15 +130,18 @@ _Fast = tuple[tuple[Any, ...], tuple[Any, ...]]
 _CANDIDATE_MEMO_MAX = 512
 
 
-class _Entry(NamedTuple):
-    """One statement in the index. The decision loops unpack entries positionally, in this field order
-    (`for _seq, group, st, m, fast in ...`): as cheap as a plain tuple, where `.statement` would cost more."""
-
-    seq: int                        # position among every statement of the set: candidates keep this order
-    group: int                      # IDENTITY, RESOURCE, BOUNDARY, SESSION, SCP_BASE + level or RCP_BASE + level
-    statement: Statement
-    matched: MatchedStatement       # how a result names it
-    fast: _Fast | None              # the fast form, or None
+# One statement in the index: (seq, group, statement, matched, fast), where
+#   seq        its position among every statement of the set (candidates keep this order),
+#   group      IDENTITY, RESOURCE, BOUNDARY, SESSION, SCP_BASE + level or RCP_BASE + level,
+#   statement  the compiled statement,
+#   matched    how a Result names it,
+#   fast       its fast form, or None.
+# A plain tuple on purpose: the decision loops unpack it (`for _seq, group, st, m, fast in ...`), and CPython
+# unpacks an exact tuple in a third of the time it takes for a NamedTuple (a tuple subclass: about 11 ns
+# against 36 ns an entry on 3.11). Code that reads one field by itself names its position.
+_Entry = tuple[int, int, Statement, MatchedStatement, "_Fast | None"]
+_SEQ: Final = 0
+_STATEMENT: Final = 2
 
 
 class StatementIndex:
@@ -161,8 +164,8 @@ class StatementIndex:
             self.size += 1
             fast = ((st.res_fast, st.conditions) if st.res_fast is not None and not st.not_resource
                     and st.principals is None and not st.broken else None)
-            entry = _Entry(seq, group, st, MatchedStatement(group_type(group), st.policy_name, st.sid, st.index,
-                                                            st.effect), fast)
+            entry: _Entry = (seq, group, st, MatchedStatement(group_type(group), st.policy_name, st.sid, st.index,
+                                                              st.effect), fast)
             if not st.not_action and st.actions and all(a.literal is not None for a in st.actions):
                 for key in dict.fromkeys(a.literal for a in st.actions):
                     if key is not None:
@@ -176,19 +179,19 @@ class StatementIndex:
         if hit is not None:
             return hit
         found = list(self.literal.get(action_lower, ()))
-        found.extend(e for e in self.patterned if e.statement.matches_action(action_lower))
-        found.sort(key=lambda e: e.seq)
-        result = (tuple(e for e in found if not e.statement.allow), tuple(e for e in found if e.statement.allow))
+        found.extend(e for e in self.patterned if e[_STATEMENT].matches_action(action_lower))
+        found.sort(key=lambda e: e[_SEQ])
+        result = (tuple(e for e in found if not e[_STATEMENT].allow), tuple(e for e in found if e[_STATEMENT].allow))
         if len(self.memo) < _CANDIDATE_MEMO_MAX:
             self.memo[action_lower] = result
         return result
 
     def full_scan(self, action_lower: str) -> tuple[tuple[_Entry, ...], tuple[_Entry, ...]]:
         """The same answer as candidates(), by checking every statement (the index's reference)."""
-        every = sorted([*(e for lst in self.literal.values() for e in lst), *self.patterned], key=lambda e: e.seq)
-        uniq = list({e.seq: e for e in every}.values())
-        found = [e for e in uniq if e.statement.matches_action(action_lower)]
-        return (tuple(e for e in found if not e.statement.allow), tuple(e for e in found if e.statement.allow))
+        every = sorted([*(e for lst in self.literal.values() for e in lst), *self.patterned], key=lambda e: e[_SEQ])
+        uniq = list({e[_SEQ]: e for e in every}.values())
+        found = [e for e in uniq if e[_STATEMENT].matches_action(action_lower)]
+        return (tuple(e for e in found if not e[_STATEMENT].allow), tuple(e for e in found if e[_STATEMENT].allow))
 
 
 class CompiledPolicySet:
