@@ -1,4 +1,4 @@
-"""A real PostgreSQL server for tests: initdb in a temporary directory, stop/start for fault tests, a database per test."""
+"""A real PostgreSQL for tests: initdb in a temporary directory, stop/start for fault tests, a database per test."""
 
 from __future__ import annotations
 

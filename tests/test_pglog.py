@@ -1,4 +1,4 @@
-"""The PostgreSQL change log against a real server: order, exclusive writes, failures appending nothing, notifications."""
+"""The PostgreSQL change log on a real server: order, exclusive writes, failures appending nothing, notifications."""
 
 from __future__ import annotations
 
@@ -388,6 +388,28 @@ def test_nothing_is_notified_for_a_write_that_appends_nothing(pg_url: str) -> No
             append(writer, [{"i": 1}])
             assert heads.wait_for(1)
             assert heads.seen == [0, 1]
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_a_failing_callback_does_not_stop_the_listener(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    writer, reader = PgChangeLog(pg_url), PgChangeLog(pg_url)
+    heads = Heads()
+
+    def flaky(head: int) -> None:
+        heads(head)
+        if head == 1:
+            raise RuntimeError("applying head 1 failed")
+
+    try:
+        with Notifications(reader, flaky):
+            assert heads.wait_for(0)
+            append(writer, [{"i": 1}])
+            append(writer, [{"i": 2}])
+            assert heads.wait_for(2)
+            assert heads.seen == [0, 1, 2]
+        assert "change listener callback failed for head 1" in caplog.text
     finally:
         writer.close()
         reader.close()
