@@ -79,3 +79,15 @@ def test_every_module_says_what_it_owns_and_the_architecture_page_lists_it() -> 
         assert doc, f"{path.relative_to(ROOT)} has no docstring saying what it owns"
         first = doc.splitlines()[0].replace("|", "\\|")
         assert f"| `{path.relative_to(ROOT)}` | {first} |" in page, f"docs/architecture.md: {path.relative_to(ROOT)}"
+
+
+def test_the_names_glossary_points_at_what_the_code_defines() -> None:
+    """docs/architecture.md "Names": each `Name` (`authz/module.py`) of the glossary is defined in that module."""
+    import importlib
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    section = page.split("\n## Names\n", 1)[1].split("\n## ", 1)[0]
+    pairs = re.findall(r"`([A-Za-z_]\w*)` \(`(authz/[\w/]+)\.py`\)", section)
+    assert {name for name, _ in pairs} >= {"Decision", "Result", "Answer", "EncodedAnswer", "DecisionEvent"}
+    for name, path in pairs:
+        module = importlib.import_module(path.replace("/", "."))
+        assert hasattr(module, name), f"docs/architecture.md \"Names\": {path}.py defines no {name}"
