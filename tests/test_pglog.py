@@ -107,6 +107,19 @@ def test_a_gap_in_the_log_is_refused(pg_server: PgServer, pg_db: str) -> None:
         log.close()
 
 
+def test_a_record_that_is_not_a_json_object_is_refused(pg_server: PgServer, pg_db: str) -> None:
+    log = PgChangeLog(pg_server.url(pg_db))
+    try:
+        append(log, [{"i": 1}])
+        with admin(pg_server, pg_db) as conn:
+            conn.execute("INSERT INTO changes (seq, record) VALUES (2, '[\"not an object\"]'), (3, '{oops')")
+        for after in (1, 2):
+            with pytest.raises(StorageFailure, match=f"holds record {after + 1} that is not a JSON object"):
+                log.read(after)
+    finally:
+        log.close()
+
+
 def test_a_writer_ahead_of_the_store_is_refused(pg_url: str) -> None:
     log = PgChangeLog(pg_url)
     try:

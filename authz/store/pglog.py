@@ -200,7 +200,14 @@ class PgChangeLog:
             if seq != expected:
                 raise StorageFailure(f"the change store {self.where} is missing record {expected} (found {seq} next); "
                                      "the log was altered outside the sidecars: restore it from a backup")
-            entries.append((int(seq), json.loads(text)))
+            try:
+                record = json.loads(text)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                raise StorageFailure(f"the change store {self.where} holds record {seq} that is not a JSON object; "
+                                     "the log was altered outside the sidecars: restore it from a backup")
+            entries.append((int(seq), record))
             expected += 1
         return entries
 
