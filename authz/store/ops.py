@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
 from ..policy import limits
@@ -42,7 +42,7 @@ O = TypeVar("O", bound="Op")
 def _op(cls: type[O]) -> type[O]:
     """Register an op class under its NAME; its record keys are its fields, in declaration order."""
     OPS[cls.NAME] = cls
-    cls._FIELDS = tuple(f.name for f in fields(cls))     # type: ignore[arg-type]
+    cls._FIELDS = tuple(f.name for f in fields(cls) if not f.name.startswith("_"))   # type: ignore[arg-type]
     return cls
 
 
@@ -55,10 +55,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Op:
     """One change. Subclasses are frozen keyword-only dataclasses whose fields are the record's keys."""
 
-    __slots__ = ()
     NAME: ClassVar[str]
     _FIELDS: ClassVar[tuple[str, ...]] = ()
     # Fields a record holds even when None (today's callers log them so); other None fields are left out.
@@ -66,18 +66,30 @@ class Op:
     # The principals the op is addressed to: (kind, or None for the op's own `kind`; the field holding
     # the name; the field that carries the principal's unique id). See with_generated_values.
     TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = ()
+    # How the record this op was read from differs from that form: fields it held as None that are
+    # otherwise left out, and _KEEP_NONE fields it did not hold. So record() gives back a logged record
+    # key for key, and op_digest the digest it was logged under. Not part of the op's meaning.
+    _nulls: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    _absent: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     @classmethod
     def from_record(cls: type[O], record: Mapping[str, Any]) -> O:
         """The op a record describes; a missing field is None (apply says what is wrong with it)."""
-        return cls(**{f: record.get(f) for f in cls._FIELDS if f in record or f in _required(cls)})
+        kwargs: dict[str, Any] = {f: record.get(f) for f in cls._FIELDS if f in record or f in _required(cls)}
+        nulls = frozenset(f for f in cls._FIELDS if f in record and record[f] is None and f not in cls._KEEP_NONE)
+        absent = frozenset(f for f in cls._KEEP_NONE if f not in record)
+        if nulls:
+            kwargs["_nulls"] = nulls
+        if absent:
+            kwargs["_absent"] = absent
+        return cls(**kwargs)
 
     def record(self) -> dict[str, Any]:
         """The op as the log keeps it (JSON-able)."""
         out: dict[str, Any] = {"op": self.NAME}
         for f in self._FIELDS:
             value = getattr(self, f)
-            if value is None and f not in self._KEEP_NONE:
+            if value is None and (f in self._absent if f in self._KEEP_NONE else f not in self._nulls):
                 continue
             out[f] = _plain(value)
         return out
@@ -101,7 +113,6 @@ _REQUIRED: dict[type[Op], frozenset[str]] = {}
 def _required(cls: type[Op]) -> frozenset[str]:
     req = _REQUIRED.get(cls)
     if req is None:
-        from dataclasses import MISSING
         req = _REQUIRED[cls] = frozenset(f.name for f in fields(cls)  # type: ignore[arg-type]
                                          if f.default is MISSING and f.default_factory is MISSING)
     return req
