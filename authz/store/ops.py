@@ -43,6 +43,8 @@ def _op(cls: type[O]) -> type[O]:
     """Register an op class under its NAME; its record keys are its fields, in declaration order."""
     OPS[cls.NAME] = cls
     cls._FIELDS = tuple(f.name for f in fields(cls) if not f.name.startswith("_"))   # type: ignore[arg-type]
+    cls._REQUIRED = frozenset(f.name for f in fields(cls)  # type: ignore[arg-type]
+                              if f.default is MISSING and f.default_factory is MISSING)
     return cls
 
 
@@ -61,6 +63,7 @@ class Op:
 
     NAME: ClassVar[str]
     _FIELDS: ClassVar[tuple[str, ...]] = ()
+    _REQUIRED: ClassVar[frozenset[str]] = frozenset()      # fields without a default
     # Fields a record holds even when None (today's callers log them so); other None fields are left out.
     _KEEP_NONE: ClassVar[frozenset[str]] = frozenset()
     # The principals the op is addressed to: (kind, or None for the op's own `kind`; the field holding
@@ -75,13 +78,21 @@ class Op:
     @classmethod
     def from_record(cls: type[O], record: Mapping[str, Any]) -> O:
         """The op a record describes; a missing field is None (apply says what is wrong with it)."""
-        kwargs: dict[str, Any] = {f: record.get(f) for f in cls._FIELDS if f in record or f in _required(cls)}
-        nulls = frozenset(f for f in cls._FIELDS if f in record and record[f] is None and f not in cls._KEEP_NONE)
-        absent = frozenset(f for f in cls._KEEP_NONE if f not in record)
+        kwargs: dict[str, Any] = {}
+        nulls = []
+        for f in cls._FIELDS:
+            if f in record:
+                value = kwargs[f] = record[f]
+                if value is None and f not in cls._KEEP_NONE:
+                    nulls.append(f)
+            elif f in cls._REQUIRED:
+                kwargs[f] = None
         if nulls:
-            kwargs["_nulls"] = nulls
-        if absent:
-            kwargs["_absent"] = absent
+            kwargs["_nulls"] = frozenset(nulls)
+        if cls._KEEP_NONE:
+            absent = frozenset(f for f in cls._KEEP_NONE if f not in record)
+            if absent:
+                kwargs["_absent"] = absent
         return cls(**kwargs)
 
     def record(self) -> dict[str, Any]:
@@ -105,17 +116,6 @@ class Op:
         """The dependency keys of everything this op may change when it applies to `before` (more is
         safe: it only drops remembered decisions; one missing could serve a stale Allow)."""
         raise NotImplementedError
-
-
-_REQUIRED: dict[type[Op], frozenset[str]] = {}
-
-
-def _required(cls: type[Op]) -> frozenset[str]:
-    req = _REQUIRED.get(cls)
-    if req is None:
-        req = _REQUIRED[cls] = frozenset(f.name for f in fields(cls)  # type: ignore[arg-type]
-                                         if f.default is MISSING and f.default_factory is MISSING)
-    return req
 
 
 def _str(value: Any) -> str:
