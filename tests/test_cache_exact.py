@@ -149,8 +149,8 @@ def test_property_a_cache_hit_is_always_the_fresh_answer(pair: tuple[dict[str, A
     first, second = (normalise_context({**c, "aws:username": "ops"}) for c in pair)
     cache = DecisionCache(8)
     key = ("rev", OPS, "kinesisvideo:getmedia", STREAM)
-    cache.put(key, first, _fresh(first))
-    hit = cache.get(key, second)
+    cache.put(key, first, _fresh(first), (), 1)
+    hit = cache.get(key, second, 1)
     if hit is not None:
         fresh = _fresh(second)
         assert (hit.decision, hit.deciding) == (fresh.decision, fresh.deciding), (pair, hit, fresh)
@@ -181,5 +181,5 @@ def test_the_property_meets_the_case_it_guards() -> None:
     assert first["aws:sourceip"] == second["aws:sourceip"]            # equal by ==, as the old cache compared
     assert (_fresh(first).decision, _fresh(second).decision) == (Decision.ALLOW, Decision.EXPLICIT_DENY)
     cache = DecisionCache(8)
-    cache.put("k", first, _fresh(first))
-    assert cache.get("k", second) is None
+    cache.put("k", first, _fresh(first), (), 1)
+    assert cache.get("k", second, 1) is None

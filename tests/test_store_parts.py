@@ -21,11 +21,15 @@ def test_reload_hooks_run_after_each_load_that_loaded(tmp_path: Path) -> None:
     store.open()
     try:
         assert calls == [1]
+        some = next(p for p in sorted(bundle.iterdir()) if p.suffix in (".yaml", ".json"))
+        some.write_text(some.read_text() + "\n")          # new bytes, the same policies
         assert store.reload() == (True, "")
-        assert calls == [1, 2]
+        assert calls == [1, 2]                       # a new bundle: a LoadBundle record, a new revision
+        assert store.reload() == (True, "")
+        assert calls == [1, 2, 2]                    # the same bundle again: nothing new in the log
         (bundle / "broken.json").write_text("{not json")
         ok, _message = store.reload()
-        assert not ok and calls == [1, 2]            # a failed load publishes nothing and calls no hook
+        assert not ok and calls == [1, 2, 2]         # a failed load publishes nothing and calls no hook
     finally:
         store.close()
 

@@ -20,11 +20,12 @@ children and only then does any child import and start gRPC: the parent never lo
 fork support is limited. The kernel spreads connections over the children. Choice for state:
 worker 0 alone serves the admin listener (a unix socket cannot be shared, and one writer keeps
 admin calls read-your-writes), every worker persists to the same --state-dir (required), and
-every worker follows the shared op log every WORKER_SYNC_INTERVAL, re-applying what the others
-appended: an admin change or an AssumeRole session made through one process is honoured by all
-of them within that interval. Each worker has its own cache, its own revision counter (answers
-from different workers carry unrelated revision numbers), its own metrics (metrics port + index),
-and appends to the same decision log.
+every worker follows the shared change log every WORKER_SYNC_INTERVAL, applying what the others
+appended as deltas: an admin change or an AssumeRole session made through one process is honoured
+by all of them within that interval. A write checks itself against everything logged before it
+(store/holder.py), so the processes' writes land in one order. The revision is the log's sequence
+number, the same in every worker. Each worker has its own caches, its own metrics (metrics port +
+index), and appends to the same decision log.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ from typing import Any, Mapping
 from ..evaluate import Decision, Result, decide
 from ..policy.errors import RequestError
 from ..requests import check_context, check_target
+from .cache import Deps
+from .changes import account_dep
 from .holder import SnapshotHolder
-from .snapshot import ResolvedPrincipal, Snapshot, Unresolved, caller_values
+from .snapshot import ResolvedPrincipal, Snapshot, Unresolved, caller_values, resource_deps
 
 MAX_ACCESS_KEY_ID_CHARS = 128        # AuthorizeRequest.access_key_id (IAM: 16-128)
 
@@ -29,6 +31,10 @@ class Answer:
     # or aws:EpochTime from the clock, and only until a role session ends. Callers that keep answers use it.
     valid_until: float = math.inf
     valid_from: float = -math.inf
+    # The dependency keys the decision read (changes.py): it holds at a later revision while no change
+    # touched them (cache.Validity). None: it holds at its own revision only (an unknown principal, or
+    # one the store will not decide for: cheap to answer again).
+    deps: Deps | None = None
 
 
 class PreparedContext:
@@ -60,6 +66,14 @@ def _checked_caller_values(context: Mapping[str, Any], trusted: Mapping[str, Any
 
 
 _CLOCK_KEYS = ("aws:currenttime", "aws:epochtime")   # the keys the store fills from its clock
+
+
+def _resource_account(resource: str, rp: ResolvedPrincipal) -> str:
+    """The account that owns `resource` ("*": the principal's own)."""
+    if resource == "*":
+        return rp.account
+    f = resource.split(":", 5)
+    return f[4] if len(f) == 6 else ""
 
 
 class Decisions:
@@ -100,19 +114,21 @@ class Decisions:
         if isinstance(rp, Unresolved):
             return _unresolved(snap.revision, rp)
         values = self._context(snap, rp, resource, caller, now)
-        key = (snap.revision, rp.key, action.lower(), resource)
-        result = None if explain else self._holder.cache.get(key, values)
+        res_account = _resource_account(resource, rp)
+        deps = rp.deps + resource_deps(resource, res_account)
+        key = (rp.key, action.lower(), resource)
+        result = None if explain else self._holder.cache.get(key, values, snap.revision)
         cached = result is not None
         if result is None:
-            result = self._decide(snap, principal, rp, action, resource, values, explain)
+            result = self._decide(snap, principal, rp, action, resource, res_account, values, explain)
             if not explain:
-                self._holder.cache.put(key, values, result)
+                self._holder.cache.put(key, values, result, deps, snap.revision)
         since, until = -math.inf, math.inf
         read = result.keys_read
         for k in _CLOCK_KEYS:
             if k in read and k not in caller:
                 since, until = float(int(now)), float(int(now) + 1)   # the clock's values hold for this second
-        return Answer(result, snap.revision, cached, True, min(until, rp.expires), since)
+        return Answer(result, snap.revision, cached, True, min(until, rp.expires), since, deps)
 
     def _context(self, snap: Snapshot, rp: ResolvedPrincipal, resource: str, caller: Mapping[str, Any],
                  now: float) -> dict[str, Any]:
@@ -141,13 +157,9 @@ class Decisions:
         return values
 
     def _decide(self, snap: Snapshot, principal: str, rp: ResolvedPrincipal, action: str, resource: str,
-                values: dict[str, Any], explain: bool) -> Result:
-        if resource == "*":
-            res_account = rp.account
-        else:
-            f = resource.split(":", 5)
-            res_account = f[4] if len(f) == 6 else ""
+                res_account: str, values: dict[str, Any], explain: bool) -> Result:
         rkey, rpol = snap.resource_policy(resource)
-        cps = snap.policy_set(principal, rp, rkey, rpol, res_account)
+        cps = snap.policy_set(principal, rp, rkey, rpol, res_account,
+                              resource_deps(rkey, res_account) if rkey else (account_dep(res_account),))
         return decide(cps, rp.requester, action, resource, res_account, values, explain=explain,
                       options=self._holder.config.options)

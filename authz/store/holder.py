@@ -1,9 +1,17 @@
-"""The snapshot holder: the current snapshot, its swap and listeners, reload, worker sync, the op log and the watcher.
+"""The snapshot holder: the current snapshot, the change log it follows, reload, worker sync, listeners and the watcher.
 
-Readers take the current snapshot reference and never lock; writers (admin calls, reloads)
-serialise on one lock, build the new state off to the side, persist it, and swap one reference.
-Every new state is published here: by a reload (the bundle plus the op log replayed onto it), by a
-worker's sync (the ops other processes appended) or by one committed op (an admin write, AssumeRole).
+Readers take the current snapshot reference and never lock; writers (admin calls, AssumeRole,
+reloads) serialise on one lock, build the new state off to the side, commit it to the change log,
+and swap one reference. The revision of a snapshot is the change log's sequence number of the last
+change it holds: the same in every process that shares the log (--workers), and across restarts.
+
+Every new state is published here, with a Change saying what it touched (changes.py):
+- a reload: the bundle, then every logged change replayed onto it (a LoadBundle record marks it in
+  the log). A logged change that no longer applies to the bundle is a hard error naming it (the
+  bundle is refused as an invalid one is), except one addressed to a principal the bundle no longer
+  has: that one is retired (a RetireOps record) and never applies again;
+- one committed change (an admin write, AssumeRole), applied as a delta to the current state;
+- a worker's sync: the changes other processes appended, each applied as a delta, in log order.
 """
 
 from __future__ import annotations
@@ -11,17 +19,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ..evaluate import DEFAULT_OPTIONS, EngineOptions
-from .bundle import BundleError, load_bundle, signature
-from .cache import DecisionCache
+from .bundle import BundleError, bundle_files, load_bundle, signature
+from .cache import DecisionCache, Validity
+from .changelog import ChangeLog, Entry, MemoryLog, Record
+from .changes import EVERYTHING, NOTHING, Change, Touched
 from .errors import StoreError
 from .oplog import OpLog
-from .snapshot import PolicyCompiler, Snapshot
-from .state import IamState, PrincipalGone, apply_op, compiling, op_digest, transaction, with_generated_values
+from .snapshot import Memos, PolicyCompiler, Snapshot
+from .ops import apply_change, apply_op, op_digest, with_generated_values
+from .state import IamState, PrincipalGone, compiling, transaction
 
 log = logging.getLogger("authz.store")
 
@@ -31,6 +43,11 @@ DEFAULT_CACHE_SIZE = 100_000
 # "Parse once"); the rest, and any beyond the compiled-policy cache's room, compile on first use.
 EAGER_COMPILE_PER_LOAD = 5_000
 DEFAULT_WATCH_INTERVAL = 1.0
+# A write that finds the log advanced by another process in a way it cannot apply as a delta (a bundle
+# load it has not read, a change that does not apply here) catches up and tries again, at most this often.
+COMMIT_ATTEMPTS = 3
+LOAD_BUNDLE = "LoadBundle"     # the log record of a bundle load: {"op": LOAD_BUNDLE, "digest": sha256 of its files}
+RETIRE_OPS = "RetireOps"       # the log record retiring changes whose principal is gone (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -53,7 +70,7 @@ class StoreStatus:
     cache: dict[str, int]
     reloads_ok: int
     reloads_failed: int
-    replay_skipped: int
+    replay_skipped: int          # logged changes retired by the last load (their principal is gone)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,6 +97,34 @@ class CompileHook:
             self._left -= 1
 
 
+class ReplayError(StoreError):
+    """A logged change no longer applies to the bundle: the bundle is refused (never the change dropped)."""
+
+
+def bundle_digest(directory: Path) -> str:
+    """SHA-256 over the bundle's file names and contents: what a LoadBundle record names."""
+    h = hashlib.sha256()
+    for path in bundle_files(directory):
+        data = path.read_bytes()
+        h.update(f"{path.name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def _describe(seq: int, record: Mapping[str, Any]) -> str:
+    """A logged change as an error names it: its number, op and whom it is addressed to (never secrets)."""
+    parts = [str(record.get("op"))]
+    for k in ("kind", "account", "name", "user", "group", "policy_name", "policy_arn", "arn", "role_arn"):
+        v = record.get(k)
+        if isinstance(v, str) and v:
+            parts.append(f"{k}={v}")
+    return f"change #{seq} ({' '.join(parts)})"
+
+
+class _Behind(Exception):
+    """The log holds changes of another process this one must catch up on before it can write."""
+
+
 class SnapshotHolder:
     """The current snapshot and every way a new one is published (see the module docstring)."""
 
@@ -87,35 +132,37 @@ class SnapshotHolder:
         self.config = config
         self.clock = clock
         self.compiler = PolicyCompiler()
-        self.cache = DecisionCache(config.cache_size)
+        self.validity = Validity()
+        self.cache = DecisionCache(config.cache_size, self.validity)
+        self.memos = Memos(self.validity)
         self._write_lock = threading.RLock()
         self._reload_lock = threading.Lock()    # reloads in order: a later read is never published first
+        self._log: ChangeLog = MemoryLog()
+        self._records: list[Entry] = []         # every logged change this state holds, in log order
+        self._retired: set[str] = set()         # digests of the retired ones
         self._base = IamState()
+        self._bundle_digest: str | None = None
         self._state = IamState()
-        self._ops: list[dict[str, Any]] = []
-        self._revision = 0
-        self._snapshot = Snapshot(self._state, 0, self.compiler)
+        self._snapshot = Snapshot(self._state, 0, self.compiler, self.memos)
         self._ready = False
         self._last_error = ""
         self._last_load = 0.0
         self._reloads_ok = 0
         self._reloads_failed = 0
         self._replay_skipped = 0
-        self._oplog: OpLog | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._listeners: list[Callable[[Snapshot], None]] = []
+        self._listeners: list[Callable[[Snapshot, Change], None]] = []
         self._reload_hooks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------ life cycle
 
     def open(self) -> None:
-        """Open the state database and load the first policy set. The store is `ready` once a
-        policy set has loaded; a bundle that fails at start-up leaves it not ready (serving
-        nothing) until a good bundle appears."""
+        """Open the change log and load the first policy set. The store is `ready` once a policy set
+        has loaded; a bundle that fails at start-up leaves it not ready (serving nothing) until a good
+        bundle appears."""
         if self.config.state_dir is not None:
-            self._oplog = OpLog(self.config.state_dir)
-            self._ops = self._oplog.all()
+            self._log = OpLog(self.config.state_dir)
         self.reload()
         if self.config.bundle_dir is not None and self.config.watch_interval > 0:
             self._watcher = threading.Thread(target=self._watch, name="bundle-watcher", daemon=True)
@@ -125,10 +172,14 @@ class SnapshotHolder:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        if self._oplog is not None:
-            self._oplog.close()
+        self._log.close()
 
     def on_swap(self, listener: Callable[[Snapshot], None]) -> None:
+        """Call `listener` with every snapshot published."""
+        self._listeners.append(lambda snap, _change: listener(snap))
+
+    def on_change(self, listener: Callable[[Snapshot, Change], None]) -> None:
+        """Call `listener` with every snapshot published and the change that produced it (the change feed)."""
         self._listeners.append(listener)
 
     def on_reload(self, hook: Callable[[], None]) -> None:
@@ -153,114 +204,213 @@ class SnapshotHolder:
         return StoreStatus(snap.revision, self._ready, self._last_error, self._last_load, snap.state.counts(),
                            self.cache.stats(), self._reloads_ok, self._reloads_failed, self._replay_skipped)
 
-    def _swap(self, state: IamState) -> None:
-        """Publish a new snapshot; callers hold the write lock."""
+    def _publish(self, state: IamState, revision: int, kind: str, touched: Touched) -> None:
+        """Publish `state` as `revision`; callers hold the write lock. What the change touched is
+        recorded first, so a reader that sees the new snapshot never reuses a result it invalidates."""
+        self.validity.touch(touched, revision)
+        if touched.everything:          # nothing remembered can be hit again: free the memory now
+            self.cache.clear()
+            self.memos.clear()
         self._state = state
-        self._revision += 1
-        snap = Snapshot(state, self._revision, self.compiler)
+        snap = Snapshot(state, revision, self.compiler, self.memos)
         self._snapshot = snap           # the one reference readers take
-        self.cache.clear()              # keys carry the revision: older entries are dead weight from now on
+        change = Change(revision, kind, touched)
         for listener in self._listeners:
             try:
-                listener(snap)
+                listener(snap, change)
             except Exception:  # pragma: no cover - a listener must never break a write
                 log.exception("snapshot listener failed")
 
-    def reload(self) -> tuple[bool, str]:
-        """Re-read the bundle and re-apply the persisted admin changes. A bundle that does not
-        load keeps the last good snapshot serving; the error is returned and kept for Status.
+    # ------------------------------------------------------------ reload
 
-        Reloads (the watcher's and the admin Reload call) run one at a time: otherwise a reload that
-        read the bundle earlier could publish its older content after a later one.
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the bundle and re-apply the logged changes. A bundle that does not load, or to which
+        a logged change no longer applies, keeps the last good snapshot serving; the error is returned
+        and kept for Status.
+
+        Reloads (the watcher's, the admin Reload call, a worker's catching up on another's bundle load)
+        run one at a time: otherwise a reload that read the bundle earlier could publish its older
+        content after a later one.
         """
         with self._reload_lock:
             return self._reload()
 
+    def _refuse(self, msg: str) -> tuple[bool, str]:
+        with self._write_lock:
+            self._last_error = msg
+            self._reloads_failed += 1
+        log.error("bundle rejected, still serving revision %d: %s", self.revision, msg)
+        return False, msg
+
     def _reload(self) -> tuple[bool, str]:
         bulk = CompileHook(self.compiler, EAGER_COMPILE_PER_LOAD)
+        bundle = self.config.bundle_dir
         try:
+            digest = bundle_digest(bundle) if bundle is not None else ""
             with compiling(bulk):
-                base = load_bundle(self.config.bundle_dir) if self.config.bundle_dir is not None else IamState()
+                base = load_bundle(bundle) if bundle is not None else IamState()
         except (BundleError, OSError, StoreError, ValueError) as exc:
-            msg = str(exc) if isinstance(exc, StoreError) else f"cannot read the bundle: {exc}"
-            with self._write_lock:
-                self._last_error = msg
-                self._reloads_failed += 1
-            log.error("bundle rejected, still serving revision %d: %s", self._revision, msg)
-            return False, msg
+            return self._refuse(str(exc) if isinstance(exc, StoreError) else f"cannot read the bundle: {exc}")
         with self._write_lock:
-            state = self._replay(base, bulk)
+            built: dict[str, Any] = {}
+
+            def build(entries: list[Entry]) -> list[Record]:
+                records = self._records + entries
+                state, retire = self._replay(base, records, bulk)
+                appended: list[Record] = []
+                if retire:
+                    appended.append({"op": RETIRE_OPS, "digests": retire})
+                if _last_bundle(records) != digest:
+                    appended.append({"op": LOAD_BUNDLE, "digest": digest})
+                built.update(records=records, state=state, appended=appended, retired=len(retire))
+                return appended
+
+            try:
+                seqs = self._log.write(self._head(), build)
+            except StoreError as exc:
+                return self._refuse(str(exc))
+            records = built["records"] + list(zip(seqs, built["appended"]))
+            self._records = records
+            self._retired = {d for _, r in records if r.get("op") == RETIRE_OPS for d in r.get("digests") or ()}
+            self._base, self._bundle_digest = base, digest
+            self._replay_skipped = built["retired"]
             self._last_error = ""
             self._last_load = self.clock()
             self._reloads_ok += 1
-        log.info("loaded policy set revision %d: %s", self._revision, state.counts())
-        del state, base
+            self._ready = True          # before the publish, so that listeners see a ready store
+            self._publish(built["state"], records[-1][0] if records else 0, LOAD_BUNDLE, EVERYTHING)
+            counts = built["state"].counts()
+        log.info("loaded policy set revision %d: %s", self.revision, counts)
+        del built, base
         for hook in self._reload_hooks:
             hook()
         return True, ""
 
-    def _replay(self, base: IamState, compile_hook: CompileHook | None = None) -> IamState:
-        """Apply the persisted ops to `base` and publish the result; callers hold the write lock.
+    def _head(self) -> int:
+        """The log position the current state holds (the last record applied)."""
+        return self._records[-1][0] if self._records else 0
 
-        A persisted op whose principal was in the state served until now but is gone from the new one
-        (a bundle reload dropped it, or it is another principal now) is retired: a RetireOps op naming
-        it is appended to the log, and it is skipped from then on. So a principal that disappears from
-        the bundle and comes back later, with the same name and even the same derived unique id, starts
-        afresh, as a re-created IAM principal does: its old sessions, access keys, policies and group
-        memberships from admin calls are not revived.
-        """
-        previous = self._state
-        retired = {d for o in self._ops if o.get("op") == "RetireOps" for d in o.get("digests") or ()}
-        state, skipped, retire = base, 0, []
-        hook = compile_hook or CompileHook(self.compiler, EAGER_COMPILE_PER_LOAD)
-        with transaction(), compiling(hook):   # `base` itself is never modified: sync() replays onto it again
-            for o in self._ops:
-                if retired and o.get("op") != "RetireOps" and op_digest(o) in retired:
+    def _replay(self, base: IamState, records: list[Entry], compile_hook: CompileHook) -> tuple[IamState, list[str]]:
+        """`base` with every logged change applied, and the digests of the changes to retire now.
+
+        A change addressed to a principal that is gone (the bundle no longer has it, or has another
+        principal under its name) is retired: so a principal that disappears from the bundle and comes
+        back later, with the same name and even the same derived unique id, starts afresh, as a
+        re-created IAM principal does. Any other change that does not apply raises ReplayError naming it.
+        `base` itself is never modified."""
+        retired = {d for _, r in records if r.get("op") == RETIRE_OPS for d in r.get("digests") or ()}
+        state, retire = base, []
+        with transaction(), compiling(compile_hook):
+            for seq, r in records:
+                name = r.get("op")
+                if name in (RETIRE_OPS, LOAD_BUNDLE) or (retired and op_digest(r) in retired):
                     continue
                 try:
-                    state = apply_op(state, o)
+                    state = apply_op(state, r)
                 except PrincipalGone as exc:
-                    skipped += 1
-                    if exc.existed_in(previous):
-                        retire.append(op_digest(o))
-                    log.warning("persisted change %s no longer applies: %s", o.get("op"), exc)
+                    retire.append(op_digest(r))
+                    log.warning("%s is retired: %s", _describe(seq, r), exc)
                 except StoreError as exc:
-                    skipped += 1
-                    log.warning("persisted change %s no longer applies to the bundle: %s", o.get("op"), exc)
-        if retire:
-            self._retire(retire)
-        self._base = base
-        self._replay_skipped = skipped
-        self._ready = True          # before the swap, so that on_swap listeners see a ready store
-        self._swap(state)
-        return state
+                    raise ReplayError(f"{_describe(seq, r)} no longer applies to the bundle: {exc}. Change the "
+                                      "bundle so that it applies again (or undo the change through the admin "
+                                      "API while the previous bundle is served)", exc.field) from None
+        return state, retire
 
-    def _retire(self, digests: list[str]) -> None:
-        """Log that these ops are retired (see _replay); callers hold the write lock."""
-        record = {"op": "RetireOps", "digests": digests}
+    # ------------------------------------------------------------ one change
+
+    def commit(self, op: Any) -> IamState:
+        """Validate `op` against the state at its place in the log's order, commit it, publish it: all or
+        nothing. It is logged with the unique ids it creates and of the principals it addresses
+        (state.with_generated_values), so that its replay is exact. Changes other processes appended
+        since this one last read are applied first (as deltas), so the op is checked against them."""
+        for _ in range(COMMIT_ATTEMPTS):
+            with self._write_lock:
+                try:
+                    return self._commit(op)
+                except _Behind:
+                    pass
+            self.sync()
+        raise StoreError("the change was not applied: the shared state kept changing under it "
+                         f"({COMMIT_ATTEMPTS} attempts); retry")
+
+    def _commit(self, op: Any) -> IamState:
+        staged: list[tuple[int, Record, IamState, Touched]] = []
+
+        def build(entries: list[Entry]) -> list[Record]:
+            staged.clear()
+            state = self._state
+            for seq, r in entries:
+                state, touched = self._delta(state, seq, r)
+                staged.append((seq, r, state, touched))
+            with compiling(CompileHook(self.compiler)):
+                typed = with_generated_values(state, op)
+                new, touched = apply_change(state, typed)
+            record = typed.record()
+            staged.append((0, record, new, touched))
+            return [record]
+
         try:
-            if self._oplog is not None:
-                self._oplog.append(record)
-        except StoreError as exc:   # the next reload tries again; the ops do not apply meanwhile anyway
-            log.error("could not record %d retired change(s): %s", len(digests), exc)
-            return
-        self._ops.append(record)
-        log.warning("retired %d persisted change(s) whose principal is gone", len(digests))
+            seqs = self._log.write(self._head(), build)
+        except BaseException:
+            # Refused (or not stored): what other processes logged before it is still adopted, so the
+            # caller's next read sees the state its change was checked against.
+            for seq, r, state, touched in staged:
+                if seq:
+                    self._adopt(seq, r)
+                    self._publish(state, seq, str(r.get("op")), touched)
+            raise
+        seq, record, new, touched = staged[-1]
+        staged[-1] = (seqs[0], record, new, touched)
+        for seq, r, state, touched in staged:
+            self._adopt(seq, r)
+            self._publish(state, seq, str(r.get("op")), touched)
+        return new
+
+    def _delta(self, state: IamState, seq: int, r: Record) -> tuple[IamState, Touched]:
+        """Another process's logged change applied to `state`; _Behind when only a reload can apply it."""
+        name = r.get("op")
+        if name == LOAD_BUNDLE:
+            if r.get("digest") != self._bundle_digest:
+                raise _Behind()
+            return state, NOTHING
+        if name == RETIRE_OPS:
+            return state, NOTHING
+        try:
+            return apply_change(state, r)
+        except StoreError as exc:
+            log.warning("%s from another process does not apply to this one's state (%s); rebuilding",
+                        _describe(seq, r), exc)
+            raise _Behind() from None
+
+    def _adopt(self, seq: int, r: Record) -> None:
+        self._records.append((seq, r))
+        if r.get("op") == RETIRE_OPS:
+            self._retired.update(r.get("digests") or ())
 
     # ------------------------------------------------------------ worker sync
 
     def sync(self) -> bool:
-        """Pick up ops that other processes sharing --state-dir appended to the op log (server --workers).
-
-        True when the log had grown and the state was rebuilt from the last good bundle plus every op.
-        """
-        if self._oplog is None or not self._ready:
+        """Apply the changes other processes sharing the log appended (server --workers), each as a delta
+        in log order; a bundle load this process has not read, or a change that does not apply here,
+        makes it reload instead. True when the log had grown."""
+        if not self._ready:
             return False
+        rebuild = False
         with self._write_lock:
-            if self._oplog.count() == len(self._ops):
+            entries = self._log.read(self._head())
+            if not entries:
                 return False
-            self._ops = self._oplog.all()
-            self._replay(self._base)
+            state = self._state
+            for seq, r in entries:
+                try:
+                    state, touched = self._delta(state, seq, r)
+                except _Behind:
+                    rebuild = True
+                    break
+                self._adopt(seq, r)
+                self._publish(state, seq, str(r.get("op")), touched)
+        if rebuild:
+            self.reload()
         return True
 
     # ------------------------------------------------------------ the bundle watcher
@@ -282,21 +432,14 @@ class SnapshotHolder:
                 with self._write_lock:
                     self._last_error = f"bundle directory {self.config.bundle_dir} is missing or unreadable"
                     self._reloads_failed += 1
-                log.error("%s; still serving revision %d", self._last_error, self._revision)
+                log.error("%s; still serving revision %d", self._last_error, self.revision)
                 continue
             self.reload()
 
-    # ------------------------------------------------------------ one op
 
-    def commit(self, op: dict[str, Any]) -> IamState:
-        """Apply, persist, publish: all or nothing. The op is logged with the unique ids it creates and
-        of the principals it addresses (state.with_generated_values), so that its replay is exact."""
-        with self._write_lock, compiling(CompileHook(self.compiler)):
-            op = with_generated_values(self._state, op)
-            state = apply_op(self._state, op)
-            if self._oplog is not None:
-                self._oplog.append(op)
-            self._ops.append(op)
-            self._swap(state)
-            return state
-
+def _last_bundle(records: list[Entry]) -> str | None:
+    """The digest the log's last LoadBundle record names (None when it has none)."""
+    for _, r in reversed(records):
+        if r.get("op") == LOAD_BUNDLE:
+            return str(r.get("digest"))
+    return None

@@ -1,4 +1,4 @@
-"""Durable admin changes: an append-only op log in an embedded SQLite database under --state-dir, private to its user."""
+"""The change log in an embedded SQLite database under --state-dir, private to its user (shared by --workers processes)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+from .changelog import Build, Entry, Record
 from .errors import StorageFailure
 
 log = logging.getLogger("authz.store")
@@ -21,6 +22,7 @@ DB_NAME = "state.db"
 # mode with fchmod), so the main file's mode decides theirs: it is set before SQLite opens it.
 DB_FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", f"{DB_NAME}-journal")
 STATE_DIR_MODE = 0o700     # the directory: its owner only
+BUSY_TIMEOUT = 10.0        # seconds a writer waits for another process's write transaction to end
 STATE_FILE_MODE = 0o600    # every file in it: its owner only (they hold secret access keys and session tokens)
 PRIVATE_UMASK = 0o077      # in force while the database and its companions may be created
 
@@ -80,8 +82,10 @@ def _private_files(state_dir: Path) -> None:
 
 
 class OpLog:
-    """Each acknowledged admin change is one row, committed (synchronous=FULL) before the caller
-    hears back. A crash loses nothing acknowledged; a row is either fully there or not at all."""
+    """A ChangeLog (changelog.py): each acknowledged change is one row, committed (synchronous=FULL)
+    before the caller hears back. A crash loses nothing acknowledged; a row is either fully there or not
+    at all. Writers of every process sharing the file are serialised by SQLite's write lock
+    (BEGIN IMMEDIATE), waiting at most BUSY_TIMEOUT for it."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / DB_NAME
@@ -92,7 +96,8 @@ class OpLog:
                 _private_files(state_dir)
                 # Created here, not by SQLite, so that it is 0600 from its first moment on any umask.
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, STATE_FILE_MODE))
-                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                           timeout=BUSY_TIMEOUT)
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.execute("CREATE TABLE IF NOT EXISTS ops (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -122,33 +127,66 @@ class OpLog:
         if not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
             raise StorageFailure(f"{refused}{self.path.parent} is read-only; make --state-dir writable, then retry")
 
-    def append(self, op: dict[str, Any]) -> int:
-        text = json.dumps({k: v for k, v in op.items() if not k.startswith("_")}, separators=(",", ":"))
+    def write(self, after: int, build: Build) -> list[int]:
+        """ChangeLog.write: one IMMEDIATE transaction (the database's write lock, across processes)."""
         with self._lock:
             self._check_in_place()
             try:
-                cur = self._db.execute("INSERT INTO ops (op) VALUES (?)", (text,))
-                return int(cur.lastrowid or 0)
+                self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                raise StorageFailure(f"the change was not saved and not applied: {self.path} stayed locked by "
+                                     f"another process ({exc}); retry") from None
+            try:
+                records = build(self._read(after))
+                seqs = [int(self._db.execute("INSERT INTO ops (op) VALUES (?)", (_text(r),)).lastrowid or 0)
+                        for r in records]
+                self._db.execute("COMMIT")
+                return seqs
+            except sqlite3.Error as exc:
+                self._rollback()
                 raise StorageFailure(f"the change was not saved and not applied: writing {self.path} failed: {exc}; "
                                      "free disk space or make --state-dir writable, then retry") from None
+            except BaseException:
+                self._rollback()
+                raise
 
-    def all(self) -> list[dict[str, Any]]:
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:       # pragma: no cover - SQLite rolled back already (e.g. disk full)
+            pass
+
+    def append(self, record: Record) -> int:
+        """Append one record (tools and tests; the store writes through `write`)."""
+        return self.write(self.head(), lambda _entries: [record])[0]
+
+    def read(self, after: int) -> list[Entry]:
+        with self._lock:
+            return self._read(after)
+
+    def _read(self, after: int) -> list[Entry]:
+        try:
+            rows = self._db.execute("SELECT seq, op FROM ops WHERE seq > ? ORDER BY seq", (after,)).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageFailure(f"cannot read the state database {self.path}: {exc}") from None
+        return [(int(seq), json.loads(text)) for seq, text in rows]
+
+    def all(self) -> list[Record]:
+        return [r for _, r in self.read(0)]
+
+    def head(self) -> int:
+        """The latest sequence number; cheap enough to poll (other processes may append to the same database)."""
         with self._lock:
             try:
-                rows = self._db.execute("SELECT op FROM ops ORDER BY seq").fetchall()
-            except sqlite3.Error as exc:
-                raise StorageFailure(f"cannot read the state database {self.path}: {exc}") from None
-        return [json.loads(r[0]) for r in rows]
-
-    def count(self) -> int:
-        """Rows in the log; cheap enough to poll (other processes may append to the same database)."""
-        with self._lock:
-            try:
-                return int(self._db.execute("SELECT COUNT(*) FROM ops").fetchone()[0])
+                return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM ops").fetchone()[0])
             except sqlite3.Error as exc:
                 raise StorageFailure(f"cannot read the state database {self.path}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _text(record: Record) -> str:
+    """A record as stored: compact JSON, without the fields whose names start with '_' (never persisted)."""
+    return json.dumps({k: v for k, v in record.items() if not k.startswith("_")}, separators=(",", ":"))

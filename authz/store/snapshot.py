@@ -1,9 +1,11 @@
 """One immutable, indexed view of the IAM state: principal resolution, resource registry, credentials.
 
 A Snapshot never changes after it is built; the Store swaps whole snapshots. Work that depends
-only on the snapshot (compiled policies, a principal's indexed policy set, its derived context
-keys) is computed on first use and remembered in bounded per-snapshot caches, so a decision
-touches only the asking principal's data and never scans other principals.
+only on the state (compiled policies, a principal's indexed policy set, its derived context keys)
+is computed on first use and remembered in bounded memos shared by successive snapshots: each entry
+names the dependency keys it read (changes.py) and is reused by a later snapshot only while no change
+touched them (cache.Validity). A decision touches only the asking principal's data and never scans
+other principals.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ..policy.conditions import ContextValue, normalise_context
 from ..policy.model import Policy, compile_policy
 from ..policy.principals import Requester, parse_requester
 from ..records import Credential, ResourceRecord
+from .cache import Deps, Validity
+from .changes import account_dep, key_dep, policy_dep, principal_dep, resource_dep
 from .state import (AccessKey, Account, IamState, Principal, Resource, inline_policy_name, org_policy_name,
                     principal_of_arn, resource_policy_name, session_policy_name, trust_policy_name)
 
@@ -142,6 +146,7 @@ class ResolvedPrincipal:
     # that session (sessions with one ARN are distinct identities). Every memo of decisions keys by it.
     key: tuple[str, str] = ("", "")
     expires: float = math.inf               # a session's end
+    deps: Deps = ()                          # the dependency keys its resolution read (changes.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,37 +171,58 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+Resolution = ResolvedPrincipal | Unresolved | None
+# A memo entry: the value, the dependency keys it read, and the revision it is known to hold at.
+_PrincipalEntry = tuple[Resolution, Deps, int]
+_SetEntry = tuple[CompiledPolicySet, Deps, int]
+
+
+class Memos:
+    """Resolved principals and indexed policy sets, shared by successive snapshots (see the module
+    docstring); `validity` says which entries a newer snapshot may still use."""
+
+    def __init__(self, validity: Validity, size: int = PRINCIPAL_CACHE_SIZE) -> None:
+        self.validity = validity
+        self.size = size
+        self.principals: BoundedMemo[tuple[str, str], _PrincipalEntry] = BoundedMemo(size)
+        self.sets: BoundedMemo[tuple[tuple[str, str], str, str], _SetEntry] = BoundedMemo(size)
+
+    def clear(self) -> None:
+        """Forget every entry (a change that may touch anything: the memory goes now)."""
+        self.principals = BoundedMemo(self.size)
+        self.sets = BoundedMemo(self.size)
+
+
 class Snapshot:
     """The state at one revision, with lazily built indexes. Thread-safe for readers."""
 
-    def __init__(self, state: IamState, revision: int, compiler: PolicyCompiler, *,
-                 principal_cache_size: int = PRINCIPAL_CACHE_SIZE) -> None:
+    def __init__(self, state: IamState, revision: int, compiler: PolicyCompiler, memos: Memos | None = None
+                 ) -> None:
         self.state = state
         self.revision = revision
         self.compiler = compiler
-        self._principals: BoundedMemo[tuple[str, str], ResolvedPrincipal | Unresolved | None] = BoundedMemo(
-            principal_cache_size)
-        self._sets: BoundedMemo[tuple[tuple[str, str], str, str], CompiledPolicySet] = BoundedMemo(
-            principal_cache_size)
+        self.memos = memos if memos is not None else Memos(Validity())
 
     # ------------------------------------------------------------ principals
 
-    def _managed(self, arn: str) -> Policy | None:
+    def _managed(self, arn: str, deps: list[str]) -> Policy | None:
+        deps.append(policy_dep(arn))
         pol = self.state.policies.get(arn)
         if pol is None:
             return None
         return self.compiler.get(arn, pol.document)
 
-    def _identity_policies(self, p: Principal, acct: Account) -> list[Policy]:
+    def _identity_policies(self, p: Principal, acct: Account, deps: list[str]) -> list[Policy]:
         out: list[Policy] = []
         out.extend(self.compiler.get(inline_policy_name(p.arn, name), doc) for name, doc in p.inline)
-        out.extend(x for x in (self._managed(a) for a in p.attached) if x is not None)
+        out.extend(x for x in (self._managed(a, deps) for a in p.attached) if x is not None)
         for g in p.groups:
+            deps.append(principal_dep(acct.id, "group", g))
             group = acct.groups.get(g.lower())
             if group is None:
                 continue
             out.extend(self.compiler.get(inline_policy_name(group.arn, name), doc) for name, doc in group.inline)
-            out.extend(x for x in (self._managed(a) for a in group.attached) if x is not None)
+            out.extend(x for x in (self._managed(a, deps) for a in group.attached) if x is not None)
         return out
 
     def resolve(self, principal: str, now: float, access_key_id: str = "") -> ResolvedPrincipal | Unresolved | None:
@@ -214,13 +240,24 @@ class Snapshot:
             memo_key = (principal, found)
         else:
             memo_key = (principal, access_key_id)
-        hit = self._principals.get(memo_key, _MISS)
-        if hit is _MISS:
-            hit = self._resolve(principal, memo_key[1])
-            self._principals.put(memo_key, hit)
+        memos = self.memos
+        entry: _PrincipalEntry | None = memos.principals.get(memo_key)
+        revision = self.revision
+        if entry is not None and entry[2] != revision:
+            if memos.validity.valid(entry[1], entry[2], revision):
+                if entry[2] < revision:     # still valid now: later lookups take the short way
+                    memos.principals.put(memo_key, (entry[0], entry[1], revision))
+            else:
+                entry = None
+        if entry is None:
+            deps: list[str] = []
+            hit = self._resolve(principal, memo_key[1], deps)
+            memos.principals.put(memo_key, (hit, tuple(deps), revision))
+        else:
+            hit = entry[0]
         if isinstance(hit, ResolvedPrincipal) and hit.expires <= now:
             return None
-        return hit  # type: ignore[no-any-return]
+        return hit
 
     def _session(self, principal: str, access_key_id: str, now: float) -> str | Unresolved | None:
         """The access key id of the live session `principal` names (through `access_key_id` when given)."""
@@ -244,7 +281,8 @@ class Snapshot:
                               "with access_key_id", min(sessions[k].expires for k in live))
         return live[0]
 
-    def _resolve(self, principal: str, access_key_id: str) -> ResolvedPrincipal | Unresolved | None:
+    def _resolve(self, principal: str, access_key_id: str, deps: list[str]) -> Resolution:
+        """Resolve `principal`, appending to `deps` every dependency key the answer read."""
         r = parse_requester(principal)
         ctx: dict[str, Any] = {"aws:ViaAWSService": "false"}    # every call reaches the store directly
         if r.kind == "anonymous":
@@ -253,6 +291,9 @@ class Snapshot:
             ctx.update({"aws:userid": "anonymous", "aws:PrincipalType": "Anonymous",
                         "aws:PrincipalAccount": "anonymous"})
             return ResolvedPrincipal(r, normalise_context(ctx), (), None, None, "", (principal, ""))
+        deps.append(account_dep(r.account))
+        if access_key_id:
+            deps.append(key_dep(access_key_id))
         acct = self.state.accounts.get(r.account)
         if acct is None:
             return None
@@ -266,8 +307,10 @@ class Snapshot:
                 return Unresolved(CREDENTIAL_MISMATCH, f"access key {access_key_id} does not belong to the account "
                                                        "root (the store keeps no root keys)")
             ctx.update({"aws:userid": r.account, "aws:PrincipalArn": principal, "aws:PrincipalType": "Account"})
-            return ResolvedPrincipal(r, normalise_context(ctx), (), None, None, r.account, (principal, ""))
+            return ResolvedPrincipal(r, normalise_context(ctx), (), None, None, r.account, (principal, ""),
+                                     deps=tuple(deps))
         if r.kind == "user":
+            deps.append(principal_dep(r.account, "user", r.name))
             user = acct.users.get(r.name.lower())
             if user is None or user.arn != principal:
                 return None
@@ -282,13 +325,15 @@ class Snapshot:
             for k, v in user.tags:
                 ctx[f"aws:PrincipalTag/{k}"] = v
             req = parse_requester(principal, user.unique_id)
-            boundary = self._managed(user.boundary) if user.boundary else None
-            return ResolvedPrincipal(req, normalise_context(ctx), tuple(self._identity_policies(user, acct)),
-                                     boundary, None, r.account, (principal, ""))
+            boundary = self._managed(user.boundary, deps) if user.boundary else None
+            identity = tuple(self._identity_policies(user, acct, deps))
+            return ResolvedPrincipal(req, normalise_context(ctx), identity, boundary, None, r.account, (principal, ""),
+                                     deps=tuple(deps))
         if r.kind == "assumed-role":
             s = self.state.sessions.get(access_key_id)
             if s is None:
                 return None
+            deps.append(principal_dep(r.account, "role", r.name))
             role = acct.roles.get(r.name.lower())
             # The session belongs to the role it was issued for: the same ARN and the same unique id.
             if role is None or role.arn != s.role_arn or role.unique_id != s.role_id:
@@ -305,10 +350,11 @@ class Snapshot:
             for k, v in tags.values():
                 ctx[f"aws:PrincipalTag/{k}"] = v
             req = parse_requester(principal, userid)
-            boundary = self._managed(role.boundary) if role.boundary else None
+            boundary = self._managed(role.boundary, deps) if role.boundary else None
             session = (self.compiler.get(session_policy_name(s.arn), s.policy),) if s.policy else None
-            return ResolvedPrincipal(req, normalise_context(ctx), tuple(self._identity_policies(role, acct)),
-                                     boundary, session, r.account, (principal, access_key_id), s.expires)
+            identity = tuple(self._identity_policies(role, acct, deps))
+            return ResolvedPrincipal(req, normalise_context(ctx), identity, boundary, session, r.account,
+                                     (principal, access_key_id), s.expires, tuple(deps))
         return None
 
     # ------------------------------------------------------------ resources
@@ -317,7 +363,8 @@ class Snapshot:
         return self.state.resources.get(arn)
 
     def resource_policy(self, arn: str) -> tuple[str, Policy | None]:
-        """The policy acting as resource policy: a registered resource's, or a role's trust policy."""
+        """The policy acting as resource policy: a registered resource's, or a role's trust policy.
+        What it reads is in resource_deps(arn)."""
         res = self.state.resources.get(arn)
         if res is not None and res.policy:
             return arn, self.compiler.get(resource_policy_name(arn), res.policy)
@@ -335,17 +382,26 @@ class Snapshot:
                      for i, level in enumerate(levels))
 
     def policy_set(self, principal: str, rp: ResolvedPrincipal, resource_key: str, resource_policy: Policy | None,
-                   resource_account: str) -> CompiledPolicySet:
-        """The indexed policy set for this principal and this resource's policy and RCPs."""
+                   resource_account: str, resource_deps: Deps) -> CompiledPolicySet:
+        """The indexed policy set for this principal and this resource's policy and RCPs (`resource_deps`:
+        what the resource policy and the resource account read, from resource_deps)."""
         key = (rp.key, resource_key, resource_account)
-        hit = self._sets.get(key)
-        if hit is not None:
-            return hit
+        memos = self.memos
+        revision = self.revision
+        entry: _SetEntry | None = memos.sets.get(key)
+        if entry is not None:
+            if entry[2] == revision:
+                return entry[0]
+            deps = entry[1]
+            if memos.validity.valid(deps, entry[2], revision):
+                if entry[2] < revision:
+                    memos.sets.put(key, (entry[0], deps, revision))
+                return entry[0]
         scp = None if rp.requester.kind == "anonymous" else self.org_levels(rp.account, "scp")
         ps = PolicySet(identity=rp.identity, resource=resource_policy, boundary=rp.boundary, session=rp.session,
                        scp_levels=scp, rcp_levels=self.org_levels(resource_account, "rcp"))
         cps = CompiledPolicySet(ps)
-        self._sets.put(key, cps)
+        memos.sets.put(key, (cps, rp.deps + resource_deps, revision))
         return cps
 
     # ------------------------------------------------------------ gateway support
@@ -393,7 +449,16 @@ class CredentialLookup:
         return credential
 
 
-_MISS: Any = object()
+def resource_deps(arn: str, resource_account: str) -> Deps:
+    """The dependency keys a decision on resource `arn` reads besides the principal's: the resource's
+    registration (existence, tags, resource policy), a role's trust policy when `arn` names a role, and
+    the resource account's organization facts (org id and paths, RCPs)."""
+    deps = [resource_dep(arn), account_dep(resource_account)]
+    if ":role/" in arn:
+        f = arn.split(":", 5)
+        if len(f) == 6:
+            deps.append(principal_dep(f[4], "role", f[5].rsplit("/", 1)[-1]))
+    return tuple(deps)
 
 
 def caller_values(context: Mapping[str, Any], trusted: Mapping[str, Any] | None = None) -> dict[str, Any]:

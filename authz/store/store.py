@@ -13,6 +13,8 @@ from typing import Any, Callable, Mapping
 
 from ..policy.validate import ValidationReport
 from .admin import Admin
+from .cache import Deps
+from .changes import Change
 from .decisions import Answer, Decisions, PreparedContext
 from .errors import QuotaExceeded, StoreError
 from .holder import SnapshotHolder, StoreConfig, StoreStatus
@@ -53,6 +55,13 @@ class Store:
 
     def on_swap(self, listener: Callable[[Snapshot], None]) -> None:
         self._holder.on_swap(listener)
+
+    def on_change(self, listener: Callable[[Snapshot, Change], None]) -> None:
+        self._holder.on_change(listener)
+
+    def still_valid(self, deps: Deps | None, since: int) -> bool:
+        """Whether an answer computed at revision `since` that read `deps` (Answer.deps) holds now."""
+        return deps is not None and self._holder.validity.valid(deps, since, self._holder.revision)
 
     def on_reload(self, hook: Callable[[], None]) -> None:
         self._holder.on_reload(hook)
