@@ -20,16 +20,17 @@ import logging
 import threading
 import time
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..evaluate import DEFAULT_OPTIONS, EngineOptions
-from .bundle import BundleError, bundle_files, load_bundle, signature
+from .bundle import BundleError, apply_documents, bundle_files, read_file, signature
 from .cache import DecisionCache, Validity
 from .changelog import ChangeLog, Entry, MemoryLog, Record
 from .changes import EVERYTHING, NOTHING, Change, Touched
-from .errors import StoreError
+from .errors import StorageFailure, StoreError
 from .oplog import OpLog
 from .snapshot import Memos, PolicyCompiler, Snapshot
 from .ops import apply_change, apply_op, op_digest, with_generated_values
@@ -54,6 +55,10 @@ RETIRE_OPS = "RetireOps"       # the log record retiring changes whose principal
 class StoreConfig:
     bundle_dir: Path | None = None
     state_dir: Path | None = None
+    # Fleet mode: the change log (and the published bundle) in a shared PostgreSQL database, its
+    # secrets sealed with `store_key` (sealed.py). Exclusive with bundle_dir: the store holds the bundle.
+    store_url: str | None = None
+    store_key: bytes | None = None
     cache_size: int = DEFAULT_CACHE_SIZE
     options: EngineOptions = DEFAULT_OPTIONS
     watch_interval: float = DEFAULT_WATCH_INTERVAL     # seconds between bundle checks; 0 disables watching
@@ -71,6 +76,7 @@ class StoreStatus:
     reloads_ok: int
     reloads_failed: int
     replay_skipped: int          # logged changes retired by the last load (their principal is gone)
+    store_error: str = ""        # fleet mode: why the shared store is unreachable now ("" while it answers)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,14 +107,27 @@ class ReplayError(StoreError):
     """A logged change no longer applies to the bundle: the bundle is refused (never the change dropped)."""
 
 
-def bundle_digest(directory: Path) -> str:
-    """SHA-256 over the bundle's file names and contents: what a LoadBundle record names."""
-    h = hashlib.sha256()
-    for path in bundle_files(directory):
-        data = path.read_bytes()
-        h.update(f"{path.name}\0{len(data)}\0".encode())
-        h.update(data)
-    return h.hexdigest()
+Documents = list[tuple[str, Any]]        # a bundle: (file name, parsed content) in file order
+
+
+def read_bundle(directory: Path) -> tuple[str, Documents]:
+    """A bundle directory's documents and their digest (what a LoadBundle record names): SHA-256 of the
+    documents' canonical JSON, so an edit that changes no content (spacing, comments) is the same bundle."""
+    docs = [(path.name, read_file(path)) for path in bundle_files(directory)]
+    return documents_digest(docs), docs
+
+
+def documents_digest(docs: Documents) -> str:
+    text = json.dumps(docs, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _published(records: list[Entry]) -> tuple[int, str] | None:
+    """(sequence number, digest) of the last LoadBundle record, or None."""
+    for seq, r in reversed(records):
+        if r.get("op") == LOAD_BUNDLE:
+            return seq, str(r.get("digest"))
+    return None
 
 
 def _describe(seq: int, record: Mapping[str, Any]) -> str:
@@ -140,7 +159,6 @@ class SnapshotHolder:
         self._log: ChangeLog = MemoryLog()
         self._records: list[Entry] = []         # every logged change this state holds, in log order
         self._retired: set[str] = set()         # digests of the retired ones
-        self._base = IamState()
         self._bundle_digest: str | None = None
         self._state = IamState()
         self._snapshot = Snapshot(self._state, 0, self.compiler, self.memos)
@@ -150,6 +168,7 @@ class SnapshotHolder:
         self._reloads_ok = 0
         self._reloads_failed = 0
         self._replay_skipped = 0
+        self._store_error = ""
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._listeners: list[Callable[[Snapshot, Change], None]] = []
@@ -161,7 +180,14 @@ class SnapshotHolder:
         """Open the change log and load the first policy set. The store is `ready` once a policy set
         has loaded; a bundle that fails at start-up leaves it not ready (serving nothing) until a good
         bundle appears."""
-        if self.config.state_dir is not None:
+        if self.config.store_url is not None:
+            from .pglog import PgChangeLog
+            from .sealed import SealedLog
+
+            if self.config.store_key is None:
+                raise StoreError("fleet mode needs the store key that seals secrets in the shared store")
+            self._log = SealedLog(PgChangeLog(self.config.store_url), self.config.store_key)
+        elif self.config.state_dir is not None:
             self._log = OpLog(self.config.state_dir)
         self.reload()
         if self.config.bundle_dir is not None and self.config.watch_interval > 0:
@@ -202,7 +228,8 @@ class SnapshotHolder:
     def status(self) -> StoreStatus:
         snap = self._snapshot
         return StoreStatus(snap.revision, self._ready, self._last_error, self._last_load, snap.state.counts(),
-                           self.cache.stats(), self._reloads_ok, self._reloads_failed, self._replay_skipped)
+                           self.cache.stats(), self._reloads_ok, self._reloads_failed, self._replay_skipped,
+                           self._store_error)
 
     def _publish(self, state: IamState, revision: int, kind: str, touched: Touched) -> None:
         """Publish `state` as `revision`; callers hold the write lock. What the change touched is
@@ -243,45 +270,90 @@ class SnapshotHolder:
         return False, msg
 
     def _reload(self) -> tuple[bool, str]:
+        for _ in range(COMMIT_ATTEMPTS):
+            try:
+                return self._reload_once()
+            except _Behind:
+                continue            # the log moved in a way only another pass can apply: read again
+        return self._refuse(f"the change log kept changing under the reload ({COMMIT_ATTEMPTS} attempts); "
+                            "it is retried at the next change")
+
+    def _base(self, records: list[Entry], bulk: CompileHook) -> tuple[str, IamState]:
+        """The bundle the state starts from, and its digest: the bundle directory's, or in fleet mode the
+        one published to the store (the last LoadBundle record carrying documents)."""
+        if self.config.bundle_dir is not None:
+            digest, docs = read_bundle(self.config.bundle_dir)
+        else:
+            found = _published(records)
+            if found is None:
+                return "", IamState()
+            seq, digest = found
+            docs = self._documents(seq, records)
+        with compiling(bulk):
+            return digest, apply_documents(docs)
+
+    def _documents(self, seq: int, records: list[Entry]) -> Documents:
+        """The documents of LoadBundle record `seq` (kept in memory without them: read from the log)."""
+        record = next((r for s, r in records if s == seq), {})
+        docs = record.get("documents")
+        if docs is None:
+            docs = next((r.get("documents") for s, r in self._log.read(seq - 1) if s == seq), None)
+        return [(str(name), doc) for name, doc in docs or ()]
+
+    def _reload_once(self) -> tuple[bool, str]:
         bulk = CompileHook(self.compiler, EAGER_COMPILE_PER_LOAD)
-        bundle = self.config.bundle_dir
         try:
-            digest = bundle_digest(bundle) if bundle is not None else ""
-            with compiling(bulk):
-                base = load_bundle(bundle) if bundle is not None else IamState()
+            records = self._records + self._log.read(self._head())
+            digest, base = self._base(records, bulk)
+            state, retire = self._replay(base, records, bulk)      # outside any lock: may take seconds
         except (BundleError, OSError, StoreError, ValueError) as exc:
             return self._refuse(str(exc) if isinstance(exc, StoreError) else f"cannot read the bundle: {exc}")
+        files = self.config.bundle_dir is not None
+        position = records[-1][0] if records else 0
         with self._write_lock:
-            built: dict[str, Any] = {}
+            caught: list[Entry] = []
+            written: list[Record] = []
+            staged: list[IamState] = [state]
 
             def build(entries: list[Entry]) -> list[Record]:
-                records = self._records + entries
-                state, retire = self._replay(base, records, bulk)
-                appended: list[Record] = []
-                if retire:
-                    appended.append({"op": RETIRE_OPS, "digests": retire})
-                if _last_bundle(records) != digest:
-                    appended.append({"op": LOAD_BUNDLE, "digest": digest})
-                built.update(records=records, state=state, appended=appended, retired=len(retire))
-                return appended
+                """Catch up, as deltas, on what others logged since `records`; then what this load logs:
+                the retired changes, and the bundle load unless the log's last one is this bundle."""
+                caught[:] = entries
+                st = state
+                for seq, r in entries:
+                    if r.get("op") == LOAD_BUNDLE and r.get("digest") != digest:
+                        raise _Behind()
+                    st, _touched = self._delta(st, seq, r, retired=retire)
+                staged[0] = st
+                already = {d for _, r in entries if r.get("op") == RETIRE_OPS for d in r.get("digests") or ()}
+                fresh = [d for d in retire if d not in already]
+                written[:] = [{"op": RETIRE_OPS, "digests": fresh}] if fresh else []
+                if files and (_published(records + entries) or (0, None))[1] != digest:
+                    written.append({"op": LOAD_BUNDLE, "digest": digest})
+                return list(written)
 
-            try:
-                seqs = self._log.write(self._head(), build)
-            except StoreError as exc:
-                return self._refuse(str(exc))
-            records = built["records"] + list(zip(seqs, built["appended"]))
-            self._records = records
+            if retire or (files and (_published(records) or (0, None))[1] != digest):
+                try:
+                    seqs = self._log.write(position, build)
+                except StoreError as exc:
+                    return self._refuse(str(exc))
+                new = caught + list(zip(seqs, written))
+            else:
+                build(self._log.read(position))      # nothing to write: catch up on what came meanwhile
+                new = list(caught)
+            records = records + new
+            self._records = [(seq, _without_documents(r)) for seq, r in records]
             self._retired = {d for _, r in records if r.get("op") == RETIRE_OPS for d in r.get("digests") or ()}
-            self._base, self._bundle_digest = base, digest
-            self._replay_skipped = built["retired"]
+            self._bundle_digest = digest
+            self._replay_skipped = len(retire)
             self._last_error = ""
             self._last_load = self.clock()
             self._reloads_ok += 1
             self._ready = True          # before the publish, so that listeners see a ready store
-            self._publish(built["state"], records[-1][0] if records else 0, LOAD_BUNDLE, EVERYTHING)
-            counts = built["state"].counts()
+            self._publish(staged[0], records[-1][0] if records else 0, LOAD_BUNDLE, EVERYTHING)
+            counts = staged[0].counts()
         log.info("loaded policy set revision %d: %s", self.revision, counts)
-        del built, base
+        del staged, base, state
         for hook in self._reload_hooks:
             hook()
         return True, ""
@@ -326,9 +398,14 @@ class SnapshotHolder:
         for _ in range(COMMIT_ATTEMPTS):
             with self._write_lock:
                 try:
-                    return self._commit(op)
+                    state = self._commit(op)
+                    self._store_error = ""
+                    return state
                 except _Behind:
                     pass
+                except StorageFailure as exc:
+                    self._store_error = str(exc)
+                    raise
             self.sync()
         raise StoreError("the change was not applied: the shared state kept changing under it "
                          f"({COMMIT_ATTEMPTS} attempts); retry")
@@ -366,7 +443,8 @@ class SnapshotHolder:
             self._publish(state, seq, str(r.get("op")), touched)
         return new
 
-    def _delta(self, state: IamState, seq: int, r: Record) -> tuple[IamState, Touched]:
+    def _delta(self, state: IamState, seq: int, r: Record, retired: list[str] | None = None
+               ) -> tuple[IamState, Touched]:
         """Another process's logged change applied to `state`; _Behind when only a reload can apply it."""
         name = r.get("op")
         if name == LOAD_BUNDLE:
@@ -374,6 +452,8 @@ class SnapshotHolder:
                 raise _Behind()
             return state, NOTHING
         if name == RETIRE_OPS:
+            return state, NOTHING
+        if (retired or self._retired) and op_digest(r) in (retired or self._retired):
             return state, NOTHING
         try:
             return apply_change(state, r)
@@ -413,6 +493,59 @@ class SnapshotHolder:
             self.reload()
         return True
 
+    def follow(self, stop: threading.Event, interval: float) -> None:
+        """Apply what other processes log, as it comes, until `stop` (run it on its own thread): on the
+        change log's notifications when it sends them (a shared store), else by looking every `interval`."""
+        listen = getattr(self._log, "listen", None)
+        if listen is not None:
+            listen(self._on_head, stop)
+            return
+        while not stop.wait(interval):
+            self._sync_noting_outage()
+
+    def _on_head(self, head: int) -> None:
+        if head > self._head() or not self._ready:
+            self._sync_noting_outage()
+
+    def _sync_noting_outage(self) -> None:
+        try:
+            if self._ready:
+                self.sync()
+            else:
+                self.reload()
+            self._store_error = ""
+        except StorageFailure as exc:
+            if not self._store_error:
+                log.error("%s; still serving revision %d", exc, self.revision)
+            self._store_error = str(exc)
+        except StoreError as exc:
+            log.warning("cannot follow the shared state: %s", exc)
+
+    def publish_bundle(self, directory: Path) -> int:
+        """Fleet mode (`authz push`): publish the bundle in `directory` as the store's bundle, in one
+        write, and return the revision. The bundle is validated as --bundle validates one, and every
+        logged change is replayed onto it first: a bundle any sidecar would refuse is never published.
+        Publishing the bundle the store already holds writes nothing."""
+        digest, docs = read_bundle(directory)
+        bulk = CompileHook(self.compiler, EAGER_COMPILE_PER_LOAD)
+        with compiling(bulk):
+            base = apply_documents(docs)
+        with self._write_lock:
+            def build(entries: list[Entry]) -> list[Record]:
+                records = self._records + entries
+                found = _published(records)
+                if found is not None and found[1] == digest:
+                    return []
+                # Raises ReplayError naming a change that would not apply to the new bundle.
+                _state, retire = self._replay(base, records, bulk)
+                out: list[Record] = [{"op": LOAD_BUNDLE, "digest": digest, "documents": [list(d) for d in docs]}]
+                if retire:
+                    out.append({"op": RETIRE_OPS, "digests": retire})
+                return out
+
+            seqs = self._log.write(self._head(), build)
+        return seqs[-1] if seqs else self._log.head()
+
     # ------------------------------------------------------------ the bundle watcher
 
     def _watch(self) -> None:
@@ -437,9 +570,8 @@ class SnapshotHolder:
             self.reload()
 
 
-def _last_bundle(records: list[Entry]) -> str | None:
-    """The digest the log's last LoadBundle record names (None when it has none)."""
-    for _, r in reversed(records):
-        if r.get("op") == LOAD_BUNDLE:
-            return str(r.get("digest"))
-    return None
+def _without_documents(record: Record) -> Record:
+    """A record as the holder keeps it in memory: a published bundle's documents are read again when needed."""
+    if record.get("op") == LOAD_BUNDLE and "documents" in record:
+        return {k: v for k, v in record.items() if k != "documents"}
+    return record

@@ -8,7 +8,9 @@ admin ops and answers the admin reads.
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..policy.validate import ValidationReport
@@ -83,6 +85,12 @@ class Store:
 
     def sync(self) -> bool:
         return self._holder.sync()
+
+    def follow(self, stop: threading.Event, interval: float) -> None:
+        self._holder.follow(stop, interval)
+
+    def publish_bundle(self, directory: Path) -> int:
+        return self._holder.publish_bundle(directory)
 
     def status(self) -> StoreStatus:
         return self._holder.status()
