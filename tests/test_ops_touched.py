@@ -56,10 +56,31 @@ def diff_deps(before: IamState, after: IamState) -> frozenset[str]:
         old_i, new_i = getattr(before, index), getattr(after, index)
         for k in _table_diff(old_i, new_i):
             out.update(key_dep(kid) for kid in set(old_i.get(k, ())) ^ set(new_i.get(k, ())))
+    for group in _table_diff(before.members, after.members):
+        old_m, new_m = before.members.get(group, {}), after.members.get(group, {})
+        out.update(principal_dep(group[0], "user", name) for name in _table_diff(old_m, new_m))
+    for role_id in _table_diff(before.role_sessions, after.role_sessions):
+        old_s, new_s = before.role_sessions.get(role_id, {}), after.role_sessions.get(role_id, {})
+        out.update(key_dep(kid) for kid in _table_diff(old_s, new_s))
     for policy in _table_diff(before.attachments, after.attachments):
         old_by, new_by = before.attachments.get(policy, {}), after.attachments.get(policy, {})
         out.update(_principal_dep_of_arn(arn) for arn in _table_diff(old_by, new_by))
     return frozenset(out)
+
+
+def check_indexes(state: IamState) -> None:
+    """Every reverse index of the state equals the one recomputed from its tables."""
+    assert {k: dict(v) for k, v in state.attachments.items()} == attachment_index(state)
+    members: dict[tuple[str, str], dict[str, bool]] = {}
+    for acct in state.accounts.values():
+        for u in acct.users.values():
+            for g in u.groups:
+                members.setdefault((acct.id, g), {})[u.name.lower()] = True
+    assert {k: dict(v) for k, v in state.members.items()} == members
+    sessions: dict[str, dict[str, bool]] = {}
+    for kid, s in state.sessions.items():
+        sessions.setdefault(s.role_id, {})[kid] = True
+    assert {k: dict(v) for k, v in state.role_sessions.items()} == sessions
 
 
 def attachment_index(state: IamState) -> dict[str, dict[str, int]]:
@@ -247,7 +268,7 @@ def _check_step(state: IamState, r: Mapping[str, Any]) -> IamState | None:
     assert not touched.everything
     missing = diff_deps(state, after) - touched.deps
     assert not missing, f"{r['op']} changed {sorted(missing)} without naming them"
-    assert {k: dict(v) for k, v in after.attachments.items()} == attachment_index(after)
+    check_indexes(after)
     return after
 
 
@@ -276,7 +297,7 @@ def test_every_change_an_op_makes_is_in_its_touched_keys(data: st.DataObject) ->
     """Random ops (some failing) from a random stage of a populated state: each that applies changed
     only what its touched keys name."""
     state = IamState()
-    stage = data.draw(st.sampled_from((0, 1, 2, 6, 10, len(SETUP))), label="setup")   # empty ... populated
+    stage = data.draw(st.sampled_from((0, 1, 2, 6, 10) + (len(SETUP),) * 5), label="setup")   # empty ... populated
     for r in SETUP[:stage]:
         state = apply_change(state, r)[0]
     for _ in range(data.draw(st.integers(min_value=1, max_value=60), label="ops")):
@@ -352,7 +373,27 @@ def test_the_script_applies_every_op_and_each_names_what_it_changed() -> None:
         applied.add(r["op"])
         state = after
     assert applied == set(op_names()) == set(OPS)
-    assert not state.attachments
+    assert not state.attachments and not state.members and not state.role_sessions
+
+
+def test_a_session_that_sweeps_expired_ones_names_each_key_it_sweeps() -> None:
+    state = IamState()
+    for r in SETUP:
+        state = apply_change(state, r)[0]
+
+    def session(n: int, role: str, issued: float) -> dict[str, Any]:
+        return {"op": "CreateSession", "arn": f"arn:aws:sts::{A}:assumed-role/{role}/s{n}",
+                "role_arn": principal_arn("role", A, "/", role), "role_id": IDS["role"][NAMES["role"].index(role)],
+                "session_name": f"s{n}", "issued": issued, "expires": issued + 5, "policy": None, "tags": {},
+                "access_key_id": SESSION_KEYS[n], "secret": SECRET, "session_token_sha256": "00" * 32}
+
+    for n, role in enumerate(("reader", "writer", "reader")):     # each finds one session, expired: swept
+        state = _check_step(state, session(n, role, 10.0 * n)) or state
+    assert set(state.sessions) == {SESSION_KEYS[2]}
+    after, touched = apply_change(state, session(3, "writer", 100.0))   # another role, another ARN
+    assert set(after.sessions) == {SESSION_KEYS[3]}
+    assert touched.deps == {key_dep(SESSION_KEYS[2]), key_dep(SESSION_KEYS[3])}
+    assert diff_deps(state, after) <= touched.deps
 
 
 def test_every_op_class_has_a_strategy_that_makes_it_apply() -> None:

@@ -28,9 +28,9 @@ from .state import (ACCESS_KEY_ID, INLINE_POLICY_NAME, KEY_STATUSES, MAX_ACCESS_
                     ORG_ID, ORG_PATH, RESOURCE_NAME, UNIQUE_ID, UNIQUE_ID_PREFIX, _KVS_ARN, AccessKey, Account,
                     IamState, ManagedPolicy, Principal, PrincipalGone, Resource, Session, attachers, check_account,
                     check_name, check_path, check_policy, check_tags, compiling, done, drop_keys, drop_sessions,
-                    edit, ensure_account, evolve, get_account, get_principal, inline_policy_name, org_policy_name,
-                    policy_arn, principal_arn, principal_of_arn, put_principal, random_id, remove_principal,
-                    resource_policy_name, stable_id, token_digest, transaction, trust_policy_name, with_account)
+                    edit, ensure_account, evolve, get_account, get_principal, inline_policy_name, members_of, org_policy_name,
+                    policy_arn, principal_arn, principal_of_arn, put_principal, random_id, remember_session, remove_principal,
+                    resource_policy_name, sessions_of, stable_id, token_digest, transaction, trust_policy_name, with_account)
 
 __all__ = ["Op", "OPS", "parse_op", "apply_op", "apply_change", "with_generated_values", "op_digest", "op_names",
            "PrincipalGone", "transaction", "compiling"]
@@ -185,10 +185,6 @@ def _with_boundary(state: IamState, p: Principal, arn: Any) -> Principal:
             raise NotFound(f"policy {arn!r} does not exist", "policy_arn")
         arn = pol.arn
     return evolve(p, boundary=arn)
-
-
-def _members(acct: Account, group: Principal) -> list[Principal]:
-    return [u for u in acct.users.values() if group.name in u.groups]
 
 
 def _check_status(status: Any) -> str:
@@ -358,10 +354,9 @@ class DeletePrincipal(Op):
 
     def apply(self, state: IamState) -> IamState:
         p = get_principal(state, self.account, self.kind, self.name, self.unique_id)
-        acct = get_account(state, p.account)
         legacy = not self.unique_id
         held = state.user_keys.get(p.unique_id, ()) if p.kind == "user" else ()
-        members = _members(acct, p) if p.kind == "group" else []
+        members = sorted(members_of(state, p.account, p.name), key=lambda u: u.name) if p.kind == "group" else []
         if p.inline or p.attached:
             raise Conflict(f"{p.arn} still has policies; delete its inline policies and detach its managed policies "
                            "first", "name")
@@ -381,7 +376,7 @@ class DeletePrincipal(Op):
         if held:            # legacy only
             state = drop_keys(state, held)
         if p.kind == "role":
-            state = drop_sessions(state, _role_sessions(state, p.unique_id))
+            state = drop_sessions(state, sessions_of(state, p.unique_id))
         return state
 
     def touched(self, before: IamState) -> Touched:
@@ -390,15 +385,10 @@ class DeletePrincipal(Op):
         if p.kind == "user":
             out |= Touched.of(key_dep(k) for k in before.user_keys.get(p.unique_id, ()))
         elif p.kind == "group" and not self.unique_id:
-            out |= Touched.of(principal_dep(p.account, "user", u.name)
-                              for u in _members(get_account(before, p.account), p))
+            out |= Touched.of(principal_dep(p.account, "user", u.name) for u in members_of(before, p.account, p.name))
         elif p.kind == "role":
-            out |= Touched.of(key_dep(k) for k in _role_sessions(before, p.unique_id))
+            out |= Touched.of(key_dep(k) for k in sessions_of(before, p.unique_id))
         return out
-
-
-def _role_sessions(state: IamState, role_id: str) -> list[str]:
-    return [k for k, s in state.sessions.items() if s.role_id == role_id]
 
 
 @_op
@@ -926,7 +916,8 @@ class CreateSession(Op):
         sessions[kid] = s
         arns[s.arn] = tuple(k for k in arns.get(s.arn, ()) if sessions[k].expires > s.issued) + (kid,)
         keys[kid] = AccessKey(kid, self.secret, s.arn, role.unique_id, token_sha256, s.expires)
-        return evolve(state, sessions=done(sessions), session_arns=done(arns), access_keys=done(keys))
+        state = evolve(state, sessions=done(sessions), session_arns=done(arns), access_keys=done(keys))
+        return remember_session(state, role.unique_id, kid)
 
     def touched(self, before: IamState) -> Touched:
         """Its key, the keys listed under its ARN (expired ones leave that list) and, when it sweeps,

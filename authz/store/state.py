@@ -171,6 +171,10 @@ class IamState:
     user_keys: Mapping[str, tuple[str, ...]] = field(default_factory=immutables.Map)  # user unique id -> key ids
     # policy ARN -> {ARN of a principal attaching it or having it as boundary: ATTACHED | BOUNDARY}
     attachments: Mapping[str, Mapping[str, int]] = field(default_factory=immutables.Map)
+    # (account, group name) -> {lower-cased name of each user in the group: True}
+    members: Mapping[tuple[str, str], Mapping[str, bool]] = field(default_factory=immutables.Map)
+    # role unique id -> {access key id of each session of the role: True}
+    role_sessions: Mapping[str, Mapping[str, bool]] = field(default_factory=immutables.Map)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -412,7 +416,9 @@ def freeze(state: IamState) -> IamState:
                   resource_names=frozen(state.resource_names), access_keys=frozen(state.access_keys),
                   sessions=frozen(state.sessions), session_arns=frozen(state.session_arns),
                   user_keys=frozen(state.user_keys),
-                  attachments=immutables.Map({arn: frozen(by) for arn, by in state.attachments.items()}))
+                  attachments=immutables.Map({arn: frozen(by) for arn, by in state.attachments.items()}),
+                  members=immutables.Map({g: frozen(by) for g, by in state.members.items()}),
+                  role_sessions=immutables.Map({r: frozen(by) for r, by in state.role_sessions.items()}))
 
 
 def table_field(kind: str) -> str:
@@ -477,8 +483,23 @@ def get_principal(state: IamState, account: Any, kind: Any, name: Any, unique_id
     return p
 
 
-# The reverse index of managed policies: policy ARN -> {principal ARN: ATTACHED | BOUNDARY}, kept by
-# put_principal and remove_principal, so that DeletePolicy and attachment counts read one entry.
+# Reverse indexes, so that no single op scans a table: kept by put_principal and remove_principal
+# (managed policies' attachers, groups' members) and by the session ops (a role's sessions).
+
+def _index_set(index: MutableMapping[Any, Mapping[str, Any]], key: Any, member: str, value: Any) -> None:
+    """Set (or with None, remove) `member` in the inner table `key` of a two-level index being edited."""
+    inner = edit(index.get(key, EMPTY))
+    if value is None:
+        inner.pop(member, None)
+    else:
+        inner[member] = value
+    if len(inner):
+        index[key] = done(inner)
+    else:
+        index.pop(key, None)
+
+
+# The managed policies' index: policy ARN -> {principal ARN: ATTACHED | BOUNDARY}.
 ATTACHED = 1
 BOUNDARY = 2
 
@@ -499,16 +520,45 @@ def _reindex(state: IamState, old: Principal | None, new: Principal | None) -> I
         return state
     index = edit(state.attachments)
     for arn in before.keys() | after.keys():
-        by = edit(index.get(arn, EMPTY))
         if old is not None:
-            by.pop(old.arn, None)
+            _index_set(index, arn, old.arn, None)
         if new is not None and arn in after:
-            by[new.arn] = after[arn]
-        if len(by):
-            index[arn] = done(by)
-        else:
-            index.pop(arn, None)
+            _index_set(index, arn, new.arn, after[arn])
     return evolve(state, attachments=done(index))
+
+
+def _remember_groups(state: IamState, old: Principal | None, new: Principal | None) -> IamState:
+    """The groups' members index after user `old` became `new` (either None: created, deleted)."""
+    before = set(old.groups) if old is not None else set()
+    after = set(new.groups) if new is not None else set()
+    if before == after:
+        return state
+    user = (new or old).name.lower()   # type: ignore[union-attr]
+    account = (new or old).account     # type: ignore[union-attr]
+    index = edit(state.members)
+    for g in before - after:
+        _index_set(index, (account, g), user, None)
+    for g in after - before:
+        _index_set(index, (account, g), user, True)
+    return evolve(state, members=done(index))
+
+
+def members_of(state: IamState, account: str, group: str) -> list[Principal]:
+    """The users in the group named `group` of `account`."""
+    acct = state.accounts.get(account)
+    names = state.members.get((account, group), EMPTY)
+    return [acct.users[n] for n in names] if acct is not None else []
+
+
+def sessions_of(state: IamState, role_id: str) -> list[str]:
+    """The access key ids of the sessions of the role with unique id `role_id`."""
+    return list(state.role_sessions.get(role_id, EMPTY))
+
+
+def remember_session(state: IamState, role_id: str, kid: str) -> IamState:
+    index = edit(state.role_sessions)
+    _index_set(index, role_id, kid, True)
+    return evolve(state, role_sessions=done(index))
 
 
 def put_principal(state: IamState, p: Principal) -> IamState:
@@ -519,6 +569,8 @@ def put_principal(state: IamState, p: Principal) -> IamState:
     old = table.get(p.name.lower())
     table[p.name.lower()] = p
     state = with_account(state, evolve(acct, **{field_name: done(table)}))
+    if p.kind == "user" and (old is None or old.groups is not p.groups):
+        state = _remember_groups(state, old, p)
     if old is not None and old.attached is p.attached and old.boundary == p.boundary:
         return state
     return _reindex(state, old, p)
@@ -529,6 +581,8 @@ def remove_principal(state: IamState, p: Principal) -> IamState:
     table = edit(acct.table(p.kind))
     del table[p.name.lower()]
     state = with_account(state, evolve(acct, **{table_field(p.kind): done(table)}))
+    if p.kind == "user":
+        state = _remember_groups(state, p, None)
     return _reindex(state, p, None)
 
 
@@ -566,6 +620,7 @@ def drop_sessions(state: IamState, kids: Sequence[str]) -> IamState:
     sessions = edit(state.sessions)
     arns = edit(state.session_arns)
     keys = edit(state.access_keys)
+    by_role = edit(state.role_sessions)
     for kid in kids:
         s = sessions.pop(kid, None)
         keys.pop(kid, None)
@@ -576,7 +631,9 @@ def drop_sessions(state: IamState, kids: Sequence[str]) -> IamState:
             arns[s.arn] = rest
         else:
             arns.pop(s.arn, None)
-    return evolve(state, sessions=done(sessions), session_arns=done(arns), access_keys=done(keys))
+        _index_set(by_role, s.role_id, kid, None)
+    return evolve(state, sessions=done(sessions), session_arns=done(arns), access_keys=done(keys),
+                  role_sessions=done(by_role))
 
 
 def resource_arn(partition: str, region: str, account: str, rtype: str, name: str, created_ms: int) -> str:
