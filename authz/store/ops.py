@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, ClassVar, Mapping, Sequence, TypeVar
+from typing import Any, ClassVar, Mapping, NamedTuple, Sequence, TypeVar
 
 from ..policy import limits
 from ..policy.arn import split_arn
@@ -36,6 +36,17 @@ __all__ = ["Op", "OPS", "parse_op", "apply_op", "apply_change", "with_generated_
            "PrincipalGone", "transaction", "compiling"]
 
 OPS: dict[str, type["Op"]] = {}
+
+
+class Target(NamedTuple):
+    """A principal an op is addressed to, by its fields: see with_generated_values."""
+
+    kind: str | None        # user | group | role; None: the op's own `kind` field
+    name_field: str         # the field holding its name
+    id_field: str           # the field carrying its unique id
+
+
+ADDRESSED = Target(None, "name", "unique_id")     # the op's own account, kind and name
 O = TypeVar("O", bound="Op")
 
 
@@ -66,9 +77,8 @@ class Op:
     _REQUIRED: ClassVar[frozenset[str]] = frozenset()      # fields without a default
     # Fields a record holds even when None (today's callers log them so); other None fields are left out.
     _KEEP_NONE: ClassVar[frozenset[str]] = frozenset()
-    # The principals the op is addressed to: (kind, or None for the op's own `kind`; the field holding
-    # the name; the field that carries the principal's unique id). See with_generated_values.
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = ()
+    # The principals the op is addressed to (see with_generated_values).
+    TARGETS: ClassVar[tuple[Target, ...]] = ()
     # How the record this op was read from differs from that form: fields it held as None that are
     # otherwise left out, and _KEEP_NONE fields it did not hold. So record() gives back a logged record
     # key for key, and op_digest the digest it was logged under. Not part of the op's meaning.
@@ -346,7 +356,7 @@ class DeletePrincipal(Op):
     principal of the same name must not inherit them)."""
 
     NAME: ClassVar[str] = "DeletePrincipal"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = ((None, "name", "unique_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (ADDRESSED,)
     account: str
     kind: str
     name: str
@@ -395,7 +405,7 @@ class DeletePrincipal(Op):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PutInlinePolicy(Op):
     NAME: ClassVar[str] = "PutInlinePolicy"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = ((None, "name", "unique_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (ADDRESSED,)
     account: str
     kind: str
     name: str
@@ -415,7 +425,7 @@ class PutInlinePolicy(Op):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeleteInlinePolicy(Op):
     NAME: ClassVar[str] = "DeleteInlinePolicy"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = ((None, "name", "unique_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (ADDRESSED,)
     account: str
     kind: str
     name: str
@@ -437,7 +447,7 @@ class DeleteInlinePolicy(Op):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttachPolicy(Op):
     NAME: ClassVar[str] = "AttachPolicy"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = ((None, "name", "unique_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (ADDRESSED,)
     account: str
     kind: str
     name: str
@@ -457,7 +467,7 @@ class AttachPolicy(Op):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DetachPolicy(Op):
     NAME: ClassVar[str] = "DetachPolicy"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = ((None, "name", "unique_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (ADDRESSED,)
     account: str
     kind: str
     name: str
@@ -481,7 +491,7 @@ class SetPermissionsBoundary(Op):
     """A user's or role's permissions boundary: a managed policy ARN, or None to remove it."""
 
     NAME: ClassVar[str] = "SetPermissionsBoundary"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = ((None, "name", "unique_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (ADDRESSED,)
     _KEEP_NONE: ClassVar[frozenset[str]] = frozenset({"policy_arn"})
     account: str
     kind: str
@@ -503,7 +513,7 @@ class TagPrincipal(Op):
     """Add or replace `tags` and remove the tags keyed `remove_keys` (keys compare case-insensitively)."""
 
     NAME: ClassVar[str] = "TagPrincipal"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = ((None, "name", "unique_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (ADDRESSED,)
     account: str
     kind: str
     name: str
@@ -530,7 +540,7 @@ class TagPrincipal(Op):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SetTrustPolicy(Op):
     NAME: ClassVar[str] = "SetTrustPolicy"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = (("role", "name", "unique_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (Target("role", "name", "unique_id"),)
     account: str
     name: str
     document: Any
@@ -549,8 +559,7 @@ class SetTrustPolicy(Op):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AddUserToGroup(Op):
     NAME: ClassVar[str] = "AddUserToGroup"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = (("user", "user", "unique_id"),
-                                                                   ("group", "group", "group_id"))
+    TARGETS: ClassVar[tuple[Target, ...]] = (Target("user", "user", "unique_id"), Target("group", "group", "group_id"))
     account: str
     user: str
     group: str
@@ -571,7 +580,7 @@ class AddUserToGroup(Op):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RemoveUserFromGroup(Op):
     NAME: ClassVar[str] = "RemoveUserFromGroup"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = (("user", "user", "unique_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (Target("user", "user", "unique_id"),)
     account: str
     user: str
     group: str
@@ -593,7 +602,7 @@ class RevokeSessions(Op):
     """IAM's "revoke active sessions" of a role: every session issued before `at` is refused from now on."""
 
     NAME: ClassVar[str] = "RevokeSessions"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = (("role", "name", "unique_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (Target("role", "name", "unique_id"),)
     account: str
     name: str
     at: float
@@ -725,7 +734,7 @@ class CreateAccessKey(Op):
     the key was made; absent from ops logged before keys were bound, which bind to the user of now)."""
 
     NAME: ClassVar[str] = "CreateAccessKey"
-    TARGETS: ClassVar[tuple[tuple[str | None, str, str], ...]] = (("user", "user", "owner_id"),)
+    TARGETS: ClassVar[tuple[Target, ...]] = (Target("user", "user", "owner_id"),)
     account: str
     user: str
     id: str
@@ -889,9 +898,9 @@ class CreateSession(Op):
         role_arn = self.role_arn
         role = principal_of_arn(state, "role", role_arn)
         if role is None or role.unique_id != self.role_id:
-            f = split_arn(str(role_arn)) or str(role_arn).split(":", 5)
+            f = split_arn(str(role_arn)) or ["", "", "", "", "", str(role_arn)]
             raise PrincipalGone(f"role {role_arn!r} with unique id {self.role_id!r} no longer exists", "role_arn",
-                                (f[4] if len(f) == 6 else "", "role", f[-1].rsplit("/", 1)[-1], self.role_id))
+                                (f[4], "role", f[5].rsplit("/", 1)[-1], self.role_id))
         kid = self.access_key_id
         if not isinstance(kid, str) or not ACCESS_KEY_ID.fullmatch(kid):
             raise InvalidInput("access_key_id: a session needs its access key id (16-128 upper-case letters and "
@@ -1002,13 +1011,12 @@ def with_generated_values(state: IamState, operation: Op | Mapping[str, Any]) ->
     changes: dict[str, Any] = {}
     if isinstance(o, CreatePrincipal) and not o.unique_id and o.kind in UNIQUE_ID_PREFIX:
         changes["unique_id"] = random_id(o.kind)
-    for kind, name_field, id_field in o.TARGETS:
-        if getattr(o, id_field):
+    for t in o.TARGETS:
+        if getattr(o, t.id_field):
             continue
         try:
-            target_kind = kind or getattr(o, "kind")
-            changes[id_field] = get_principal(state, getattr(o, "account"), target_kind,
-                                              getattr(o, name_field)).unique_id
+            changes[t.id_field] = get_principal(state, getattr(o, "account"), t.kind or getattr(o, "kind"),
+                                                getattr(o, t.name_field)).unique_id
         except StoreError:
             pass        # the op fails on its own, with its own message
     return replace(o, **changes) if changes else o  # type: ignore[type-var]
