@@ -24,13 +24,14 @@ from ..policy.arn import split_arn
 from ..policy.model import PolicyType
 from .changes import EVERYTHING, NOTHING, Touched, account_dep, key_dep, policy_dep, principal_dep, resource_dep
 from .errors import AlreadyExists, Conflict, InvalidInput, NotFound, QuotaExceeded, StoreError
-from .state import (ACCESS_KEY_ID, INLINE_POLICY_NAME, KEY_STATUSES, MAX_ACCESS_KEYS_PER_USER, MAX_RESOURCE_TAGS,
-                    ORG_ID, ORG_PATH, RESOURCE_NAME, UNIQUE_ID, UNIQUE_ID_PREFIX, _KVS_ARN, AccessKey, Account,
-                    IamState, ManagedPolicy, Principal, PrincipalGone, Resource, Session, attachers, check_account,
-                    check_name, check_path, check_policy, check_tags, compiling, done, drop_keys, drop_sessions,
-                    edit, ensure_account, evolve, get_account, get_principal, inline_policy_name, members_of, org_policy_name,
-                    policy_arn, principal_arn, principal_of_arn, put_principal, random_id, remember_session, remove_principal,
-                    resource_policy_name, sessions_of, stable_id, token_digest, transaction, trust_policy_name, with_account)
+from .state import (ACCESS_KEY_ID, INLINE_POLICY_NAME, KEY_STATUSES, KVS_ARN, MAX_ACCESS_KEYS_PER_USER,
+                    MAX_RESOURCE_TAGS, ORG_ID, ORG_PATH, RESOURCE_NAME, UNIQUE_ID, UNIQUE_ID_PREFIX, AccessKey,
+                    Account, IamState, ManagedPolicy, Principal, PrincipalGone, Resource, Session, attachers,
+                    check_account, check_name, check_path, check_policy, check_tags, compiling, done, drop_keys,
+                    drop_sessions, edit, ensure_account, evolve, get_account, get_principal, inline_policy_name,
+                    install_op_functions, members_of, org_policy_name, policy_arn, principal_arn, principal_of_arn,
+                    put_principal, random_id, remember_session, remove_principal, resource_policy_name, sessions_of,
+                    stable_id, token_digest, transaction, trust_policy_name, with_account)
 
 __all__ = ["Op", "OPS", "parse_op", "apply_op", "apply_change", "with_generated_values", "op_digest", "op_names",
            "PrincipalGone", "transaction", "compiling"]
@@ -821,7 +822,7 @@ class RegisterResource(Op):
         arn = self.arn
         if not isinstance(arn, str) or len(arn) > 1024:
             raise InvalidInput("arn is required (at most 1,024 characters)", "arn")
-        m = _KVS_ARN.fullmatch(arn)
+        m = KVS_ARN.fullmatch(arn)
         if not m or m.group(4) != rtype:
             raise InvalidInput(f"arn {arn!r} is not a Kinesis Video {rtype} ARN "
                                f"(arn:aws:kinesisvideo:REGION:ACCOUNT:{rtype}/NAME/CREATION-MS)", "arn")
@@ -1021,3 +1022,6 @@ def with_generated_values(state: IamState, operation: Op | Mapping[str, Any]) ->
             pass        # the op fails on its own, with its own message
     return replace(o, **changes) if changes else o  # type: ignore[type-var]
 
+
+install_op_functions(apply_op=apply_op, op_digest=op_digest, op_names=op_names,
+                     with_generated_values=with_generated_values)

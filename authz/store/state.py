@@ -640,7 +640,9 @@ def resource_arn(partition: str, region: str, account: str, rtype: str, name: st
     return f"arn:{partition}:kinesisvideo:{region}:{account}:{rtype}/{name}/{created_ms}"
 
 
-_KVS_ARN = re.compile(r"^arn:([a-z\d-]+):kinesisvideo:([a-z0-9-]+):(\d{12}):(stream|channel)/([a-zA-Z0-9_.-]+)/(\d+)$")
+# A Kinesis Video stream or channel ARN: partition, region, account, type, name, creation time (ms).
+KVS_ARN = re.compile(r"^arn:([a-z\d-]+):kinesisvideo:([a-z0-9-]+):(\d{12}):(stream|channel)/([a-zA-Z0-9_.-]+)/(\d+)$")
+_KVS_ARN = KVS_ARN
 
 
 def principal_of_arn(state: IamState, kind: str, arn: Any) -> Principal | None:
@@ -655,30 +657,40 @@ def principal_of_arn(state: IamState, kind: str, arn: Any) -> Principal | None:
 
 # ------------------------------------------------------------------ ops (typed in ops.py)
 
-# The op functions as they were imported from here; ops.py defines them (it imports this module, so
-# these import it when called).
+# The op functions, importable from here as before ops.py existed. ops.py imports this module, so it
+# hands them over (install_op_functions) instead of this module importing it back; importing
+# authz.store imports ops.py.
+_OP_FUNCTIONS: dict[str, Callable[..., Any]] = {}
+
+
+def install_op_functions(**functions: Callable[..., Any]) -> None:
+    _OP_FUNCTIONS.update(functions)
+
+
+def _op_function(name: str) -> Callable[..., Any]:
+    fn = _OP_FUNCTIONS.get(name)
+    if fn is None:    # pragma: no cover - importing authz.store imports ops.py
+        raise RuntimeError(f"state.{name} needs authz.store.ops imported")
+    return fn
+
 
 def apply_op(state: IamState, operation: Any) -> IamState:
     """ops.apply_op."""
-    from .ops import apply_op as apply
-    return apply(state, operation)
+    return cast(IamState, _op_function("apply_op")(state, operation))
 
 
 def op_digest(operation: Any) -> str:
     """ops.op_digest."""
-    from .ops import op_digest as digest
-    return digest(operation)
+    return cast(str, _op_function("op_digest")(operation))
 
 
 def op_names() -> tuple[str, ...]:
     """ops.op_names."""
-    from .ops import op_names as names
-    return names()
+    return cast("tuple[str, ...]", _op_function("op_names")())
 
 
 def with_generated_values(state: IamState, operation: Any) -> Any:
     """ops.with_generated_values, in the form it is given: an op for an op, its record for a mapping
     (for callers that keep and log records)."""
-    from .ops import Op, with_generated_values as generated
-    out = generated(state, operation)
-    return out if isinstance(operation, Op) else out.record()
+    out = _op_function("with_generated_values")(state, operation)
+    return out if hasattr(operation, "record") else out.record()
