@@ -1,9 +1,10 @@
-"""The `authz` command: simulate, validate, test, check and serve."""
+"""The `authz` command: simulate, validate, test, check, serve and push."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -616,6 +617,60 @@ def cmd_serve(argv: Sequence[str]) -> int:
     return serve_main(list(argv), prog="authz serve")
 
 
+# ------------------------------------------------------------------ push (fleet mode)
+
+
+def cmd_push(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    """`authz push --store URL DIR`: validate the bundle as --bundle does and publish it to the fleet's store.
+    Exit 0 published (or already held), 1 the bundle was refused (nothing published), 2 bad usage or no store."""
+    import logging
+
+    from .server.config import STORE_KEY_HOW, check_store_url, env_name, read_store_key
+    from .store import Store, StoreConfig
+    from .store.errors import StorageFailure, StoreError
+
+    def fail(code: int, message: str) -> int:
+        print(f"authz push: {message}", file=sys.stderr)
+        return code
+
+    url = (args.store or os.environ.get(env_name("--store")) or "").strip()
+    if not url:
+        return fail(2, f"--store URL is required (or {env_name('--store')}): the fleet's PostgreSQL store, e.g. "
+                       "--store postgresql://authz@db.internal:5432/authz")
+    key_file = args.store_key_file or os.environ.get(env_name("--store-key-file")) or None
+    try:
+        check_store_url(url)
+        key = read_store_key(Path(key_file) if key_file else None)
+    except ValueError as exc:
+        return fail(2, str(exc))
+    if key is None:
+        return fail(2, f"the store key is required (it seals the secrets kept in the store): {STORE_KEY_HOW}")
+    directory = Path(args.directory)
+    # The store logs what a sidecar would (a refused load, a dropped connection); here the one line below says it.
+    logging.getLogger("authz").addHandler(logging.NullHandler())
+    store = Store(StoreConfig(store_url=url, store_key=key, watch_interval=0, cache_size=0))
+    try:
+        store.open()
+        held = store.revision if store.ready else None
+        revision = store.publish_bundle(directory)
+    except StorageFailure as exc:
+        return fail(2, f"nothing was published: {exc}")
+    except StoreError as exc:              # an invalid bundle (the file and the place), or a change it would undo
+        return fail(1, f"nothing was published: {exc}")
+    except (OSError, ValueError) as exc:
+        return fail(1, f"nothing was published: cannot read the bundle: {exc}")
+    except (AttributeError, TypeError, KeyError) as exc:
+        return fail(1, f"nothing was published: not a well-formed bundle: a member has the wrong type "
+                       f"({type(exc).__name__}: {exc})")
+    finally:
+        store.close()
+    if revision == held:
+        print(f"the store already holds this bundle: revision {revision}", file=stdout)
+    else:
+        print(f"published {directory} as revision {revision}", file=stdout)
+    return 0
+
+
 # ------------------------------------------------------------------ entry point
 
 
@@ -698,6 +753,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the sidecar (same flags as server.py; see `authz serve --help`)",
                    add_help=False)
+
+    p = sub.add_parser("push", help="publish a bundle to the fleet's store (fleet mode: authz serve --store URL)",
+                       description="Loads and validates the bundle directory exactly as `authz serve --bundle` "
+                                   "does (the same errors), checks that every change logged in the store (admin "
+                                   "writes, access keys, sessions) still applies to it, and publishes it in one "
+                                   "transaction as the fleet's new revision, which every sidecar on the store "
+                                   "then serves. Prints the revision. A bundle that is refused publishes nothing. "
+                                   "The store key comes from --store-key-file or AUTHZ_STORE_KEY (base64; the same "
+                                   "key every sidecar of the fleet has). Exit status: 0 published (or the store "
+                                   "already held this bundle), 1 the bundle was refused, 2 bad usage or the store "
+                                   "is unreachable.",
+                       epilog="example: AUTHZ_STORE_KEY=$(cat /run/secrets/authz-store-key) authz push "
+                              "--store postgresql://authz@db.internal:5432/authz examples/bundle")
+    p.add_argument("directory", metavar="DIR", help="the bundle directory (as for authz serve --bundle)")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="the fleet's PostgreSQL store, as for authz serve --store (default: AUTHZ_STORE)")
+    p.add_argument("--store-key-file", default=None, metavar="PATH",
+                   help="file holding the store key (base64); default: AUTHZ_STORE_KEY_FILE, else the key itself "
+                        "in AUTHZ_STORE_KEY")
     return parser
 
 
@@ -729,6 +803,8 @@ def _main(argv: Sequence[str] | None, stdin: TextIO | None, stdout: TextIO | Non
         return cmd_test(args, stdin, stdout)
     if args.command == "check":
         return cmd_check(args, stdin, stdout)
+    if args.command == "push":
+        return cmd_push(args, stdin, stdout)
     parser.print_help(stdout)
     return 2
 

@@ -299,7 +299,8 @@ class ResourceInfo:
 
 @dataclass(frozen=True)
 class ServerStatus:
-    """The admin Status answer: revision, whether it serves, the last load, counts and cache figures."""
+    """The admin Status answer: revision, whether it serves, the last load, counts and cache figures, and in
+    fleet mode (--store) why the shared store is unreachable ("" while it answers)."""
 
     revision: int
     serving: bool
@@ -311,11 +312,12 @@ class ServerStatus:
     cache_size: int
     cache_capacity: int
     proto: pb.StatusResponse = field(repr=False, compare=False)
+    store_error: str = ""
 
     @classmethod
     def from_proto(cls, s: pb.StatusResponse) -> "ServerStatus":
         return cls(s.revision, s.serving, s.last_load_error, s.last_load_unix, MappingProxyType(dict(s.counts)),
-                   s.cache_hits, s.cache_misses, s.cache_size, s.cache_capacity, s)
+                   s.cache_hits, s.cache_misses, s.cache_size, s.cache_capacity, s, s.store_error)
 
 
 @dataclass(frozen=True)

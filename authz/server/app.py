@@ -19,13 +19,21 @@ behind the admin token interceptor and/or mutual TLS; PolicyAdmin is never on th
 children and only then does any child import and start gRPC: the parent never loads gRPC, whose
 fork support is limited. The kernel spreads connections over the children. Choice for state:
 worker 0 alone serves the admin listener (a unix socket cannot be shared, and one writer keeps
-admin calls read-your-writes), every worker persists to the same --state-dir (required), and
-every worker follows the shared change log every WORKER_SYNC_INTERVAL, applying what the others
-appended as deltas: an admin change or an AssumeRole session made through one process is honoured
-by all of them within that interval. A write checks itself against everything logged before it
+admin calls read-your-writes), every worker persists to the same --state-dir (required without --store), and
+every worker follows the shared change log (Store.follow: every WORKER_SYNC_INTERVAL), applying what
+the others appended as deltas: an admin change or an AssumeRole session made through one process is
+honoured by all of them within that interval. A write checks itself against everything logged before it
 (store/holder.py), so the processes' writes land in one order. The revision is the log's sequence
 number, the same in every worker. Each worker has its own caches, its own metrics (metrics port +
 index), and appends to the same decision log.
+
+--store URL (fleet mode). The change log and the published bundle are in a shared PostgreSQL database
+(store/pglog.py, secrets sealed with the fleet's key: store/sealed.py), and every sidecar (every
+worker, with --workers) is a member of the fleet: a follower thread runs Store.follow, which applies
+the other members' changes as the store NOTIFYs them, the same path --workers takes on SQLite. There
+is no --bundle (`authz push` publishes one to the store); a member starts NOT_SERVING until a bundle
+is published, then stays SERVING through a store outage, answering from memory while writes are
+refused UNAVAILABLE and Status (store_error) and the authz_store_up metric show the outage.
 """
 
 from __future__ import annotations
@@ -64,6 +72,9 @@ log = logging.getLogger("authz.server")
 ADMIN_THREADS = 4          # admin calls are rare and serialise on the store's write lock anyway
 SIGNAL_POLL_SECONDS = 0.5  # the longest a SIGTERM received by another thread waits for its handler (see serve)
 UNIX_SOCKET_MODE = 0o600   # a unix-socket listener (the admin one): only this user may connect
+# On stop, the longest the follower gets to finish applying a change (it looks at its stop event every
+# WORKER_SYNC_INTERVAL, and a store listener well within a second); the store is closed under it after that.
+FOLLOWER_STOP_SECONDS = 5.0
 
 
 @dataclass
@@ -81,6 +92,7 @@ class Sidecar:
     simulator: Simulator | None = None    # Simulate's worker processes (authz.server.simulate)
     tracing: Tracing | None = None        # --otlp-endpoint (authz.server.tracing)
     _sync_stop: threading.Event = field(default_factory=threading.Event)
+    _follower: threading.Thread | None = None    # --store / --workers: applies the other members' changes
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish within `grace` seconds, then close everything."""
@@ -90,6 +102,8 @@ class Sidecar:
         for event in done:
             event.wait()
         self._sync_stop.set()
+        if self._follower is not None:
+            self._follower.join(FOLLOWER_STOP_SECONDS)
         self.store.close()
         if self.simulator is not None:
             self.simulator.close()
@@ -182,7 +196,8 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     gc.set_threshold(*settings.GC_THRESHOLDS)
-    store = Store(StoreConfig(bundle_dir=config.bundle, state_dir=config.state_dir, cache_size=config.cache_size,
+    store = Store(StoreConfig(bundle_dir=config.bundle, state_dir=config.state_dir, store_url=config.store_url,
+                              store_key=config.store_key, cache_size=config.cache_size,
                               watch_interval=config.watch_interval), clock=clock)
     store.on_reload(release_memory)        # each loaded state frozen, the freed heap returned (store/memory.py)
     credentials = (server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
@@ -193,7 +208,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
                       memo_bytes=config.memo_bytes)
     metrics: Metrics | None = None
     if config.metrics_listen:
-        metrics = Metrics(store.status, answers.stats)
+        metrics = Metrics(store.status, answers.stats, fleet=config.store_url is not None)
         observers.append(metrics.observe)
     decision_log = DecisionLog(config.decision_log) if config.decision_log else None
     if decision_log is not None:
@@ -265,27 +280,26 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     except BaseException:
         sidecar.stop(0)
         raise
-    if config.reuse_port:
-        threading.Thread(target=_follow, args=(store, sidecar._sync_stop), name="state-follower",
-                         daemon=True).start()
-    if not store.ready:
-        log.error("no policy set loaded; health stays NOT_SERVING until the bundle loads: %s",
-                  store.status().last_load_error)
-    elif config.bundle is None and not any(store.status().counts.values()):
+    if config.store_url is not None or config.reuse_port:
+        # One way changes travel, whether the others are sidecars on the shared store or --workers siblings on
+        # the shared --state-dir: the store applies their changes as they are notified (or as it looks).
+        sidecar._follower = threading.Thread(target=store.follow, args=(sidecar._sync_stop,
+                                                                        settings.WORKER_SYNC_INTERVAL),
+                                             name="state-follower", daemon=True)
+        sidecar._follower.start()
+    status = store.status()
+    if config.store_url is not None and not status.last_load_error and status.revision == 0:
+        log.warning("the store holds no published bundle yet: every request is denied until one is published "
+                    "with `authz push --store URL DIR`")
+    elif not store.ready:
+        log.error("no policy set loaded; health stays NOT_SERVING until the %s loads: %s",
+                  "store's bundle" if config.store_url is not None else "bundle", status.last_load_error)
+    elif config.bundle is None and config.store_url is None and not any(status.counts.values()):
         log.warning("no policies loaded: every request is denied until some are; give the server a bundle "
                     "directory with --bundle DIR (or AUTHZ_BUNDLE), or load policies through the admin service "
                     "(--admin-listen) with --state-dir to keep them")
     log.info("listening %s", json.dumps({"worker": config.worker_index, "pid": os.getpid(), **addresses}))
     return sidecar
-
-
-def _follow(store: Store, stop: threading.Event) -> None:
-    """--workers: apply what the other processes appended to the shared op log."""
-    while not stop.wait(settings.WORKER_SYNC_INTERVAL):
-        try:
-            store.sync()
-        except StoreError as exc:
-            log.warning("cannot follow the shared state: %s", exc)
 
 
 def serve(config: Config) -> int:
@@ -329,7 +343,7 @@ def _nth_address(address: str | None, index: int) -> str | None:
 def supervise(config: Config) -> int:
     """--workers N: reserve the port, fork the workers (before gRPC is loaded here), forward signals, reap."""
     host, port = split_host_port(config.listen, "--listen")
-    if config.state_dir is not None:
+    if config.state_dir is not None and config.store_url is None:
         # Create the shared database (and switch it to WAL) once, here: workers that race to do it
         # themselves can find it locked. Closed again before the fork; no connection crosses it.
         try:

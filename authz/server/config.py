@@ -10,13 +10,16 @@ import argparse
 import errno
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..gateway.principal import (MAX_REGIONS, PRINCIPAL_FROM_HELP, parse_principal_from, parse_regions,
                                  parse_trusted_proxies)
+from ..store.errors import StorageFailure
 from ..store.holder import DEFAULT_CACHE_SIZE, DEFAULT_WATCH_INTERVAL
+from ..store.pglog import URL_SCHEMES, PgChangeLog
+from ..store.sealed import KEY_ENV, parse_key
 from . import settings
 from .logs import LOG_FORMATS, LOG_LEVELS
 
@@ -26,6 +29,11 @@ UNIX_PREFIX = "unix:"
 # (outside the package, next to the virtualenv it installs), then a source checkout's examples/bundle.
 DEMO_BUNDLE_DIRS = (Path(sys.prefix) / "share" / "kvs-authz" / "examples" / "bundle",
                     Path(__file__).resolve().parents[2] / "examples" / "bundle")
+# How to make the fleet's store key, and that every member needs the same one: said wherever a key is missing.
+STORE_KEY_HOW = (f"make one with `head -c 32 /dev/urandom | base64`, keep it as a secret, and give the same key to "
+                 f"every sidecar of the fleet and to `authz push` (in {KEY_ENV} or a file named by --store-key-file)")
+# --bundle (or --demo) with --store: the bundle comes from the store, never from a directory of one sidecar.
+FLEET_BUNDLE = "in fleet mode the store holds the bundle: publish it with `authz push --store URL DIR`"
 SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
                  "off": False, "": False}
 
@@ -40,6 +48,9 @@ class Config:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     state_dir: Path | None = None
+    # Fleet mode (--store): the shared PostgreSQL store, and the key sealing the secrets in it (never printed).
+    store_url: str | None = field(default=None, repr=False)
+    store_key: bytes | None = field(default=None, repr=False)
     cache_size: int = DEFAULT_CACHE_SIZE
     metrics_listen: str | None = None
     decision_log: str | None = None
@@ -111,6 +122,9 @@ examples:
   python server.py --bundle /etc/authz/bundle --listen 0.0.0.0:50051 \\
       --admin-listen unix:/run/authz/admin.sock --metrics-listen 127.0.0.1:9464 --decision-log -
   AUTHZ_ADMIN_TOKEN=s3cret authz serve --bundle b/ --admin-listen 127.0.0.1:50052
+  fleet mode (every sidecar on one PostgreSQL store; the bundle is published to it, not given with --bundle):
+    authz push --store postgresql://authz@db:5432/authz --store-key-file /run/secrets/store-key examples/bundle
+    authz serve --store postgresql://authz@db:5432/authz --store-key-file /run/secrets/store-key
 
 SIGTERM drains in-flight calls (--drain-grace) and exits 0.
 """
@@ -165,6 +179,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     flag("--state-dir", "directory for the SQLite log of admin changes and sessions, replayed at start; "
                         "without it admin changes live only in memory; e.g. --state-dir /var/lib/authz",
          type=Path, metavar="DIR")
+    flag("--store", "fleet mode: keep the change log (admin changes, access keys, AssumeRole sessions) and the "
+                    "published bundle in this shared PostgreSQL database, so that every sidecar pointed at it serves "
+                    "the same state; postgresql://USER@HOST:PORT/DB (or postgres://, or a unix socket: "
+                    "postgresql://USER@/DB?host=/run/postgresql). The bundle is published with `authz push --store "
+                    "URL DIR`, so --bundle is refused with it; needs the store key (--store-key-file or "
+                    f"{KEY_ENV}); pass the password in PGPASSWORD or ~/.pgpass, not in the URL on the command line "
+                    "(visible in ps). Without --store nothing is shared; e.g. --store "
+                    "postgresql://authz@db.internal:5432/authz", metavar="URL")
+    flag("--store-key-file", "with --store: read the fleet's store key (base64 of 32 bytes, sealing the secrets "
+                             f"kept in the store) from this file; or set {KEY_ENV} to the key itself (never a plain "
+                             "flag, so that it is not visible in ps). Every sidecar of a fleet needs the same key; "
+                             "make one with `head -c 32 /dev/urandom | base64`; e.g. --store-key-file "
+                             "/run/secrets/authz-store-key", type=Path, metavar="PATH")
     flag("--cache-size", "entries of the decision cache and of the decision port's answer memo, each "
          "(0 disables both); e.g. --cache-size 200000",
          type=_positive(int, 0), default=DEFAULT_CACHE_SIZE, metavar="N")
@@ -182,9 +209,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                            "decision, deciding statements, revision, latency) to PATH, or '-' for stdout; "
                            "secrets are never logged; e.g. --decision-log /var/log/authz/decisions.jsonl",
          metavar="PATH|-")
-    flag("--workers", "processes sharing the decision port through SO_REUSEPORT; with N > 1, --state-dir is "
-                      "required, worker 0 alone serves the admin listener, and every worker follows the shared "
-                      f"state within {settings.WORKER_SYNC_INTERVAL} s; e.g. --workers 2",
+    flag("--workers", "processes sharing the decision port through SO_REUSEPORT; with N > 1, --state-dir (or "
+                      "--store) is required, worker 0 alone serves the admin listener, and every worker follows "
+                      f"the shared state (within {settings.WORKER_SYNC_INTERVAL} s under --state-dir; as the store "
+                      "notifies it with --store, each worker a member of the fleet); e.g. --workers 2",
          type=_positive(int, 1), default=1, metavar="N")
     flag("--threads", "threads serving gRPC calls in each process; e.g. --threads 16", type=_positive(int, 1),
          default=settings.DEFAULT_THREADS, metavar="N")
@@ -240,6 +268,7 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
     if demo is None:
         ap.error(f"--demo: {a.demo!r} (from {env_name('--demo')}) is not a switch; use {env_name('--demo')}=1 "
                  f"to serve the example bundle, or {env_name('--demo')}=0")
+    store_url, store_key = _fleet(ap, a, demo)
     bundle = a.bundle
     if demo:
         if bundle is not None and bundle.is_dir():
@@ -281,10 +310,12 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                      "or use a unix socket: --admin-listen unix:PATH")
     elif token is not None:
         ap.error("--admin-token without --admin-listen: there is no admin listener to protect")
-    if a.workers > 1 and a.state_dir is None:
-        ap.error("--workers > 1 needs --state-dir: the worker processes share admin changes and sessions through it")
+    if a.workers > 1 and a.state_dir is None and store_url is None:
+        ap.error("--workers > 1 needs --state-dir (or --store): the worker processes share admin changes and "
+                 "sessions through it")
     return Config(bundle=bundle, listen=a.listen, admin_listen=a.admin_listen or None, admin_token=token,
                   tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca, state_dir=a.state_dir,
+                  store_url=store_url, store_key=store_key,
                   cache_size=a.cache_size, metrics_listen=a.metrics_listen or None,
                   decision_log=a.decision_log or None, workers=a.workers, threads=a.threads,
                   watch_interval=a.watch_interval, drain_grace=a.drain_grace, log_level=a.log_level,
@@ -292,3 +323,60 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                   principal_from=a.principal_from.strip(), region=region, trusted_proxies=proxies,
                   memo_bytes=a.memo_bytes, simulate_processes=a.simulate_processes,
                   assume_role_auth=a.assume_role_auth, otlp_endpoint=a.otlp_endpoint or None, demo=demo)
+
+
+def check_store_url(url: str, flag: str = "--store") -> None:
+    """A fleet store URL that PostgreSQL can be asked with; ValueError naming `flag` otherwise (without the URL,
+    which may hold a password)."""
+    if not url.startswith(URL_SCHEMES):
+        scheme = url.partition("://")[0] if "://" in url else ""
+        found = f"the scheme {scheme + '://'!r}" if scheme else "no postgresql:// scheme"
+        raise ValueError(f"{flag}: the store must be a PostgreSQL URL, got {found}; e.g. {flag} "
+                         "postgresql://authz@db.internal:5432/authz (or postgresql://authz@/authz?host=/run/postgresql "
+                         "for a unix socket)")
+    try:
+        PgChangeLog(url)           # parses the URL; connects only when first used
+    except (ValueError, StorageFailure) as exc:
+        raise ValueError(f"{flag}: {exc}") from None
+
+
+def read_store_key(key_file: Path | None, flag: str = "--store-key-file") -> bytes | None:
+    """The fleet's store key from `key_file`, else from AUTHZ_STORE_KEY; None when neither is given.
+    ValueError (saying what to fix) when it cannot be read or is not base64 of 32 bytes."""
+    if key_file is not None:
+        try:
+            text = key_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"{flag}: cannot read the store key from {key_file}: {exc.strerror or exc}") from None
+        return parse_key(text, f"{flag} {key_file}")
+    text = os.environ.get(KEY_ENV, "")
+    return parse_key(text, KEY_ENV) if text.strip() else None
+
+
+def _fleet(ap: argparse.ArgumentParser, a: argparse.Namespace, demo: bool) -> tuple[str | None, bytes | None]:
+    """--store, its key and what may not go with it -> (store URL, key); exits naming the flag otherwise."""
+    url = (a.store or "").strip() or None
+    try:
+        key = read_store_key(a.store_key_file)
+    except ValueError as exc:
+        ap.error(str(exc) + ("" if url is not None else " (the store key is only used with --store)"))
+    if url is None:
+        if key is not None:
+            given = "--store-key-file" if a.store_key_file is not None else KEY_ENV
+            ap.error(f"{given} without --store: the store key seals secrets in a shared store; give --store URL "
+                     f"(or {env_name('--store')}) too, or drop {given}")
+        return None, None
+    try:
+        check_store_url(url)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if demo:
+        ap.error(f"--demo with --store: {FLEET_BUNDLE} (the example bundle too: `authz push --store URL "
+                 f"examples/bundle`); unset --demo ({env_name('--demo')})")
+    if a.bundle is not None:
+        ap.error(f"--bundle with --store: {FLEET_BUNDLE}, and start the sidecar without --bundle "
+                 f"({env_name('--bundle')})")
+    if key is None:
+        ap.error(f"--store needs the store key that seals the secrets kept in the store (access keys, session "
+                 f"credentials): {STORE_KEY_HOW}")
+    return url, key

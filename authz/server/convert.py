@@ -184,7 +184,8 @@ def status_to_proto(status: StoreStatus) -> pb.StatusResponse:
     return pb.StatusResponse(revision=status.revision, serving=status.ready, last_load_error=status.last_load_error,
                              last_load_unix=int(status.last_load_time), counts=dict(status.counts),
                              cache_hits=cache.get("hits", 0), cache_misses=cache.get("misses", 0),
-                             cache_size=cache.get("size", 0), cache_capacity=cache.get("capacity", 0))
+                             cache_size=cache.get("size", 0), cache_capacity=cache.get("capacity", 0),
+                             store_error=status.store_error)
 
 
 def validation_to_proto(report: ValidationReport) -> pb.ValidatePolicyResponse:

@@ -48,9 +48,11 @@ disable_created_metrics()
 class _StoreCollector(Collector):
     """The store's own counters and state, read once per scrape."""
 
-    def __init__(self, status: Callable[[], StoreStatus], memo: Callable[[], dict[str, int]] | None) -> None:
+    def __init__(self, status: Callable[[], StoreStatus], memo: Callable[[], dict[str, int]] | None,
+                 fleet: bool = False) -> None:
         self._status = status
         self._memo = memo        # the decision port's answer memo (authz.server.answers), when there is one
+        self._fleet = fleet      # --store: report whether the shared store answers
 
     def collect(self) -> Iterator[Metric]:
         st = self._status()
@@ -75,20 +77,23 @@ class _StoreCollector(Collector):
         yield gauge("authz_last_load_error", "1 when the last bundle load failed (the previous set still serves).",
                     1 if st.last_load_error else 0)
         yield gauge("authz_ready", "1 once a policy set has loaded.", 1 if st.ready else 0)
+        if self._fleet:
+            yield gauge("authz_store_up", "Fleet mode: 1 while the shared store answers, 0 while it is unreachable "
+                        "(decisions go on from memory; writes are refused).", 0 if st.store_error else 1)
 
 
 class Metrics:
     """Decision counters and latency histograms, fed with DecisionEvents, and the store's values; one registry."""
 
     def __init__(self, status: Callable[[], StoreStatus],
-                 memo: Callable[[], dict[str, int]] | None = None) -> None:
+                 memo: Callable[[], dict[str, int]] | None = None, *, fleet: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._decisions = Counter("authz_decisions", "Decisions answered, by RPC (Check: Envoy's ext_authz) "
                                   "and result.", ("rpc", "decision"), registry=self.registry)
         self._latency = Histogram("authz_decision_latency_seconds", "Time to answer one decision inside the "
                                   "server (a batch item: that item alone).", ("rpc",), buckets=LATENCY_BUCKETS,
                                   registry=self.registry)
-        self.registry.register(_StoreCollector(status, memo))
+        self.registry.register(_StoreCollector(status, memo, fleet))
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
