@@ -1,4 +1,7 @@
-"""The `authz` command: simulate, validate, test, check, serve and push."""
+"""The `authz` command: simulate, validate, test, check and serve.
+
+And push: publish a bundle to the fleet's store (fleet mode, `authz serve --store URL`).
+"""
 
 from __future__ import annotations
 

@@ -250,6 +250,10 @@ def test_a_store_outage_keeps_the_fleet_answering_refuses_writes_and_heals_witho
             assert refused.value.code == grpc.StatusCode.UNAVAILABLE
             assert refused.value.reason == "STORAGE_UNAVAILABLE" and "unreachable" in refused.value.message
             status = admin.status()
+        with fleet[1].client() as authz:                                      # a session is a write too
+            with pytest.raises(CallError) as no_session:
+                authz.assume_role(PARTNER_USER, PARTNER_ROLE, "during-outage")
+            assert no_session.value.code == grpc.StatusCode.UNAVAILABLE and "unreachable" in no_session.value.message
         assert status.serving and "unreachable" in status.store_error
         assert status.proto.store_error == status.store_error
         assert store_up(a) == 0.0

@@ -3,6 +3,7 @@ health, reflection, the admin listener and its token, Status/ValidatePolicy, SIG
 
 from __future__ import annotations
 
+import base64
 import hmac
 import os
 import shutil
@@ -451,7 +452,8 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
         "--demo": ("off", "demo", False),     # on, it refuses a --bundle of its own: see the check below
     }
     flags = {f for a in build_parser()._actions for f in a.option_strings if f.startswith("--") and f != "--help"}
-    assert flags == set(values) | {"--admin-token"}                     # the table covers every flag
+    fleet = {"--store", "--store-key-file"}                              # checked below: --bundle does not go with them
+    assert flags == set(values) | {"--admin-token"} | fleet             # the table covers every flag
     for flag, (value, _, _) in values.items():
         monkeypatch.setenv("AUTHZ_" + flag[2:].replace("-", "_").upper(), value)
     c = parse_config([])
@@ -462,6 +464,12 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AUTHZ_DEMO", "yes")
     demo = parse_config([])
     assert demo.demo and demo.bundle is not None and (demo.bundle / "123456789012.yaml").is_file()
+    monkeypatch.delenv("AUTHZ_DEMO")
+    (tmp_path / "store-key").write_text(base64.b64encode(b"k" * 32).decode() + "\n")
+    monkeypatch.setenv("AUTHZ_STORE", "postgresql://authz@db:5432/authz")
+    monkeypatch.setenv("AUTHZ_STORE_KEY_FILE", str(tmp_path / "store-key"))
+    in_fleet = parse_config([])
+    assert (in_fleet.store_url, in_fleet.store_key) == ("postgresql://authz@db:5432/authz", b"k" * 32)
     help_text = build_parser().format_help()
     for flag in flags:
         assert "AUTHZ_" + flag[2:].replace("-", "_").upper() in help_text and "e.g." in help_text
