@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -83,14 +84,18 @@ def answered_by_all(sidecars: list[ServerProcess], want: int, principal: str = C
     return [eventually(lambda: decision(s, principal, PUT, resource, access_key_id), want) for s in sidecars]
 
 
-def store_up(s: ServerProcess) -> float | None:
-    """The authz_store_up gauge of a sidecar's /metrics; None when it has none."""
-    with urllib.request.urlopen(f"http://{s.metrics_addr}/metrics", timeout=5) as resp:
+def gauge(address: str, name: str) -> float | None:
+    """A gauge of the /metrics at `address`; None when it has none."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     for line in text.splitlines():
-        if line.startswith("authz_store_up "):
+        if line.startswith(f"{name} "):
             return float(line.split()[1])
     return None
+
+
+def store_up(s: ServerProcess) -> float | None:
+    return gauge(s.metrics_addr, "authz_store_up")
 
 
 def health(s: ServerProcess) -> int:
@@ -114,8 +119,8 @@ def fleet(pg_url: str, tmp_path: Path) -> Iterator[list[ServerProcess]]:
     assert done.returncode == 0, done.stderr
     started: list[ServerProcess] = []
     try:
-        for _ in range(SIDECARS):
-            started.append(sidecar(pg_url))
+        for i in range(SIDECARS):
+            started.append(sidecar(pg_url, "--decision-log", str(tmp_path / f"decisions-{i}.jsonl")))
         yield started
     finally:
         for s in started:
@@ -267,14 +272,34 @@ def test_a_store_outage_keeps_the_fleet_answering_refuses_writes_and_heals_witho
     assert store_up(a) == 1.0
 
 
-def test_every_answer_carries_the_store_revision(fleet: list[ServerProcess]) -> None:
+def test_every_answer_and_decision_log_line_carries_the_store_revision(fleet: list[ServerProcess],
+                                                                       tmp_path: Path) -> None:
     with fleet[2].admin() as admin:
         admin.put_inline_policy(ACCOUNT, "user", "camera", "stop", DENY_PUT)
         head = admin.status().revision
-    for s in fleet:
+    for i, s in enumerate(fleet):
         assert eventually(lambda: decision(s), EXPLICIT) == EXPLICIT
         with s.client() as c:
             assert c.authorize(CAMERA, PUT, YOUR_STREAM).revision == head
+        last = json.loads((tmp_path / f"decisions-{i}.jsonl").read_text().splitlines()[-1])
+        assert (last["decision"], last["revision"]) == ("ExplicitDeny", head)
+
+
+def test_with_workers_each_worker_is_a_member_of_the_fleet(pg_url: str, tmp_path: Path) -> None:
+    assert push(pg_url, copy_example_bundle(tmp_path / "bundle")).returncode == 0
+    s = start_server(None, None, "--store", pg_url, "--metrics-listen", "127.0.0.1:0", "--simulate-processes", "0",
+                     workers=2, env=KEY_ENV)                     # no --state-dir: the store is what they share
+    try:
+        assert len({w["pid"] for w in s.listening}) == 2
+        with s.admin() as admin:                                 # worker 0's admin listener
+            admin.put_inline_policy(ACCOUNT, "user", "camera", "stop", DENY_PUT)
+            head: float | None = float(admin.status().revision)
+        for worker in s.listening:                               # each worker's own metrics: both applied it
+            assert eventually(lambda: gauge(worker["metrics"], "authz_policy_revision"), head) == head
+            assert gauge(worker["metrics"], "authz_store_up") == 1.0
+        assert decision(s) == EXPLICIT
+    finally:
+        s.kill()
 
 
 # ------------------------------------------------------------------ refused at start
