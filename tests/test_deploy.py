@@ -25,13 +25,17 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from authz.server.config import DEMO_BUNDLE_DIRS, split_host_port
+from authz.server.config import DEMO_BUNDLE_DIRS, env_name, split_host_port
+from authz.store.sealed import KEY_ENV, parse_key
 from bench.gateway_env import ENVOY_BIN, SHIPPED_ENVOY_CONFIG, SIDECAR_CLUSTER
 from tests.server_fixture import ROOT, START_TIMEOUT, ServerProcess, start_server
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "deploy" / "docker-compose.yaml"
+FLEET_COMPOSE = ROOT / "deploy" / "docker-compose.fleet.yaml"
+COMPOSE_FILES = [COMPOSE, FLEET_COMPOSE]
+FLEET_COMPOSE_PODS = 2                # gateway pods (Envoy + sidecar) the fleet compose file runs
 K8S_DIR = ROOT / "deploy" / "k8s"
 BIN = Path(sys.executable).parent
 TOOL_TIMEOUT_S = 120.0
@@ -92,10 +96,17 @@ def image_json_instruction(name: str) -> list[str]:
     return [str(v) for v in value]
 
 
-def compose() -> dict[str, Any]:
-    doc = yaml.safe_load(COMPOSE.read_text())
+def compose(path: Path = COMPOSE) -> dict[str, Any]:
+    doc = yaml.safe_load(path.read_text())
     assert isinstance(doc, dict)
     return doc
+
+
+def gateway_pods(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(sidecar service, Envoy service) of each gateway pod: Envoy runs in its sidecar's network namespace."""
+    return sorted((mode.removeprefix("service:"), name) for name, service in doc["services"].items()
+                  if (mode := service.get("network_mode", "")).startswith("service:")
+                  and "envoy" in service.get("image", ""))
 
 
 def k8s_documents() -> list[dict[str, Any]]:
@@ -124,6 +135,11 @@ def container(spec: dict[str, Any], name: str) -> dict[str, Any]:
 
 def env_of(c: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: str(e["value"]) for e in c.get("env", [])}
+
+
+def env_of_values(c: dict[str, Any]) -> dict[str, str]:
+    """The container's env entries written as values (those from a Secret left out)."""
+    return {e["name"]: str(e["value"]) for e in c.get("env", []) if "value" in e}
 
 
 def seconds(value: Any) -> float:
@@ -346,8 +362,9 @@ def test_a_bundle_in_a_secret_volume_loads_and_reloads_when_the_secret_changes(
 # ------------------------------------------------------------------ compose
 
 
-def test_compose_passes_the_compose_spec_schema() -> None:
-    done = run_tool(BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", COMPOSE)
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_passes_the_compose_spec_schema(path: Path) -> None:
+    done = run_tool(BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", path)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -357,33 +374,48 @@ def test_the_compose_schema_check_is_live(tmp_path: Path) -> None:
     assert run_tool(BIN / "check-jsonschema", "--builtin-schema", "vendor.compose-spec", bad).returncode != 0
 
 
-def test_compose_stops_slower_than_the_sidecar_drains() -> None:
-    authz = compose()["services"][SIDECAR]
-    drain = float(authz["environment"]["AUTHZ_DRAIN_GRACE"])
-    assert seconds(authz["stop_grace_period"]) > drain
+def test_each_compose_file_has_its_gateway_pods() -> None:
+    assert gateway_pods(compose()) == [(SIDECAR, ENVOY)]
+    assert len(gateway_pods(compose(FLEET_COMPOSE))) >= FLEET_COMPOSE_PODS
 
 
-def test_compose_health_check_has_a_start_interval_and_gates_envoy() -> None:
-    services = compose()["services"]
-    check = services[SIDECAR]["healthcheck"]
-    assert HEALTHCHECK_MODULE in check["test"] and seconds(check["start_interval"]) < seconds(check["interval"])
-    assert services[ENVOY]["depends_on"][SIDECAR]["condition"] == "service_healthy"
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_stops_slower_than_the_sidecar_drains(path: Path) -> None:
+    services = compose(path)["services"]
+    for sidecar, _ in gateway_pods(compose(path)):
+        authz = services[sidecar]
+        drain = float(authz["environment"]["AUTHZ_DRAIN_GRACE"])
+        assert seconds(authz["stop_grace_period"]) > drain, sidecar
 
 
-def test_compose_images_are_pinned_and_envoy_is_the_tested_version() -> None:
-    services = compose()["services"]
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_health_check_has_a_start_interval_and_gates_envoy(path: Path) -> None:
+    services = compose(path)["services"]
+    for sidecar, envoy in gateway_pods(compose(path)):
+        check = services[sidecar]["healthcheck"]
+        assert HEALTHCHECK_MODULE in check["test"] and seconds(check["start_interval"]) < seconds(check["interval"])
+        assert services[envoy]["depends_on"][sidecar]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_images_are_pinned_and_envoy_is_the_tested_version(path: Path) -> None:
+    services = compose(path)["services"]
     for name, service in services.items():
         if "image" in service and "build" not in service:
             tag = service["image"].rpartition(":")[2]
             assert "/" not in tag and tag and "latest" not in tag, f"{name}: {service['image']} is not pinned"
-    assert services[ENVOY]["image"] == f"envoyproxy/envoy:v{envoy_version()}"
+    for _, envoy in gateway_pods(compose(path)):
+        assert services[envoy]["image"] == f"envoyproxy/envoy:v{envoy_version()}"
 
 
-def test_compose_keeps_the_decision_port_on_loopback_in_one_namespace() -> None:
-    services = compose()["services"]
-    authz = services[SIDECAR]
-    assert is_loopback(authz["environment"]["AUTHZ_LISTEN"])
-    assert services[ENVOY]["network_mode"] == f"service:{SIDECAR}"
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_keeps_the_decision_port_on_loopback_in_one_namespace(path: Path) -> None:
+    services = compose(path)["services"]
+    for sidecar, _ in gateway_pods(compose(path)):
+        authz = services[sidecar]
+        assert is_loopback(authz["environment"]["AUTHZ_LISTEN"])
+        assert authz["read_only"] is True and authz["cap_drop"] == ["ALL"], sidecar
+        assert "no-new-privileges:true" in authz["security_opt"], sidecar
     published = [str(p) for s in services.values() for p in s.get("ports", [])]
     assert not [p for p in published if p.rpartition(":")[2] == str(decision_port())], published
     assert all(p.startswith("127.0.0.1:") for p in published), published
@@ -532,6 +564,295 @@ def test_the_network_policy_admits_only_the_gateway_to_the_decision_port() -> No
             assert source["podSelector"]["matchLabels"].items() <= labels.items()
     envoy_port = container(pod_spec(), ENVOY)["ports"][0]["containerPort"]
     assert any(envoy_port in [p["port"] for p in rule["ports"]] for rule in policy["ingress"])
+
+
+# ------------------------------------------------------------------ the fleet: compose
+
+
+STORE_ENV = env_name("--store")                   # AUTHZ_STORE
+STORE_KEY_FILE_ENV = env_name("--store-key-file")
+BUNDLE_ENV = env_name("--bundle")
+COMPOSE_SECRETS_DIR = "/run/secrets/"             # where compose mounts a service's secrets
+# A compose interpolation that must be set: ${NAME:?message} (or ${NAME?message}).
+REQUIRED_VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*):?\?[^}]*\}")
+STORE_URL = re.compile(r"postgresql://(?P<user>[^:@/]+):(?P<password>\$\{[^}]*\})@(?P<host>[^:/]+):(?P<port>\d+)/\w+")
+A_STORE_KEY = re.compile(r"[A-Za-z0-9+/]{43}=")    # base64 of 32 bytes, as a key would be written
+
+
+def postgres_service(doc: dict[str, Any]) -> str:
+    (name,) = [n for n, s in doc["services"].items() if str(s.get("image", "")).startswith("postgres:")]
+    return name
+
+
+def push_service(doc: dict[str, Any]) -> str:
+    (name,) = [n for n, s in doc["services"].items() if s.get("command", [])[:2] == ["authz", "push"]]
+    return name
+
+
+def mounted_at(service: dict[str, Any], path: str) -> list[str]:
+    """The short-syntax volumes of a compose service mounted at `path`."""
+    return [v for v in service.get("volumes", []) if v.split(":")[1] == path]
+
+
+def image_command_without_bundle() -> list[str]:
+    """The image's CMD with the image's own --bundle default (AUTHZ_BUNDLE) removed from its environment."""
+    assert BUNDLE_ENV in image_env()
+    return ["env", "-u", BUNDLE_ENV, *image_json_instruction("CMD")]
+
+
+def test_the_fleet_compose_runs_one_postgresql_pinned_health_checked_on_a_volume() -> None:
+    doc = compose(FLEET_COMPOSE)
+    pg = doc["services"][postgres_service(doc)]
+    assert re.fullmatch(r"postgres:\d+\.\d+", pg["image"]), pg["image"]
+    assert "pg_isready" in pg["healthcheck"]["test"]
+    assert seconds(pg["healthcheck"]["start_interval"]) < seconds(pg["healthcheck"]["interval"])
+    (volume,) = mounted_at(pg, "/var/lib/postgresql/data")
+    assert volume.split(":")[0] in doc["volumes"], "a named volume, not the container's own layer"
+    assert pg["user"] != "root" and pg["cap_drop"] == ["ALL"]
+
+
+def test_the_fleet_compose_lets_only_sidecars_and_push_reach_postgresql() -> None:
+    doc = compose(FLEET_COMPOSE)
+    services = doc["services"]
+    pg = postgres_service(doc)
+    assert "ports" not in services[pg], "PostgreSQL is published nowhere"
+    networks = set(services[pg]["networks"])
+    assert networks and all(doc["networks"][n].get("internal") is True for n in networks)
+    on_its_networks = {n for n, s in services.items() if networks & set(s.get("networks", []))}
+    assert on_its_networks == {pg, push_service(doc), *(sidecar for sidecar, _ in gateway_pods(doc))}
+
+
+def test_the_fleet_compose_sidecars_take_the_store_and_never_a_bundle() -> None:
+    doc = compose(FLEET_COMPOSE)
+    services = doc["services"]
+    urls = set()
+    for sidecar, _ in gateway_pods(doc):
+        service = services[sidecar]
+        env = service["environment"]
+        urls.add(env[STORE_ENV])
+        assert BUNDLE_ENV not in env and env_name("--demo") not in env, sidecar
+        # The image sets AUTHZ_BUNDLE for the single sidecar: the fleet's command removes it, adds nothing.
+        assert service["command"] == image_command_without_bundle(), sidecar
+        assert not mounted_at(service, image_env()[BUNDLE_ENV]), sidecar
+        assert services[sidecar]["depends_on"][postgres_service(doc)]["condition"] == "service_healthy"
+        assert services[sidecar]["depends_on"][push_service(doc)]["condition"] == "service_completed_successfully"
+    (url,) = urls                                 # one store for the whole fleet
+    match = STORE_URL.fullmatch(url)
+    assert match and match["host"] == postgres_service(doc), url
+    states = [mounted_at(services[s], services[s]["environment"]["AUTHZ_STATE_DIR"]) for s, _ in gateway_pods(doc)]
+    assert all(len(s) == 1 for s in states) and len({s[0].split(":")[0] for s in states}) == len(states), \
+        "each sidecar keeps its last snapshot on a volume of its own"
+
+
+def test_the_fleet_compose_publishes_the_bundle_once_postgresql_is_healthy() -> None:
+    doc = compose(FLEET_COMPOSE)
+    push = doc["services"][push_service(doc)]
+    command = push["command"]
+    sidecar_url = doc["services"][gateway_pods(doc)[0][0]]["environment"][STORE_ENV]
+    assert command[command.index("--store") + 1] == sidecar_url
+    (bundle,) = mounted_at(push, command[-1])
+    assert bundle.endswith(":ro")
+    assert push["depends_on"][postgres_service(doc)]["condition"] == "service_healthy"
+    assert push.get("restart") == "no"
+
+
+def test_the_fleet_compose_takes_the_key_and_the_password_from_the_environment_only() -> None:
+    doc = compose(FLEET_COMPOSE)
+    services = doc["services"]
+    assert not A_STORE_KEY.search(FLEET_COMPOSE.read_text()), "a store key is written in the file"
+    for name, service in services.items():
+        env = service.get("environment", {})
+        assert KEY_ENV not in env, f"{name}: the key goes through a secret, not the service's environment"
+        for var, value in env.items():
+            if re.search(r"PASSWORD|TOKEN|SECRET|KEY$", var):
+                assert REQUIRED_VARIABLE.fullmatch(str(value)), f"{name}: {var} is written in the file"
+    pg_password = services[postgres_service(doc)]["environment"]["POSTGRES_PASSWORD"]
+    match = STORE_URL.fullmatch(services[gateway_pods(doc)[0][0]]["environment"][STORE_ENV])
+    url_password = REQUIRED_VARIABLE.fullmatch(match["password"]) if match else None
+    server_password = REQUIRED_VARIABLE.fullmatch(pg_password)
+    assert url_password and server_password and url_password.group(1) == server_password.group(1)
+    for name in [push_service(doc), *(sidecar for sidecar, _ in gateway_pods(doc))]:
+        service = services[name]
+        (secret,) = service["secrets"]
+        assert doc["secrets"][secret] == {"environment": KEY_ENV}, f"{name}: the key's secret comes from {KEY_ENV}"
+        command = service.get("command", [])
+        key_file = (command[command.index("--store-key-file") + 1] if "--store-key-file" in command
+                    else service["environment"][STORE_KEY_FILE_ENV])
+        assert key_file == COMPOSE_SECRETS_DIR + secret, name
+
+
+# ------------------------------------------------------------------ the fleet: Kubernetes
+
+
+FLEET_DIR = K8S_DIR / "fleet"
+FLEET_REPLICAS = 3
+STORE_SECRET = "kvs-authz-store"
+BUNDLE_SECRET = "kvs-authz-bundle"
+SECRET_ENV = {STORE_ENV, KEY_ENV, "POSTGRES_PASSWORD"}   # what a fleet container may read from the Secret only
+
+
+def fleet_manifests() -> list[Path]:
+    """Every fleet manifest: what `kubectl apply -f deploy/k8s/fleet/` applies, and the Secret's shape below it."""
+    return sorted(FLEET_DIR.rglob("*.yaml"))
+
+
+def fleet_documents() -> list[dict[str, Any]]:
+    return [d for path in fleet_manifests() for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def fleet_one(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in fleet_documents() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''} under {FLEET_DIR}, found {len(found)}"
+    return found[0]
+
+
+def fleet_pod_specs() -> list[dict[str, Any]]:
+    return [d["spec"]["template"]["spec"] for d in fleet_documents() if "template" in d.get("spec", {})]
+
+
+def store_secret_keys() -> set[str]:
+    return set(fleet_one("Secret", STORE_SECRET)["stringData"])
+
+
+def secret_ref(c: dict[str, Any], name: str) -> dict[str, Any]:
+    (entry,) = [e for e in c.get("env", []) if e["name"] == name]
+    ref = entry["valueFrom"]["secretKeyRef"]
+    assert isinstance(ref, dict)
+    return ref
+
+
+@pytest.mark.parametrize("version", [OLDEST_KUBERNETES, "newest"])
+def test_every_fleet_manifest_passes_kubernetes_validate(version: str) -> None:
+    version = newest_kubernetes() if version == "newest" else version
+    done = run_tool(BIN / "kubernetes-validate", "--strict", "-k", version, *fleet_manifests())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("passed") == len(fleet_documents()), done.stdout
+
+
+def test_applying_the_fleet_directory_never_overwrites_the_store_secret_with_placeholders() -> None:
+    applied = [d for path in sorted(FLEET_DIR.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+    assert not [d for d in applied if d["kind"] == "Secret"]
+    data = fleet_one("Secret", STORE_SECRET)["stringData"]
+    with pytest.raises(ValueError):       # the key's placeholder fails closed: no sidecar starts with it
+        parse_key(data["key"])
+    assert all("REPLACE" in value for value in data.values()), data
+
+
+def test_the_fleet_gateway_is_three_sidecars_on_the_store_and_none_on_a_bundle() -> None:
+    deployment = fleet_one("Deployment")
+    assert deployment["spec"]["replicas"] == FLEET_REPLICAS
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    spec = deployment["spec"]["template"]["spec"]
+    sidecars = [c for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+    assert [c["name"] for c in sidecars] == [SIDECAR] and ENVOY in [c["name"] for c in spec["containers"]]
+    authz = sidecars[0]
+    for name, key in [(STORE_ENV, "url"), (KEY_ENV, "key")]:
+        assert secret_ref(authz, name) == {"name": STORE_SECRET, "key": key} and key in store_secret_keys()
+    assert BUNDLE_ENV not in [e["name"] for e in authz["env"]] and "--bundle" not in authz.get("args", [])
+    assert authz["command"] == image_command_without_bundle()
+    assert not [m for m in authz["volumeMounts"] if m["mountPath"] == image_env()[BUNDLE_ENV]]
+    assert is_loopback(env_of_values(authz)["AUTHZ_LISTEN"])
+    assert LIVENESS_FLAG in _probe_command(authz, "livenessProbe")
+    assert LIVENESS_FLAG not in _probe_command(authz, "readinessProbe")
+    state = Path(env_of_values(authz)["AUTHZ_STATE_DIR"])       # the last snapshot, per pod
+    (mount,) = [m for m in authz["volumeMounts"] if state.is_relative_to(m["mountPath"])]
+    assert state != Path(mount["mountPath"])
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume, "pods share nothing on disk: the store holds the state"
+    assert container(spec, ENVOY)["image"] == f"envoyproxy/envoy:v{envoy_version()}"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert fleet_one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_fleet_gateway_is_exposed_and_fenced_as_the_single_gateway() -> None:
+    for kind in ("Service", "NetworkPolicy"):
+        assert fleet_one(kind, one_of_kind(kind)["metadata"]["name"])["spec"] == one_of_kind(kind)["spec"], kind
+    assert fleet_one("Deployment")["spec"]["template"]["metadata"]["labels"] == \
+        one_of_kind("Deployment")["spec"]["template"]["metadata"]["labels"]
+
+
+def test_store_credentials_reach_fleet_containers_from_the_secret_only() -> None:
+    for spec in fleet_pod_specs():
+        for c in spec["containers"] + spec.get("initContainers", []):
+            for entry in c.get("env", []):
+                assert not A_STORE_KEY.search(str(entry.get("value", ""))), f"{c['name']}: {entry}"
+                assert "postgresql://" not in str(entry.get("value", "")), f"{c['name']}: {entry}"
+                if entry["name"] in SECRET_ENV:
+                    assert "value" not in entry, f"{c['name']}: {entry['name']} is written in the manifest"
+                    ref = secret_ref(c, entry["name"])
+                    assert ref["name"] == STORE_SECRET and ref["key"] in store_secret_keys(), (c["name"], ref)
+
+
+def test_the_push_job_publishes_the_bundle_secret_to_the_store() -> None:
+    job = fleet_one("Job")
+    spec = job["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] in ("Never", "OnFailure") and job["spec"]["backoffLimit"] > 0
+    (push,) = spec["containers"]
+    args = push.get("command", []) + push["args"]
+    assert args[:4] == ["authz", "push", "--store", f"$({STORE_ENV})"], args    # Kubernetes expands $(VAR)
+    assert secret_ref(push, STORE_ENV) == {"name": STORE_SECRET, "key": "url"}
+    assert secret_ref(push, KEY_ENV) == {"name": STORE_SECRET, "key": "key"}
+    (mount,) = [m for m in push["volumeMounts"] if m["mountPath"] == args[-1]]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    single = [v for v in pod_spec()["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == BUNDLE_SECRET in [v["secret"]["secretName"] for v in single]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0
+
+
+def test_only_the_sidecars_and_the_push_job_reach_the_store() -> None:
+    store = fleet_one("StatefulSet")
+    store_labels = store["spec"]["template"]["metadata"]["labels"]
+    (port,) = container(store["spec"]["template"]["spec"], "postgres")["ports"]
+    service = fleet_one("Service", store["spec"]["serviceName"])
+    assert service["spec"]["selector"].items() <= store_labels.items()
+    assert [p["port"] for p in service["spec"]["ports"]] == [port["containerPort"]]
+    url = fleet_one("Secret", STORE_SECRET)["stringData"]["url"]
+    assert f"@{service['metadata']['name']}:{port['containerPort']}/" in url
+    (policy,) = [d["spec"] for d in fleet_documents() if d["kind"] == "NetworkPolicy"
+                 and d["spec"]["podSelector"]["matchLabels"].items() <= store_labels.items()]
+    assert policy["policyTypes"] == ["Ingress"]
+    clients = {"gateway": fleet_one("Deployment"), "push": fleet_one("Job")}
+    admitted = set()
+    for rule in policy["ingress"]:
+        assert [p["port"] for p in rule["ports"]] == [port["containerPort"]], rule
+        assert rule.get("from"), f"the store is open to all: {rule}"
+        for source in rule["from"]:
+            assert set(source) == {"podSelector"}, f"pods of this namespace only: {source}"
+            matched = [n for n, d in clients.items() if source["podSelector"]["matchLabels"].items()
+                       <= d["spec"]["template"]["metadata"]["labels"].items()]
+            assert matched, f"admits pods that are neither sidecars nor the push Job: {source}"
+            admitted.update(matched)
+    assert admitted == set(clients)
+
+
+def test_the_store_is_postgresql_pinned_checked_non_root_on_a_claim() -> None:
+    store = fleet_one("StatefulSet")
+    spec = store["spec"]["template"]["spec"]
+    pg = container(spec, "postgres")
+    doc = compose(FLEET_COMPOSE)
+    assert pg["image"] == doc["services"][postgres_service(doc)]["image"]
+    assert "pg_isready" in pg["readinessProbe"]["exec"]["command"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    data = Path(env_of_values(pg)["PGDATA"])
+    (mount,) = [m for m in pg["volumeMounts"] if data.is_relative_to(m["mountPath"])]
+    assert data != Path(mount["mountPath"]), "initdb refuses a volume root holding lost+found"
+    assert mount["name"] in [t["metadata"]["name"] for t in store["spec"]["volumeClaimTemplates"]]
+    assert secret_ref(pg, "POSTGRES_PASSWORD") == {"name": STORE_SECRET, "key": "db-password"}
+
+
+def test_the_store_image_is_the_postgresql_major_version_the_tests_run() -> None:
+    from bench.pg import BIN_GLOB, INSTALL_HINT, find_bin_dir
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip(f"no PostgreSQL server binaries under {BIN_GLOB}; {INSTALL_HINT}")
+    out = run_tool(bin_dir / "postgres", "--version").stdout
+    match = re.search(r"\(PostgreSQL\) (\d+)\.", out)
+    assert match, out
+    doc = compose(FLEET_COMPOSE)
+    for image in (doc["services"][postgres_service(doc)]["image"], container(
+            fleet_one("StatefulSet")["spec"]["template"]["spec"], "postgres")["image"]):
+        assert image.startswith(f"postgres:{match.group(1)}."), (image, out)
 
 
 # ------------------------------------------------------------------ Envoy
