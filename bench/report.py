@@ -183,6 +183,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         for us, fig in budget["by_handler_us"].items():
             lines.append(f"| {us} | {_spread_cell(fig['throughput_rps'], 0)} | {_fmt(fig['ratio'], 2)} |")
     lines += _streams_section(cases.get("streams", {}))
+    lines += _fleet_section(cases.get("fleet", {}))
     skipped = [(name, c["skipped"]) for name, c in cases.items() if isinstance(c, Mapping) and c.get("skipped")]
     for row in scale.get("sizes") or ():
         if row.get("skipped"):
@@ -229,6 +230,46 @@ def _streams_section(st: Mapping[str, Any]) -> list[str]:
                      f"{_spread_cell(row['1']['p50_us'], 0)} | {_fmt(row['p50_ratio'], 2)} | "
                      f"{_answered(row, top)} |")
     lines += ["", "Threads: after the streams opened → after the unary load."]
+    return lines
+
+
+def _ms(p: Mapping[str, Any], *keys: str) -> str:
+    return " / ".join(_fmt(p.get(k), 1) for k in keys)
+
+
+def _fleet_section(fl: Mapping[str, Any]) -> list[str]:
+    """The fleet case: members on one PostgreSQL store (bench/fleet.py)."""
+    if not fl.get("propagation"):
+        return []
+    pg = fl.get("postgres", {})
+    lines = ["", "## Fleet (members on one PostgreSQL store)", "",
+             f"Members: {fl['members_note']}. PostgreSQL {pg.get('version')} ({pg.get('durability')}); bundle of "
+             f"{fl['bundle_principals']:,} principals. Load average {_fmt(fl['load_average']['start'], 2)} at the "
+             f"start of the case, {_fmt(fl['load_average']['end'], 2)} at its end.", "",
+             "Propagation: a PutInlinePolicy flipping a Deny on one principal, through each member in turn; from the "
+             "write's acknowledgement until the last member answers the new decision (every member asked again "
+             "until each has). A round of asking every member with no write in flight is the figure's floor.", "",
+             "| members | writes | lost | write ack ms p50 / p99 | last member ms p50 / p99 / max | "
+             "round, no write ms p50 / p99 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for n, row in fl["propagation"].items():
+        lines.append(f"| {n} | {row['writes']:,} | {row['lost']} | {_ms(row['ack_ms'], 'p50', 'p99')} | "
+                     f"{_ms(row['last_ms'], 'p50', 'p99', 'max')} | {_ms(row['round_ms'], 'p50', 'p99')} |")
+    if fl.get("throughput"):
+        lines += ["", "Admin writes (PutInlinePolicy, each to its own principal) through members at once:", "",
+                  "| members writing | writes | writes/s | failed |", "| --- | --- | --- | --- |"]
+        for n, row in fl["throughput"].items():
+            lines.append(f"| {n} | {row['writes']:,} | {_fmt(row['writes_per_s'], 0)} | {row['failed']} |")
+    push = fl.get("push")
+    if push:
+        lines += ["", f"Publish and catch-up ({push['publisher']}):", "",
+                  "| principals | bundle MB | publish s | in the store MB | fresh member ready s | first decision ms "
+                  "| member RSS MB |", "| --- | --- | --- | --- | --- | --- | --- |",
+                  f"| {push['principals']:,} | {_fmt(push['bundle_bytes'] / 1e6)} | {_fmt(push['publish_s'], 1)} | "
+                  f"{_fmt(push['store_bytes'] / 1e6)} | {_fmt(push['catch_up_s'], 1)} | "
+                  f"{_fmt(push['first_decision_ms'], 1)} | {_fmt(push['rss_mb'], 0)} |"]
+    if fl.get("publisher_note"):
+        lines += ["", f"Published with Store.publish_bundle in a child process: {fl['publisher_note']}."]
     return lines
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import engine as engine_bench
-from . import plots, report, streams
+from . import fleet, plots, report, streams
 from .fixtures import (ENGINE_USERS, REQUEST_CONTEXT, authorize_payloads, batch_payloads, engine_bundle_document,
                        engine_requests, write_bundle, write_bundle_document)
 from .floor import ServerSettings, server_settings
@@ -24,7 +25,7 @@ from .stats import percentile, ratio, spread
 from .targets import (REPO, ServedProcess, StoreTarget, Unavailable, measure_envoy, start_floor, start_server,
                       store_missing)
 
-CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy", "streams")
+CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy", "streams", "fleet")
 DEFAULT_OUT = REPO / "bench" / "results"
 FLOOR, SERVER = "floor", "server"
 
@@ -51,6 +52,7 @@ class Plan:
     request_principals: int = 64             # distinct users in the gRPC request mix
     connections: int = 1                     # client connections per run (server.py --workers spreads by connection)
     stream_counts: tuple[int, ...] = (0, 100, 1_000)   # case "streams": long-lived streams held open
+    fleet: fleet.FleetPlan = fleet.FleetPlan()         # case "fleet": sizes (bench/fleet.py)
     server: bool = True
     server_workers: int | None = None        # server.py --workers (not passed when None)
     server_options: Mapping[str, Any] | None = None
@@ -61,7 +63,7 @@ class Plan:
     def quick_plan(cls) -> "Plan":
         return cls(quick=True, repeats=2, duration_s=0.4, warmup_s=0.1, scale_sizes=(100, 5_000),
                    scale_budget_s=60.0, engine_samples=10, bundle_principals=100, concurrency=(1, 64),
-                   handler_budget_us=(20.0,), stream_counts=(10,))
+                   handler_budget_us=(20.0,), stream_counts=(10,), fleet=fleet.FleetPlan.quick())
 
 
 class Progress:
@@ -717,6 +719,8 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
         cases["envoy"] = _guarded("envoy", progress, lambda: case_envoy(plan, progress))
     if "streams" in plan.cases:
         cases["streams"] = _guarded("streams", progress, lambda: case_streams(plan, progress, settings))
+    if "fleet" in plan.cases:
+        cases["fleet"] = _guarded("fleet", progress, lambda: fleet.case(plan.fleet, progress))
     results: dict[str, Any] = {
         "schema": report.SCHEMA,
         "environment": env,
@@ -729,6 +733,7 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
             "engine_samples": plan.engine_samples, "bundle_principals": plan.bundle_principals,
             "request_principals": plan.request_principals, "connections": plan.connections,
             "server_workers": plan.server_workers, "stream_counts": list(plan.stream_counts),
+            "fleet": dataclasses.asdict(plan.fleet),
             "server_settings": settings.as_dict(),
         },
         "cases": cases,
@@ -768,6 +773,9 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     ap.add_argument("--connections", type=int, help="client connections per load run (default 1)")
     ap.add_argument("--server-options", type=json.loads, help="JSON object of gRPC options for the floor")
     ap.add_argument("--stream-counts", type=_ints, help="streams case: open streams per configuration, e.g. 0,100,1000")
+    ap.add_argument("--fleet-writes", type=int, help="fleet case: timed writes per fleet size (full 200, quick 20)")
+    ap.add_argument("--fleet-push", type=int, help="fleet case: principals published with authz push "
+                                                   "(full 100,000, quick 2,000)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default bench/results)")
     a = ap.parse_args(argv)
@@ -778,6 +786,10 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
         ap.error(f"unknown case(s) {sorted(unknown)}; use some of {','.join(CASES)}")
     overrides: dict[str, Any] = {"cases": cases, "out": a.out, "server": not a.no_server, "plots": not a.no_plots,
                                  "server_workers": a.server_workers, "server_options": a.server_options}
+    if a.fleet_writes is not None:
+        plan = replace(plan, fleet=replace(plan.fleet, flip_writes=a.fleet_writes))
+    if a.fleet_push is not None:
+        plan = replace(plan, fleet=replace(plan.fleet, push_principals=a.fleet_push))
     for name, value in (("repeats", a.repeats), ("duration_s", a.duration), ("warmup_s", a.warmup),
                         ("requests", a.requests), ("concurrency", a.concurrency), ("scale_sizes", a.scale_sizes),
                         ("scale_budget_s", a.scale_budget),
