@@ -575,7 +575,9 @@ BUNDLE_ENV = env_name("--bundle")
 COMPOSE_SECRETS_DIR = "/run/secrets/"             # where compose mounts a service's secrets
 # A compose interpolation that must be set: ${NAME:?message} (or ${NAME?message}).
 REQUIRED_VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*):?\?[^}]*\}")
-STORE_URL = re.compile(r"postgresql://(?P<user>[^:@/]+):(?P<password>\$\{[^}]*\})@(?P<host>[^:/]+):(?P<port>\d+)/\w+")
+# The store's URL carries no password (libpq reads PGPASSWORD): a URL is easily logged or shown in `ps`.
+STORE_URL = re.compile(r"postgresql://(?P<user>[^:@/]+)@(?P<host>[^:@/]+):(?P<port>\d+)/\w+")
+PASSWORD_ENV = "PGPASSWORD"                       # libpq's
 A_STORE_KEY = re.compile(r"[A-Za-z0-9+/]{43}=")    # base64 of 32 bytes, as a key would be written
 
 
@@ -666,13 +668,12 @@ def test_the_fleet_compose_takes_the_key_and_the_password_from_the_environment_o
         for var, value in env.items():
             if re.search(r"PASSWORD|TOKEN|SECRET|KEY$", var):
                 assert REQUIRED_VARIABLE.fullmatch(str(value)), f"{name}: {var} is written in the file"
-    pg_password = services[postgres_service(doc)]["environment"]["POSTGRES_PASSWORD"]
-    match = STORE_URL.fullmatch(services[gateway_pods(doc)[0][0]]["environment"][STORE_ENV])
-    url_password = REQUIRED_VARIABLE.fullmatch(match["password"]) if match else None
-    server_password = REQUIRED_VARIABLE.fullmatch(pg_password)
-    assert url_password and server_password and url_password.group(1) == server_password.group(1)
+    server_password = REQUIRED_VARIABLE.fullmatch(services[postgres_service(doc)]["environment"]["POSTGRES_PASSWORD"])
+    assert server_password
     for name in [push_service(doc), *(sidecar for sidecar, _ in gateway_pods(doc))]:
         service = services[name]
+        client_password = REQUIRED_VARIABLE.fullmatch(service["environment"][PASSWORD_ENV])
+        assert client_password and client_password.group(1) == server_password.group(1), name
         (secret,) = service["secrets"]
         assert doc["secrets"][secret] == {"environment": KEY_ENV}, f"{name}: the key's secret comes from {KEY_ENV}"
         command = service.get("command", [])
@@ -688,7 +689,7 @@ FLEET_DIR = K8S_DIR / "fleet"
 FLEET_REPLICAS = 3
 STORE_SECRET = "kvs-authz-store"
 BUNDLE_SECRET = "kvs-authz-bundle"
-SECRET_ENV = {STORE_ENV, KEY_ENV, "POSTGRES_PASSWORD"}   # what a fleet container may read from the Secret only
+SECRET_ENV = {STORE_ENV, KEY_ENV, PASSWORD_ENV, "POSTGRES_PASSWORD"}   # read from the Secret only
 
 
 def fleet_manifests() -> list[Path]:
@@ -735,7 +736,8 @@ def test_applying_the_fleet_directory_never_overwrites_the_store_secret_with_pla
     data = fleet_one("Secret", STORE_SECRET)["stringData"]
     with pytest.raises(ValueError):       # the key's placeholder fails closed: no sidecar starts with it
         parse_key(data["key"])
-    assert all("REPLACE" in value for value in data.values()), data
+    assert "REPLACE" in data["key"] and "REPLACE" in data["db-password"], data
+    assert STORE_URL.fullmatch(data["url"]), data["url"]
 
 
 def test_the_fleet_gateway_is_three_sidecars_on_the_store_and_none_on_a_bundle() -> None:
@@ -746,7 +748,7 @@ def test_the_fleet_gateway_is_three_sidecars_on_the_store_and_none_on_a_bundle()
     sidecars = [c for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
     assert [c["name"] for c in sidecars] == [SIDECAR] and ENVOY in [c["name"] for c in spec["containers"]]
     authz = sidecars[0]
-    for name, key in [(STORE_ENV, "url"), (KEY_ENV, "key")]:
+    for name, key in [(STORE_ENV, "url"), (KEY_ENV, "key"), (PASSWORD_ENV, "db-password")]:
         assert secret_ref(authz, name) == {"name": STORE_SECRET, "key": key} and key in store_secret_keys()
     assert BUNDLE_ENV not in [e["name"] for e in authz["env"]] and "--bundle" not in authz.get("args", [])
     assert authz["command"] == image_command_without_bundle()
@@ -792,6 +794,7 @@ def test_the_push_job_publishes_the_bundle_secret_to_the_store() -> None:
     assert args[:4] == ["authz", "push", "--store", f"$({STORE_ENV})"], args    # Kubernetes expands $(VAR)
     assert secret_ref(push, STORE_ENV) == {"name": STORE_SECRET, "key": "url"}
     assert secret_ref(push, KEY_ENV) == {"name": STORE_SECRET, "key": "key"}
+    assert secret_ref(push, PASSWORD_ENV) == {"name": STORE_SECRET, "key": "db-password"}
     (mount,) = [m for m in push["volumeMounts"] if m["mountPath"] == args[-1]]
     assert mount.get("readOnly") is True
     (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
