@@ -93,6 +93,15 @@ class Sidecar:
     tracing: Tracing | None = None        # --otlp-endpoint (authz.server.tracing)
     _sync_stop: threading.Event = field(default_factory=threading.Event)
     _follower: threading.Thread | None = None    # --store / --workers: applies the other members' changes
+    _follower_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def follow(self) -> None:
+        """Start applying the changes the other members of the shared store log (once; until stop)."""
+        with self._follower_lock:
+            if self._follower is None:
+                self._follower = threading.Thread(target=self.store.follow, name="state-follower", daemon=True,
+                                                  args=(self._sync_stop, settings.WORKER_SYNC_INTERVAL))
+                self._follower.start()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish within `grace` seconds, then close everything."""
@@ -102,8 +111,10 @@ class Sidecar:
         for event in done:
             event.wait()
         self._sync_stop.set()
-        if self._follower is not None:
-            self._follower.join(FOLLOWER_STOP_SECONDS)
+        with self._follower_lock:
+            follower = self._follower
+        if follower is not None:
+            follower.join(FOLLOWER_STOP_SECONDS)
         self.store.close()
         if self.simulator is not None:
             self.simulator.close()
@@ -280,13 +291,16 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     except BaseException:
         sidecar.stop(0)
         raise
-    if config.store_url is not None or config.reuse_port:
-        # One way changes travel, whether the others are sidecars on the shared store or --workers siblings on
-        # the shared --state-dir: the store applies their changes as they are notified (or as it looks).
-        sidecar._follower = threading.Thread(target=store.follow, args=(sidecar._sync_stop,
-                                                                        settings.WORKER_SYNC_INTERVAL),
-                                             name="state-follower", daemon=True)
-        sidecar._follower.start()
+    # One way changes travel, whether the others are sidecars on the shared store or --workers siblings on the
+    # shared --state-dir: Store.follow applies their changes as they are notified (or as it looks).
+    if config.store_url is not None:
+        sidecar.follow()     # from the start: a member with nothing published yet loads the first bundle through it
+    elif config.reuse_port:
+        # Once a policy set has loaded: until then only the bundle watcher can make it load, and following
+        # would re-read the failing bundle at every look.
+        store.on_swap(lambda _snapshot: sidecar.follow() if store.ready else None)
+        if store.ready:
+            sidecar.follow()
     status = store.status()
     if config.store_url is not None and not status.last_load_error and status.revision == 0:
         log.warning("the store holds no published bundle yet: every request is denied until one is published "

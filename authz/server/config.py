@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -326,8 +327,8 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
 
 
 def check_store_url(url: str, flag: str = "--store") -> None:
-    """A fleet store URL that PostgreSQL can be asked with; ValueError naming `flag` otherwise (without the URL,
-    which may hold a password)."""
+    """A fleet store URL that PostgreSQL can be asked with, and what fleet mode needs installed; ValueError naming
+    `flag` otherwise (without the URL, which may hold a password)."""
     if not url.startswith(URL_SCHEMES):
         scheme = url.partition("://")[0] if "://" in url else ""
         found = f"the scheme {scheme + '://'!r}" if scheme else "no postgresql:// scheme"
@@ -338,6 +339,9 @@ def check_store_url(url: str, flag: str = "--store") -> None:
         PgChangeLog(url)           # parses the URL; connects only when first used
     except (ValueError, StorageFailure) as exc:
         raise ValueError(f"{flag}: {exc}") from None
+    if importlib.util.find_spec("cryptography") is None:
+        raise ValueError(f"{flag}: the store's secrets are sealed with cryptography, which is not installed: "
+                         "pip install 'kvs-authz[fleet]'")
 
 
 def read_store_key(key_file: Path | None, flag: str = "--store-key-file") -> bytes | None:
