@@ -264,10 +264,11 @@ def _fleet_section(fl: Mapping[str, Any]) -> list[str]:
     if push:
         lines += ["", f"Publish and catch-up ({push['publisher']}):", "",
                   "| principals | bundle MB | publish s | in the store MB | fresh member ready s | first decision ms "
-                  "| member RSS MB |", "| --- | --- | --- | --- | --- | --- | --- |",
+                  "| next principal's first ms | member RSS MB |", "| --- | --- | --- | --- | --- | --- | --- | --- |",
                   f"| {push['principals']:,} | {_fmt(push['bundle_bytes'] / 1e6)} | {_fmt(push['publish_s'], 1)} | "
                   f"{_fmt(push['store_bytes'] / 1e6)} | {_fmt(push['catch_up_s'], 1)} | "
-                  f"{_fmt(push['first_decision_ms'], 1)} | {_fmt(push['rss_mb'], 0)} |"]
+                  f"{_fmt(push['first_decision_ms'], 1)} | {_fmt(push.get('second_decision_ms'), 1)} | "
+                  f"{_fmt(push['rss_mb'], 0)} |"]
     if fl.get("publisher_note"):
         lines += ["", f"Published with Store.publish_bundle in a child process: {fl['publisher_note']}."]
     return lines
