@@ -23,7 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..evaluate import DEFAULT_OPTIONS, EngineOptions
 from .bundle import BundleError, apply_documents, bundle_files, read_file, signature
@@ -35,6 +35,9 @@ from .oplog import OpLog
 from .snapshot import Memos, PolicyCompiler, Snapshot
 from .ops import apply_change, apply_op, op_digest, with_generated_values
 from .state import IamState, PrincipalGone, compiling, transaction
+
+if TYPE_CHECKING:
+    from .localcopy import CopiedLog
 
 log = logging.getLogger("authz.store")
 
@@ -157,6 +160,7 @@ class SnapshotHolder:
         self._write_lock = threading.RLock()
         self._reload_lock = threading.Lock()    # reloads in order: a later read is never published first
         self._log: ChangeLog = MemoryLog()
+        self._copy: CopiedLog | None = None     # fleet mode with a state dir: the local copy (localcopy.py)
         self._records: list[Entry] = []         # every logged change this state holds, in log order
         self._retired: set[str] = set()         # digests of the retired ones
         self._bundle_digest: str | None = None
@@ -186,7 +190,13 @@ class SnapshotHolder:
 
             if self.config.store_key is None:
                 raise StoreError("fleet mode needs the store key that seals secrets in the shared store")
-            self._log = SealedLog(PgChangeLog(self.config.store_url), self.config.store_key)
+            shared = PgChangeLog(self.config.store_url)
+            store: ChangeLog = shared
+            if self.config.state_dir is not None:       # what this member applies is kept there, still sealed
+                from .localcopy import CopiedLog
+
+                store = self._copy = CopiedLog(shared, self.config.state_dir)
+            self._log = SealedLog(store, self.config.store_key)
         elif self.config.state_dir is not None:
             self._log = OpLog(self.config.state_dir)
         self.reload()
@@ -306,6 +316,8 @@ class SnapshotHolder:
             records = self._records + self._log.read(self._head())
             digest, base = self._base(records, bulk)
             state, retire = self._replay(base, records, bulk)      # outside any lock: may take seconds
+        except StorageFailure as exc:
+            return self._unreadable(exc)
         except (BundleError, OSError, StoreError, ValueError) as exc:
             return self._refuse(str(exc) if isinstance(exc, StoreError) else f"cannot read the bundle: {exc}")
         files = self.config.bundle_dir is not None
@@ -343,6 +355,8 @@ class SnapshotHolder:
                 new = list(caught)
             records = records + new
             self._records = [(seq, _without_documents(r)) for seq, r in records]
+            if self._copy is not None and records:
+                self._copy.keep_through(records[-1][0])
             self._retired = {d for _, r in records if r.get("op") == RETIRE_OPS for d in r.get("digests") or ()}
             self._bundle_digest = digest
             self._replay_skipped = len(retire)
@@ -354,6 +368,58 @@ class SnapshotHolder:
             counts = staged[0].counts()
         log.info("loaded policy set revision %d: %s", self.revision, counts)
         del staged, base, state
+        for hook in self._reload_hooks:
+            hook()
+        return True, ""
+
+    def _unreadable(self, exc: StorageFailure) -> tuple[bool, str]:
+        """A reload that could not read the change log. In fleet mode, a member that has nothing loaded yet
+        while the store is unreachable serves its local copy (the last state it applied) and says so in
+        Status; with no copy to serve it stays not ready, saying why. Otherwise the reload is refused."""
+        from .pglog import StoreUnreachable
+
+        if not isinstance(exc, StoreUnreachable):
+            return self._refuse(str(exc))
+        if self._ready:
+            self._store_error = str(exc)
+            return self._refuse(str(exc))
+        if self._copy is not None:
+            try:
+                return self._serve_copy(exc)
+            except (BundleError, OSError, StoreError, ValueError) as refused:
+                exc = refused if isinstance(refused, StorageFailure) else StorageFailure(
+                    f"{exc}. The local copy of the store does not load ({refused}): not serving until the store answers")
+        with self._write_lock:
+            self._store_error = self._last_error = str(exc)
+            self._reloads_failed += 1
+        log.error("not serving: %s", exc)
+        return False, str(exc)
+
+    def _serve_copy(self, failure: StorageFailure) -> tuple[bool, str]:
+        """Load the state of the local copy (records as the store held them, opened with the fleet key)."""
+        from .sealed import SealedLog
+
+        assert self._copy is not None and self.config.store_key is not None
+        bulk = CompileHook(self.compiler, EAGER_COMPILE_PER_LOAD)
+        records = SealedLog(self._copy.offline(failure), self.config.store_key).read(0)
+        digest, base = self._base(records, bulk)
+        state, retire = self._replay(base, records, bulk)
+        revision = records[-1][0]
+        note = (f"{failure}. Serving the local copy of the store ({self._copy.copy.dir}) at revision {revision} "
+                "until the store answers")
+        with self._write_lock:
+            self._records = [(seq, _without_documents(r)) for seq, r in records]
+            self._retired = {d for _, r in records if r.get("op") == RETIRE_OPS for d in r.get("digests") or ()}
+            self._retired.update(retire)
+            self._bundle_digest = digest
+            self._replay_skipped = len(retire)
+            self._store_error, self._last_error = note, ""
+            self._last_load = self.clock()
+            self._reloads_ok += 1
+            self._ready = True
+            self._publish(state, revision, LOAD_BUNDLE, EVERYTHING)
+        log.error("%s", note)
+        del state, base
         for hook in self._reload_hooks:
             hook()
         return True, ""
@@ -464,6 +530,8 @@ class SnapshotHolder:
 
     def _adopt(self, seq: int, r: Record) -> None:
         self._records.append((seq, r))
+        if self._copy is not None:
+            self._copy.keep_through(seq)
         if r.get("op") == RETIRE_OPS:
             self._retired.update(r.get("digests") or ())
 
@@ -504,7 +572,7 @@ class SnapshotHolder:
             self._sync_noting_outage()
 
     def _on_head(self, head: int) -> None:
-        if head > self._head() or not self._ready:
+        if head > self._head() or not self._ready or self._store_error:
             self._sync_noting_outage()
 
     def _sync_noting_outage(self) -> None:

@@ -42,6 +42,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "CREATE TABLE changes (seq bigint PRIMARY KEY CHECK (seq > 0), record text NOT NULL, "
         "written_at timestamptz NOT NULL DEFAULT now())",
+        # The store's identity: a random id made once, with the schema. A sidecar's local copy of the log
+        # (localcopy.py) names the store it copies, and a sidecar never follows another store than the one
+        # it started with (a database dropped and made again under the same URL is another store).
+        "CREATE TABLE store_identity (singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), "
+        "store_id text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+        "INSERT INTO store_identity (store_id) SELECT gen_random_uuid()::text",
     ),
 }
 
@@ -57,6 +63,10 @@ READER_APPLICATION_NAME = f"{APPLICATION_NAME} changelog reader"
 LISTENER_APPLICATION_NAME = f"{APPLICATION_NAME} changelog listener"
 
 URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+class StoreUnreachable(StorageFailure):
+    """The store did not answer (down, unreachable, or slower than STATEMENT_TIMEOUT_MS); nothing was changed."""
 
 
 def _encode(record: Record) -> str:
@@ -103,6 +113,7 @@ class PgChangeLog:
         self._reader: psycopg.Connection[Any] | None = None
         self._writer: psycopg.Connection[Any] | None = None
         self._schema_ready = False
+        self._store_id: str | None = None        # the store's identity, from the first connection (or expect_store)
         self._closed = False
 
     # -- connections ---------------------------------------------------------------------------------
@@ -111,10 +122,10 @@ class PgChangeLog:
         import psycopg.errors
 
         if isinstance(exc, psycopg.errors.QueryCanceled):
-            return StorageFailure(f"the change store {self.where} did not answer within {STATEMENT_TIMEOUT_MS} ms "
+            return StoreUnreachable(f"the change store {self.where} did not answer within {STATEMENT_TIMEOUT_MS} ms "
                                   "(another writer may hold the write lock); nothing was changed, retry")
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-            return StorageFailure(f"the change store {self.where} is unreachable ({_first_line(exc)}); nothing was "
+            return StoreUnreachable(f"the change store {self.where} is unreachable ({_first_line(exc)}); nothing was "
                                   "changed; check that PostgreSQL is running and reachable from this host")
         return StorageFailure(f"the change store {self.where} refused the operation ({_first_line(exc)}); "
                               "nothing was changed; check the database user's privileges and the schema")
@@ -135,6 +146,7 @@ class PgChangeLog:
             conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
             conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}")
             self._ensure_schema(conn)
+            self._check_identity(conn)
             conn.autocommit = autocommit
         except BaseException as exc:
             conn.close()
@@ -163,6 +175,33 @@ class PgChangeLog:
                     conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
                     log.info("change store %s: schema migrated to version %d", self.where, version)
             self._schema_ready = True
+
+    def _check_identity(self, conn: psycopg.Connection[Any]) -> None:
+        """Refuse a connection to another store than the one this log first reached (or was told to expect)."""
+        row = conn.execute("SELECT store_id FROM store_identity").fetchone()
+        found = str(row[0]) if row else ""
+        with self._schema_lock:
+            if self._store_id is None:
+                self._store_id = found
+            elif found != self._store_id:
+                raise StorageFailure(f"the change store {self.where} is another store (id {found or 'none'}) than the "
+                                     f"one this sidecar follows (id {self._store_id}): the database was replaced; "
+                                     "restart the sidecar to serve the new store")
+
+    def expect_store(self, store_id: str) -> None:
+        """Follow only the store whose identity is `store_id` (a local copy of it is being served):
+        a connection to any other store fails with StorageFailure."""
+        with self._schema_lock:
+            if self._store_id is not None and self._store_id != store_id:
+                raise StorageFailure(f"the change store {self.where} is store {self._store_id}, not {store_id}")
+            self._store_id = store_id
+
+    def store_id(self) -> str:
+        """The identity of the store (a random id made with its schema); connects if it has not yet."""
+        if self._store_id is None:
+            self._query("SELECT 1", ())
+        assert self._store_id is not None
+        return self._store_id
 
     @staticmethod
     def _discard(conn: psycopg.Connection[Any] | None) -> None:
