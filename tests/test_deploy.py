@@ -10,6 +10,7 @@ sidecar reads a bundle laid out as the kubelet projects a Secret.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import ipaddress
 import os
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,7 +30,7 @@ import yaml
 from authz.server.config import DEMO_BUNDLE_DIRS, env_name, split_host_port
 from authz.store.sealed import KEY_ENV, parse_key
 from bench.gateway_env import ENVOY_BIN, SHIPPED_ENVOY_CONFIG, SIDECAR_CLUSTER
-from tests.server_fixture import ROOT, START_TIMEOUT, ServerProcess, start_server
+from tests.server_fixture import EXAMPLE_BUNDLE, ROOT, START_TIMEOUT, ServerProcess, start_server
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -856,6 +858,91 @@ def test_the_store_image_is_the_postgresql_major_version_the_tests_run() -> None
     for image in (doc["services"][postgres_service(doc)]["image"], container(
             fleet_one("StatefulSet")["spec"]["template"]["spec"], "postgres")["image"]):
         assert image.startswith(f"postgres:{match.group(1)}."), (image, out)
+
+
+# ------------------------------------------------------------------ the fleet's commands, run here
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+
+
+def _local(argv: list[str], env: dict[str, str], swap: dict[str, str], tmp: Path, name: str) -> Launch:
+    """A container's command and environment as they run here: the image's ENV under the container's own,
+    its paths and secrets swapped for this machine's (`swap`), the console script from this virtualenv."""
+    full = {k: v for k, v in image_env().items() if k.startswith("AUTHZ_")}
+    full.update({k: swap.get(v, v) for k, v in env.items() if k != PASSWORD_ENV})
+    if "AUTHZ_STATE_DIR" in env:
+        full["AUTHZ_STATE_DIR"] = str(tmp / name / "state")
+    full.pop("AUTHZ_LISTEN", None)                      # start_server listens on an ephemeral port
+    script = image_json_instruction("CMD")[0]
+    return Launch([str(BIN / script) if a == script else swap.get(a, a) for a in argv], full)
+
+
+def compose_fleet_launches(url: str, key_file: Path, tmp: Path) -> tuple[Launch, list[Launch]]:
+    doc = compose(FLEET_COMPOSE)
+    services = doc["services"]
+    push = services[push_service(doc)]
+    sidecar_url = services[gateway_pods(doc)[0][0]]["environment"][STORE_ENV]
+    swap = {sidecar_url: url, push["command"][-1]: str(EXAMPLE_BUNDLE),
+            **{COMPOSE_SECRETS_DIR + s: str(key_file) for s in doc["secrets"]}}
+    return (_local(push["command"], push.get("environment", {}), swap, tmp, "push"),
+            [_local(services[s]["command"], services[s]["environment"], swap, tmp, s) for s, _ in gateway_pods(doc)])
+
+
+def k8s_fleet_launches(url: str, key: str, tmp: Path) -> tuple[Launch, list[Launch]]:
+    secret = {"url": url, "key": key, "db-password": ""}
+
+    def env(c: dict[str, Any]) -> dict[str, str]:
+        return {e["name"]: e["value"] if "value" in e else secret[e["valueFrom"]["secretKeyRef"]["key"]]
+                for e in c["env"]}
+
+    job = fleet_one("Job")["spec"]["template"]["spec"]
+    (push,) = job["containers"]
+    swap = {m["mountPath"]: str(EXAMPLE_BUNDLE) for m in push["volumeMounts"]}
+    push_env = env(push)
+    argv = [re.sub(r"\$\((\w+)\)", lambda m: push_env[m.group(1)], a) for a in push.get("command", []) + push["args"]]
+    authz = container(fleet_one("Deployment")["spec"]["template"]["spec"], SIDECAR)
+    sidecars = [_local(authz["command"] + authz.get("args", []), env(authz), swap, tmp, f"pod-{i}")
+                for i in range(2)]
+    return _local(argv, push_env, swap, tmp, "push"), sidecars
+
+
+@pytest.mark.parametrize("shape", ["compose", "kubernetes"])
+def test_the_fleet_as_deployed_publishes_and_serves_from_a_real_postgresql(
+        shape: str, pg_url: str, tmp_path: Path, started: list[ServerProcess]) -> None:
+    """The push and sidecar commands and environments of the fleet files, run against a real PostgreSQL: the
+    push publishes the bundle, every sidecar serves it from the store; the image's own AUTHZ_BUNDLE would be
+    refused beside --store, which is why the fleet's sidecar command removes it."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    key_file = tmp_path / "store-key"
+    key_file.write_text(key + "\n")
+    push, sidecars = (compose_fleet_launches(pg_url, key_file, tmp_path) if shape == "compose"
+                      else k8s_fleet_launches(pg_url, key, tmp_path))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
+    done = subprocess.run(push.argv, env={**clean, **push.env}, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=START_TIMEOUT, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and "as revision" in done.stdout, done.stdout + done.stderr
+    revision = int(done.stdout.split()[-1])
+    viewer = "arn:aws:iam::123456789012:user/viewer"
+    stream = "arn:aws:kinesisvideo:us-west-2:123456789012:stream/your_stream/0123456789012"
+    for sidecar in sidecars:
+        (tmp_path / "cwd").mkdir(exist_ok=True)
+        s = start_server(None, None, program=sidecar.argv, admin=None, token=None, env=sidecar.env,
+                         cwd=tmp_path / "cwd")
+        started.append(s)
+        with s.client() as c:
+            answer = c.authorize(viewer, "kinesisvideo:DescribeStream", stream)
+            assert answer.allowed and answer.revision == revision
+            assert not c.is_allowed(viewer, "kinesisvideo:DeleteStream", stream)
+    # Control: the image's CMD as it is, with the same environment, is refused (its AUTHZ_BUNDLE default).
+    plain = [str(BIN / a) if i == 0 else a for i, a in enumerate(image_json_instruction("CMD"))]
+    refused = subprocess.run([*plain, "--listen", "127.0.0.1:0"], env={**clean, **sidecars[0].env}, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=START_TIMEOUT, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 2 and "listening" not in refused.stderr
+    assert BUNDLE_ENV in refused.stderr.strip().splitlines()[-1], refused.stderr
 
 
 # ------------------------------------------------------------------ Envoy
