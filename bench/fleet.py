@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -329,17 +330,31 @@ class Fleet:
         self.members: list[Member] = []
 
     def grow(self, n: int) -> list[Member]:
-        """Start members until there are `n`; every one serving when this returns."""
+        """Start members until there are `n`, together; every one serving when this returns. If one fails to
+        start, the others are kept (close() stops them) and its error is raised."""
+        count = n - len(self.members)
+        if count <= 0:
+            return []
         new: list[Member] = []
-        if self.sidecars:
-            for i in range(len(self.members), n):
-                new.append(SidecarMember(self.url, self.key, self.workdir / f"sidecar{i}"))
+        failures: list[BaseException] = []
+        if self.sidecars:               # each waits for its own SERVING
+            with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
+                futures = [pool.submit(SidecarMember, self.url, self.key, self.workdir / f"sidecar{i}")
+                           for i in range(len(self.members), n)]
+                for f in futures:
+                    try:
+                        new.append(f.result())
+                    except Exception as exc:
+                        failures.append(exc)
         else:
-            pipes = [PipeMember(self.url, self.key) for _ in range(len(self.members), n)]
+            pipes = [PipeMember(self.url, self.key) for _ in range(count)]
+            self.members.extend(pipes)          # stopped by close() whatever happens next
             for p in pipes:
                 p.wait_ready()
-            new.extend(pipes)
+            return list(pipes)
         self.members.extend(new)
+        if failures:
+            raise failures[0]
         return new
 
     def close(self) -> None:
