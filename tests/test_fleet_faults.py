@@ -386,3 +386,114 @@ def test_a_late_member_catches_up_on_a_thousand_changes_to_the_same_state(
     assert late.store.status().counts == early.store.status().counts
     with sqlite3.connect(tmp_path / "late" / COPY_DIR / DB_NAME) as db:      # its copy holds all of it
         assert db.execute("SELECT count(*), max(seq) FROM records").fetchone() == (head, head)
+
+
+# ------------------------------------------------------------------ sidecar processes (`--store`)
+
+
+def test_a_sidecar_restarted_while_the_store_is_down_serves_its_local_copy_and_one_without_stays_not_serving(
+        pg_server: PgServer, pg_url: str, tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2
+
+    from authz.client import CallError
+    from tests.test_fleet_server import (ALLOW, EXPLICIT, KEY as SIDECAR_KEY, decision, decision_or_unavailable,
+                                         eventually, health, push, sidecar)
+    from tests.example_ids import ACCOUNT
+
+    assert push(pg_url, copy_example_bundle(tmp_path / "bundle")).returncode == 0
+    state = tmp_path / "state"
+    first = sidecar(pg_url, "--state-dir", str(state))
+    try:
+        with first.admin() as admin:
+            admin.put_inline_policy(ACCOUNT, "user", "camera", "stop", json.loads(DENY_PUT))
+            revision = admin.status().revision
+    finally:
+        first.kill()
+    started = []
+    pg_server.stop("immediate")
+    try:
+        kept = sidecar(pg_url, "--state-dir", str(state))           # returns once it is SERVING
+        started.append(kept)
+        bare = sidecar(pg_url, wait_serving=False)
+        started.append(bare)
+        assert health(kept) == health_pb2.HealthCheckResponse.SERVING and decision(kept) == EXPLICIT
+        with kept.admin() as admin:
+            status = admin.status()
+            with pytest.raises(CallError, match="unreachable"):
+                admin.put_inline_policy(ACCOUNT, "user", "camera", "later", json.loads(DENY_PUT))
+        assert status.revision == revision and status.serving
+        assert "unreachable" in status.store_error and "local copy of the store" in status.store_error
+        assert any(f"at revision {revision}" in line and "local copy" in line for line in kept.log)
+        assert health(bare) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert decision_or_unavailable(bare) == "UNAVAILABLE"
+        with bare.admin() as admin:
+            assert "unreachable" in admin.status().store_error
+    finally:
+        pg_server.start()
+    try:
+        writer = Store(StoreConfig(store_url=pg_url, store_key=SIDECAR_KEY, watch_interval=0))
+        writer.open()
+        writer.apply({"op": "DeleteInlinePolicy", "account": ACCOUNT, "kind": "user", "name": "camera",
+                      "policy_name": "stop"})
+        head = writer.revision
+        writer.close()
+        want: int | str = ALLOW
+        assert [eventually(lambda: decision_or_unavailable(s), want) for s in started] == [ALLOW, ALLOW]
+        for s in started:                                   # caught up without a restart
+            with s.admin() as admin:
+                status = admin.status()
+            assert (status.revision, status.store_error) == (head, "")
+    finally:
+        for s in started:
+            s.kill()
+
+
+def test_a_sidecar_killed_with_minus_9_in_the_middle_of_an_admin_write_leaves_nothing_and_the_others_go_on(
+        pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    from authz.client import CallError
+    from tests.test_fleet_server import EXPLICIT, decision, eventually, push, sidecar
+    from tests.example_ids import ACCOUNT
+
+    assert push(pg_url, copy_example_bundle(tmp_path / "bundle")).returncode == 0
+    killed, other = sidecar(pg_url), sidecar(pg_url)
+    failed: list[BaseException] = []
+    try:
+        head = max(seq for seq, _ in store_records(pg_url))
+        blocker = psycopg.connect(pg_url)
+        blocker.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+
+        def write() -> None:
+            try:
+                with killed.admin() as admin:
+                    admin.create_user(ACCOUNT, "killed")
+            except (CallError, OSError) as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=write, daemon=True)
+        try:
+            thread.start()
+
+            def waiting() -> bool:
+                with psycopg.connect(pg_url, autocommit=True) as conn:
+                    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                       "AND application_name = %s AND wait_event_type = 'Lock'",
+                                       (WRITER_APPLICATION_NAME,)).fetchone()
+                return bool(row and row[0])
+
+            wait_until(waiting, "the sidecar's write waiting inside its transaction")
+            assert killed.kill() == -9
+            thread.join(WAIT)
+            assert failed and not thread.is_alive()           # the caller was never told it succeeded
+        finally:
+            blocker.rollback()
+            blocker.close()
+        with other.admin() as admin:
+            admin.put_inline_policy(ACCOUNT, "user", "camera", "stop", json.loads(DENY_PUT))
+            assert admin.status().revision == head + 1
+        assert eventually(lambda: decision(other), EXPLICIT) == EXPLICIT
+        assert [r.get("op") for seq, r in store_records(pg_url) if seq > head] == ["PutInlinePolicy"]
+    finally:
+        killed.kill()
+        other.kill()
