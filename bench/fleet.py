@@ -39,6 +39,7 @@ REPLY_TIMEOUT_S = 120.0             # one pipe request (a burst of writes includ
 FOLLOW_INTERVAL_S = 1.0             # Store.follow's polling interval: unused with the notifying PostgreSQL log
 KEY_BYTES = 32
 KEY_ENV = "AUTHZ_STORE_KEY"         # authz.store.sealed.KEY_ENV: the fleet's sealing key, base64
+APPLICATION_NAME = "authz-sidecar"  # authz.store.pglog.APPLICATION_NAME: how a member's connections are named
 PROBE_USER = 0                      # the principal whose Deny is flipped on and off
 PROBE_ALLOW = "fleet-probe-allow"   # its inline Allow on the probe request, written once
 PROBE_FLIP = "fleet-probe-flip"     # its inline policy rewritten by every timed write
@@ -474,6 +475,17 @@ def publish(url: str, key: str, bundle: Path, use_cli: bool) -> tuple[float, str
     return elapsed, label
 
 
+def connections(url: str) -> dict[str, int]:
+    """The sidecars' connections to the store's database now, by application name (pg_stat_activity)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = "
+                            "current_database() AND application_name LIKE %s GROUP BY 1",
+                            (f"{APPLICATION_NAME}%",)).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
 def store_bytes(url: str) -> int:
     """Characters of the change log's records in the database (the published bundle is one record)."""
     import psycopg
@@ -564,6 +576,7 @@ def case(plan: FleetPlan, progress: Callable[[str], None]) -> dict[str, Any]:
                         fleet.members[0].apply(probe_allow_op())
                         settle(fleet.members[:n], allowed=True)
                     row = propagation(fleet.members[:n], plan.flip_writes, written)
+                    row["connections"] = connections(url)       # a writer only in members that have written
                     written += plan.flip_writes
                     out["propagation"][str(n)] = row
                     last, floor = row["last_ms"], row["round_ms"]

@@ -255,6 +255,11 @@ def _fleet_section(fl: Mapping[str, Any]) -> list[str]:
     for n, row in fl["propagation"].items():
         lines.append(f"| {n} | {row['writes']:,} | {row['lost']} | {_ms(row['ack_ms'], 'p50', 'p99')} | "
                      f"{_ms(row['last_ms'], 'p50', 'p99', 'max')} | {_ms(row['round_ms'], 'p50', 'p99')} |")
+    counts = [(n, row["connections"]) for n, row in fl["propagation"].items() if row.get("connections")]
+    if counts:
+        lines += ["", "Connections to the store after the writes (pg_stat_activity): " + "; ".join(
+            f"{n} members: " + ", ".join(f"{c} {name.split(' ', 1)[-1]}" for name, c in sorted(by.items()))
+            for n, by in counts) + "."]
     if fl.get("throughput"):
         lines += ["", "Admin writes (PutInlinePolicy, each to its own principal) through members at once:", "",
                   "| members writing | writes | writes/s | failed |", "| --- | --- | --- | --- |"]

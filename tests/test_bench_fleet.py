@@ -45,6 +45,9 @@ def test_fleet_case_measures_propagation_writes_and_catch_up(members: str) -> No
         assert row["members"] == n and row["lost"] == 0
         assert row["last_ms"]["n"] == TINY.flip_writes and row["member_ms"]["n"] == TINY.flip_writes * n
         assert row["last_ms"]["p50"] <= row["last_ms"]["p99"] <= row["last_ms"]["max"]
+        # One listening and one reading connection per member, a writing one in each member that wrote.
+        by_kind = {name.rsplit(" ", 1)[-1]: count for name, count in row["connections"].items()}
+        assert by_kind["listener"] == by_kind["reader"] == n and 1 <= by_kind["writer"] <= n
     for writers, row in out["throughput"].items():
         assert row["writes"] == TINY.throughput_writes * int(writers) and row["failed"] == 0
         assert row["writes_per_s"] > 0
