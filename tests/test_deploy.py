@@ -5,7 +5,8 @@ every Kubernetes manifest through kubernetes-validate (strict, for the oldest Ku
 support and the newest the package knows), compose through the compose-spec schema, and the Envoy
 config through `envoy --mode validate`. The image's start-up is exercised by running its CMD with
 its ENV against the installed package (only the state directory moved to a temporary one), and the
-sidecar reads a bundle laid out as the kubelet projects a Secret.
+sidecar reads a bundle laid out as the kubelet projects a Secret. The fleet files (docker-compose.fleet.yaml,
+k8s/fleet/) are checked the same way, and their push and sidecar commands run against a real PostgreSQL.
 """
 
 from __future__ import annotations
