@@ -176,10 +176,27 @@ def test_the_local_copy_keeps_the_records_as_the_store_holds_them_sealed_and_pri
     with sqlite3.connect(path) as db:
         copied = [(int(seq), json.loads(text)) for seq, text in db.execute("SELECT seq, record FROM records ORDER BY seq")]
     assert copied == store_records(pg_url)             # the same records under the same sequence numbers
-    text = path.read_bytes().decode("latin-1") + json.dumps(copied)
+    files = [f for f in (state / COPY_DIR).iterdir() if f.name.startswith(DB_NAME)]
+    text = "".join(f.read_bytes().decode("latin-1") for f in files) + json.dumps(copied)
     assert secret not in text and "partner/EXAMPLE/secret" not in text and kid in text and PREFIX in text
     assert stat.S_IMODE(os.stat(state / COPY_DIR).st_mode) == 0o700
     assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in (state / COPY_DIR).iterdir())
+
+
+def test_a_local_copy_is_never_served_without_the_fleet_key(fleet: Callable[..., Member], pg_server: PgServer,
+                                                            pg_url: str, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    fleet(state).close()
+    pg_server.stop("immediate")
+    try:
+        stranger = Store(StoreConfig(store_url=pg_url, store_key=os.urandom(32), state_dir=state, watch_interval=0))
+        stranger.open()
+        try:
+            assert not stranger.ready and "store key" in stranger.status().last_load_error
+        finally:
+            stranger.close()
+    finally:
+        pg_server.start()
 
 
 def test_a_local_copy_of_another_store_is_never_served(fleet: Callable[..., Member], pg_server: PgServer,
