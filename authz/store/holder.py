@@ -388,7 +388,8 @@ class SnapshotHolder:
                 return self._serve_copy(exc)
             except (BundleError, OSError, StoreError, ValueError) as refused:
                 exc = refused if isinstance(refused, StorageFailure) else StorageFailure(
-                    f"{exc}. The local copy of the store does not load ({refused}): not serving until the store answers")
+                    f"{exc}. The local copy of the store does not load ({refused}): not serving until the store "
+                    "answers")
         with self._write_lock:
             self._store_error = self._last_error = str(exc)
             self._reloads_failed += 1

@@ -45,8 +45,8 @@ class LocalCopy:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.execute("CREATE TABLE IF NOT EXISTS records (seq INTEGER PRIMARY KEY, record TEXT NOT NULL)")
-                self._db.execute("CREATE TABLE IF NOT EXISTS store (singleton INTEGER PRIMARY KEY CHECK (singleton = 1), "
-                                 "store_id TEXT NOT NULL, location TEXT NOT NULL)")
+                self._db.execute("CREATE TABLE IF NOT EXISTS store (singleton INTEGER PRIMARY KEY "
+                                 "CHECK (singleton = 1), store_id TEXT NOT NULL, location TEXT NOT NULL)")
         except (sqlite3.Error, OSError) as exc:
             raise StorageFailure(f"cannot open the local copy of the store {self.path}: {exc}; check that "
                                  "--state-dir exists and is writable") from None
