@@ -19,16 +19,18 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
+# The runtime dependencies and the `fleet` extra's (psycopg, cryptography): one image for a single sidecar
+# and for a member of a fleet (--store).
 RUN python -m venv /opt/venv \
- && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-      > requirements.txt \
+ && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['fleet']))" > requirements.txt \
  && /opt/venv/bin/pip install -c constraints.txt -r requirements.txt
 COPY setup.py MANIFEST.in README.md CHANGELOG.md ./
 COPY protos/ protos/
 COPY authz/ authz/
 # --no-deps: the dependencies are the pinned ones above. The build (setup.py) runs protoc.
 RUN /opt/venv/bin/pip install --no-deps . \
- && /opt/venv/bin/python -c "import authz.server.ext_authz, authz.server.app, authz.v1.authz_pb2" \
+ && /opt/venv/bin/python -c "import authz.server.ext_authz, authz.server.app, authz.v1.authz_pb2, psycopg, cryptography" \
  && /opt/venv/bin/authz --help > /dev/null
 
 FROM ${PYTHON_IMAGE}

@@ -654,8 +654,7 @@ def cmd_push(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     store = Store(StoreConfig(store_url=url, store_key=key, watch_interval=0, cache_size=0))
     try:
         store.open()
-        held = store.revision if store.ready else None
-        revision = store.publish_bundle(directory)
+        revision, written = store.publish_bundle(directory)
     except StorageFailure as exc:
         return fail(2, f"nothing was published: {exc}")
     except StoreError as exc:              # an invalid bundle (the file and the place), or a change it would undo
@@ -667,7 +666,7 @@ def cmd_push(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
                        f"({type(exc).__name__}: {exc})")
     finally:
         store.close()
-    if revision == held:
+    if not written:
         print(f"the store already holds this bundle: revision {revision}", file=stdout)
     else:
         print(f"published {directory} as revision {revision}", file=stdout)

@@ -136,8 +136,9 @@ def test_push_prints_the_revision_and_a_waiting_sidecar_serves_it(pg_url: str, t
         assert decision_or_unavailable(waiting) != ALLOW
         with waiting.admin() as admin:
             status = admin.status()
-        assert (status.revision, status.last_load_error, status.store_error) == (0, "", "")
-        assert any("no published bundle" in line for line in waiting.log)
+        assert (status.revision, status.serving, status.store_error) == (0, False, "")
+        assert "authz push --store" in status.last_load_error             # says what to do
+        assert any("no bundle yet" in line for line in waiting.log)
         bundle = copy_example_bundle(tmp_path / "bundle")
         done = push(pg_url, bundle)
         assert done.returncode == 0, done.stderr

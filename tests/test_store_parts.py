@@ -20,17 +20,18 @@ def test_reload_hooks_run_after_each_load_that_loaded(tmp_path: Path) -> None:
     store.on_reload(lambda: calls.append(store.revision))
     store.open()
     try:
-        assert calls == [1]
+        assert calls == [0]           # the first load's hooks run before it is published (revision 1)
+        assert store.revision == 1
         some = next(p for p in sorted(bundle.iterdir()) if p.suffix == ".yaml")
         some.write_text(some.read_text() + "\n# a comment changes no content\n")
         assert store.reload() == (True, "")
-        assert calls == [1, 1]                       # the same content: nothing new in the log, same revision
+        assert calls == [0, 1]                       # the same content: nothing new in the log, same revision
         some.write_text(some.read_text().replace("region: us-west-2", "region: us-east-1", 1))
         assert store.reload() == (True, "")
-        assert calls == [1, 1, 2]                    # new content: a LoadBundle record, a new revision
+        assert calls == [0, 1, 2]                    # new content: a LoadBundle record, a new revision
         (bundle / "broken.json").write_text("{not json")
         ok, _message = store.reload()
-        assert not ok and calls == [1, 1, 2]         # a failed load publishes nothing and calls no hook
+        assert not ok and calls == [0, 1, 2]         # a failed load publishes nothing and calls no hook
     finally:
         store.close()
 

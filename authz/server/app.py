@@ -302,10 +302,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
         if store.ready:
             sidecar.follow()
     status = store.status()
-    if config.store_url is not None and not status.last_load_error and status.revision == 0:
-        log.warning("the store holds no published bundle yet: every request is denied until one is published "
-                    "with `authz push --store URL DIR`")
-    elif not store.ready:
+    if not store.ready:
         log.error("no policy set loaded; health stays NOT_SERVING until the %s loads: %s",
                   "store's bundle" if config.store_url is not None else "bundle", status.last_load_error)
     elif config.bundle is None and config.store_url is None and not any(status.counts.values()):

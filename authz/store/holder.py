@@ -34,7 +34,7 @@ from .errors import StorageFailure, StoreError
 from .oplog import OpLog
 from .snapshot import Memos, PolicyCompiler, Snapshot
 from .ops import apply_change, apply_op, op_digest, with_generated_values
-from .state import IamState, PrincipalGone, compiling, transaction
+from .state import IamState, PrincipalGone, compiling, freeze, transaction
 
 if TYPE_CHECKING:
     from .localcopy import CopiedLog
@@ -50,6 +50,8 @@ DEFAULT_WATCH_INTERVAL = 1.0
 # A write that finds the log advanced by another process in a way it cannot apply as a delta (a bundle
 # load it has not read, a change that does not apply here) catches up and tries again, at most this often.
 COMMIT_ATTEMPTS = 3
+NOTHING_PUBLISHED = ("the store holds no bundle yet: publish one with `authz push --store URL DIR`; serving nothing "
+                     "until then")
 LOAD_BUNDLE = "LoadBundle"     # the log record of a bundle load: {"op": LOAD_BUNDLE, "digest": sha256 of its files}
 RETIRE_OPS = "RetireOps"       # the log record retiring changes whose principal is gone (see the module docstring)
 
@@ -321,6 +323,10 @@ class SnapshotHolder:
         except (BundleError, OSError, StoreError, ValueError) as exc:
             return self._refuse(str(exc) if isinstance(exc, StoreError) else f"cannot read the bundle: {exc}")
         files = self.config.bundle_dir is not None
+        if self.config.store_url is not None and _published(records) is None:
+            with self._write_lock:
+                self._last_error = NOTHING_PUBLISHED
+            return False, NOTHING_PUBLISHED         # not ready: it loads when a bundle is published
         position = records[-1][0] if records else 0
         with self._write_lock:
             caught: list[Entry] = []
@@ -363,13 +369,21 @@ class SnapshotHolder:
             self._last_error = ""
             self._last_load = self.clock()
             self._reloads_ok += 1
+            first = not self._ready
+            if first:
+                # The first load: nothing older to free, so the reload hooks (the server's memory tuning, a
+                # full collection) run before the store says it is ready: its first decisions run at speed.
+                del base, state
+                for hook in self._reload_hooks:
+                    hook()
             self._ready = True          # before the publish, so that listeners see a ready store
             self._publish(staged[0], records[-1][0] if records else 0, LOAD_BUNDLE, EVERYTHING)
             counts = staged[0].counts()
         log.info("loaded policy set revision %d: %s", self.revision, counts)
-        del staged, base, state
-        for hook in self._reload_hooks:
-            hook()
+        if not first:
+            del staged, base, state
+            for hook in self._reload_hooks:
+                hook()
         return True, ""
 
     def _unreadable(self, exc: StorageFailure) -> tuple[bool, str]:
@@ -453,7 +467,7 @@ class SnapshotHolder:
                     raise ReplayError(f"{_describe(seq, r)} no longer applies to the bundle: {exc}. Change the "
                                       "bundle so that it applies again (or undo the change through the admin "
                                       "API while the previous bundle is served)", exc.field) from None
-        return state, retire
+        return freeze(state), retire        # tables back to persistent maps: the next write copies nothing
 
     # ------------------------------------------------------------ one change
 
@@ -567,10 +581,17 @@ class SnapshotHolder:
         change log's notifications when it sends them (a shared store), else by looking every `interval`."""
         listen = getattr(self._log, "listen", None)
         if listen is not None:
-            listen(self._on_head, stop)
+            listen(self._on_head, stop, self._on_down)
             return
         while not stop.wait(interval):
             self._sync_noting_outage()
+
+    def _on_down(self, exc: StorageFailure) -> None:
+        """The change log's notifications stopped (the store is unreachable): Status and metrics say so;
+        the next head delivered (after a reconnect) catches up and clears it."""
+        if not self._store_error:       # one already set says more (e.g. that the local copy is served)
+            log.error("%s; still serving revision %d", exc, self.revision)
+            self._store_error = str(exc)
 
     def _on_head(self, head: int) -> None:
         if head > self._head() or not self._ready or self._store_error:
@@ -590,15 +611,16 @@ class SnapshotHolder:
         except StoreError as exc:
             log.warning("cannot follow the shared state: %s", exc)
 
-    def publish_bundle(self, directory: Path) -> int:
+    def publish_bundle(self, directory: Path) -> tuple[int, bool]:
         """Fleet mode (`authz push`): publish the bundle in `directory` as the store's bundle, in one
-        write, and return the revision. The bundle is validated as --bundle validates one, and every
+        write; returns the revision and whether this call wrote it. The bundle is validated as --bundle validates one, and every
         logged change is replayed onto it first: a bundle any sidecar would refuse is never published.
         Publishing the bundle the store already holds writes nothing."""
         digest, docs = read_bundle(directory)
         bulk = CompileHook(self.compiler, EAGER_COMPILE_PER_LOAD)
         with compiling(bulk):
             base = apply_documents(docs)
+        wrote: list[bool] = [False]
         with self._write_lock:
             def build(entries: list[Entry]) -> list[Record]:
                 records = self._records + entries
@@ -613,7 +635,7 @@ class SnapshotHolder:
                 return out
 
             seqs = self._log.write(self._head(), build)
-        return seqs[-1] if seqs else self._log.head()
+        return (seqs[-1], True) if seqs else (self._log.head(), False)
 
     # ------------------------------------------------------------ the bundle watcher
 

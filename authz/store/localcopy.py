@@ -177,8 +177,9 @@ class CopiedLog:
         self._remember(list(zip(seqs, built)))
         return seqs
 
-    def listen(self, on_head: Callable[[int], None], stop: threading.Event) -> None:
-        self.store.listen(on_head, stop)
+    def listen(self, on_head: Callable[[int], None], stop: threading.Event,
+               on_down: Callable[[StorageFailure], None] | None = None) -> None:
+        self.store.listen(on_head, stop, on_down)
 
     def close(self) -> None:
         self.store.close()

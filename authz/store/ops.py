@@ -764,7 +764,9 @@ class CreateAccessKey(Op):
         return evolve(state, access_keys=done(keys), user_keys=done(by_user))
 
     def touched(self, before: IamState) -> Touched:
-        return Touched.of(key_dep(self.id)) | _principal_touched(self.account, "user", self.user)
+        # Only the key: a user's decisions do not read its keys (a request made with one is resolved
+        # through the key, whose dependency is key_dep), so creating one leaves them cached.
+        return Touched.of(key_dep(self.id))
 
 
 @_op

@@ -379,8 +379,10 @@ class PgChangeLog:
 
     # -- notifications -------------------------------------------------------------------------------
 
-    def listen(self, on_head: Callable[[int], None], stop: threading.Event) -> None:
-        """Call `on_head` with every head NOTIFYed on CHANNEL until `stop` is set (run it on its own thread).
+    def listen(self, on_head: Callable[[int], None], stop: threading.Event,
+               on_down: Callable[[StorageFailure], None] | None = None) -> None:
+        """Call `on_head` with every head NOTIFYed on CHANNEL until `stop` is set (run it on its own thread),
+        and `on_down` each time the connection is lost (a reconnect's head delivery says it is back).
 
         A dedicated connection LISTENs; after it (re)connects, `on_head` also receives the current head,
         so a notification missed while disconnected is caught up. A dropped connection is retried with
@@ -414,6 +416,11 @@ class PgChangeLog:
                             _first_line(exc), delay)
                 self._discard(conn)
                 conn = None
+                if on_down is not None:
+                    try:
+                        on_down(exc if isinstance(exc, StorageFailure) else self._unreachable(exc))
+                    except Exception:
+                        log.exception("change listener's outage callback failed")
                 stop.wait(delay)
                 delay = min(delay * 2, LISTEN_RETRY_MAX_S)
             finally:

@@ -89,11 +89,12 @@ class SealedLog:
             return [self._map(r, self._seal) for r in build(self._opened(entries))]
         return self.inner.write(after, sealed_build)
 
-    def listen(self, on_head: Callable[[int], None], stop: threading.Event) -> None:
+    def listen(self, on_head: Callable[[int], None], stop: threading.Event,
+               on_down: Callable[[StorageFailure], None] | None = None) -> None:
         listen = getattr(self.inner, "listen", None)
         if listen is None:
             raise TypeError("this change log sends no notifications")
-        listen(on_head, stop)
+        listen(on_head, stop, on_down)
 
     def close(self) -> None:
         self.inner.close()

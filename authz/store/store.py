@@ -89,7 +89,7 @@ class Store:
     def follow(self, stop: threading.Event, interval: float) -> None:
         self._holder.follow(stop, interval)
 
-    def publish_bundle(self, directory: Path) -> int:
+    def publish_bundle(self, directory: Path) -> tuple[int, bool]:
         return self._holder.publish_bundle(directory)
 
     def status(self) -> StoreStatus:
