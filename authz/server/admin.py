@@ -11,7 +11,7 @@ from ..store import Store
 from ..store.ops import (AddUserToGroup, AttachPolicy, CreatePolicyVersion, DeleteAccessKey, DeleteInlinePolicy,
                          DeletePolicy, DeletePrincipal, DeleteResource, DetachPolicy, PutInlinePolicy,
                          RemoveUserFromGroup, SetPermissionsBoundary, SetTrustPolicy, TagPrincipal)
-from ..store.state import account_of_arn
+from ..policy.arn import account_of
 from ..v1 import authz_pb2 as pb
 from ..v1 import authz_pb2_grpc as pb_grpc
 from . import convert
@@ -64,7 +64,7 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
     @rpc
     def ListPolicies(self, request: pb.ListPoliciesRequest, context: Ctx) -> pb.ListPoliciesResponse:
         policies = self.store.snapshot.state.policies
-        arns = sorted(a for a in policies if not request.account or account_of_arn(a) == request.account)
+        arns = sorted(a for a in policies if not request.account or account_of(a) == request.account)
         return pb.ListPoliciesResponse(policies=[self._info(a) for a in arns])
 
     # ------------------------------------------------------------ principals' policies

@@ -56,7 +56,7 @@ from ..store.memory import release_memory
 from ..store.oplog import OpLog, private_umask
 from . import settings
 from .config import UNIX_PREFIX, Config, listen_error, split_host_port
-from .decision_log import DecisionLog
+from .decision_log import DecisionLog, Observer
 from .metrics import Metrics, MetricsServer
 
 if TYPE_CHECKING:   # gRPC itself is imported only inside a serving process (see the module docstring)
@@ -199,7 +199,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     from .admin import PolicyAdmin
     from .answers import Answers
     from .auth import AdminTokenInterceptor, server_credentials
-    from .authorizer import Authorizer, Observer
+    from .authorizer import Authorizer
     from .simulate import Simulator
     from .errors import UndecodableRequests, add_checked, checked
     from . import ext_authz

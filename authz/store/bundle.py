@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..policy.arn import account_of
 from ..policy.jsontext import child_path, load_large
 from ..policy.yamltext import load_yaml
 from .errors import AlreadyExists, InvalidInput, StoreError
 from .ops import apply_op
-from .state import IamState, account_of_arn, freeze, transaction
+from .state import IamState, freeze, transaction
 
 BUNDLE_SUFFIXES = (".json", ".yaml", ".yml")
 MAX_BUNDLE_FILE_BYTES = 256 * 1024 * 1024
@@ -160,9 +161,9 @@ def _iam_details_ops(doc: dict[str, Any], source: str) -> Iterator[dict[str, Any
     accounts: set[str] = set()
     for lst in ("UserDetailList", "GroupDetailList", "RoleDetailList"):
         for e in doc.get(lst) or []:
-            accounts.add(account_of_arn(e.get("Arn", "")))
+            accounts.add(account_of(e.get("Arn", "")))
     for p in doc.get("Policies") or []:
-        a = account_of_arn(p.get("Arn", ""))
+        a = account_of(p.get("Arn", ""))
         if a != "aws":
             accounts.add(a)
     accounts.discard("")
@@ -173,7 +174,7 @@ def _iam_details_ops(doc: dict[str, Any], source: str) -> Iterator[dict[str, Any
         versions = [(v.get("VersionId"), _doc(v.get("Document"))) for v in p.get("PolicyVersionList") or []]
         default = p.get("DefaultVersionId") or next((v.get("VersionId") for v in p.get("PolicyVersionList") or []
                                                        if v.get("IsDefaultVersion")), None)
-        yield {"op": "CreatePolicy", "account": account_of_arn(p.get("Arn", "")), "name": p.get("PolicyName"),
+        yield {"op": "CreatePolicy", "account": account_of(p.get("Arn", "")), "name": p.get("PolicyName"),
                "path": p.get("Path", "/"), "arn": p.get("Arn"), "versions": versions, "default_version": default,
                "_where": where}
     for kind, lst, name_key, inline_key in (("group", "GroupDetailList", "GroupName", "GroupPolicyList"),
@@ -181,7 +182,7 @@ def _iam_details_ops(doc: dict[str, Any], source: str) -> Iterator[dict[str, Any
                                             ("role", "RoleDetailList", "RoleName", "RolePolicyList")):
         for i, e in enumerate(doc.get(lst) or []):
             where = child_path(f"$.{lst}", i)
-            account = account_of_arn(e.get("Arn", ""))
+            account = account_of(e.get("Arn", ""))
             name = e.get(name_key)
             id_key = {"user": "UserId", "group": "GroupId", "role": "RoleId"}[kind]
             create: dict[str, Any] = {"op": "CreatePrincipal", "kind": kind, "account": account, "name": name,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from ..policy.arn import account_of
 from ..evaluate import Decision, Result, decide
 from ..policy.errors import RequestError
 from ..requests import check_context, check_target
@@ -20,7 +21,7 @@ MAX_ACCESS_KEY_ID_CHARS = 128        # AuthorizeRequest.access_key_id (IAM: 16-1
 
 @dataclass(frozen=True)
 class Answer:
-    """A decision with where it came from."""
+    """A Result with where it came from: the revision, whether a cache gave it, the clock window it holds for."""
 
     result: Result
     revision: int
@@ -72,8 +73,7 @@ def _resource_account(resource: str, rp: ResolvedPrincipal) -> str:
     """The account that owns `resource` ("*": the principal's own)."""
     if resource == "*":
         return rp.account
-    f = resource.split(":", 5)
-    return f[4] if len(f) == 6 else ""
+    return account_of(resource)
 
 
 class Decisions:
@@ -143,10 +143,10 @@ class Decisions:
             values.setdefault("aws:epochtime", stamp[2])
         values.update(rp.context)
         if resource != "*":
-            f = resource.split(":", 5)
-            if len(f) == 6 and f[4]:
-                values["aws:resourceaccount"] = f[4]
-                owner = snap.state.accounts.get(f[4])
+            account = account_of(resource)
+            if account:
+                values["aws:resourceaccount"] = account
+                owner = snap.state.accounts.get(account)
                 if owner is not None and owner.org_id:
                     values["aws:resourceorgid"] = owner.org_id
                     values["aws:resourceorgpaths"] = owner.org_paths

@@ -19,6 +19,7 @@ from typing import Any, Generic, Mapping, TypeVar
 
 from cachetools import LRUCache
 
+from ..policy.arn import ACCOUNT, RESOURCE, split_arn
 from ..evaluate import CompiledPolicySet, PolicySet
 from ..policy.conditions import ContextValue, normalise_context
 from ..policy.model import Policy, compile_policy
@@ -455,9 +456,9 @@ def resource_deps(arn: str, resource_account: str) -> Deps:
     the resource account's organization facts (org id and paths, RCPs)."""
     deps = [resource_dep(arn), account_dep(resource_account)]
     if ":role/" in arn:
-        f = arn.split(":", 5)
-        if len(f) == 6:
-            deps.append(principal_dep(f[4], "role", f[5].rsplit("/", 1)[-1]))
+        f = split_arn(arn)
+        if f is not None:
+            deps.append(principal_dep(f[ACCOUNT], "role", f[RESOURCE].rsplit("/", 1)[-1]))
     return tuple(deps)
 
 

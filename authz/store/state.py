@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, MutableMapping, Sequence, T
 import immutables
 
 from ..policy import limits
-from ..policy.arn import split_arn
+from ..policy.arn import ACCOUNT, RESOURCE, SERVICE, split_arn
 from ..policy.model import PolicyType
 from ..policy.validate import ValidatorOptions, validate_document
 from .errors import InvalidInput, NotFound, QuotaExceeded, StoreError
@@ -229,12 +229,6 @@ def principal_arn(kind: str, account: str, path: str, name: str, partition: str 
 
 def policy_arn(account: str, path: str, name: str) -> str:
     return f"arn:aws:iam::{account}:policy{path}{name}"
-
-
-def account_of_arn(arn: str) -> str:
-    """The account field of an ARN ("aws" for AWS managed policies), or "" when `arn` is not one."""
-    f = split_arn(arn)
-    return f[4] if f is not None else ""
 
 
 # ------------------------------------------------------------------ checks
@@ -646,12 +640,12 @@ _KVS_ARN = KVS_ARN
 
 
 def principal_of_arn(state: IamState, kind: str, arn: Any) -> Principal | None:
-    """The user or role whose ARN is exactly `arn` (path included), or None. Called per request: split by hand."""
-    f = arn.split(":", 5) if isinstance(arn, str) else []
-    if len(f) != 6 or f[2] != "iam" or not f[5].startswith(kind + "/"):
+    """The user or role whose ARN is exactly `arn` (path included), or None. Called per request."""
+    f = split_arn(arn) if isinstance(arn, str) else None
+    if f is None or f[SERVICE] != "iam" or not f[RESOURCE].startswith(kind + "/"):
         return None
-    acct = state.accounts.get(f[4])
-    p = acct.table(kind).get(f[5].rsplit("/", 1)[-1].lower()) if acct is not None else None
+    acct = state.accounts.get(f[ACCOUNT])
+    p = acct.table(kind).get(f[RESOURCE].rsplit("/", 1)[-1].lower()) if acct is not None else None
     return p if p is not None and p.arn == arn else None
 
 
