@@ -653,7 +653,7 @@ def cmd_push(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     logging.getLogger("authz").addHandler(logging.NullHandler())
     store = Store(StoreConfig(store_url=url, store_key=key, watch_interval=0, cache_size=0))
     try:
-        store.open()
+        store.open(load=False)          # publishing needs the log, not a load of what the store holds
         revision, written = store.publish_bundle(directory)
     except StorageFailure as exc:
         return fail(2, f"nothing was published: {exc}")

@@ -182,10 +182,11 @@ class SnapshotHolder:
 
     # ------------------------------------------------------------ life cycle
 
-    def open(self) -> None:
+    def open(self, load: bool = True) -> None:
         """Open the change log and load the first policy set. The store is `ready` once a policy set
         has loaded; a bundle that fails at start-up leaves it not ready (serving nothing) until a good
-        bundle appears."""
+        bundle appears. `load=False` opens the log only (`authz push` publishes without loading what
+        the store holds)."""
         if self.config.store_url is not None:
             from .pglog import PgChangeLog
             from .sealed import SealedLog
@@ -201,6 +202,8 @@ class SnapshotHolder:
             self._log = SealedLog(store, self.config.store_key)
         elif self.config.state_dir is not None:
             self._log = OpLog(self.config.state_dir)
+        if not load:
+            return
         self.reload()
         if self.config.bundle_dir is not None and self.config.watch_interval > 0:
             self._watcher = threading.Thread(target=self._watch, name="bundle-watcher", daemon=True)

@@ -49,8 +49,8 @@ class Store:
 
     # ------------------------------------------------------------ life cycle (holder.py)
 
-    def open(self) -> None:
-        self._holder.open()
+    def open(self, load: bool = True) -> None:
+        self._holder.open(load)
 
     def close(self) -> None:
         self._holder.close()
