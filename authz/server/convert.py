@@ -163,16 +163,6 @@ def grant_to_proto(grant: SessionGrant) -> pb.AssumeRoleResponse:
 # ------------------------------------------------------------------ admin
 
 
-def principal_op(op: str, ref: pb.PrincipalRef, field: str = "principal", **extra: Any) -> dict[str, Any]:
-    """An admin op addressed to a user, group or role."""
-    prefix = f"{field}." if field else ""
-    if not ref.kind:
-        raise RequestError(f"{prefix}kind", "required: user, group or role")
-    if not ref.name:
-        raise RequestError(f"{prefix}name", "required")
-    return {"op": op, "account": ref.account, "kind": ref.kind, "name": ref.name, **extra}
-
-
 def policy_info(policy: ManagedPolicy, attachments: int) -> pb.PolicyInfo:
     return pb.PolicyInfo(arn=policy.arn, name=policy.name, default_version=policy.default_version,
                          versions=[v for v, _ in policy.versions], document=policy.document,
