@@ -166,7 +166,7 @@ def markdown(results: Mapping[str, Any]) -> str:
             lines += ["", "## Admin write (one PutInlinePolicy)", "",
                       "The writer applies it through Store.apply (validated, appended to the --state-dir op log, "
                       "published); a follower on the same op log (a `--workers` process) then catches up with "
-                      "Store.sync, which rebuilds its state from the bundle plus every op in the log.", "",
+                      "Store.sync, which applies the new change to its own state as a delta.", "",
                       "| principals | ops already in the log | writer ms | follower catch-up ms |",
                       "| --- | --- | --- | --- |"]
             for row in writes:
