@@ -20,6 +20,7 @@ from authz.store.localcopy import COPY_DIR
 from authz.store.oplog import DB_NAME
 from authz.store.pglog import WRITE_LOCK_KEY, WRITER_APPLICATION_NAME, PgChangeLog
 from authz.store.sealed import PREFIX
+from tests.fleet_member import KEY, Member
 from tests.pg_server import PgServer
 from tests.server_fixture import copy_example_bundle
 
@@ -30,7 +31,6 @@ PUT = "kinesisvideo:PutMedia"
 DENY_PUT = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": PUT, "Resource": "*"}]})
 ALLOW_PUT = json.dumps({"Version": "2012-10-17",
                         "Statement": [{"Effect": "Allow", "Action": PUT, "Resource": YOUR_STREAM}]})
-KEY = os.urandom(32)
 WAIT = 30.0          # an upper bound on waiting for a notification or a condition, never a fixed sleep
 POLL_S = 0.02        # between two looks at a condition only the database can tell (a backend waiting on a lock)
 LATE_CHANGES = 1_000
@@ -43,36 +43,6 @@ def stop_camera() -> dict[str, Any]:
 
 def create_user(name: str) -> dict[str, Any]:
     return {"op": "CreatePrincipal", "kind": "user", "account": ACCT, "name": name}
-
-
-class Member:
-    """One store of the fleet (with a local copy when given a state dir), following the others on its own thread."""
-
-    def __init__(self, url: str, state_dir: Path | None = None, key: bytes = KEY) -> None:
-        self.store = Store(StoreConfig(store_url=url, store_key=key, state_dir=state_dir, watch_interval=0))
-        self._changed = threading.Condition()
-        self.store.on_swap(self._notify)
-        self.store.open()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.store.follow, args=(self._stop, 0.2), daemon=True)
-        self._thread.start()
-
-    def _notify(self, _snapshot: object) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, revision: int) -> None:
-        with self._changed:
-            assert self._changed.wait_for(lambda: self.store.ready and self.store.revision >= revision, WAIT), (
-                f"revision {revision} never arrived (at {self.store.revision})")
-
-    def decision(self, principal: str = CAMERA, action: str = PUT, resource: str = YOUR_STREAM) -> str:
-        return self.store.authorize(principal, action, resource).result.decision.value
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.store.close()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 from authz.store import Store, StoreConfig
 from authz.store.errors import NotFound, StorageFailure, StoreError
 from authz.store.sealed import PREFIX
+from tests.fleet_member import KEY, Member
 from tests.pg_server import PgServer
 from tests.server_fixture import copy_example_bundle
 
@@ -22,38 +23,6 @@ CAMERA = f"arn:aws:iam::{ACCT}:user/camera"
 YOUR_STREAM = f"arn:aws:kinesisvideo:us-west-2:{ACCT}:stream/your_stream/0123456789012"
 PUT = "kinesisvideo:PutMedia"
 DENY_PUT = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": PUT, "Resource": "*"}]})
-KEY = os.urandom(32)
-WAIT = 30.0          # an upper bound on waiting for a notification, never a fixed sleep
-
-
-class Member:
-    """One store of the fleet, following the others on its own thread, with a way to wait for a revision."""
-
-    def __init__(self, url: str, key: bytes = KEY) -> None:
-        self.store = Store(StoreConfig(store_url=url, store_key=key, watch_interval=0))
-        self._changed = threading.Condition()
-        self.store.on_swap(self._notify)
-        self.store.open()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.store.follow, args=(self._stop, 0.2), daemon=True)
-        self._thread.start()
-
-    def _notify(self, _snapshot: object) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, revision: int) -> None:
-        with self._changed:
-            assert self._changed.wait_for(lambda: self.store.revision >= revision, WAIT), (
-                f"revision {revision} never arrived (at {self.store.revision})")
-
-    def decision(self, principal: str = CAMERA, action: str = PUT, resource: str = YOUR_STREAM) -> str:
-        return self.store.authorize(principal, action, resource).result.decision.value
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.store.close()
 
 
 @pytest.fixture
