@@ -293,14 +293,9 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
         raise
     # One way changes travel, whether the others are sidecars on the shared store or --workers siblings on the
     # shared --state-dir: Store.follow applies their changes as they are notified (or as it looks).
-    if config.store_url is not None:
-        sidecar.follow()     # from the start: a member with nothing published yet loads the first bundle through it
-    elif config.reuse_port:
-        # Once a policy set has loaded: until then only the bundle watcher can make it load, and following
-        # would re-read the failing bundle at every look.
-        store.on_swap(lambda _snapshot: sidecar.follow() if store.ready else None)
-        if store.ready:
-            sidecar.follow()
+    # From the start: a fleet member with nothing published yet loads the first bundle through it.
+    if config.store_url is not None or config.reuse_port:
+        sidecar.follow()
     status = store.status()
     if not store.ready:
         log.error("no policy set loaded; health stays NOT_SERVING until the %s loads: %s",

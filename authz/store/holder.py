@@ -586,8 +586,20 @@ class SnapshotHolder:
         if listen is not None:
             listen(self._on_head, stop, self._on_down)
             return
+        seen = self._polled_head()
         while not stop.wait(interval):
-            self._sync_noting_outage()
+            # A store that is not ready loads again only once the log moved (another process loaded a bundle):
+            # its own failing bundle is the watcher's to retry, not every look's.
+            head = self._polled_head()
+            if self._ready or head != seen:
+                seen = head
+                self._sync_noting_outage()
+
+    def _polled_head(self) -> int:
+        try:
+            return self._log.head()
+        except StorageFailure:
+            return -1
 
     def _on_down(self, exc: StorageFailure) -> None:
         """The change log's notifications stopped (the store is unreachable): Status and metrics say so;

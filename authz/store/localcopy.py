@@ -12,7 +12,7 @@ from typing import Callable
 
 from .changelog import Build, Entry, Record
 from .errors import StorageFailure, StoreError
-from .oplog import BUSY_TIMEOUT, DB_NAME, STATE_FILE_MODE, _private_files, prepare_state_dir, private_umask
+from .oplog import BUSY_TIMEOUT, DB_NAME, STATE_FILE_MODE, _private_files, prepare_state_dir, private_umask, rollback
 from .pglog import PgChangeLog, StoreUnreachable
 
 log = logging.getLogger("authz.store")
@@ -125,10 +125,7 @@ class LocalCopy:
                 raise
 
     def _rollback(self) -> None:
-        try:
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error:       # pragma: no cover - SQLite rolled back already (e.g. disk full)
-            pass
+        rollback(self._db)
 
     def close(self) -> None:
         with self._lock:

@@ -151,10 +151,7 @@ class OpLog:
                 raise
 
     def _rollback(self) -> None:
-        try:
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error:       # pragma: no cover - SQLite rolled back already (e.g. disk full)
-            pass
+        rollback(self._db)
 
     def append(self, record: Record) -> int:
         """Append one record (tools and tests; the store writes through `write`)."""
@@ -185,6 +182,14 @@ class OpLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    """End a failed write transaction (SQLite may have rolled it back already, e.g. on a full disk)."""
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error:       # pragma: no cover - already rolled back
+        pass
 
 
 def _text(record: Record) -> str:
