@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, Iterable, Mapping, NamedTuple, Sequence
@@ -90,10 +92,64 @@ class Result(NamedTuple):
     missing_keys: tuple[str, ...]
     notes: tuple[str, ...]
     keys_read: frozenset[str]                   # context keys consulted: the decision depends on no other
+    clock: "ClockEdges"                         # when the clock alone could change it (see ClockEdges)
 
     @property
     def allowed(self) -> bool:
         return self.decision is Decision.ALLOW
+
+
+CLOCK_KEYS: Final = ("aws:currenttime", "aws:epochtime")   # the context keys that carry the clock
+
+
+@dataclass(frozen=True, slots=True)
+class ClockEdges:
+    """The instants at which a policy set's decisions could change by the clock alone.
+
+    The clock reaches policies as aws:CurrentTime and aws:EpochTime, both whole seconds. A Date or
+    Numeric comparison of either with a literal threshold T can change its outcome only when the
+    clock's second reaches floor(T) or floor(T) + 1, so those instants, over every such condition in
+    the set, are all the places where a decision that read the clock can change (a decision that did
+    not read it never changes by the clock). `every_second` marks a set that reads the clock in a way
+    whose edges cannot be listed (a string operator on aws:CurrentTime, the clock in a policy variable,
+    a threshold given by a variable): its decisions may change at any second.
+    """
+
+    instants: tuple[float, ...] = ()     # sorted epoch seconds
+    every_second: bool = False
+
+    def next_after(self, now: float) -> float:
+        """The first instant after `now` at which the clock could change a decision (inf: never)."""
+        if self.every_second:
+            return float(int(now) + 1)
+        i = bisect_right(self.instants, now)
+        return self.instants[i] if i < len(self.instants) else math.inf
+
+    @staticmethod
+    def of(statements: Iterable[Statement]) -> "ClockEdges":
+        edges: set[float] = set()
+        every = False
+        for st in statements:
+            for c in st.conditions:
+                if c.key in CLOCK_KEYS and c.family != "null":
+                    if c.family not in ("date", "numeric") or c.dynamic:
+                        every = True
+                    else:
+                        for p in c.pvals:
+                            if p is not None:
+                                t = math.floor(p)
+                                edges.update((float(t), float(t + 1)))
+                if c.dynamic and any(v.lower() in CLOCK_KEYS for v in c.variable_names()):
+                    every = True
+            for r in st.resources or ():
+                if r.variable_names and any(v.lower() in CLOCK_KEYS for v in r.variable_names):
+                    every = True
+        if not edges and not every:
+            return NO_CLOCK_EDGES
+        return ClockEdges(tuple(sorted(edges)), every)
+
+
+NO_CLOCK_EDGES: Final = ClockEdges()
 
 
 @dataclass(frozen=True)
@@ -198,12 +254,13 @@ class CompiledPolicySet:
     """A PolicySet with its statement index, built once and reused for many requests."""
 
     __slots__ = ("policies", "index", "scp_level_count", "rcp_level_count", "has_boundary", "has_session",
-                 "session_count", "has_resource", "identity_only")
+                 "session_count", "has_resource", "identity_only", "clock")
 
     def __init__(self, policies: PolicySet) -> None:
         self.policies = policies
         entries = [(g, st) for g, p in policies.groups() for st in p.statements]
         self.index = StatementIndex(entries)
+        self.clock = ClockEdges.of(st for _g, st in entries)
         self.scp_level_count = None if policies.scp_levels is None else min(len(policies.scp_levels), _MAX_LEVELS)
         self.rcp_level_count = None if policies.rcp_levels is None else min(len(policies.rcp_levels), _MAX_LEVELS)
         self.has_boundary = policies.boundary is not None
@@ -359,7 +416,7 @@ def _decide(req_action: str, req_resource: str, res_account: str | None, cps: Co
         absent = [key for _seq, group, st, _m, _f in (*denies, *allows) if group < SCP_BASE
                   for key in st.condition_keys() if key.lower() not in ctx.values]
         ctx.missing_keys[:0] = absent     # first, so the reported spelling is the policy's
-    base = _ResultParts(matched, per_type, best_kind.label, same_account, ctx)
+    base = _ResultParts(matched, per_type, best_kind.label, same_account, ctx, cps.clock)
     if deny_hits:
         return base.make(Decision.EXPLICIT_DENY, "explicit_deny", deny_hits)
 
@@ -474,21 +531,22 @@ def _identity_only(denies: Sequence[_Entry], allows: Sequence[_Entry], resource:
                 break
     missing = _dedupe_keys(ctx.missing_keys) if ctx.missing_keys else ()
     return _new_result(Result, (decision, deciding, deciding, decided_by, "", _EMPTY, "NONE", True, missing,
-                                tuple(ctx.notes), frozenset(ctx.read)))
+                                tuple(ctx.notes), frozenset(ctx.read), cps.clock))
 
 
 class _ResultParts:
     """What every Result of one decision shares; `make` adds the decision and the statements that decided."""
 
-    __slots__ = ("matched", "per_type", "kind", "same_account", "ctx")
+    __slots__ = ("matched", "per_type", "kind", "same_account", "ctx", "clock")
 
     def __init__(self, matched: list[MatchedStatement], per_type: dict[str, str], kind: str, same_account: bool,
-                 ctx: ConditionContext) -> None:
+                 ctx: ConditionContext, clock: ClockEdges) -> None:
         self.matched = matched
         self.per_type = per_type
         self.kind = kind
         self.same_account = same_account
         self.ctx = ctx
+        self.clock = clock
 
     def make(self, decision: Decision, decided_by: str, deciding: Sequence[MatchedStatement],
              blocked_by: str = "") -> Result:
@@ -496,7 +554,7 @@ class _ResultParts:
         missing = _dedupe_keys(ctx.missing_keys) if ctx.missing_keys else ()
         return _new_result(Result, (decision, tuple(deciding), tuple(self.matched), decided_by, blocked_by,
                                     self.per_type, self.kind, self.same_account, missing, tuple(ctx.notes),
-                                    frozenset(ctx.read)))
+                                    frozenset(ctx.read), self.clock))
 
 
 def _per_type(cps: CompiledPolicySet, allowed: dict[int, list[MatchedStatement]],

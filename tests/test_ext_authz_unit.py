@@ -28,7 +28,7 @@ from google.rpc import code_pb2
 
 from authz.server import ext_authz
 from authz.gateway import mapping as ext_authz_mapping
-from authz.server.ext_authz import PRINCIPAL_HEADER, ExtAuthzServicer, GatewayOptions, register
+from authz.server.ext_authz import PRINCIPAL_HEADER, VALID_FOR_HEADER, ExtAuthzServicer, GatewayOptions, register
 from authz.gateway.principal import PrincipalSource, parse_principal_from
 from authz.policy.errors import RequestError
 from authz.store import Store, StoreConfig
@@ -222,7 +222,7 @@ def ask(servicer: ExtAuthzServicer, wire: Wire) -> CheckAnswer:
 def allowed(servicer: ExtAuthzServicer, wire: Wire, principal: str, action: str, resource: str) -> CheckAnswer:
     a = ask(servicer, wire)
     assert a.allowed, f"{a.status} {a.code}: {a.message}"
-    assert a.headers == {PRINCIPAL_HEADER: principal}
+    assert {k: v for k, v in a.headers.items() if k != VALID_FOR_HEADER} == {PRINCIPAL_HEADER: principal}
     assert a.metadata["principal"] == principal
     assert (a.metadata["action"], a.metadata["resource"]) == (action, resource)
     opt = a.raw.ok_response.headers[0]
@@ -248,6 +248,7 @@ def test_camera_put_media_is_allowed(servicer: ExtAuthzServicer) -> None:
     a = allowed(servicer, put_media(CAMERA, name="your_stream"), user("camera"), "kinesisvideo:PutMedia",
                 YOUR_STREAM)
     assert a.metadata["decision"] == "Allow" and a.metadata["principal_from"] == "sigv4"
+    assert VALID_FOR_HEADER not in a.headers      # no time condition, no session: the clock cannot change it
 
 
 def test_viewer_put_media_is_denied_with_the_aws_error(servicer: ExtAuthzServicer) -> None:
@@ -293,7 +294,9 @@ def test_cross_account_role_session_writes_to_the_shared_stream(store: Store, se
     session = Key(grant.access_key_id, grant.secret_access_key, grant.session_token)
     arn = grant.assumed_role_arn
     assert arn == f"arn:aws:sts::{ACCOUNT}:assumed-role/PartnerStreamWriter/uploader-1"
-    allowed(servicer, put_media(session, name="shared_stream"), arn, "kinesisvideo:PutMedia", SHARED_STREAM)
+    a = allowed(servicer, put_media(session, name="shared_stream"), arn, "kinesisvideo:PutMedia", SHARED_STREAM)
+    # The session ends in an hour (the default duration): the gateway may bound the stream by it.
+    assert a.headers[VALID_FOR_HEADER] == str(int(grant.expiration - T0.timestamp()))
     allowed(servicer, signed(session, "/describeStream", {"StreamName": "shared_stream"}), arn,
             "kinesisvideo:DescribeStream", SHARED_STREAM)
     denied(servicer, put_media(session, name="your_stream"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -46,6 +47,10 @@ log = logging.getLogger("authz.gateway.ext_authz")
 
 # The header that tells the upstream who was authorised. Any copy the client sent is overwritten.
 PRINCIPAL_HEADER: Final = "x-authz-principal"
+# On an allowed request: whole seconds until the clock alone could change the decision (a time condition's
+# edge, the end of a role session); absent when the clock cannot change it. A change to the policies can
+# still change it sooner: a gateway that must cut streams off on any change uses Watch (docs/gateway.md).
+VALID_FOR_HEADER: Final = "x-authz-valid-for"
 # Namespace Envoy files CheckResponse.dynamic_metadata under (the filter's name).
 METADATA_NAMESPACE: Final = "envoy.filters.http.ext_authz"
 # Envoy adds this to the Check request when it buffers the body: "true" when it sent only a prefix.
@@ -284,15 +289,25 @@ def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     return s
 
 
+def valid_for(changes_at: float, now: float) -> str | None:
+    """The x-authz-valid-for value: whole seconds from `now` until `changes_at` (rounded down, so a
+    gateway that ends the stream then ends it no later than the decision could change); None when unbounded."""
+    if math.isinf(changes_at):
+        return None
+    return str(max(0, math.floor(changes_at - now)))
+
+
 def _allow(caller: Caller, mapped: MappedRequest, result: Result, revision: int,
-           request_id: str) -> external_auth_pb2.CheckResponse:
-    header = base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=PRINCIPAL_HEADER, value=caller.principal),
-        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-    )
+           request_id: str, seconds_valid: str | None) -> external_auth_pb2.CheckResponse:
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    headers = [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=PRINCIPAL_HEADER, value=caller.principal),
+                                          append_action=overwrite)]
+    if seconds_valid is not None:
+        headers.append(base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=VALID_FOR_HEADER, value=seconds_valid), append_action=overwrite))
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=code_pb2.OK),
-        ok_response=external_auth_pb2.OkHttpResponse(headers=[header]),
+        ok_response=external_auth_pb2.OkHttpResponse(headers=headers),
         dynamic_metadata=_struct({"principal": caller.principal, "action": mapped.action,
                                   "resource": mapped.resource, "decision": result.decision.value,
                                   "decided_by": result.decided_by, "revision": revision,
@@ -427,7 +442,8 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
                          access_denied_message(caller.principal, mapped.action, mapped.resource, result),
                          request_id, named)
         log.debug("ext_authz allow %s %s %s %s", caller.principal, mapped.action, mapped.resource, request_id)
-        return _allow(caller, mapped, result, answer.revision, request_id)
+        return _allow(caller, mapped, result, answer.revision, request_id,
+                      valid_for(answer.changes_at, self._store.clock()))
 
 
 def _log_failure(exc: BaseException) -> None:
@@ -445,4 +461,5 @@ def register(server: grpc.Server, store: Store, options: GatewayOptions, observe
 
 
 __all__ = ["GatewayOptions", "ExtAuthzServicer", "register", "access_denied_message", "PRINCIPAL_HEADER",
+           "VALID_FOR_HEADER", "valid_for",
            "METADATA_NAMESPACE"]

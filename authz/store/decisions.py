@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from ..policy.arn import account_of
-from ..evaluate import Decision, Result, decide
+from ..evaluate import CLOCK_KEYS, NO_CLOCK_EDGES, Decision, Result, decide
 from ..policy.errors import RequestError
 from ..requests import check_context, check_target
 from .cache import Deps
@@ -36,29 +36,41 @@ class Answer:
     # touched them (cache.Validity). None: it holds at its own revision only (an unknown principal, or
     # one the store will not decide for: cheap to answer again).
     deps: Deps | None = None
+    # The next instant (the store's clock) at which the clock alone could change this decision, with
+    # nothing else changing: the next edge of a time condition it read from the clock (ClockEdges), or
+    # the end of the principal's session, whichever comes first; inf when the clock cannot change it.
+    # Watch re-decides then; the Envoy path tells the gateway (x-authz-valid-for).
+    changes_at: float = math.inf
+    expires: float = math.inf     # the end of the principal's session (inf: not a session)
 
 
 class PreparedContext:
     """A caller's request context, checked against the request limits and normalised, with the keys the
     store derives removed. Immutable once built, so one can serve any number of requests that carry
-    the same context (the gRPC servicer keeps them per distinct context)."""
+    the same context (the gRPC servicer keeps them per distinct context).
 
-    __slots__ = ("values",)
+    `fixed_clock`: the clock keys (aws:CurrentTime, aws:EpochTime) the untrusted caller gave, whose
+    values then stay what it said; those a trusted gateway mapping gave are read from the clock."""
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
+    __slots__ = ("values", "fixed_clock")
+
+    def __init__(self, values: Mapping[str, Any], fixed_clock: frozenset[str] | None = None) -> None:
         self.values: Mapping[str, Any] = values
+        self.fixed_clock = (frozenset(k for k in CLOCK_KEYS if k in values) if fixed_clock is None
+                            else fixed_clock)
 
 
 def _unknown_principal(revision: int, principal: str) -> Answer:
     r = Result(Decision.IMPLICIT_DENY, (), (), "unknown_principal", "", {}, "NONE", False, (),
-               (f"unknownPrincipal:{principal[:200]}",), frozenset())
+               (f"unknownPrincipal:{principal[:200]}",), frozenset(), NO_CLOCK_EDGES)
     return Answer(r, revision, False, False)
 
 
 def _unresolved(revision: int, why: Unresolved) -> Answer:
     """An implicit deny for a principal the store knows but will not decide for as asked."""
-    r = Result(Decision.IMPLICIT_DENY, (), (), why.reason, "", {}, "NONE", False, (), (why.note,), frozenset())
-    return Answer(r, revision, False, True, why.until)
+    r = Result(Decision.IMPLICIT_DENY, (), (), why.reason, "", {}, "NONE", False, (), (why.note,), frozenset(),
+               NO_CLOCK_EDGES)
+    return Answer(r, revision, False, True, why.until, changes_at=why.until)
 
 
 def _checked_caller_values(context: Mapping[str, Any], trusted: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -66,7 +78,6 @@ def _checked_caller_values(context: Mapping[str, Any], trusted: Mapping[str, Any
     return caller_values(context, trusted)
 
 
-_CLOCK_KEYS = ("aws:currenttime", "aws:epochtime")   # the keys the store fills from its clock
 
 
 def _resource_account(resource: str, rp: ResolvedPrincipal) -> str:
@@ -74,6 +85,15 @@ def _resource_account(resource: str, rp: ResolvedPrincipal) -> str:
     if resource == "*":
         return rp.account
     return account_of(resource)
+
+
+def _fixed_clock(values: Mapping[str, Any], trusted: Mapping[str, Any] | None) -> frozenset[str]:
+    """The clock keys in `values` that the untrusted caller gave (not the trusted gateway mapping)."""
+    given = frozenset(k for k in CLOCK_KEYS if k in values)
+    if given and trusted:
+        from_trusted = {k.lower() for k in trusted}
+        given = frozenset(k for k in given if k not in from_trusted)
+    return given
 
 
 class Decisions:
@@ -91,7 +111,8 @@ class Decisions:
         comes from this process's own gateway mapping and may carry aws:ResourceTag/* for resources
         being created.
         """
-        return PreparedContext(_checked_caller_values(context, trusted_context))
+        values = _checked_caller_values(context, trusted_context)
+        return PreparedContext(values, _fixed_clock(values, trusted_context))
 
     def authorize(self, principal: str, action: str, resource: str, context: Mapping[str, Any] | None = None, *,
                   explain: bool = False, trusted_context: Mapping[str, Any] | None = None,
@@ -105,7 +126,9 @@ class Decisions:
         check_target(principal, action, resource)
         if not isinstance(access_key_id, str) or len(access_key_id) > MAX_ACCESS_KEY_ID_CHARS:
             raise RequestError("access_key_id", f"at most {MAX_ACCESS_KEY_ID_CHARS} characters (an access key id)")
-        caller = prepared.values if prepared is not None else _checked_caller_values(context or {}, trusted_context)
+        if prepared is None:
+            prepared = self.prepare_context(context or {}, trusted_context)
+        caller = prepared.values
         snap = self._holder.snapshot
         now = self._holder.clock()
         rp = snap.resolve(principal, now, access_key_id)
@@ -124,11 +147,16 @@ class Decisions:
             if not explain:
                 self._holder.cache.put(key, values, result, deps, snap.revision)
         since, until = -math.inf, math.inf
+        changes_at = rp.expires
         read = result.keys_read
-        for k in _CLOCK_KEYS:
-            if k in read and k not in caller:
-                since, until = float(int(now)), float(int(now) + 1)   # the clock's values hold for this second
-        return Answer(result, snap.revision, cached, True, min(until, rp.expires), since, deps)
+        fixed = prepared.fixed_clock
+        for k in CLOCK_KEYS:
+            if k in read and k not in fixed:
+                if k not in caller:
+                    since, until = float(int(now)), float(int(now) + 1)   # the clock's values hold for this second
+                changes_at = min(changes_at, result.clock.next_after(now))
+        return Answer(result, snap.revision, cached, True, min(until, rp.expires), since, deps, changes_at,
+                      rp.expires)
 
     def _context(self, snap: Snapshot, rp: ResolvedPrincipal, resource: str, caller: Mapping[str, Any],
                  now: float) -> dict[str, Any]:
