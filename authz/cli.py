@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TextIO
+from typing import Any, Iterable, Iterator, Sequence, TextIO
 
 from . import __version__
 from .evaluate import Decision, PolicySet, Request, Result, evaluate
@@ -673,6 +673,48 @@ def cmd_push(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ policy generate
+
+
+def cmd_policy_generate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    """`authz policy generate`: the least-privilege identity policy of a principal from a decision log.
+    Exit 0 printed, 1 the log gives no policy (malformed line, empty, principal absent, over the quota), 2 bad
+    usage (an unreadable file, a bad --since)."""
+    from .analysis.generate import GenerateError, Generated, generate, parse_since, text_lines
+
+    def fail(code: int, message: str) -> int:
+        print(f"authz policy generate: {message}", file=sys.stderr)
+        return code
+
+    try:
+        since = parse_since(args.since) if args.since is not None else None
+    except GenerateError as exc:
+        return fail(2, str(exc))
+    source = "standard input" if args.decision_log == "-" else args.decision_log
+
+    def run(raw: Iterable[bytes]) -> Generated:
+        return generate(text_lines(raw, source), args.principal, since, size_kind=args.size_kind, split=args.split,
+                        source=source)
+
+    try:
+        if args.decision_log == "-":
+            buffer = getattr(stdin, "buffer", None)      # a test's StringIO has none
+            generated = run(buffer if buffer is not None else (line.encode("utf-8") for line in stdin))
+        else:
+            with open(args.decision_log, "rb") as f:
+                generated = run(f)
+    except OSError as exc:
+        return fail(2, f"cannot read {source}: {exc.strerror or exc}")
+    except GenerateError as exc:
+        return fail(1, str(exc))
+    out: Any = list(generated.documents) if args.split else generated.documents[0]
+    stdout.write(json.dumps(out, indent=2) + "\n")
+    print(f"authz policy generate: {generated.summary(args.principal)}", file=sys.stderr)
+    for note in generated.notes:
+        print(f"authz policy generate: note: {note}", file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------ entry point
 
 
@@ -774,6 +816,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-key-file", default=None, metavar="PATH",
                    help="file holding the store key (base64); default: AUTHZ_STORE_KEY_FILE, else the key itself "
                         "in AUTHZ_STORE_KEY")
+
+    p = sub.add_parser("policy", help="policy tools: generate (a least-privilege policy from a decision log)",
+                       description="Policy tools. `authz policy generate --help` for the one command.")
+    policy_sub = p.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    p = policy_sub.add_parser(
+        "generate", help="a least-privilege identity policy from the decisions a principal was allowed",
+        description="Reads a decision log (a sidecar's --decision-log file; '-' for standard input) and prints, "
+                    "as JSON, an identity policy that allows exactly the (action, resource) pairs the principal "
+                    "was allowed, from --since on. Generalised in one way only: a stream or channel ARN's "
+                    "creation-time suffix becomes '*' (the stream's name stays listed); actions allowed on the "
+                    "same resources share a statement. For a role ARN, the decisions of its sessions "
+                    "(assumed-role/NAME/...) are read. The policy is valid under `authz validate`, its size quota "
+                    "(--size-kind) included; one over the quota is refused unless --split, which prints a JSON "
+                    "array of policies that each fit. A summary goes to standard error. Exit status: 0 printed, "
+                    "1 the log gives no policy (a malformed line, named by number; an empty log; a principal "
+                    "not in it or never allowed; over the quota), 2 bad usage.",
+        epilog="example: authz policy generate --decision-log /var/log/authz/decisions.jsonl "
+               "--principal arn:aws:iam::123456789012:user/camera --since 2026-01-01T00:00:00Z > camera-policy.json")
+    p.add_argument("--decision-log", required=True, metavar="FILE",
+                   help="the decision log (one JSON object per line, as --decision-log writes it); '-': stdin")
+    p.add_argument("--principal", required=True, metavar="ARN",
+                   help="the principal whose allowed requests the policy should cover (a user, a role's "
+                        "sessions through the role ARN, or one session ARN)")
+    p.add_argument("--since", default=None, metavar="T",
+                   help="only decisions at or after T: epoch seconds or ISO 8601 (a time without offset is UTC)")
+    p.add_argument("--size-kind", choices=("managed", "inline-role", "inline-group", "inline-user"),
+                   default="managed",
+                   help="the identity-policy quota to fit: managed (6,144 characters; the default), inline-role "
+                        "(10,240), inline-group (5,120), inline-user (2,048)")
+    p.add_argument("--split", action="store_true",
+                   help="print a JSON array of policies, each within the quota, instead of refusing a policy "
+                        "over it")
     return parser
 
 
@@ -807,6 +881,11 @@ def _main(argv: Sequence[str] | None, stdin: TextIO | None, stdout: TextIO | Non
         return cmd_check(args, stdin, stdout)
     if args.command == "push":
         return cmd_push(args, stdin, stdout)
+    if args.command == "policy":
+        if args.policy_command == "generate":
+            return cmd_policy_generate(args, stdin, stdout)
+        print("authz policy: name a subcommand: generate (authz policy generate --help)", file=sys.stderr)
+        return 2
     parser.print_help(stdout)
     return 2
 
