@@ -1,28 +1,59 @@
-"""Access analysis entry points: bundle loading, the Analyzer and its who-can, access-of and diff queries."""
+"""Access analysis entry points: bundle loading, the Analyzer and its who-can, access-of and diff queries.
+
+Every answer is a decision of the real engine (evaluate.decide) on the store's own policy sets
+(Snapshot.policy_set), in the two condition variants of variants.py. Principals are the state's users,
+one session per role (no session policy, no session tags: what a caller gets from AssumeRole without
+them), the account roots and the anonymous caller. Users and roles are grouped by the records their
+policies come from (inline policies, attached policies, groups, boundary, account), and one member
+decides for its group; a group is split when its policies read a key that differs between members
+(aws:username, aws:userid, aws:PrincipalArn, aws:PrincipalTag/*) and when the resource's policy names
+principals (members it names individually decide for themselves).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import time
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Union
+from typing import Any, Callable, Sequence, Union
 
+from ..evaluate import DEFAULT_OPTIONS, CompiledPolicySet, Decision, EngineOptions, MatchedStatement, Result, decide
+from ..policy.arn import account_of, split_arn
+from ..policy.glob import Token
+from ..policy.model import Policy, Statement
+from ..policy.principals import GrantKind, parse_requester
+from ..policy.variables import render_tokens, static_tokens
 from ..store.bundle import load_bundle
-from ..store.snapshot import PolicyCompiler, Snapshot
-from ..store.state import IamState
-from .model import Access, AccessDiff, WhoCan
+from ..store.changes import account_dep
+from ..store.ops import CreateSession
+from ..store.snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, resource_deps
+from ..store.state import IamState, Principal
+from .classes import KINESISVIDEO_UNIVERSE, pattern_text, pattern_tokens, witnesses
+from .model import Access, AccessDiff, Grant, Reach, Status, WhoCan
+from .variants import RESOURCE_TAG, Variants, fixed_key, principal_specific, statement_keys
 
 _DATA = Path(__file__).resolve().parent.parent / "policy" / "data" / "actions.json"
+ASSUME_ROLE = "sts:AssumeRole"
+ANALYSIS_SESSION = "access-analysis"     # the session name of the role sessions the analysis stands for
+MAX_CHAIN = 5                             # roles assumed one after another, at most
+_SESSION_SECONDS = 10 * 365 * 86400
+_ACCOUNT_NUMBER = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
+_KIND_ORDER = {"user": 0, "role": 1, "root": 2, "anonymous": 3}
 
 
 @lru_cache(maxsize=1)
 def _actions() -> tuple[str, ...]:
     services = json.loads(_DATA.read_text())["services"]
     names = [f"kinesisvideo:{a}" for a in services["kinesisvideo"]["actions"]]
-    return tuple(sorted(names)) + ("sts:AssumeRole",)
+    return tuple(sorted(names)) + (ASSUME_ROLE,)
 
 
 ACTIONS: tuple[str, ...] = _actions()
+KINESISVIDEO_ACTIONS: tuple[str, ...] = ACTIONS[:-1]
 
 
 def snapshot_of(state: IamState) -> Snapshot:
@@ -35,17 +66,476 @@ def load(directory: Path) -> Snapshot:
     return snapshot_of(load_bundle(Path(directory)))
 
 
+def canonical_action(action: str) -> str:
+    """The action as the tables spell it (action names are case-insensitive); unknown ones as given."""
+    low = action.lower()
+    return next((a for a in ACTIONS if a.lower() == low), action)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One principal of a group: how it is reported, how the store resolves it, and its requester id."""
+
+    reported: str               # user ARN, or the role ARN for a role's session
+    principal: str              # user ARN or session ARN
+    access_key: str             # the session's access key ("" for users)
+    userid: str                 # aws:userid (user unique id, or role id:session name)
+
+
+@dataclass
+class Group:
+    """Principals whose policies come from the same records; `members[0]` decides for the rest."""
+
+    kind: str                   # user | role
+    account: str
+    members: list[Member] = field(default_factory=list)
+    specific: bool | None = None    # whether its policies read a key that differs between members
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One (principal, action, resource) through both condition variants."""
+
+    status: Status
+    deciding: tuple[MatchedStatement, ...] = ()     # the allowing statements (or the denying ones for NO)
+    conditions: tuple[str, ...] = ()
+    denied_by: tuple[MatchedStatement, ...] = ()    # explicit denies that hit under the permissive variant
+    statements: dict[tuple[str, int], Statement] = field(default_factory=dict, compare=False)
+
+
+_NO = Outcome(Status.NO)
+
+
+def _session_key(role_arn: str) -> str:
+    digest = hashlib.sha256(role_arn.encode()).hexdigest().upper()
+    return "ASIA" + digest[:20]
+
+
+def _with_sessions(state: IamState, now: float) -> IamState:
+    """`state` with one session of every role (named ANALYSIS_SESSION, no policy, no tags)."""
+    for acct in state.accounts.values():
+        for role in acct.roles.values():
+            partition = role.arn.split(":", 2)[1]
+            issued = max(now - 1, role.revoked_before)
+            op = CreateSession(arn=f"arn:{partition}:sts::{role.account}:assumed-role/{role.name}/{ANALYSIS_SESSION}",
+                               role_arn=role.arn, role_id=role.unique_id, session_name=ANALYSIS_SESSION,
+                               issued=issued, expires=issued + _SESSION_SECONDS, policy=None, tags=None,
+                               access_key_id=_session_key(role.arn), secret="0" * 40,
+                               session_token_sha256="00" * 32, source="")
+            state = op.apply(state)
+    return state
+
+
+def _user_member(u: Principal) -> Member:
+    return Member(u.arn, u.arn, "", u.unique_id)
+
+
+def _role_member(r: Principal) -> Member:
+    partition = r.arn.split(":", 2)[1]
+    return Member(r.arn, f"arn:{partition}:sts::{r.account}:assumed-role/{r.name}/{ANALYSIS_SESSION}",
+                  _session_key(r.arn), f"{r.unique_id}:{ANALYSIS_SESSION}")
+
+
+def group_key(kind: str, p: Principal) -> tuple[Any, ...]:
+    """The records a principal's policies come from (two principals with one key have the same policies)."""
+    return (kind, p.account, p.inline, p.attached, p.groups, p.boundary)
+
+
+def _describe_resources(st: Statement) -> tuple[str, ...]:
+    if st.resources is None:
+        return ()
+    texts = tuple(r.source for r in st.resources)
+    return tuple(f"NotResource {t}" for t in texts) if st.not_resource else texts
+
+
 class Analyzer:
     """Analysis of one snapshot, remembering principal groups and per-group answers between queries."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
+    def __init__(self, snapshot: Snapshot, options: EngineOptions = DEFAULT_OPTIONS,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.base = snapshot
+        self.options = options
+        self.now = clock()
+        self.snapshot = Snapshot(_with_sessions(snapshot.state, self.now), snapshot.revision, snapshot.compiler)
+        self.variants = Variants()
+        self._groups: list[Group] | None = None
+        self._by_key: dict[tuple[Any, ...], Group] = {}
+        self._resolved: dict[str, ResolvedPrincipal | None] = {}
+        self._statement_maps: dict[CompiledPolicySet, dict[tuple[str, int], Statement]] = {}
+        self._direct_memo: dict[tuple[str, str], dict[str, tuple[Outcome, str]]] = {}
+
+    # ------------------------------------------------------------ principals
+
+    def groups(self) -> list[Group]:
+        if self._groups is None:
+            by_key: dict[tuple[Any, ...], Group] = {}
+            for acct in self.snapshot.state.accounts.values():
+                for u in acct.users.values():
+                    key = group_key("user", u)
+                    g = by_key.get(key)
+                    if g is None:
+                        g = by_key[key] = Group("user", acct.id)
+                    g.members.append(_user_member(u))
+                for r in acct.roles.values():
+                    key = group_key("role", r)
+                    g = by_key.get(key)
+                    if g is None:
+                        g = by_key[key] = Group("role", acct.id)
+                    g.members.append(_role_member(r))
+            self._by_key = by_key
+            self._groups = list(by_key.values())
+        return self._groups
+
+    def resolve(self, m: Member | str) -> ResolvedPrincipal | None:
+        principal, key = (m, "") if isinstance(m, str) else (m.principal, m.access_key)
+        if principal in self._resolved:
+            return self._resolved[principal]
+        hit = self.snapshot.resolve(principal, self.now, key)
+        rp = hit if isinstance(hit, ResolvedPrincipal) else None
+        self._resolved[principal] = rp
+        return rp
+
+    def _org_policies(self, account: str) -> list[Policy]:
+        out: list[Policy] = []
+        for kind in ("scp", "rcp"):
+            for level in self.snapshot.org_levels(account, kind) or ():
+                out.extend(level)
+        return out
+
+    def _specific(self, g: Group) -> bool:
+        """Whether the group's policies read a key whose value differs between its members."""
+        if g.specific is None:
+            rp = self.resolve(g.members[0])
+            g.specific = rp is None or self.specific_policies(rp)
+        return g.specific
+
+    def specific_policies(self, rp: ResolvedPrincipal) -> bool:
+        """Whether the principal's policies read a key whose value differs between principals that have
+        the same policies (aws:username, aws:userid, aws:PrincipalArn, aws:PrincipalTag/*)."""
+        policies = [*rp.identity, *([rp.boundary] if rp.boundary else []), *self._org_policies(rp.account)]
+        return any(principal_specific(k) for p in policies for st in p.statements for k in statement_keys(st))
+
+    def member_of(self, principal: str) -> tuple[str, Member | str] | None:
+        """(kind, what to resolve) for a principal ARN: a user, a role (its session), a role session
+        (its role's analysis session), an account root or `anonymous`/`*`."""
+        if principal in ("*", "anonymous"):
+            return "anonymous", "anonymous"
+        f = split_arn(principal)
+        if f is None:
+            return None
+        state = self.snapshot.state
+        acct = state.accounts.get(f[4])
+        if acct is None:
+            return None
+        res = f[5]
+        if f[2] == "iam" and res == "root":
+            return "root", principal
+        name = res.rsplit("/", 1)[-1].lower()
+        if f[2] == "iam" and res.startswith("user/"):
+            u = acct.users.get(name)
+            return ("user", _user_member(u)) if u is not None and u.arn == principal else None
+        if f[2] == "iam" and res.startswith("role/"):
+            r = acct.roles.get(name)
+            return ("role", _role_member(r)) if r is not None and r.arn == principal else None
+        if f[2] == "sts" and res.startswith("assumed-role/"):
+            bits = res.split("/")
+            r = acct.roles.get(bits[1].lower()) if len(bits) >= 3 else None
+            return ("role", _role_member(r)) if r is not None else None
+        return None
+
+    # ------------------------------------------------------------ one decision
+
+    def _values(self, rp: ResolvedPrincipal, resource: str) -> dict[str, Any]:
+        """The context the store derives for this principal and resource (Decisions._context without the
+        caller's keys and the clock, which the condition variants treat as unknown)."""
+        values: dict[str, Any] = dict(rp.context)
+        if resource != "*":
+            account = account_of(resource)
+            if account:
+                values["aws:resourceaccount"] = account
+                owner = self.snapshot.state.accounts.get(account)
+                if owner is not None and owner.org_id:
+                    values["aws:resourceorgid"] = owner.org_id
+                    values["aws:resourceorgpaths"] = owner.org_paths
+            res = self.snapshot.resource(resource)
+            if res is not None:
+                for k, v in res.tags:
+                    values[f"aws:resourcetag/{k.lower()}"] = v
+        return values
+
+    def policy_set(self, rp: ResolvedPrincipal, resource: str) -> tuple[CompiledPolicySet, str]:
+        snap = self.snapshot
+        res_account = rp.account if resource == "*" else account_of(resource)
+        rkey, rpol = snap.resource_policy(resource)
+        deps = resource_deps(rkey, res_account) if rkey else (account_dep(res_account),)
+        return snap.policy_set(rp.requester.arn, rp, rkey, rpol, res_account, deps), res_account
+
+    def evaluate(self, rp: ResolvedPrincipal, action: str, resource: str) -> Outcome:
+        """Whether `rp` can be allowed `action` on `resource`: NO, CONDITIONAL or YES (variants.py)."""
+        cps, res_account = self.policy_set(rp, resource)
+        session = rp.requester.kind == "assumed-role"
+        permissive, strict = self.variants.sets(cps, session)
+        values = self._values(rp, resource)
+        r1 = decide(permissive, rp.requester, action, resource, res_account, dict(values), explain=True,
+                    options=self.options)
+        if not r1.allowed:
+            if r1.decision is not Decision.EXPLICIT_DENY:
+                return _NO
+            return Outcome(Status.NO, r1.deciding, (), r1.deciding, self._statements(cps))
+        r2 = decide(strict, rp.requester, action, resource, res_account, dict(values), explain=True,
+                    options=self.options)
+        statements = self._statements(cps)
+        if r2.allowed:
+            return Outcome(Status.YES, r2.deciding, (), (), statements)
+        return Outcome(Status.CONDITIONAL, r1.deciding, self._conditions(cps, session, r1, r2), (), statements)
+
+    def _statements(self, cps: CompiledPolicySet) -> dict[tuple[str, int], Statement]:
+        """The statements of a policy set by (policy name, index): how a MatchedStatement names them."""
+        hit = self._statement_maps.get(cps)
+        if hit is None:
+            if len(self._statement_maps) > 4096:
+                self._statement_maps.clear()
+            hit = self._statement_maps[cps] = {(st.policy_name, st.index): st for _g, p in cps.policies.groups()
+                                               for st in p.statements}
+        return hit
+
+    def _conditions(self, cps: CompiledPolicySet, session: bool, r1: Result, r2: Result) -> tuple[str, ...]:
+        keys: list[str] = []
+        for m in (*r1.matched, *(m for m in r2.matched if m.effect == "Deny")):
+            keys.extend(self.variants.unknown(m.policy_name, m.index, cps.policies, session))
+        return tuple(dict.fromkeys(keys))
+
+    # ------------------------------------------------------------ who can
+
+    def direct(self, action: str, resource: str) -> dict[str, tuple[Outcome, str]]:
+        """Every principal allowed `action` on `resource` without assuming a role: ARN -> (outcome, kind)."""
+        memo_key = (action.lower(), resource)
+        hit = self._direct_memo.get(memo_key)
+        if hit is not None:
+            return hit
+        out: dict[str, tuple[Outcome, str]] = {}
+        snap = self.snapshot
+        res_account = account_of(resource)
+        _rkey, rpol = snap.resource_policy(resource)
+        named_stmts = tuple(st for st in rpol.statements if st.principals is not None) if rpol else ()
+        named = {e.value for st in named_stmts for e in st.principals or ()}
+        rpol_specific = any(principal_specific(k) for p in ([rpol] if rpol else []) + self._org_policies(res_account)
+                            for st in p.statements for k in statement_keys(st))
+
+        def vector(m: Member) -> tuple[GrantKind, ...]:
+            r = parse_requester(m.principal, m.userid)
+            return tuple(e.match(r) for st in named_stmts for e in st.principals or ())
+
+        for g in self.groups():
+            if rpol_specific or self._specific(g):
+                deciders = [(m, [m]) for m in g.members]
+            elif named_stmts:
+                by_vector: dict[tuple[GrantKind, ...], tuple[Member, list[Member]]] = {}
+                default: tuple[GrantKind, ...] | None = None
+                for m in g.members:
+                    if g.kind == "user" and m.principal not in named and m.userid not in named:
+                        if default is None:
+                            default = vector(m)
+                        vec = default
+                    else:
+                        vec = vector(m)
+                    slot = by_vector.get(vec)
+                    if slot is None:
+                        by_vector[vec] = (m, [m])
+                    else:
+                        slot[1].append(m)
+                deciders = list(by_vector.values())
+            else:
+                deciders = [(g.members[0], g.members)]
+            for decider, members in deciders:
+                rp = self.resolve(decider)
+                if rp is None:
+                    continue
+                o = self.evaluate(rp, action, resource)
+                if o.status is not Status.NO:
+                    for m in members:
+                        out[m.reported] = (o, g.kind)
+        if action.lower() != ASSUME_ROLE.lower():       # roots cannot assume roles (STS refuses them)
+            for acct in snap.state.accounts:
+                if acct == res_account:
+                    continue                            # the owner's root: always allowed (WhoCan.owner_root)
+                root = f"arn:aws:iam::{acct}:root"
+                rp = self.resolve(root)
+                if rp is not None:
+                    o = self.evaluate(rp, action, resource)
+                    if o.status is not Status.NO:
+                        out[root] = (o, "root")
+            rp = self.resolve("anonymous")
+            if rp is not None:
+                o = self.evaluate(rp, action, resource)
+                if o.status is not Status.NO:
+                    out["*"] = (o, "anonymous")
+        if len(self._direct_memo) > 4096:
+            self._direct_memo.clear()
+        self._direct_memo[memo_key] = out
+        return out
 
     def who_can(self, action: str, resource: str) -> WhoCan:
-        raise NotImplementedError
+        action = canonical_action(action)
+        best: dict[str, Reach] = {}
+        frontier: list[Reach] = []
+        for arn, (o, kind) in self.direct(action, resource).items():
+            reach = _reach(arn, kind, (), o.status, o.conditions, o.deciding)
+            best[arn] = reach
+            if kind == "role":
+                frontier.append(reach)
+        for _depth in range(MAX_CHAIN):
+            nxt: list[Reach] = []
+            for target in frontier:
+                role_arn = target.principal
+                for arn, (o, kind) in self.direct(ASSUME_ROLE, role_arn).items():
+                    if kind not in ("user", "role") or arn == role_arn or arn in target.via:
+                        continue
+                    status = min(o.status, Status.CONDITIONAL if target.conditional else Status.YES)
+                    conds = tuple(dict.fromkeys((*o.conditions, *target.conditions)))
+                    reach = _reach(arn, kind, (role_arn, *target.via), status, conds, o.deciding)
+                    old = best.get(arn)
+                    if old is None or (old.conditional and not reach.conditional):
+                        best[arn] = reach
+                        if kind == "role":
+                            nxt.append(reach)
+            frontier = nxt
+        owner = account_of(resource)
+        owner_root = (f"arn:aws:iam::{owner}:root" if owner in self.snapshot.state.accounts
+                      and action.lower() != ASSUME_ROLE.lower() else "")
+        principals = sorted(best.values(), key=lambda r: (_KIND_ORDER.get(r.kind, 9), r.principal, r.via))
+        return WhoCan(action, resource, principals, owner_root)
+
+    # ------------------------------------------------------------ what a principal can do
+
+    def patterns_for(self, rps: Sequence[ResolvedPrincipal]) -> list[tuple[Token, ...]]:
+        """The Resource patterns that split the resource space for these principals: those of their
+        policies (variables rendered with their derived keys), of every resource policy and RCP, every
+        registered resource with tags or a policy, and every account (the store's and those policies name)."""
+        snap = self.snapshot
+        state = snap.state
+        out: dict[tuple[Token, ...], None] = {}
+        numbers: set[str] = set(state.accounts)
+
+        def add_policy(p: Policy, lookup: Callable[[str], str | None], session: bool) -> None:
+            numbers.update(_ACCOUNT_NUMBER.findall(p.document))
+            for st in p.statements:
+                for r in st.resources or ():
+                    if r.any:
+                        continue
+                    if not r.variable_names:
+                        out[tuple(static_tokens(r.parts))] = None
+                    elif all(fixed_key(k, session) for k in r.variable_names):
+                        toks = render_tokens(r.parts, lookup)
+                        if toks is not None:
+                            out[tuple(toks)] = None
+
+        for rp in rps:
+            session = rp.requester.kind == "assumed-role"
+            ctx = rp.context
+
+            def lookup(key: str, ctx: dict[str, Any] = ctx) -> str | None:
+                v = ctx.get(key)
+                return v if isinstance(v, str) else None
+
+            for p in (*rp.identity, *([rp.boundary] if rp.boundary else []), *self._org_policies(rp.account)):
+                add_policy(p, lookup, session)
+        for acct in state.accounts:
+            for p in self._org_policies(acct):
+                add_policy(p, lambda _k: None, False)
+        # Registered resources differ from an unregistered ARN by their policy, and by their tags when a
+        # condition reads aws:ResourceTag/*: only then are they classes of their own.
+        tags_read = any(k.lower().startswith(RESOURCE_TAG) for rp in rps
+                        for p in (*rp.identity, *([rp.boundary] if rp.boundary else []), *self._org_policies(rp.account))
+                        for st in p.statements for k in statement_keys(st)) or any(
+            k.lower().startswith(RESOURCE_TAG) for acct in state.accounts for p in self._org_policies(acct)
+            for st in p.statements for k in statement_keys(st))
+        for arn, res in state.resources.items():
+            if res.policy or (res.tags and tags_read):
+                out[pattern_tokens(arn)] = None
+                _key, rpol = snap.resource_policy(arn)
+                if rpol is not None:
+                    add_policy(rpol, lambda _k: None, False)
+        for n in sorted(numbers):
+            out[pattern_tokens(f"arn:*:*:*:{n}:*")] = None
+        return list(out)
+
+    def outcomes(self, rp: ResolvedPrincipal, patterns: list[tuple[Token, ...]]
+                 ) -> dict[tuple[str, str], tuple[Outcome, tuple[str, ...]]]:
+        """(action, representative resource) -> (outcome, the patterns the representative matches), for
+        every action and every resource class of `patterns`, the roles of the state for sts:AssumeRole."""
+        found = witnesses(patterns, pattern_tokens(KINESISVIDEO_UNIVERSE))
+        texts = [pattern_text(p) for p in patterns]
+        reps: list[tuple[str, tuple[str, ...]]] = [("*", ())]
+        reps += [(arn, tuple(texts[i] for i in sorted(sig))) for arn, sig in found]
+        out: dict[tuple[str, str], tuple[Outcome, tuple[str, ...]]] = {}
+        for action in KINESISVIDEO_ACTIONS:
+            for arn, matches in reps:
+                out[(action, arn)] = (self.evaluate(rp, action, arn), matches)
+        for acct in self.snapshot.state.accounts.values():
+            for role in acct.roles.values():
+                out[(ASSUME_ROLE, role.arn)] = (self.evaluate(rp, ASSUME_ROLE, role.arn), (role.arn,))
+        return out
 
     def access_of(self, principal: str) -> Access:
-        raise NotImplementedError
+        found = self.member_of(principal)
+        if found is None:
+            return Access(principal, "unknown", [], known=False)
+        kind, member = found
+        rp = self.resolve(member)
+        if rp is None:
+            return Access(principal, kind, [], known=False)
+        results = self.outcomes(rp, self.patterns_for([rp]))
+        return Access(principal, kind, _grants(results))
+
+
+def _reach(arn: str, kind: str, via: tuple[str, ...], status: Status, conditions: tuple[str, ...],
+           deciding: tuple[MatchedStatement, ...]) -> Reach:
+    conditional = status is not Status.YES
+    return Reach(arn, kind, via, conditional, conditions if conditional else (),
+                 tuple(m.as_dict() for m in deciding))
+
+
+def _grants(results: dict[tuple[str, str], tuple[Outcome, tuple[str, ...]]]) -> list[Grant]:
+    """Allowed (action, resource class) pairs grouped by the statements' resource patterns and the denies."""
+    denied: dict[str, set[str]] = {}
+    for (action, _arn), (o, _m) in results.items():
+        if o.status is Status.NO and o.denied_by:
+            denied.setdefault(action, set()).update(f"{m.policy_name}#{m.index}" for m in o.denied_by)
+    rows: dict[tuple[Any, ...], tuple[list[str], list[str]]] = {}
+    deny_patterns: dict[str, tuple[str, ...]] = {}
+    for (action, arn), (o, _m) in results.items():
+        if o.status is Status.NO:
+            continue
+        resources: list[str] = []
+        for m in o.deciding:
+            st = o.statements.get((m.policy_name, m.index))
+            described = _describe_resources(st) if st is not None else ()
+            resources.extend(described or (arn,))
+        if not resources:
+            resources = [arn]
+        cut: list[str] = []
+        for ref in sorted(denied.get(action, ())):
+            if ref not in deny_patterns:
+                deny_patterns[ref] = _deny_resources(results, ref)
+            cut.extend(deny_patterns[ref])
+        key = (tuple(dict.fromkeys(resources)), tuple(dict.fromkeys(cut)), o.status is not Status.YES, o.conditions)
+        actions, examples = rows.setdefault(key, ([], []))
+        if action not in actions:
+            actions.append(action)
+        if arn not in examples:
+            examples.append(arn)
+    return [Grant(tuple(actions), key[0], key[1], key[2], key[3], tuple(examples))
+            for key, (actions, examples) in rows.items()]
+
+
+def _deny_resources(results: dict[tuple[str, str], tuple[Outcome, tuple[str, ...]]], ref: str) -> tuple[str, ...]:
+    for (_action, arn), (o, _m) in results.items():
+        for m in o.denied_by:
+            if f"{m.policy_name}#{m.index}" == ref:
+                st = o.statements.get((m.policy_name, m.index))
+                return _describe_resources(st) if st is not None else (arn,)
+    return ()
 
 
 Source = Union[Snapshot, IamState, Analyzer]
@@ -69,4 +559,6 @@ def access_of(source: Source, principal: str) -> Access:
 
 def diff(old: Source, new: Source) -> AccessDiff:
     """The (principal, action, resource class) access NEW allows and OLD did not, and the reverse."""
-    raise NotImplementedError
+    from .diffing import access_diff
+
+    return access_diff(analyzer(old), analyzer(new))

@@ -1,0 +1,141 @@
+"""What a change to the IAM state allows: (principal, action, resource class) whose status differs, recomputing only
+what the change touches.
+
+A principal's decisions read its own records (user or role, its groups, their inline and managed policies,
+its boundary), its account's organization policies and facts, and the resource's registration (policy,
+tags), its account's RCPs and facts. So the diff compares the two states record by record first:
+
+- an organization change (SCPs, RCPs, org id or paths, an account added or removed) touches everyone:
+  every principal is compared;
+- otherwise the principals compared are those whose records, groups or policies (by document text) differ;
+  each is compared over every action and every resource class of the old and the new policies together
+  (classes.py), so an access that only one side's patterns can name is still found;
+- a registered resource whose policy or tags differ, and a role whose trust policy differs, is compared for
+  every principal (who can act on it, directly) on both sides.
+
+Role chains need no separate pass: a principal newly reaching a resource through a role either newly may
+assume a role (an sts:AssumeRole change) or the role's session newly may act (a change of the role).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..policy.arn import service_of
+from ..store.state import Account, IamState, Principal
+from .engine import ASSUME_ROLE, KINESISVIDEO_ACTIONS, Analyzer, Member, Outcome, _role_member, _user_member, group_key
+from .model import AccessDiff, Change, Status
+
+
+def _doc(state: IamState, arn: str) -> str | None:
+    p = state.policies.get(arn)
+    return None if p is None else p.document
+
+
+def _org(a: Account | None) -> Any:
+    return None if a is None else (a.scp_levels, a.rcp_levels, a.org_id, a.org_paths)
+
+
+class _Touch:
+    """Which principals of the two states the change touches."""
+
+    def __init__(self, s0: IamState, s1: IamState) -> None:
+        self.everything = set(s0.accounts) != set(s1.accounts) or any(
+            _org(s0.accounts.get(a)) != _org(s1.accounts.get(a)) for a in s1.accounts)
+        self.policies = {arn for arn in {*s0.policies, *s1.policies} if _doc(s0, arn) != _doc(s1, arn)}
+        self.groups: set[tuple[str, str]] = set()
+        for acct in {*s0.accounts, *s1.accounts}:
+            a0, a1 = s0.accounts.get(acct), s1.accounts.get(acct)
+            for name in {*(a0.groups if a0 else ()), *(a1.groups if a1 else ())}:
+                g0 = a0.groups.get(name) if a0 else None
+                g1 = a1.groups.get(name) if a1 else None
+                if g0 != g1 or any(arn in self.policies for g in (g0, g1) if g is not None for arn in g.attached):
+                    self.groups.add((acct, name))
+        self._memo: dict[tuple[Any, ...], bool] = {}
+
+    def touches(self, p: Principal) -> bool:
+        key = (p.account, p.attached, p.groups, p.boundary)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = (any(a in self.policies for a in p.attached)
+                                     or (p.boundary is not None and p.boundary in self.policies)
+                                     or any((p.account, g.lower()) in self.groups for g in p.groups))
+        return hit
+
+
+def _pairs(s0: IamState, s1: IamState, kind: str) -> dict[str, tuple[Principal | None, Principal | None]]:
+    out: dict[str, tuple[Principal | None, Principal | None]] = {}
+    for acct in {*s0.accounts, *s1.accounts}:
+        a0, a1 = s0.accounts.get(acct), s1.accounts.get(acct)
+        t0 = a0.table(kind) if a0 else {}
+        t1 = a1.table(kind) if a1 else {}
+        for name in {*t0, *t1}:
+            p0, p1 = t0.get(name), t1.get(name)
+            if p0 is not None and p1 is not None and p0.arn != p1.arn:
+                out[p0.arn] = (p0, None)
+                out[p1.arn] = (None, p1)
+            else:
+                arn = (p0 or p1).arn  # type: ignore[union-attr]
+                out[arn] = (p0, p1)
+    return out
+
+
+def access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
+    s0, s1 = old.base.state, new.base.state
+    touch = _Touch(s0, s1)
+    changes: dict[tuple[str, str, str], Change] = {}
+
+    # Principals whose own records or policies changed: every action, every resource class.
+    batches: dict[tuple[Any, ...], list[tuple[str, Member | None, Member | None]]] = {}
+    for kind in ("user", "role"):
+        member = _user_member if kind == "user" else _role_member
+        for arn, (p0, p1) in _pairs(s0, s1, kind).items():
+            if not (touch.everything or p0 is None or p1 is None or p0 != p1 or touch.touches(p0)
+                    or touch.touches(p1)):
+                continue
+            key = (kind, group_key(kind, p0) if p0 else None, group_key(kind, p1) if p1 else None)
+            batches.setdefault(key, []).append((arn, member(p0) if p0 else None, member(p1) if p1 else None))
+    for batch in batches.values():
+        _, m0, m1 = batch[0]
+        rp0 = old.resolve(m0) if m0 else None
+        rp1 = new.resolve(m1) if m1 else None
+        specific = (rp0 is not None and old.specific_policies(rp0)) or (rp1 is not None and new.specific_policies(rp1))
+        for arn, n0, n1 in (batch if specific else batch[:1]):
+            r0 = old.resolve(n0) if n0 else None
+            r1 = new.resolve(n1) if n1 else None
+            patterns = list(dict.fromkeys([*(old.patterns_for([r0]) if r0 else []),
+                                           *(new.patterns_for([r1]) if r1 else [])]))
+            o0 = old.outcomes(r0, patterns) if r0 else {}
+            o1 = new.outcomes(r1, patterns) if r1 else {}
+            names = [a for a, _m0, _m1 in batch] if not specific else [arn]
+            for pair in {*o0, *o1}:
+                a, b = o0.get(pair), o1.get(pair)
+                st0 = a[0].status if a else Status.NO
+                st1 = b[0].status if b else Status.NO
+                if st0 != st1:
+                    matches = (b or a)[1]  # type: ignore[index]
+                    for name in names:
+                        changes[(name, pair[0], pair[1])] = Change(name, pair[0], pair[1], matches, st0, st1)
+
+    # Resources whose policy or tags changed, roles whose trust policy changed: every principal, directly.
+    targets: list[tuple[str, tuple[str, ...]]] = []
+    for arn in {*s0.resources, *s1.resources}:
+        if s0.resources.get(arn) != s1.resources.get(arn):
+            targets.append((arn, KINESISVIDEO_ACTIONS if service_of(arn) == "kinesisvideo" else ()))
+    for arn, (p0, p1) in _pairs(s0, s1, "role").items():
+        if touch.everything or (p0.trust if p0 else None) != (p1.trust if p1 else None) or (p0 is None) != (p1 is None):
+            targets.append((arn, (ASSUME_ROLE,)))
+    for arn, actions in targets:
+        for action in actions:
+            d0, d1 = old.direct(action, arn), new.direct(action, arn)
+            for name in {*d0, *d1}:
+                st0 = d0[name][0].status if name in d0 else Status.NO
+                st1 = d1[name][0].status if name in d1 else Status.NO
+                if st0 != st1 and (name, action, arn) not in changes:
+                    changes[(name, action, arn)] = Change(name, action, arn, (arn,), st0, st1)
+
+    ordered = sorted(changes.values(), key=lambda c: (c.principal, c.action, c.resource))
+    return AccessDiff([c for c in ordered if c.widens], [c for c in ordered if not c.widens])
+
+
+__all__ = ["access_diff", "Outcome"]
