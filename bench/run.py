@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import engine as engine_bench
-from . import fleet, plots, report, streams
+from . import fleet, plots, report, scaling, streams
 from .fixtures import (ENGINE_USERS, REQUEST_CONTEXT, authorize_payloads, batch_payloads, engine_bundle_document,
                        engine_requests, write_bundle, write_bundle_document)
 from .floor import ServerSettings, server_settings
@@ -468,28 +468,15 @@ def case_model(plan: Plan, progress: Progress, settings: ServerSettings) -> dict
     return out
 
 
-def case_workers(plan: Plan, progress: Progress) -> dict[str, Any]:
-    """server.py with --workers 1 and 2 (SO_REUSEPORT), closed loop at the top concurrency over several
-    connections (the kernel spreads connections, not calls, across processes)."""
-    connections = max(plan.connections, 4)
-    payloads = _payloads(plan, unique=True)
-    out: dict[str, Any] = {"connections": connections}
-    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-        bundle = write_bundle(Path(tmp) / "bundle", plan.bundle_principals)
-        for n in (1, 2):
-            proc = start_server(bundle.directory, Path(tmp) / f"state{n}", n)
-            try:
-                with LoadClient() as client:
-                    g = GrpcBench(plan, progress, client, {f"workers={n}": proc.address})
-                    spec = replace(g.spec(payloads, concurrency=max(plan.concurrency), unique=True),
-                                   connections=connections)
-                    runs = g.repeated(f"workers={n}", spec)
-                    out[str(n)] = load_figure(runs[f"workers={n}"])
-            finally:
-                proc.stop()
-    one, two = (out[k]["throughput_rps"]["median"] for k in ("1", "2"))
-    out["speedup"] = ratio(two, one)
-    return out
+def case_workers(plan: Plan, progress: Progress, settings: ServerSettings) -> dict[str, Any]:
+    """server.py --workers N against N floors on one port (SO_REUSEPORT), N = 1, 2, closed loop at the top
+    concurrency over many connections, the load generator pinned to a core of its own where the machine
+    allows: throughput, scaling efficiency, server / floor at each N (bench/scaling.py)."""
+    return scaling.case(scaling.ScalingPlan(
+        repeats=plan.repeats, duration_s=plan.duration_s, warmup_s=plan.warmup_s, requests=plan.requests,
+        concurrency=max(plan.concurrency), bundle_principals=plan.bundle_principals,
+        request_principals=plan.request_principals, connections=max(plan.connections, scaling.CONNECTIONS)),
+        settings, progress)
 
 
 # ------------------------------------------------------------------ case 6: envoy
@@ -643,6 +630,17 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row("envoy hop", f"request through Envoy at {envoy['rate_per_s']:.0f}/s, {label} "
                              f"(floor: the same Envoy without ext_authz)", "µs",
                              one["with_ext_authz"], one["without_ext_authz"], "lower"))
+    workers = cases.get("workers")
+    if isinstance(workers, Mapping) and "by_workers" in workers:
+        for n, row in workers["by_workers"].items():
+            floors = f"{n} floor process{'' if n == '1' else 'es'} on one port"
+            rows.append(_row("workers", f"--workers {n}, {workers['concurrency']} in flight throughput (floor: "
+                             f"{floors})", "rps", row[SERVER]["throughput_rps"], row[FLOOR]["throughput_rps"],
+                             "higher"))
+            if n != "1" and "efficiency" in row[SERVER]:
+                rows.append(_row("workers", f"--workers {n} scaling efficiency, throughput({n}) / ({n} x "
+                                 "throughput(1)) (floor: the floor's)", "x", _single(row[SERVER]["efficiency"]),
+                                 _single(row[FLOOR]["efficiency"]), "higher"))
     return rows
 
 
@@ -714,7 +712,7 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
     if "model" in plan.cases:
         cases["model"] = _guarded("model", progress, lambda: case_model(plan, progress, settings))
     if "workers" in plan.cases and plan.server:
-        cases["workers"] = _guarded("workers", progress, lambda: case_workers(plan, progress))
+        cases["workers"] = _guarded("workers", progress, lambda: case_workers(plan, progress, settings))
     if "envoy" in plan.cases:
         cases["envoy"] = _guarded("envoy", progress, lambda: case_envoy(plan, progress))
     if "streams" in plan.cases:
