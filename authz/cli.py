@@ -848,6 +848,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="store_true",
                    help="print a JSON array of policies, each within the quota, instead of refusing a policy "
                         "over it")
+    from .analysis.report import add_parser as add_access_parser
+
+    add_access_parser(sub)
     return parser
 
 
@@ -886,6 +889,10 @@ def _main(argv: Sequence[str] | None, stdin: TextIO | None, stdout: TextIO | Non
             return cmd_policy_generate(args, stdin, stdout)
         print("authz policy: name a subcommand: generate (authz policy generate --help)", file=sys.stderr)
         return 2
+    if args.command == "access":
+        from .analysis.report import run as run_access
+
+        return run_access(args, stdout)
     parser.print_help(stdout)
     return 2
 
