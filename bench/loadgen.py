@@ -20,6 +20,7 @@ from .stats import percentile
 METHOD_PATHS = {
     "Authorize": "/authz.v1.Authorizer/Authorize",
     "AuthorizeBatch": "/authz.v1.Authorizer/AuthorizeBatch",
+    "CheckResources": "/cerbos.svc.v1.CerbosService/CheckResources",    # the cerbos case's peer (bench/cerbos.py)
 }
 MODES = ("closed", "open")
 CLIENT_OPTIONS: tuple[tuple[str, Any], ...] = (
@@ -164,6 +165,12 @@ def _tally(method: str, raws: Sequence[bytes]) -> tuple[dict[str, int], int]:
 
     counts: Counter[str] = Counter()
     cached = 0
+    if method == "CheckResources":
+        from .cerbos import effects
+        for raw in raws:
+            for allowed in effects(raw).values():
+                counts["ALLOW" if allowed else "DENY"] += 1
+        return dict(counts), 0
     for raw in raws:
         if method == "Authorize":
             answers: Sequence[Any] = (authz_pb2.AuthorizeResponse.FromString(raw),)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import engine as engine_bench
-from . import fleet, plots, report, scaling, streams
+from . import cerbos, fleet, plots, report, scaling, streams
 from .fixtures import (ENGINE_USERS, REQUEST_CONTEXT, authorize_payloads, batch_payloads, engine_bundle_document,
                        engine_requests, write_bundle, write_bundle_document)
 from .floor import ServerSettings, server_settings
@@ -25,7 +25,8 @@ from .stats import percentile, ratio, spread
 from .targets import (REPO, ServedProcess, StoreTarget, Unavailable, measure_envoy, start_floor, start_server,
                       store_missing)
 
-CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy", "streams", "fleet")
+CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy", "streams", "fleet",
+         "cerbos")
 DEFAULT_OUT = REPO / "bench" / "results"
 FLOOR, SERVER = "floor", "server"
 
@@ -53,6 +54,7 @@ class Plan:
     connections: int = 1                     # client connections per run (server.py --workers spreads by connection)
     stream_counts: tuple[int, ...] = (0, 100, 1_000)   # case "streams": long-lived streams held open
     fleet: fleet.FleetPlan = fleet.FleetPlan()         # case "fleet": sizes (bench/fleet.py)
+    cerbos_rate: float = 1_500.0             # case "cerbos": the open-loop rate offered to Cerbos and the sidecar
     server: bool = True
     server_workers: int | None = None        # server.py --workers (not passed when None)
     server_options: Mapping[str, Any] | None = None
@@ -479,6 +481,16 @@ def case_workers(plan: Plan, progress: Progress, settings: ServerSettings) -> di
         settings, progress)
 
 
+def case_cerbos(plan: Plan, progress: Progress) -> dict[str, Any]:
+    """Cerbos (from npm, pinned) next to the sidecar, with the same policy and requests (bench/cerbos.py)."""
+    if not plan.server:
+        progress("cerbos: skipped: --no-server")
+        return {"skipped": "--no-server"}
+    return cerbos.case(cerbos.CerbosPlan(repeats=plan.repeats, duration_s=plan.duration_s, warmup_s=plan.warmup_s,
+                                         requests=plan.requests, concurrency=max(plan.concurrency),
+                                         open_rate=plan.cerbos_rate), progress)
+
+
 # ------------------------------------------------------------------ case 6: envoy
 
 # ------------------------------------------------------------------ streaming-ready server
@@ -641,6 +653,18 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
                 rows.append(_row("workers", f"--workers {n} scaling efficiency, throughput({n}) / ({n} x "
                                  "throughput(1)) (floor: the floor's)", "x", _single(row[SERVER]["efficiency"]),
                                  _single(row[FLOOR]["efficiency"]), "higher"))
+    peer = cases.get("cerbos")
+    if isinstance(peer, Mapping) and "ratios" in peer:
+        side, other = peer["sidecar"], peer["cerbos"]
+        for key, figure, unit, better in (
+                ("throughput_rps", f"Authorize vs CheckResources, {peer['concurrency']} in flight throughput", "rps",
+                 "higher"),
+                ("cpu_ms_per_call", f"server CPU per call at {peer['concurrency']} in flight", "ms", "lower"),
+                ("p50_us_at_1", "1 in flight p50", "µs", "lower"),
+                ("open_p99_us", f"open loop at {peer['open_rate']:,.0f}/s, p99", "µs", "lower"),
+                ("open_p999_us", f"open loop at {peer['open_rate']:,.0f}/s, p99.9", "µs", "lower")):
+            rows.append(_row("cerbos", f"{figure} (server: the sidecar; floor column: Cerbos {peer['version']}, "
+                             "same policy and requests)", unit, side.get(key), other.get(key), better))
     return rows
 
 
@@ -719,6 +743,8 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
         cases["streams"] = _guarded("streams", progress, lambda: case_streams(plan, progress, settings))
     if "fleet" in plan.cases:
         cases["fleet"] = _guarded("fleet", progress, lambda: fleet.case(plan.fleet, progress))
+    if "cerbos" in plan.cases:
+        cases["cerbos"] = _guarded("cerbos", progress, lambda: case_cerbos(plan, progress))
     results: dict[str, Any] = {
         "schema": report.SCHEMA,
         "environment": env,
