@@ -8,10 +8,18 @@
 Same methods, arguments, results (authz.client's dataclasses), errors (CallError) and retry policy as
 the blocking clients: both bind the same `Rpc` descriptions, so neither builds a request or converts a
 response on its own. Create and use a client inside one running event loop.
+
+    async with authz.watch(principal, "kinesisvideo:PutMedia", stream_arn) as decisions:
+        async for decision in decisions:      # the current decision, then each change of it
+            ...
+
+`watch` follows the decision listener's redirect to the streaming listener as the blocking client does
+(authz.client.Watching); `aclose()` (or leaving the `async with`) ends it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import Any, Awaitable, Callable, Concatenate, ParamSpec, Sequence, TypeVar
 
@@ -45,6 +53,8 @@ class _AsyncClient:
     def __init__(self, addr: str, *, tls: TlsFiles | bool | None = None, token: str | None = None,
                  timeout: float = c.DEFAULT_TIMEOUT, options: Sequence[tuple[str, Any]] = ()) -> None:
         creds, opts = c.channel_credentials(tls), c.channel_options(options)
+        self.addr = addr
+        self._credentials, self._options = creds, opts
         self.channel = (grpc.aio.secure_channel(addr, creds, options=opts) if creds is not None
                         else grpc.aio.insecure_channel(addr, options=opts))
         self.metadata = c.call_metadata(token)
@@ -86,6 +96,12 @@ class _AsyncClient:
         finally:
             stream.cancel()
 
+    def _channel_to(self, address: str) -> grpc.aio.Channel:
+        """A channel like `self.channel` (the same TLS and options) to another address of the same server."""
+        return (grpc.aio.secure_channel(address, self._credentials, options=c.watch_channel_options(
+                    self._options, self.addr, address))
+                if self._credentials is not None else grpc.aio.insecure_channel(address, options=self._options))
+
     async def close(self) -> None:
         await self.channel.close()
 
@@ -97,12 +113,120 @@ class _AsyncClient:
         await self.close()
 
 
+class AsyncWatching:
+    """An open watch (AsyncAuthzClient.watch): an async iterator of Decisions, as authz.client.Watching is an
+    iterator (the same redirect, end and `resume` rules). `aclose()`, `cancel()` or leaving `async with` ends it."""
+
+    def __init__(self, client: AsyncAuthzClient, request: c.pb.AuthorizeRequest, resume: int,
+                 timeout: float | None) -> None:
+        self._client = client
+        self._request = request
+        self._resume = resume
+        self._timeout = timeout
+        self._call: Any = None
+        self._address = client._watch_address
+        self._last: bytes | None = None
+        self._skip_same = False
+        self._attempts = 0
+        self._closed = False
+
+    def __aiter__(self) -> "AsyncWatching":
+        return self
+
+    async def __anext__(self) -> c.Decision:
+        redirected = False
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._call is None:
+                self._call = self._client._watch_call(self._address, self._request, self._timeout)
+            try:
+                response = await self._call.read()
+            except asyncio.CancelledError:
+                if self._closed:
+                    raise StopAsyncIteration from None
+                raise
+            except grpc.aio.AioRpcError as err:
+                self._call = None
+                if self._closed:
+                    raise StopAsyncIteration from None
+                code, trailing = err.code(), tuple(err.trailing_metadata() or ())
+                address = c.watch_redirect(trailing) if code == grpc.StatusCode.FAILED_PRECONDITION else None
+                if address is not None and not redirected:
+                    redirected = True
+                    self._address = self._client._watch_address = c.watch_address(self._client.addr, address)
+                    continue
+                if code == grpc.StatusCode.UNAVAILABLE and self._attempts < self._resume:
+                    self._attempts += 1
+                    self._address = None
+                    self._skip_same = True
+                    redirected = False
+                    await asyncio.sleep(c.resume_backoff(self._attempts))
+                    continue
+                raise CallError.from_status(code, err.details() or "", trailing) from None
+            if response is grpc.aio.EOF:
+                self._call = None
+                self._closed = True
+                raise StopAsyncIteration
+            key = c.answer_key(response)
+            self._attempts = 0
+            if self._skip_same:
+                self._skip_same = False
+                if key == self._last:
+                    continue
+            self._last = key
+            return c.Decision.from_proto(response)
+
+    def cancel(self) -> None:
+        """End the watch; an iteration in progress stops (StopAsyncIteration)."""
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> "AsyncWatching":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
+
+
 class AsyncAuthzClient(_AsyncClient):
-    """Decisions: Authorize, AuthorizeBatch, Simulate, AssumeRole (see authz.client.AuthzClient)."""
+    """Decisions: Authorize, AuthorizeBatch, Simulate, AssumeRole, Watch (see authz.client.AuthzClient)."""
 
     def __init__(self, addr: str, **kw: Any) -> None:
         super().__init__(addr, **kw)
         self.stub = pb_grpc.AuthorizerStub(self.channel)
+        self._watch_address: str | None = None
+        self._watch_channels: dict[str, grpc.aio.Channel] = {}
+
+    def watch(self, principal: str, action: str, resource: str, context: Context | None = None, *,
+              access_key_id: str = "", request_id: str = "", explain: bool = False, resume: int = 0,
+              timeout: float | None = None) -> AsyncWatching:
+        """The decision for this request now, then each time it changes (see authz.client.AuthzClient.watch)."""
+        return AsyncWatching(self, c._authorize(principal, action, resource, context, explain=explain,
+                                                request_id=request_id, access_key_id=access_key_id),
+                             resume, timeout)
+
+    def _watch_call(self, address: str | None, request: c.pb.AuthorizeRequest, timeout: float | None) -> Any:
+        channel = self.channel
+        if address is not None:
+            found = self._watch_channels.get(address)
+            if found is None:
+                found = self._watch_channels[address] = self._channel_to(address)
+            channel = found
+        method = channel.unary_stream(f"/{c.AUTHORIZER}/Watch",
+                                      request_serializer=c.pb.AuthorizeRequest.SerializeToString,
+                                      response_deserializer=c.pb.AuthorizeResponse.FromString)
+        return method(request, timeout=timeout, metadata=self.metadata)
+
+    async def close(self) -> None:
+        channels, self._watch_channels = list(self._watch_channels.values()), {}
+        for channel in channels:
+            await channel.close()
+        await super().close()
 
     authorize = awaiting(c.AUTHORIZE)
     authorize_batch = awaiting(c.AUTHORIZE_BATCH)

@@ -1,4 +1,4 @@
-"""The `authz` command: simulate, validate, test, check and serve.
+"""The `authz` command: simulate, validate, test, check, watch and serve.
 
 And push: publish a bundle to the fleet's store (fleet mode, `authz serve --store URL`).
 """
@@ -614,6 +614,51 @@ def _check_offline(args: argparse.Namespace, context: dict[str, str | list[str]]
     return 0 if response.decision == pb.DECISION_ALLOW else 1
 
 
+def watch_line(decision: Any, now: float) -> dict[str, Any]:
+    """One `authz watch` line: the time (ISO-8601 UTC), the decision, its revision and the deciding statements."""
+    from datetime import datetime, timezone
+
+    return {"time": datetime.fromtimestamp(now, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"),
+            "decision": WATCH_DECISIONS.get(decision.decision.name, decision.decision.name),
+            "revision": decision.revision,
+            "deciding_statements": [{"policy_type": m.policy_type, "policy_name": m.policy_name, "sid": m.sid,
+                                     "index": m.index, "effect": m.effect} for m in decision.deciding_statements]}
+
+
+WATCH_DECISIONS = {"ALLOW": "Allow", "EXPLICIT_DENY": "ExplicitDeny", "IMPLICIT_DENY": "ImplicitDeny",
+                   "UNSPECIFIED": "Unspecified"}
+
+
+def cmd_watch(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    """`authz watch`: one JSON line per decision as the sidecar pushes it; exit 0 when the stream ends OK (the
+    watched session ended), 2 on an error, 130 on Ctrl-C (quietly)."""
+    import time
+
+    from .client import AuthzClient, CallError, TlsFiles, parse_context
+
+    try:
+        context = parse_context(args.context)
+    except ValueError as exc:
+        print(f"authz watch: {exc}", file=sys.stderr)
+        return 2
+    tls = TlsFiles(ca=Path(args.tls_ca)) if args.tls_ca else None
+    try:
+        with AuthzClient(args.addr or DEFAULT_CHECK_ADDR, tls=tls, token=args.token) as client:
+            with client.watch(args.principal, args.action, args.resource, context,
+                              access_key_id=args.access_key_id, resume=args.resume) as decisions:
+                for decision in decisions:
+                    stdout.write(json.dumps(watch_line(decision, time.time())) + "\n")
+                    stdout.flush()
+    except CallError as exc:
+        field = f" (field: {exc.field})" if exc.field else ""
+        print(f"authz watch: {exc.code.name}: {exc.message}{field}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def cmd_serve(argv: Sequence[str]) -> int:
     from .server.serve import main as serve_main
 
@@ -795,6 +840,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-ca", default=None, help="CA bundle to verify a TLS listener (enables TLS)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
 
+    p = sub.add_parser("watch", help="follow one decision on a running sidecar: a JSON line each time it changes",
+                       description="Opens a Watch on the sidecar and prints one JSON line per decision: the first is "
+                                   "the current decision, then one each time it changes (an admin write, a bundle "
+                                   "reload, a time condition's edge, the end of a role session): {time (ISO-8601 "
+                                   "UTC), decision (Allow, ExplicitDeny, ImplicitDeny), revision, "
+                                   "deciding_statements}. Give the decision listener's address: the sidecar "
+                                   "redirects the watch to its streaming listener (--watch-listen). Exit status: 0 "
+                                   "the stream ended OK (the watched session ended, after a final deny), 2 an error "
+                                   "(the message says which), 130 Ctrl-C.",
+                       epilog="example: authz watch --principal arn:aws:iam::123456789012:user/camera "
+                              "--action kinesisvideo:PutMedia --resource "
+                              "arn:aws:kinesisvideo:us-west-2:123456789012:stream/your_stream/0123456789012")
+    p.add_argument("--addr", "--server", dest="addr", default=None,
+                   help=f"sidecar address (default {DEFAULT_CHECK_ADDR})")
+    p.add_argument("--principal", required=True, help="caller ARN, or 'anonymous'")
+    p.add_argument("--action", required=True, help="service:Action, e.g. kinesisvideo:PutMedia")
+    p.add_argument("--resource", required=True, help="resource ARN, or '*'")
+    p.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                   help="a condition key, fixed for the watch's life; repeat for more keys or for several values")
+    p.add_argument("--access-key-id", default="", metavar="ID",
+                   help="the credential the caller signs with (a role session is resolved through it)")
+    p.add_argument("--resume", type=int, default=0, metavar="N",
+                   help="when the sidecar stops (UNAVAILABLE), reconnect up to N times in a row (default 0)")
+    p.add_argument("--token", default=None, help="bearer token, if the listener requires one")
+    p.add_argument("--tls-ca", default=None, help="CA bundle to verify a TLS listener (enables TLS)")
+
     sub.add_parser("serve", help="run the sidecar (same flags as server.py; see `authz serve --help`)",
                    add_help=False)
 
@@ -882,6 +953,8 @@ def _main(argv: Sequence[str] | None, stdin: TextIO | None, stdout: TextIO | Non
         return cmd_test(args, stdin, stdout)
     if args.command == "check":
         return cmd_check(args, stdin, stdout)
+    if args.command == "watch":
+        return cmd_watch(args, stdin, stdout)
     if args.command == "push":
         return cmd_push(args, stdin, stdout)
     if args.command == "policy":

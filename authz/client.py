@@ -15,6 +15,9 @@ came from as `.proto` for callers that need a field the dataclass leaves out. Fa
 (status code, message, and the google.rpc details: reason, field violations). `is_allowed` never raises
 and fails closed: any error is a deny.
 
+Watch (`AuthzClient.watch`, `AsyncAuthzClient.watch`) streams a decision and then each change of it; the
+decision listener redirects it to the server's streaming listener, which the clients follow (see `Watching`).
+
 Retries (see RETRIED_METHODS): a call that only reads (Authorize, AuthorizeBatch, Simulate, health, the
 admin reads) is retried by gRPC itself when it fails with UNAVAILABLE; AssumeRole and every admin write
 are never retried, since a repeat could act twice.
@@ -25,10 +28,11 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import (Any, Callable, Concatenate, Generic, Iterable, Mapping, ParamSpec, Sequence, TypeVar)
+from typing import (Any, Callable, Concatenate, Generic, Iterable, Iterator, Mapping, ParamSpec, Sequence, TypeVar)
 
 import grpc
 from google.protobuf.message import Message
@@ -61,8 +65,9 @@ RETRIED_METHODS: frozenset[tuple[str, str]] = frozenset({
 })
 # Never retried: AssumeRole issues new credentials on every call, and each admin write changes the state
 # (a retried CreateAccessKey would mint a second key; a retried CreatePolicyVersion a second version).
+# Watch is not retried by gRPC either: the client follows its redirect and resumes it itself (Watching).
 NEVER_RETRIED_METHODS: frozenset[tuple[str, str]] = frozenset({
-    (AUTHORIZER, "AssumeRole"),
+    (AUTHORIZER, "AssumeRole"), (AUTHORIZER, "Watch"),
     *((ADMIN, m) for m in (
         "CreatePolicy", "CreatePolicyVersion", "DeletePolicy", "PutInlinePolicy", "DeleteInlinePolicy",
         "AttachPolicy", "DetachPolicy", "CreateUser", "CreateGroup", "CreateRole", "AddUserToGroup",
@@ -92,6 +97,58 @@ def service_config() -> str:
     return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}],
                        "retryThrottling": {"maxTokens": RETRY_THROTTLE_MAX_TOKENS,
                                            "tokenRatio": RETRY_THROTTLE_TOKEN_RATIO}})
+
+
+# ------------------------------------------------------------------ Watch
+
+# Trailing metadata of the decision listener's answer to Watch (FAILED_PRECONDITION): where Watch is served.
+WATCH_ADDRESS_METADATA_KEY = "authz-watch-address"
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+# watch(..., resume=N): after the server stopped (UNAVAILABLE), up to N reconnections in a row, the n-th after
+# min(initial * 2^(n-1), max) seconds; a message received resets the count.
+WATCH_RESUME_INITIAL_BACKOFF_SECONDS = 0.2
+WATCH_RESUME_MAX_BACKOFF_SECONDS = 5.0
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """'host:port', '[v6]:port' (a 'dns:///' or 'ipv4:' prefix dropped) -> (host, port); ("", address) otherwise."""
+    rest = address.rpartition("/")[2] if "://" in address else address
+    rest = rest.split(":", 1)[1] if rest.startswith(("ipv4:", "ipv6:")) else rest
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return "", address
+    return host.strip("[]"), port
+
+
+def watch_address(dialled: str, advertised: str) -> str:
+    """Where to watch: the advertised HOST:PORT, a wildcard host (0.0.0.0, [::]) meaning the host dialled."""
+    host, port = split_address(advertised)
+    if not port.isdigit():
+        return advertised
+    if host in WILDCARD_HOSTS:
+        host = split_address(dialled)[0] or "localhost"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def watch_redirect(trailing: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The streaming listener's address a decision listener answered Watch with, or None."""
+    for key, value in trailing or ():
+        if key == WATCH_ADDRESS_METADATA_KEY and isinstance(value, str) and value:
+            return value
+    return None
+
+
+def answer_key(response: pb.AuthorizeResponse) -> bytes:
+    """An answer without `revision` and `cached`: what two messages of a watch are compared by."""
+    copy = pb.AuthorizeResponse()
+    copy.CopyFrom(response)
+    copy.revision = 0
+    copy.cached = False
+    return copy.SerializeToString(deterministic=True)
+
+
+def resume_backoff(attempt: int) -> float:
+    return float(min(WATCH_RESUME_INITIAL_BACKOFF_SECONDS * 2 ** (attempt - 1), WATCH_RESUME_MAX_BACKOFF_SECONDS))
 
 
 def channel_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
@@ -680,11 +737,13 @@ class _Client:
     def __init__(self, addr: str, *, tls: TlsFiles | bool | None = None, token: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, options: Sequence[tuple[str, Any]] = ()) -> None:
         creds, opts = channel_credentials(tls), channel_options(options)
+        self.addr = addr
         self.channel = (grpc.secure_channel(addr, creds, options=opts) if creds is not None
                         else grpc.insecure_channel(addr, options=opts))
         self.metadata = call_metadata(token)
         self.timeout = timeout
         self._methods: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+        self._credentials, self._options = creds, opts
 
     def _invoke(self, rpc: Rpc[Any, Resp, Any], request: Message) -> Resp:
         call = self._methods.get(rpc.path)
@@ -725,6 +784,12 @@ class _Client:
     def close(self) -> None:
         self.channel.close()
 
+    def _channel_to(self, address: str) -> grpc.Channel:
+        """A channel like `self.channel` (the same TLS and options) to another address of the same server."""
+        return (grpc.secure_channel(address, self._credentials, options=watch_channel_options(
+                    self._options, self.addr, address))
+                if self._credentials is not None else grpc.insecure_channel(address, options=self._options))
+
     def __enter__(self: ClientT) -> ClientT:
         return self
 
@@ -732,12 +797,136 @@ class _Client:
         self.close()
 
 
+def watch_channel_options(options: Sequence[tuple[str, Any]], dialled: str, address: str) -> list[tuple[str, Any]]:
+    """TLS to the streaming listener checks its certificate against the host the client dialled (the server
+    presents the same certificate on both listeners), unless the caller chose a name to check."""
+    host = split_address(dialled)[0]
+    if (not host or host == split_address(address)[0]
+            or any(k == "grpc.ssl_target_name_override" for k, _ in options)):
+        return list(options)
+    return [("grpc.ssl_target_name_override", host), *options]
+
+
+class Watching:
+    """An open watch (AuthzClient.watch): iterate it for Decisions, the current one first, then one each time it
+    changes. Iteration ends when the server ends the stream OK (the watched session ended: the last Decision is
+    a deny); any other end raises CallError. `cancel()` (from any thread) or `close()`, or leaving a `with`
+    block, ends it: the iteration then stops. A deny is what to assume whenever the stream is not open."""
+
+    def __init__(self, client: AuthzClient, request: pb.AuthorizeRequest, resume: int, timeout: float | None) -> None:
+        self._client = client
+        self._request = request
+        self._resume = resume
+        self._timeout = timeout
+        self._call: Any = None
+        self._address = client._watch_address    # None: the address the client dialled (which may redirect)
+        self._last: bytes | None = None      # answer_key of the last Decision yielded
+        self._skip_same = False              # after a reconnection: a first message equal to the last is not news
+        self._attempts = 0
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Iterator[Decision]:
+        return self
+
+    def __next__(self) -> Decision:
+        redirected = False
+        while True:
+            if self._cancelled.is_set():
+                raise StopIteration
+            with self._lock:
+                if self._call is None:
+                    self._call = self._client._watch_call(self._address, self._request, self._timeout)
+                call = self._call
+            try:
+                response = next(call)
+            except StopIteration:
+                raise
+            except grpc.RpcError as err:
+                if self._cancelled.is_set():
+                    raise StopIteration from None
+                failed: Any = err
+                code, trailing = failed.code(), failed.trailing_metadata()
+                address = watch_redirect(trailing) if code == grpc.StatusCode.FAILED_PRECONDITION else None
+                with self._lock:
+                    self._call = None
+                if address is not None and not redirected:
+                    redirected = True
+                    self._address = self._client._watch_address = watch_address(self._client.addr, address)
+                    continue
+                if code == grpc.StatusCode.UNAVAILABLE and self._attempts < self._resume:
+                    self._attempts += 1
+                    self._address = None      # reconnect through the dialled address: the server may have moved
+                    self._skip_same = True
+                    redirected = False
+                    if self._cancelled.wait(resume_backoff(self._attempts)):
+                        raise StopIteration from None
+                    continue
+                raise CallError.from_status(code, failed.details() or "", trailing) from None
+            key = answer_key(response)
+            self._attempts = 0
+            if self._skip_same:
+                self._skip_same = False
+                if key == self._last:
+                    continue
+            self._last = key
+            return Decision.from_proto(response)
+
+    def cancel(self) -> None:
+        """End the watch (from any thread); an iteration in progress stops."""
+        self._cancelled.set()
+        with self._lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+    close = cancel
+
+    def __enter__(self) -> "Watching":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
 class AuthzClient(_Client):
-    """Decisions: Authorize, AuthorizeBatch, Simulate, AssumeRole."""
+    """Decisions: Authorize, AuthorizeBatch, Simulate, AssumeRole, Watch."""
 
     def __init__(self, addr: str, **kw: Any) -> None:
         super().__init__(addr, **kw)
         self.stub = pb_grpc.AuthorizerStub(self.channel)
+        self._watch_address: str | None = None     # the streaming listener's, once a watch was redirected there
+        self._watch_channels: dict[str, grpc.Channel] = {}
+        self._watch_lock = threading.Lock()
+
+    def watch(self, principal: str, action: str, resource: str, context: Context | None = None, *,
+              access_key_id: str = "", request_id: str = "", explain: bool = False, resume: int = 0,
+              timeout: float | None = None) -> Watching:
+        """The decision for this request now, then each time it changes (a Watching: iterate it for Decisions;
+        cancel() or a `with` block ends it). The context is fixed for the watch's life. `resume` N: when the
+        server stops (UNAVAILABLE), reconnect up to N times in a row and go on, skipping a first message equal
+        to the last one yielded. `timeout`: a deadline for the whole stream (none by default)."""
+        return Watching(self, _authorize(principal, action, resource, context, explain=explain,
+                                         request_id=request_id, access_key_id=access_key_id), resume, timeout)
+
+    def _watch_call(self, address: str | None, request: pb.AuthorizeRequest, timeout: float | None) -> Any:
+        channel = self.channel
+        if address is not None:
+            with self._watch_lock:
+                found = self._watch_channels.get(address)
+                if found is None:
+                    found = self._watch_channels[address] = self._channel_to(address)
+            channel = found
+        method = channel.unary_stream(f"/{AUTHORIZER}/Watch", request_serializer=pb.AuthorizeRequest.SerializeToString,
+                                      response_deserializer=pb.AuthorizeResponse.FromString)
+        return method(request, timeout=timeout, metadata=self.metadata)
+
+    def close(self) -> None:
+        with self._watch_lock:
+            channels, self._watch_channels = list(self._watch_channels.values()), {}
+        for channel in channels:
+            channel.close()
+        super().close()
 
     authorize = blocking(AUTHORIZE)
     authorize_batch = blocking(AUTHORIZE_BATCH)

@@ -450,6 +450,8 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
         "--assume-role-auth": ("sigv4", "assume_role_auth", "sigv4"),
         "--otlp-endpoint": ("http://127.0.0.1:4317", "otlp_endpoint", "http://127.0.0.1:4317"),
         "--demo": ("off", "demo", False),     # on, it refuses a --bundle of its own: see the check below
+        "--watch-listen": ("127.0.0.1:6002", "watch_listen", "127.0.0.1:6002"),
+        "--max-watches": ("20", "max_watches", 20),
     }
     flags = {f for a in build_parser()._actions for f in a.option_strings if f.startswith("--") and f != "--help"}
     fleet = {"--store", "--store-key-file"}                              # checked below: --bundle does not go with them

@@ -38,6 +38,7 @@ refused UNAVAILABLE and Status (store_error) and the authz_store_up metric show 
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
@@ -55,7 +56,7 @@ from ..store.errors import StoreError
 from ..store.memory import release_memory
 from ..store.oplog import OpLog, private_umask
 from . import settings
-from .config import UNIX_PREFIX, Config, listen_error, split_host_port
+from .config import UNIX_PREFIX, Config, listen_error, split_host_port, watch_listen_address
 from .decision_log import DecisionLog, Observer
 from .metrics import Metrics, MetricsServer
 
@@ -65,6 +66,7 @@ if TYPE_CHECKING:   # gRPC itself is imported only inside a serving process (see
     from .answers import Answers
     from .simulate import Simulator
     from .tracing import Tracing
+    from .watch import StreamListener
     from grpc_health.v1.health import HealthServicer
 
 log = logging.getLogger("authz.server")
@@ -91,6 +93,7 @@ class Sidecar:
     answers: Answers | None = None        # the decision port's memos (authz.server.answers)
     simulator: Simulator | None = None    # Simulate's worker processes (authz.server.simulate)
     tracing: Tracing | None = None        # --otlp-endpoint (authz.server.tracing)
+    watch: StreamListener | None = None   # --watch-listen: the streaming listener (authz.server.watch)
     _sync_stop: threading.Event = field(default_factory=threading.Event)
     _follower: threading.Thread | None = None    # --store / --workers: applies the other members' changes
     _follower_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -108,6 +111,8 @@ class Sidecar:
         for h in self.healths:
             h.enter_graceful_shutdown()       # probes and load balancers see NOT_SERVING first
         done = [s.stop(grace) for s in self.servers]
+        if self.watch is not None:      # Watch streams end UNAVAILABLE (reconnect and resume) while unary calls drain
+            done.append(self.watch.stop(grace))
         for event in done:
             event.wait()
         self._sync_stop.set()
@@ -133,7 +138,7 @@ def server_options(config: Config) -> list[tuple[str, Any]]:
     return list(opts.items())
 
 
-def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None, what: str, *,
+def _bind(server: grpc.Server | grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None, what: str, *,
           reuse_port: bool = False) -> str:
     """Bind a listener and return the address actually bound (port 0 picks a free port).
 
@@ -157,6 +162,24 @@ def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials
     if not port:
         raise OSError(listen_error(what, address, OSError("nothing was bound")))
     return f"{host}:{port}"
+
+
+def _bind_watch(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None,
+                config: Config) -> str:
+    """Bind the streaming listener: at `address`, or when that is the default (--watch-listen not given) and its
+    port is taken, at a free port of the same host (logged; clients find it through the redirect)."""
+    try:
+        return _bind(server, address, credentials, "--watch-listen", reuse_port=config.reuse_port)
+    except OSError as exc:
+        cause = exc.__cause__
+        if config.watch_listen or not (isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE):
+            raise
+    host, _ = split_host_port(address, "--watch-listen")
+    bound = _bind(server, f"[{host}]:0" if ":" in host else f"{host}:0", credentials, "--watch-listen",
+                  reuse_port=config.reuse_port)
+    log.warning("--watch-listen: the default address %s (--listen's port + 1) is taken; serving Watch on %s "
+                "(set --watch-listen to choose the address)", address, bound)
+    return bound
 
 
 def _check_free(host: str, port: int, *, reuse_port: bool) -> None:
@@ -204,6 +227,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     from .errors import UndecodableRequests, add_checked, checked
     from . import ext_authz
     from .tracing import start_tracing
+    from .watch import StreamListener, WatchHub
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     gc.set_threshold(*settings.GC_THRESHOLDS)
@@ -233,11 +257,10 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
                if config.otlp_endpoint or span_processor is not None else None)
     decision = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="authz"), options=server_options(config),
                            interceptors=(tracing.interceptor,) if tracing is not None else None)
-    add_checked(authz_pb2_grpc.add_AuthorizerServicer_to_server,
-                Authorizer(store, tuple(observers), answers=answers, simulator=simulator,
-                           assume_role_auth=config.assume_role_auth, secure_transport=credentials is not None,
-                           regions=frozenset(config.region.split(","))),
-                decision)
+    authorizer = Authorizer(store, tuple(observers), answers=answers, simulator=simulator,
+                            assume_role_auth=config.assume_role_auth, secure_transport=credentials is not None,
+                            regions=frozenset(config.region.split(",")))
+    add_checked(authz_pb2_grpc.add_AuthorizerServicer_to_server, authorizer, decision)
     ext_authz.register(checked(decision), store, ext_authz.GatewayOptions(
         principal_from=config.principal_from, region=config.region, trusted_proxies=config.trusted_proxies),
         observers)
@@ -288,6 +311,19 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
                 raise OSError(listen_error("--metrics-listen", config.metrics_listen, exc)) from exc
             sidecar.metrics_server.start()
             addresses["metrics"] = sidecar.metrics_server.address
+        # The streaming listener last: its default port (--listen's + 1) gives way to any listener configured.
+        watch_address = watch_listen_address(config)
+        if watch_address is None:
+            authorizer.watch_address = ""
+        else:
+            hub = WatchHub(store, tuple(observers), metrics, max_watches=config.max_watches,
+                           queue_max=config.watch_queue_max)
+
+            def bind_watch(server: grpc.aio.Server) -> str:
+                return _bind_watch(server, watch_address, credentials, config)
+
+            sidecar.watch = StreamListener(hub, server_options(config), bind_watch)
+            addresses["watch"] = authorizer.watch_address = sidecar.watch.start()
     except BaseException:
         sidecar.stop(0)
         raise
@@ -357,15 +393,28 @@ def supervise(config: Config) -> int:
         except StoreError as exc:
             log.error("cannot start: %s", exc)
             return 2
-    reserved = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        reserved.bind((host, port))        # held, never listened on: keeps the port ours while workers come up
+        reserved = _reserve(host, port)    # held, never listened on: keeps the port ours while workers come up
     except OSError as exc:
-        reserved.close()
         log.error("cannot start: %s", listen_error("--listen", config.listen, exc))
         return 2
     port = reserved.getsockname()[1]
+    watch_listen, watch_reserved = config.watch_listen, None
+    watch_address = watch_listen_address(config)
+    if watch_address is not None:          # the streaming listener's port, shared by the workers in the same way
+        whost, wport = split_host_port(watch_address, "--watch-listen")
+        try:
+            watch_reserved = _reserve(whost, wport)
+        except OSError as exc:
+            if config.watch_listen or exc.errno != errno.EADDRINUSE:
+                reserved.close()
+                log.error("cannot start: %s", listen_error("--watch-listen", watch_address, exc))
+                return 2
+            watch_reserved = _reserve(whost, 0)    # the default's port is taken: a free one (see _bind_watch)
+            log.warning("--watch-listen: the default address %s (--listen's port + 1) is taken; serving Watch on "
+                        "port %d", watch_address, watch_reserved.getsockname()[1])
+        whost = f"[{whost}]" if ":" in whost else whost
+        watch_listen = f"{whost}:{watch_reserved.getsockname()[1]}"
     children: set[int] = set()
     for i in range(config.workers):
         pid = os.fork()
@@ -373,7 +422,10 @@ def supervise(config: Config) -> int:
             code = 1
             try:
                 reserved.close()
+                if watch_reserved is not None:
+                    watch_reserved.close()
                 code = serve(replace(config, listen=f"{host}:{port}", workers=1, reuse_port=True, worker_index=i,
+                                     watch_listen=watch_listen,
                                      admin_listen=config.admin_listen if i == 0 else None,
                                      metrics_listen=_nth_address(config.metrics_listen, i)))
             finally:
@@ -408,7 +460,21 @@ def supervise(config: Config) -> int:
                 log.error("worker %d exited with %d; stopping the others", pid, code)
                 forward(signal.SIGTERM, None)
     reserved.close()
+    if watch_reserved is not None:
+        watch_reserved.close()
     return result
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    """A socket bound to HOST:PORT with SO_REUSEPORT (never listened on), so that the workers can bind it too."""
+    reserved = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        reserved.bind((host, port))
+    except OSError:
+        reserved.close()
+        raise
+    return reserved
 
 
 def run(config: Config) -> int:

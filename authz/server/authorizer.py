@@ -1,12 +1,13 @@
 """The Authorizer servicer: Authorize, AuthorizeBatch, Simulate and AssumeRole (unsigned, or signed: see sts.py),
-each checking limits, converting, calling the store or the engine, and converting back."""
+each checking limits, converting, calling the store or the engine, and converting back; and Watch's redirect to
+the streaming listener (authz.server.watch serves Watch itself)."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import grpc
 
@@ -43,6 +44,8 @@ class Authorizer(pb_grpc.AuthorizerServicer):
         self.assume_role_auth = assume_role_auth   # --assume-role-auth
         self.secure_transport = secure_transport   # the decision listener speaks TLS (aws:SecureTransport)
         self.regions = regions                     # --region: a signed AssumeRole must be scoped to one of them
+        # The streaming listener's address once bound (app.start sets it); None while starting, "" with none.
+        self.watch_address: str | None = None
 
     def _require_ready(self) -> None:
         if not self.store.ready:
@@ -110,6 +113,21 @@ class Authorizer(pb_grpc.AuthorizerServicer):
     def Simulate(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         # Bytes in, bytes out: the request is parsed and decided by the simulator (authz.server.simulate).
         return self.simulator.run(request, context.time_remaining())
+
+    def Watch(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> Iterator[pb.AuthorizeResponse]:
+        """Watch streams are served by the streaming listener: say where it is (FAILED_PRECONDITION, with the
+        address in trailing metadata, which the Python clients follow)."""
+        address = self.watch_address
+        if address is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the streaming listener is starting; retry shortly")
+        if not address:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                          "this server has no streaming listener (--watch-listen off), so it serves no Watch; "
+                          "ask with Authorize, or start it with --watch-listen HOST:PORT")
+        context.set_trailing_metadata(((settings.WATCH_ADDRESS_HEADER, address),))
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                      f"Watch is served on the streaming listener at {address} (--watch-listen); connect there")
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     def AssumeRole(self, request: pb.AssumeRoleRequest, context: grpc.ServicerContext) -> pb.AssumeRoleResponse:
         try:

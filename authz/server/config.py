@@ -69,6 +69,11 @@ class Config:
     assume_role_auth: str = "none"    # AssumeRole: "none" believes `caller`; "sigv4" verifies the signed STS request
     otlp_endpoint: str | None = None  # OpenTelemetry: export a span per decision RPC here (authz.server.tracing)
     demo: bool = False                # --demo: `bundle` is the shipped example bundle, with its published keys
+    # Watch streams (authz.server.watch): the streaming listener, "" for the default (--listen's host, port + 1,
+    # or a free port when that one is taken) or None for none (--watch-listen off), and the cap on open watches.
+    watch_listen: str | None = ""
+    max_watches: int = settings.MAX_WATCHES
+    watch_queue_max: int = settings.WATCH_QUEUE_MAX   # never a flag: tests lower it to meet the bound quickly
     reuse_port: bool = False          # set by the --workers supervisor for its children, never a flag
     worker_index: int = 0
 
@@ -85,6 +90,18 @@ def split_host_port(address: str, flag: str) -> tuple[str, int]:
         raise ValueError(f"{flag}: expected HOST:PORT, e.g. 127.0.0.1:50051; got {address!r}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+def watch_listen_address(config: Config) -> str | None:
+    """The streaming listener's address: --watch-listen as given, or by default --listen's host with its port + 1
+    (port 0 stays 0: a free port); None with --watch-listen off."""
+    if config.watch_listen is None:
+        return None
+    if config.watch_listen:
+        return config.watch_listen
+    host, port = split_host_port(config.listen, "--listen")
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port + 1 if port else 0}"
 
 
 def listen_error(flag: str, address: str, exc: BaseException) -> str:
@@ -162,6 +179,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    "--bundle names an existing directory; e.g. AUTHZ_DEMO=1", action="store_true")
     flag("--listen", "decision listener: Authorizer + health + reflection; e.g. --listen 0.0.0.0:50051",
          default=settings.DEFAULT_LISTEN, metavar="HOST:PORT")
+    flag("--watch-listen", "streaming listener: authz.v1.Authorizer/Watch (a grpc.aio server on its own thread, "
+                           "with the decision listener's TLS settings; the decision listener redirects Watch calls "
+                           f"here); HOST:PORT, or {settings.WATCH_OFF} for none. Default: --listen's host with its "
+                           "port + 1, or a free port (logged) when that one is taken; set it when a firewall must "
+                           "know the port; e.g. --watch-listen 0.0.0.0:50053", metavar="ADDR")
+    flag("--max-watches", "open Watch streams each process holds at most (each costs about 25 KB); one more is "
+                          "refused with RESOURCE_EXHAUSTED; e.g. --max-watches 20000",
+         type=_positive(int, 1), default=settings.MAX_WATCHES, metavar="N")
     flag("--admin-listen", "admin listener (PolicyAdmin + health), never the decision listener: HOST:PORT or "
                            "unix:PATH; e.g. --admin-listen unix:/run/authz/admin.sock. Without it there is no "
                            "admin service", metavar="ADDR")
@@ -291,6 +316,17 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
             split_host_port(a.metrics_listen, "--metrics-listen")
         if a.admin_listen and not a.admin_listen.startswith(UNIX_PREFIX):
             split_host_port(a.admin_listen, "--admin-listen")
+        watch_listen: str | None = (a.watch_listen or "").strip()
+        if watch_listen == settings.WATCH_OFF:
+            watch_listen = None
+        elif watch_listen:
+            split_host_port(watch_listen, "--watch-listen")
+            if watch_listen in (a.listen, a.admin_listen, a.metrics_listen) and not watch_listen.endswith(":0"):
+                raise ValueError(f"--watch-listen {watch_listen}: another listener has that address; give the "
+                                 "streaming listener its own port, or --watch-listen off")
+        elif split_host_port(a.listen, "--listen")[1] == 65535:
+            raise ValueError("--watch-listen: the default is --listen's port + 1, and --listen uses 65535; "
+                             "give --watch-listen HOST:PORT (or off)")
     except ValueError as exc:
         ap.error(str(exc))
     try:
@@ -323,7 +359,8 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                   log_format=a.log_format,
                   principal_from=a.principal_from.strip(), region=region, trusted_proxies=proxies,
                   memo_bytes=a.memo_bytes, simulate_processes=a.simulate_processes,
-                  assume_role_auth=a.assume_role_auth, otlp_endpoint=a.otlp_endpoint or None, demo=demo)
+                  assume_role_auth=a.assume_role_auth, otlp_endpoint=a.otlp_endpoint or None, demo=demo,
+                  watch_listen=watch_listen, max_watches=a.max_watches)
 
 
 def check_store_url(url: str, flag: str = "--store") -> None:

@@ -15,7 +15,7 @@ import threading
 from http.server import ThreadingHTTPServer
 from typing import Callable, Iterator, Sequence
 
-from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram, PlatformCollector,
+from prometheus_client import (CollectorRegistry, Counter, GCCollector, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, disable_created_metrics)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, MetricsHandler
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -99,6 +99,14 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         for rpc, label in PRESET_SERIES:
             self._decisions.labels(rpc, label)
+        # Watch streams (authz.server.watch): open now, messages pushed, and why watches ended.
+        self._watches_open = Gauge("authz_watches_open", "Watch streams open in this process.",
+                                   registry=self.registry)
+        self._watch_messages = Counter("authz_watch_messages", "Messages sent on Watch streams (the first decision "
+                                       "and each change).", registry=self.registry)
+        self._watch_ends = Counter("authz_watch_ends", "Watch streams ended or refused, by reason: cancelled (by "
+                                   "the client), session_ended, slow_client (dropped: it stopped reading), shutdown, "
+                                   "error, limit (refused: --max-watches).", ("reason",), registry=self.registry)
         # The label children of the hot path, looked up once: .labels() takes a lock every time.
         self._children: dict[tuple[str, str], tuple[Callable[[], None], Callable[[float], None]]] = {}
         self._children_lock = threading.Lock()
@@ -112,6 +120,16 @@ class Metrics:
                 found = self._children[key] = (self._decisions.labels(rpc, label).inc,
                                                self._latency.labels(rpc).observe)
         return found
+
+    def watches_open(self, count: Callable[[], int]) -> None:
+        """Read the open watch count from `count` at each scrape."""
+        self._watches_open.set_function(count)
+
+    def watch_message(self) -> None:
+        self._watch_messages.inc()
+
+    def watch_ended(self, reason: str) -> None:
+        self._watch_ends.labels(reason).inc()
 
     def observe(self, events: Sequence[DecisionEvent]) -> None:
         for event in events:

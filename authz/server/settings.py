@@ -86,6 +86,21 @@ MAX_STS_PARAMETERS = 128               # Action, Version, 5 parameters and 2 per
 MAX_STS_HEADERS = 64
 MAX_STS_HEADER_CHARS = 8 * 1024        # one header, name and value
 
+# Watch (authz.server.watch): streams are served by a grpc.aio server on its own event-loop thread and port
+# (--watch-listen; by default the decision listener's host and port + 1). Each open watch costs a stream
+# (about 22 KB measured in docs/performance.md) plus its request and last answer; MAX_WATCHES (--max-watches)
+# bounds them per process: one more is refused RESOURCE_EXHAUSTED. A watch's messages wait in a queue of at
+# most WATCH_QUEUE_MAX while the client is slow to read; a client that stops reading fills it and is dropped
+# (RESOURCE_EXHAUSTED), so that its memory stays bounded. Messages are sent only when a decision changes, so
+# a client that reads at all never comes near the bound.
+MAX_WATCHES = 10_000
+WATCH_QUEUE_MAX = 32
+# A change that affects many watches re-decides them in slices of this many, yielding to the event loop
+# between slices (the other watches' writes, new watches and timers go on meanwhile).
+WATCH_REDECIDE_SLICE = 256
+WATCH_ADDRESS_HEADER = "authz-watch-address"   # trailing metadata of the decision listener's redirect
+WATCH_OFF = "off"                              # --watch-listen off: no streaming listener
+
 DRAIN_GRACE_SECONDS = 10.0             # SIGTERM: in-flight calls get this long to finish
 WORKER_SYNC_INTERVAL = 0.2             # --workers: how often each process looks for other processes' changes
 DEFAULT_LISTEN = "127.0.0.1:50051"

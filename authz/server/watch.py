@@ -1,0 +1,526 @@
+"""Watch: the streaming listener (a grpc.aio server on its own event-loop thread) and the hub of open watches.
+
+Why a second listener. grpcio's sync server holds a thread for every open stream, and grpc.aio for every call
+costs a third of unary throughput (docs/performance.md, "Streaming-ready server"), so unary calls stay on the
+sync decision listener and streams are served by a grpc.aio server on its own event-loop thread and port
+(--watch-listen), with the decision listener's TLS credentials and options. The decision listener answers
+Watch with FAILED_PRECONDITION and this listener's address in trailing metadata (authz-watch-address); the
+Python clients follow it.
+
+The hub (WatchHub) owns the open watches, all on the loop thread:
+
+- Decisions. A watch's request bytes are decided by an Answers (authz.server.answers), the code Authorize
+  runs, against the same store; it is the hub's own instance without an answer memo, so that the store
+  hands back its Answer (deps, changes_at, expires) with each decision and watches never crowd Authorize's
+  memo. The first message is therefore what Authorize answers (revision included); the context the client
+  sent is fixed for the watch's life (the same bytes are decided again), keys the store derives are derived
+  again each time.
+- What is sent. A message goes out only when the answer changes: the AuthorizeResponse compared with
+  `revision` and `cached` cleared. Not the decision enum alone: the issue asks for the sequence of distinct
+  consecutive answers Authorize gives, and an answer whose deciding statements changed is another answer
+  (it is what a gateway would log as the reason for letting a stream run). A new revision that leaves the
+  answer as it was sends nothing, and no heartbeat is sent.
+- Index. Each watch is indexed under the dependency keys its last decision read (Answer.deps, the decision
+  cache's keys, store/changes.py); a decision with deps None (an unknown principal, one the store will not
+  decide for) is valid at its own revision only and is re-decided on every change. Store.on_change, called
+  on whichever thread applied the change (an admin write, a reload, the follower of --workers/--store),
+  hands the change to the loop (call_soon_threadsafe); a change that may touch everything (a bundle load)
+  re-decides every watch, any other only the watches indexed under a key it touched or with deps None.
+  A watch is re-indexed after every re-decision. Re-decisions run in slices of WATCH_REDECIDE_SLICE,
+  yielding to the loop between slices, and a watch waiting to be re-decided twice is re-decided once.
+- Clock. After each decision a watch is scheduled at Answer.changes_at, the next instant the clock alone
+  could change it (a time condition's edge, the session's end); one heap and one loop timer serve every
+  watch. When the timer fires, the watches whose instant has come (by the store's clock) are re-decided and
+  the timer is armed again for the next one.
+- Session end. Once the watched principal's session has ended (Answer.expires at or before the store's
+  clock), the watch sends the re-decided answer (a deny) if it differs from the last message and ends OK.
+- Limits. At most --max-watches open watches per process (RESOURCE_EXHAUSTED naming the flag past it);
+  messages wait in a per-watch queue of at most WATCH_QUEUE_MAX: a client that stops reading fills it and
+  is dropped with RESOURCE_EXHAUSTED, so its memory stays bounded.
+- Shutdown. Every open watch ends UNAVAILABLE, saying the server is stopping: reconnect and watch again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
+
+import grpc
+
+from ..store import Store
+from ..store.changes import Change, Touched
+from ..store.decisions import Answer
+from ..v1 import authz_pb2 as pb
+from . import settings
+from .answers import Answers, EncodedAnswer
+from .authorizer import Authorizer
+from .decision_log import Observer
+from .errors import ErrorStatus, NotServing, error_status, metadata_request_id
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+log = logging.getLogger("authz.server.watch")
+
+SERVICE = "authz.v1.Authorizer"
+METHOD = "Watch"
+STOPPING_MESSAGE = ("the server is stopping: reconnect (to another instance, or to this one once it is back) and "
+                    "watch again; the first message is the current decision")
+LISTENER_START_SECONDS = 30.0     # the longest start() waits for the streaming listener to bind
+HEAP_SLACK = 1_024                # the timer heap is rebuilt once it holds this many more entries than watches
+
+# Why a watch ended (the authz_watch_ends metric's `reason` label).
+ENDED_CANCELLED = "cancelled"          # the client cancelled it (or went away)
+ENDED_SESSION = "session_ended"        # the watched principal's session expired: a final deny, then OK
+ENDED_SLOW_CLIENT = "slow_client"      # the client stopped reading: its queue filled
+ENDED_SHUTDOWN = "shutdown"            # the server stopped
+ENDED_ERROR = "error"                  # a re-decision failed (fail closed: the stream ends with the error)
+REFUSED_LIMIT = "limit"                # refused when opened: --max-watches reached
+END_REASONS = (ENDED_CANCELLED, ENDED_SESSION, ENDED_SLOW_CLIENT, ENDED_SHUTDOWN, ENDED_ERROR, REFUSED_LIMIT)
+
+_OK = ErrorStatus(grpc.StatusCode.OK, "", "")
+
+
+def answer_key(data: bytes) -> bytes:
+    """What two answers are compared by: the encoded AuthorizeResponse with `revision` and `cached` cleared."""
+    response = pb.AuthorizeResponse.FromString(data)
+    response.revision = 0
+    response.cached = False
+    return response.SerializeToString(deterministic=True)
+
+
+class _RecordingStore:
+    """The store as the hub's Answers sees it: every attribute is the store's own, and `authorize` also keeps
+    the Answer it returned (its deps, changes_at and expires, which an EncodedAnswer does not carry)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.last: Answer | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def authorize(self, *args: Any, **kwargs: Any) -> Answer:
+        answer = self._store.authorize(*args, **kwargs)
+        self.last = answer
+        return answer
+
+
+class _Watch:
+    """One open watch: its request, what its last decision read, its queue of messages and how it ended."""
+
+    __slots__ = ("raw", "request_id", "deps", "due", "expires", "last", "queue", "wake", "end", "writing", "task",
+                 "closed")
+
+    def __init__(self, raw: bytes, request_id: str) -> None:
+        self.raw = raw
+        self.request_id = request_id
+        self.deps: frozenset[str] | None = frozenset()   # the keys it is indexed under; None: every change
+        self.due = math.inf                 # when the clock alone could change it (store clock)
+        self.expires = math.inf             # the watched session's end, once a decision has said it
+        self.last = b""                     # answer_key of the last message queued
+        self.queue: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.end: ErrorStatus | None = None
+        self.writing = False                # the handler is inside context.write
+        self.task: asyncio.Task[Any] | None = None
+        self.closed = False
+
+
+class WatchHub:
+    """The open watches of this process (see the module docstring). Every method runs on the loop's thread
+    except `changed` (any thread) and `clock_moved` (any thread)."""
+
+    def __init__(self, store: Store, observers: tuple[Observer, ...] = (), metrics: Metrics | None = None, *,
+                 max_watches: int = settings.MAX_WATCHES, queue_max: int = settings.WATCH_QUEUE_MAX,
+                 slice_size: int = settings.WATCH_REDECIDE_SLICE) -> None:
+        self.store = store
+        self.observers = observers
+        self.metrics = metrics
+        self.max_watches = max_watches
+        self.queue_max = queue_max
+        self.slice_size = slice_size
+        self._recorder = _RecordingStore(store)
+        self._answers = Answers(cast(Store, self._recorder), answer_memo_size=0)
+        self._watches: set[_Watch] = set()
+        self._by_dep: dict[str, set[_Watch]] = {}
+        self._every_change: set[_Watch] = set()         # deps None: re-decided on every change
+        self._timers: list[tuple[float, int, _Watch]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._pending: dict[_Watch, None] = {}          # waiting to be re-decided, in order
+        self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self.messages_sent = 0
+        if metrics is not None:
+            metrics.watches_open(lambda: len(self._watches))
+        store.on_change(self.changed)
+
+    # ------------------------------------------------------------ from other threads
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop every watch lives on (the streaming listener's)."""
+        self._loop = loop
+
+    def changed(self, _snapshot: object, change: Change) -> None:
+        """Store.on_change: hand the change to the loop (called on the thread that applied it)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._changed, change.touched)
+        except RuntimeError:     # the loop has closed: the server is stopping
+            pass
+
+    def clock_moved(self) -> None:
+        """Look at the timers now (from any thread): for a store clock that jumps (tests' ManualClock)."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._fire)
+
+    @property
+    def open_watches(self) -> int:
+        return len(self._watches)
+
+    # ------------------------------------------------------------ the Watch handler
+
+    async def watch(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """authz.v1.Authorizer/Watch: bytes in (an AuthorizeRequest), encoded AuthorizeResponses out."""
+        try:
+            w = self._open(raw, context)
+        except _Refused as refused:
+            await _abort(context, refused.status)
+            return
+        except Exception as exc:   # noqa: BLE001 - every error becomes its status, as for Authorize
+            await _abort(context, error_status(exc))
+            return
+        w.task = asyncio.current_task()
+        try:
+            while True:
+                while w.queue and (w.end is None or w.end.code == grpc.StatusCode.OK):
+                    data = w.queue.popleft()
+                    w.writing = True
+                    try:
+                        await context.write(data)
+                    finally:
+                        w.writing = False
+                    self.messages_sent += 1
+                    if self.metrics is not None:
+                        self.metrics.watch_message()
+                if w.end is not None:
+                    break
+                w.wake.clear()
+                await w.wake.wait()
+        except asyncio.CancelledError:
+            if w.end is None:       # the client went away, or the server cancelled the call
+                raise
+        finally:
+            if w.end is None:
+                self._end(w, _OK, ENDED_CANCELLED)
+        assert w.end is not None
+        if w.end.code != grpc.StatusCode.OK:
+            await _abort(context, w.end)
+
+    def _open(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> _Watch:
+        if self._stopping:
+            raise NotServing(STOPPING_MESSAGE)
+        if len(self._watches) >= self.max_watches:
+            if self.metrics is not None:
+                self.metrics.watch_ended(REFUSED_LIMIT)
+            raise _Refused(ErrorStatus(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this server holds {len(self._watches)} open watches, its limit (--max-watches "
+                f"{self.max_watches}): close watches you no longer need, watch through another instance, or "
+                "raise --max-watches (AUTHZ_MAX_WATCHES)", "LIMIT_EXCEEDED"))
+        if not self.store.ready:
+            raise NotServing("no policy set has loaded yet (health is NOT_SERVING); the admin Status call "
+                             "shows the last load error")
+        start = time.perf_counter()
+        encoded, answer = self._decide(raw)     # raises for a request Authorize would refuse
+        view = encoded.view
+        w = _Watch(raw, view.request_id or metadata_request_id(cast(grpc.ServicerContext, context))
+                   or uuid.uuid4().hex)
+        self._watches.add(w)
+        self._apply(w, encoded, answer, time.perf_counter() - start)
+        return w
+
+    # ------------------------------------------------------------ deciding
+
+    def _decide(self, raw: bytes) -> tuple[EncodedAnswer, Answer | None]:
+        self._recorder.last = None
+        encoded = self._answers.decide(raw)
+        return encoded, self._recorder.last
+
+    def _redecide(self, w: _Watch) -> None:
+        start = time.perf_counter()
+        try:
+            encoded, answer = self._decide(w.raw)
+        except Exception as exc:   # noqa: BLE001 - fail closed: the stream ends with the error, never an answer
+            self._end(w, error_status(exc), ENDED_ERROR)
+            return
+        self._apply(w, encoded, answer, time.perf_counter() - start)
+
+    def _apply(self, w: _Watch, encoded: EncodedAnswer, answer: Answer | None, seconds: float) -> None:
+        """Index, send when changed, end a watch whose session is over, or schedule it at its next instant."""
+        if answer is None:            # not from the store (cannot happen without an answer memo): every change
+            deps: frozenset[str] | None = None
+            changes_at, expires = math.inf, math.inf
+        else:
+            deps = frozenset(answer.deps) if answer.deps is not None else None
+            changes_at, expires = answer.changes_at, answer.expires
+        self._index(w, deps)
+        if expires < math.inf:
+            w.expires = expires
+        key = answer_key(encoded.data)
+        if key != w.last:
+            w.last = key
+            self._send(w, encoded, seconds)
+            if w.closed:
+                return
+        if w.expires <= self.store.clock():
+            if encoded.result.allowed:      # never the last word: a session that has ended allows nothing
+                self._end(w, error_status(RuntimeError(
+                    f"the watched session ended at {w.expires} but its decision still allows")), ENDED_ERROR)
+            else:
+                self._end(w, _OK, ENDED_SESSION)
+            return
+        self._schedule(w, min(changes_at, w.expires))
+
+    def _send(self, w: _Watch, encoded: EncodedAnswer, seconds: float) -> None:
+        if len(w.queue) >= self.queue_max:
+            self._end(w, ErrorStatus(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the client did not read this watch's messages: {len(w.queue)} were waiting, the most a watch "
+                f"holds (WATCH_QUEUE_MAX); read the stream as messages arrive, then watch again", "LIMIT_EXCEEDED"),
+                ENDED_SLOW_CLIENT)
+            return
+        w.queue.append(encoded.data)
+        w.wake.set()
+        if self.observers:
+            event = Authorizer._event("Watch", w.request_id, encoded.view, encoded, seconds)
+            for observe in self.observers:
+                observe([event])
+
+    def _end(self, w: _Watch, status: ErrorStatus, reason: str) -> None:
+        if w.end is not None:
+            return
+        w.end = status
+        self._forget(w)
+        if self.metrics is not None:
+            self.metrics.watch_ended(reason)
+        w.wake.set()
+        if status.code != grpc.StatusCode.OK and w.writing and w.task is not None:
+            w.task.cancel()         # stuck writing to a client that does not read: end it now
+
+    def _forget(self, w: _Watch) -> None:
+        w.closed = True
+        self._watches.discard(w)
+        self._index(w, frozenset())
+        self._pending.pop(w, None)
+
+    def _index(self, w: _Watch, deps: frozenset[str] | None) -> None:
+        old = w.deps
+        if old == deps:
+            return
+        if old is None:
+            self._every_change.discard(w)
+        else:
+            for k in old - (deps or frozenset()):
+                bucket = self._by_dep.get(k)
+                if bucket is not None:
+                    bucket.discard(w)
+                    if not bucket:
+                        del self._by_dep[k]
+        if deps is None:
+            self._every_change.add(w)
+        else:
+            for k in deps - (old or frozenset()):
+                self._by_dep.setdefault(k, set()).add(w)
+        w.deps = deps
+
+    # ------------------------------------------------------------ changes
+
+    def _changed(self, touched: Touched) -> None:
+        if touched.everything:
+            targets: Iterable[_Watch] = self._watches
+        else:
+            found = set(self._every_change)
+            for k in touched.deps:
+                found.update(self._by_dep.get(k, ()))
+            targets = found
+        pending = self._pending
+        for w in targets:
+            pending[w] = None
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._pending and (self._worker is None or self._worker.done()):
+            loop = self._loop
+            assert loop is not None
+            self._worker = loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        pending = self._pending
+        while pending:
+            batch = list(itertools.islice(pending, self.slice_size))
+            for w in batch:
+                del pending[w]
+            for w in batch:
+                if not w.closed:
+                    self._redecide(w)
+            if pending:
+                await asyncio.sleep(0)      # let writes, new watches and timers run between slices
+
+    # ------------------------------------------------------------ clock
+
+    def _schedule(self, w: _Watch, due: float) -> None:
+        w.due = due
+        if due == math.inf:
+            return
+        heapq.heappush(self._timers, (due, next(self._seq), w))
+        if len(self._timers) > 2 * len(self._watches) + HEAP_SLACK:
+            self._timers = [t for t in self._timers if not t[2].closed and t[2].due == t[0]]
+            heapq.heapify(self._timers)
+        if due < self._timer_at:
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        timers = self._timers
+        while timers and (timers[0][2].closed or timers[0][2].due != timers[0][0]):
+            heapq.heappop(timers)
+        if not timers or self._loop is None:
+            self._timer_at = math.inf
+            return
+        self._timer_at = timers[0][0]
+        self._timer = self._loop.call_later(max(0.0, self._timer_at - self.store.clock()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        now = self.store.clock()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, w = heapq.heappop(timers)
+            if not w.closed and w.due == due:
+                w.due = math.inf
+                self._pending[w] = None
+        self._kick()
+        self._arm()
+
+    # ------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> None:
+        """End every open watch UNAVAILABLE (the server is stopping) and refuse new ones."""
+        self._stopping = True
+        status = error_status(NotServing(STOPPING_MESSAGE))
+        for w in list(self._watches):
+            self._end(w, status, ENDED_SHUTDOWN)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class _Refused(Exception):
+    """A watch refused with a status of its own (the --max-watches limit)."""
+
+    def __init__(self, status: ErrorStatus) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: ErrorStatus) -> None:
+    st = status.grpc_status()
+    await context.abort(st.code, st.details, st.trailing_metadata)
+
+
+class StreamListener:
+    """The streaming listener: a grpc.aio server serving Watch on its own event-loop thread."""
+
+    def __init__(self, hub: WatchHub, options: list[tuple[str, Any]],
+                 bind: Callable[[Any], str]) -> None:
+        self.hub = hub
+        self._options = options
+        self._bind = bind
+        self._loop = asyncio.new_event_loop()
+        self._server: grpc.aio.Server | None = None
+        self._thread = threading.Thread(target=self._run, name="watch-streams", daemon=True)
+        self._started = threading.Event()
+        self._failure: BaseException | None = None
+        self.address = ""
+
+    def start(self) -> str:
+        """Bind and start serving; the address bound. Raises what binding raised (OSError, saying why)."""
+        self._thread.start()
+        if not self._started.wait(LISTENER_START_SECONDS):
+            raise RuntimeError("the streaming listener (--watch-listen) did not start")
+        if self._failure is not None:
+            self._thread.join()
+            raise self._failure
+        return self.address
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        hub = self.hub
+
+        async def watch(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await hub.watch(request, context)
+
+        try:
+            server = grpc.aio.server(options=self._options)
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+                SERVICE, {METHOD: grpc.unary_stream_rpc_method_handler(watch)}),))   # bytes in, bytes out
+            self.address = self._bind(server)
+            await server.start()
+        except BaseException as exc:   # noqa: BLE001 - reported to start(), on the caller's thread
+            self._failure = exc
+            self._loop.call_soon(self._loop.stop)
+            self._started.set()
+            return
+        self._server = server
+        hub.attach(self._loop)
+        self._started.set()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """End every watch (UNAVAILABLE: the server is stopping), stop the server within `grace`, then the loop.
+        The event is set once the loop's thread has finished."""
+        done = threading.Event()
+        if not self._thread.is_alive():
+            done.set()
+            return done
+
+        async def stopping() -> None:
+            self.hub.shutdown()
+            if self._server is not None:
+                await self._server.stop(grace)
+            self._loop.stop()
+
+        def wait() -> None:
+            self._thread.join()
+            done.set()
+
+        try:
+            asyncio.run_coroutine_threadsafe(stopping(), self._loop)
+        except RuntimeError:      # the loop has already closed
+            pass
+        threading.Thread(target=wait, name="watch-streams-stop", daemon=True).start()
+        return done
