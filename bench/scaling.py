@@ -169,7 +169,13 @@ def pin_client(client: LoadClient, cpus: tuple[int, ...] | None) -> list[int]:
     return sorted(pool.submit(os.sched_getaffinity, 0).result())
 
 
-def _figure(results: Sequence[LoadResult], cpu: Sequence[dict[int, float]]) -> dict[str, Any]:
+def client_process(client: LoadClient) -> psutil.Process:
+    """The load generator's child process (where every run executes)."""
+    return psutil.Process(client._pool.submit(os.getpid).result())
+
+
+def _figure(results: Sequence[LoadResult], cpu: Sequence[dict[int, float]],
+            client_busy: Sequence[float]) -> dict[str, Any]:
     ok = sum(r.ok for r in results)
     total = [sum(c.values()) for c in cpu]
     # Each worker's share of the CPU the workers used, per run: 1/N each when the kernel spread evenly.
@@ -183,6 +189,8 @@ def _figure(results: Sequence[LoadResult], cpu: Sequence[dict[int, float]]) -> d
         # CPU of the serving processes over whole runs (warm-up included) per recorded call: an upper bound.
         "cpu_ms_per_call": spread([t * 1e3 / r.ok for t, r in zip(total, results) if r.ok]).as_dict() if ok else None,
         "worker_cpu_shares": shares,
+        # The load generator's CPU seconds per wall second of each run: how much of a core the client took.
+        "client_cores_busy": spread(client_busy).as_dict() if client_busy else None,
         "runs": [r.summary() for r in results],
     }
 
@@ -217,6 +225,7 @@ def case(plan: ScalingPlan, settings: ServerSettings, progress: Callable[[str], 
     counter = 0
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp, LoadClient() as client:
         out["client_cpus"] = pin_client(client, pinning.client)
+        load = client_process(client)
         bundle = write_bundle(Path(tmp) / "bundle", plan.bundle_principals)
         for n in plan.counts:
             cpus = pinning.server[n]
@@ -226,22 +235,25 @@ def case(plan: ScalingPlan, settings: ServerSettings, progress: Callable[[str], 
                 targets[FLOOR] = start_floors(settings, n, cpus)
                 runs: dict[str, list[LoadResult]] = {FLOOR: [], SERVER: []}
                 cpu: dict[str, list[dict[int, float]]] = {FLOOR: [], SERVER: []}
+                busy: dict[str, list[float]] = {FLOOR: [], SERVER: []}
                 for rep in range(plan.repeats):
                     for name in (SERVER, FLOOR) if rep % 2 == 0 else (FLOOR, SERVER):
                         served = targets[name]
                         procs = served.workers()
-                        before = _cpu_s(procs)
+                        before, c0, t0 = _cpu_s(procs), _cpu_s([load])[load.pid], time.perf_counter()
                         r = client.run(replace(spec, address=served.address, counter_start=counter))
-                        after = _cpu_s(procs)
+                        after, c1, t1 = _cpu_s(procs), _cpu_s([load])[load.pid], time.perf_counter()
+                        busy[name].append((c1 - c0) / (t1 - t0))
                         counter = max(counter, r.next_counter)
                         runs[name].append(r)
                         cpu[name].append({pid: after[pid] - before[pid] for pid in after})
                         used = sum(cpu[name][-1].values())
                         shares = ", ".join(f"{v / used if used else 0:.0%}" for v in sorted(cpu[name][-1].values()))
                         progress(f"workers={n} {name:<6} [{rep + 1}/{plan.repeats}]: {r.throughput:,.0f} rps, "
-                                 f"p50 {percentile(r.latencies_us, 50) / 1e3:.2f} ms, worker CPU shares {shares}"
+                                 f"p50 {percentile(r.latencies_us, 50) / 1e3:.2f} ms, worker CPU shares {shares}, "
+                                 f"client {busy[name][-1]:.2f} cores busy"
                                  + (f", {sum(r.errors.values())} errors" if r.errors else ""))
-                row: dict[str, Any] = {name: _figure(runs[name], cpu[name]) for name in (SERVER, FLOOR)}
+                row: dict[str, Any] = {name: _figure(runs[name], cpu[name], busy[name]) for name in (SERVER, FLOOR)}
                 row["server_cpus"] = list(cpus) if cpus else None
                 row["ratio"] = ratio(row[SERVER]["throughput_rps"]["median"], row[FLOOR]["throughput_rps"]["median"])
                 out["by_workers"][str(n)] = row

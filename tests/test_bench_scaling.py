@@ -39,7 +39,7 @@ def test_the_load_generator_runs_on_the_cpus_it_was_pinned_to() -> None:
 
 @pytest.mark.integration
 def test_workers_case_measures_each_n_against_as_many_floors() -> None:
-    plan = scaling.ScalingPlan(repeats=1, duration_s=0.2, warmup_s=0.0, requests=60, concurrency=8,
+    plan = scaling.ScalingPlan(repeats=1, duration_s=0.2, warmup_s=0.0, requests=300, concurrency=8,
                                bundle_principals=20, request_principals=8, connections=4)
     lines: list[str] = []
     out = scaling.case(plan, server_settings(warn=False), lines.append)
@@ -47,12 +47,15 @@ def test_workers_case_measures_each_n_against_as_many_floors() -> None:
     for n, row in out["by_workers"].items():
         for name in ("server", "floor"):
             fig = row[name]
-            assert fig["ok"] == 60 and fig["errors"] == 0
+            assert fig["ok"] == 300 and fig["errors"] == 0
             assert fig["throughput_rps"]["median"] > 0
             # One CPU share per process that answers calls: N sidecar workers, N floors.
             assert [len(s) for s in fig["worker_cpu_shares"]] == [int(n)]
-            assert fig["cpu_ms_per_call"]["median"] > 0
+            # CPU time is counted in ticks (10 ms): one short run may show none, so only bounds here.
+            assert fig["cpu_ms_per_call"]["median"] >= 0
+            assert 0 <= fig["client_cores_busy"]["median"] <= len(out["client_cpus"]) + 0.05
         assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+    assert sum(row["server"]["cpu_ms_per_call"]["median"] for row in out["by_workers"].values()) > 0
     assert out["by_workers"]["1"]["server"]["efficiency"] == 1.0
     assert out["by_workers"]["2"]["floor"]["efficiency"] > 0
     assert out["pinning"]["note"] in lines[0]
