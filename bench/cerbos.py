@@ -300,17 +300,19 @@ MIX = (("kinesisvideo:PutMedia", "stream"), ("kinesisvideo:GetMedia", "stream"),
        ("kinesisvideo:DescribeStream", "stream"), ("kinesisvideo:ConnectAsViewer", "channel"))
 
 
-def payloads(translation: Translation) -> dict[str, tuple[bytes, ...]]:
-    """The same requests for both servers, in the same order: every user x the mix, each naming a resource
-    with MARKER in its name (the load generator makes every request unique, so neither can reuse an answer)."""
+def payloads(translation: Translation, unique: bool = True) -> dict[str, tuple[bytes, ...]]:
+    """The same requests for both servers, in the same order: every user x the mix. With `unique`, each names a
+    resource with MARKER in its name (the load generator makes every request unique, so neither server can
+    reuse an answer); without, the same 16 requests over and over, as a gateway asks them."""
     out: dict[str, list[bytes]] = {SIDECAR: [], CERBOS: []}
+    name = f"cam-{MARKER.decode()}" if unique else "cam-front"
     for principal, roles in translation.roles.items():
         for action, kind in MIX:
-            arn = f"arn:aws:kinesisvideo:us-west-2:123456789012:{kind}/cam-{MARKER.decode()}/{CREATION}"
+            arn = f"arn:aws:kinesisvideo:us-west-2:123456789012:{kind}/{name}/{CREATION}"
             out[SIDECAR].append(authorize_request(principal, action, arn))
             out[CERBOS].append(check_request(principal, roles, arn, [action]))
     for name, ps in out.items():
-        if any(p.count(MARKER) != 1 for p in ps):
+        if unique and any(p.count(MARKER) != 1 for p in ps):
             raise AssertionError(f"every {name} payload must carry the counter marker exactly once")
     return {k: tuple(v) for k, v in out.items()}
 
@@ -351,6 +353,7 @@ def case(plan: CerbosPlan, progress: Callable[[str], None]) -> dict[str, Any]:
                            "untranslated": list(translation.untranslated), "roles": dict(translation.roles),
                            "rules": len(translation.policy["resourcePolicy"]["rules"])}
     load = payloads(translation)
+    repeated = payloads(translation, unique=False)
     out["payload_bytes"] = {name: sum(map(len, ps)) / len(ps) for name, ps in load.items()}
     with tempfile.TemporaryDirectory(prefix="bench-cerbos-") as tmp, LoadClient() as client:
         work = Path(tmp)
@@ -367,7 +370,7 @@ def case(plan: CerbosPlan, progress: Callable[[str], None]) -> dict[str, Any]:
             if eq["differ"]:
                 raise RuntimeError(f"Cerbos and the sidecar disagree on {len(eq['differ'])} of {eq['asked']} "
                                    f"decisions (first: {eq['differ'][0]}): the translated policy is not equivalent")
-            out.update(_measure(plan, client, started, load, progress))
+            out.update(_measure(plan, client, started, load, repeated, progress))
         finally:
             for proc in started.values():
                 proc.stop()
@@ -375,14 +378,16 @@ def case(plan: CerbosPlan, progress: Callable[[str], None]) -> dict[str, Any]:
 
 
 def _measure(plan: CerbosPlan, client: LoadClient, started: Mapping[str, ServedProcess],
-             load: Mapping[str, tuple[bytes, ...]], progress: Callable[[str], None]) -> dict[str, Any]:
+             load: Mapping[str, tuple[bytes, ...]], repeated: Mapping[str, tuple[bytes, ...]],
+             progress: Callable[[str], None]) -> dict[str, Any]:
     counter = 0
     methods = {SIDECAR: "Authorize", CERBOS: "CheckResources"}
 
-    def run(name: str, label: str, **kw: Any) -> tuple[LoadResult, float]:
+    def run(name: str, label: str, unique: bool = True, **kw: Any) -> tuple[LoadResult, float]:
         nonlocal counter
-        spec = LoadSpec(started[name].address, load[name], method=methods[name], duration_s=plan.duration_s,
-                        warmup_s=plan.warmup_s, requests=plan.requests, unique=True, counter_start=counter)
+        spec = LoadSpec(started[name].address, (load if unique else repeated)[name], method=methods[name],
+                        duration_s=plan.duration_s, warmup_s=plan.warmup_s, requests=plan.requests, unique=unique,
+                        counter_start=counter)
         spec = replace(spec, **kw)
         cpu0 = _cpu_s(started[name].pid)
         r = client.run(spec)
@@ -398,6 +403,7 @@ def _measure(plan: CerbosPlan, client: LoadClient, started: Mapping[str, ServedP
     cpu_ms: dict[str, list[float]] = {SIDECAR: [], CERBOS: []}
     one: dict[str, list[LoadResult]] = {SIDECAR: [], CERBOS: []}
     opened: dict[str, list[LoadResult]] = {SIDECAR: [], CERBOS: []}
+    again: dict[str, list[LoadResult]] = {SIDECAR: [], CERBOS: []}
     for rep in range(plan.repeats):
         order = (SIDECAR, CERBOS) if rep % 2 == 0 else (CERBOS, SIDECAR)
         tag = f"[{rep + 1}/{plan.repeats}]"
@@ -411,22 +417,29 @@ def _measure(plan: CerbosPlan, client: LoadClient, started: Mapping[str, ServedP
             one[name].append(run(name, f"c=1 {tag}", concurrency=1)[0])
         for name in order:
             opened[name].append(run(name, f"open {plan.open_rate:,.0f}/s {tag}", mode="open", rate=plan.open_rate)[0])
+        for name in order:
+            again[name].append(run(name, f"c={plan.concurrency} repeated {tag}", unique=False,
+                                   concurrency=plan.concurrency)[0])
     figures: dict[str, dict[str, Any]] = {}
     for name in (SIDECAR, CERBOS):
         figures[name] = {
             "throughput_rps": _spread([r.throughput for r in top[name]]),
             "cpu_ms_per_call": _spread(cpu_ms[name]) if cpu_ms[name] else None,
             "p50_us_at_1": _spread([r.percentile(50) for r in one[name]]),
+            "throughput_repeated_rps": _spread([r.throughput for r in again[name]]),
             "open_p50_us": _spread([r.percentile(50) for r in opened[name]]),
             "open_p99_us": _spread([r.percentile(99) for r in opened[name]]),
             "open_p999_us": _spread([r.percentile(99.9) for r in opened[name]]),
-            "errors": sum(sum(r.errors.values()) for r in top[name] + one[name] + opened[name]),
+            "errors": sum(sum(r.errors.values()) for r in top[name] + one[name] + opened[name] + again[name]),
             "decisions": _tally(top[name] + one[name] + opened[name]),
+            "cached_fraction_repeated": (sum(r.cached for r in again[name]) / a
+                                         if (a := sum(r.answers for r in again[name])) else 0.0),
             "runs": {"closed_top": [r.summary() for r in top[name]], "closed_1": [r.summary() for r in one[name]],
-                     "open": [r.summary() for r in opened[name]]},
+                     "open": [r.summary() for r in opened[name]],
+                     "closed_top_repeated": [r.summary() for r in again[name]]},
         }
     ratios = {key: ratio(figures[SIDECAR][key]["median"], figures[CERBOS][key]["median"])
-              for key in ("throughput_rps", "p50_us_at_1", "open_p99_us", "open_p999_us")
+              for key in ("throughput_rps", "throughput_repeated_rps", "p50_us_at_1", "open_p99_us", "open_p999_us")
               if figures[SIDECAR][key] and figures[CERBOS][key]}
     if figures[SIDECAR]["cpu_ms_per_call"] and figures[CERBOS]["cpu_ms_per_call"]:
         ratios["cpu_ms_per_call"] = ratio(figures[SIDECAR]["cpu_ms_per_call"]["median"],

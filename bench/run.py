@@ -659,6 +659,8 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
         for key, figure, unit, better in (
                 ("throughput_rps", f"Authorize vs CheckResources, {peer['concurrency']} in flight throughput", "rps",
                  "higher"),
+                ("throughput_repeated_rps", f"Authorize vs CheckResources, {peer['concurrency']} in flight "
+                 "throughput, repeated requests", "rps", "higher"),
                 ("cpu_ms_per_call", f"server CPU per call at {peer['concurrency']} in flight", "ms", "lower"),
                 ("p50_us_at_1", "1 in flight p50", "µs", "lower"),
                 ("open_p99_us", f"open loop at {peer['open_rate']:,.0f}/s, p99", "µs", "lower"),
