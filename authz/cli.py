@@ -699,7 +699,9 @@ def cmd_push(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     store = Store(StoreConfig(store_url=url, store_key=key, watch_interval=0, cache_size=0))
     try:
         store.open(load=False)          # publishing needs the log, not a load of what the store holds
-        revision, written = store.publish_bundle(directory)
+        from .analysis.diffing import no_new_access
+
+        revision, written = store.publish_bundle(directory, no_new_access if args.require_no_new_access else None)
     except StorageFailure as exc:
         return fail(2, f"nothing was published: {exc}")
     except StoreError as exc:              # an invalid bundle (the file and the place), or a change it would undo
@@ -887,6 +889,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-key-file", default=None, metavar="PATH",
                    help="file holding the store key (base64); default: AUTHZ_STORE_KEY_FILE, else the key itself "
                         "in AUTHZ_STORE_KEY")
+    p.add_argument("--require-no-new-access", action="store_true",
+                   help="refuse the bundle (exit 1, nothing published) when it allows any (principal, action, "
+                        "resource) that the state the store holds does not (authz access diff; docs/analysis.md)")
 
     p = sub.add_parser("policy", help="policy tools: generate (a least-privilege policy from a decision log)",
                        description="Policy tools. `authz policy generate --help` for the one command.")

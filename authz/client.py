@@ -62,6 +62,7 @@ RETRIED_METHODS: frozenset[tuple[str, str]] = frozenset({
     (AUTHORIZER, "Authorize"), (AUTHORIZER, "AuthorizeBatch"), (AUTHORIZER, "Simulate"),
     (HEALTH, "Check"),
     (ADMIN, "GetPolicy"), (ADMIN, "ListPolicies"), (ADMIN, "Status"), (ADMIN, "ValidatePolicy"),
+    (ADMIN, "WhoCan"), (ADMIN, "AccessOf"),
 })
 # Never retried: AssumeRole issues new credentials on every call, and each admin write changes the state
 # (a retried CreateAccessKey would mint a second key; a retried CreatePolicyVersion a second version).
@@ -648,6 +649,20 @@ def _validate_policy(policy_type: str, document: Document) -> pb.ValidatePolicyR
     return pb.ValidatePolicyRequest(policy_type=policy_type, document=_text(document))
 
 
+def _who_can(action: str, resource: str) -> pb.WhoCanRequest:
+    """Every principal that can be allowed `action` on `resource` in the state being served (docs/analysis.md)."""
+    return pb.WhoCanRequest(action=action, resource=resource)
+
+
+def _access_of(principal: str) -> pb.AccessOfRequest:
+    """What `principal` (a user, role or account root ARN) is allowed in the state being served."""
+    return pb.AccessOfRequest(principal=principal)
+
+
+def _same(resp: Resp) -> Resp:
+    return resp
+
+
 def _policies(resp: pb.ListPoliciesResponse) -> list[PolicyInfo]:
     return [PolicyInfo.from_proto(p) for p in resp.policies]
 
@@ -688,6 +703,8 @@ DELETE_RESOURCE = _admin("DeleteResource", _delete_resource, pb.Empty, _none)
 RELOAD = _admin("Reload", _empty, pb.ReloadResponse, ReloadResult.from_proto)
 STATUS = _admin("Status", _empty, pb.StatusResponse, ServerStatus.from_proto)
 VALIDATE_POLICY = _admin("ValidatePolicy", _validate_policy, pb.ValidatePolicyResponse, Validation.from_proto)
+WHO_CAN = _admin("WhoCan", _who_can, pb.WhoCanResponse, _same)
+ACCESS_OF = _admin("AccessOf", _access_of, pb.AccessOfResponse, _same)
 
 
 # ------------------------------------------------------------------ TLS and metadata
@@ -975,6 +992,8 @@ class AdminClient(_Client):
     delete_resource = blocking(DELETE_RESOURCE)
     reload = blocking(RELOAD)
     status = blocking(STATUS)
+    who_can = blocking(WHO_CAN)
+    access_of = blocking(ACCESS_OF)
     validate_policy = blocking(VALIDATE_POLICY)
 
 

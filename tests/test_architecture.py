@@ -31,8 +31,9 @@ LAYERS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
     ("records", 2, ("authz.records",)),
     ("store", 3, ("authz.store.*",)),
     ("gateway", 3, ("authz.gateway.*",)),
-    ("server", 4, ("authz.server.*",)),
-    ("command", 5, ("authz.cli",)),
+    ("analysis", 4, ("authz.analysis.*",)),
+    ("server", 5, ("authz.server.*",)),
+    ("command", 6, ("authz.cli",)),
 )
 RANKS = {name: rank for name, rank, _ in LAYERS}
 

@@ -141,7 +141,8 @@ def test_retried_and_never_retried_methods_cover_the_services_once() -> None:
     assert ours | NEVER_RETRIED_METHODS == every and not ours & NEVER_RETRIED_METHODS
     assert (AUTHORIZER, "AssumeRole") in NEVER_RETRIED_METHODS
     assert ours == {(AUTHORIZER, "Authorize"), (AUTHORIZER, "AuthorizeBatch"), (AUTHORIZER, "Simulate"),
-                    (ADMIN, "GetPolicy"), (ADMIN, "ListPolicies"), (ADMIN, "Status"), (ADMIN, "ValidatePolicy")}
+                    (ADMIN, "GetPolicy"), (ADMIN, "ListPolicies"), (ADMIN, "Status"), (ADMIN, "ValidatePolicy"),
+                    (ADMIN, "WhoCan"), (ADMIN, "AccessOf")}
     config = json.loads(service_config())
     [method_config] = config["methodConfig"]
     assert {(n["service"], n["method"]) for n in method_config["name"]} == RETRIED_METHODS

@@ -14,7 +14,8 @@ groups and per-group answers across calls on one snapshot: the sidecar keeps one
 from __future__ import annotations
 
 from .model import Access, AccessDiff, Change, Grant, Reach, Status, WhoCan
-from .engine import ACTIONS, Analyzer, Source, access_of, diff, load, snapshot_of, who_can
+from .diffing import diff
+from .engine import ACTIONS, Analyzer, Source, access_of, load, snapshot_of, who_can
 
 __all__ = ["ACTIONS", "Access", "AccessDiff", "Analyzer", "Change", "Grant", "Reach", "Source", "Status", "WhoCan",
            "access_of", "diff", "load", "snapshot_of", "who_can"]

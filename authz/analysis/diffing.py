@@ -1,5 +1,6 @@
-"""What a change to the IAM state allows: (principal, action, resource class) whose status differs, recomputing only
-what the change touches.
+"""What a change to the IAM state allows: every (principal, action, resource class) whose status differs.
+
+Only what the change touches is recomputed.
 
 A principal's decisions read its own records (user or role, its groups, their inline and managed policies,
 its boundary), its account's organization policies and facts, and the resource's registration (policy,
@@ -22,8 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..policy.arn import service_of
+from ..store.snapshot import ResolvedPrincipal
 from ..store.state import Account, IamState, Principal
-from .engine import ASSUME_ROLE, KINESISVIDEO_ACTIONS, Analyzer, Member, Outcome, _role_member, _user_member, group_key
+from .engine import (ASSUME_ROLE, KINESISVIDEO_ACTIONS, Analyzer, Member, Source, analyzer, group_key, role_member,
+                     user_member)
 from .model import AccessDiff, Change, Status
 
 
@@ -80,6 +83,23 @@ def _pairs(s0: IamState, s1: IamState, kind: str) -> dict[str, tuple[Principal |
     return out
 
 
+def _compare(old: Analyzer, new: Analyzer, r0: ResolvedPrincipal | None, r1: ResolvedPrincipal | None,
+             names: list[str], changes: dict[tuple[str, str, str], Change]) -> None:
+    """Every action on every resource class of both sides' patterns, for principal `r0` (old) and `r1` (new);
+    each difference is recorded for every name in `names` (the members the two decide for)."""
+    patterns = list(dict.fromkeys([*(old.patterns_for([r0]) if r0 else []), *(new.patterns_for([r1]) if r1 else [])]))
+    o0 = old.outcomes(r0, patterns) if r0 else {}
+    o1 = new.outcomes(r1, patterns) if r1 else {}
+    for pair in {*o0, *o1}:
+        a, b = o0.get(pair), o1.get(pair)
+        st0 = a[0].status if a else Status.NO
+        st1 = b[0].status if b else Status.NO
+        if st0 != st1:
+            matches = b[1] if b else a[1] if a else ()
+            for name in names:
+                changes[(name, pair[0], pair[1])] = Change(name, pair[0], pair[1], matches, st0, st1)
+
+
 def access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
     s0, s1 = old.base.state, new.base.state
     touch = _Touch(s0, s1)
@@ -88,7 +108,7 @@ def access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
     # Principals whose own records or policies changed: every action, every resource class.
     batches: dict[tuple[Any, ...], list[tuple[str, Member | None, Member | None]]] = {}
     for kind in ("user", "role"):
-        member = _user_member if kind == "user" else _role_member
+        member = user_member if kind == "user" else role_member
         for arn, (p0, p1) in _pairs(s0, s1, kind).items():
             if not (touch.everything or p0 is None or p1 is None or p0 != p1 or touch.touches(p0)
                     or touch.touches(p1)):
@@ -101,21 +121,14 @@ def access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
         rp1 = new.resolve(m1) if m1 else None
         specific = (rp0 is not None and old.specific_policies(rp0)) or (rp1 is not None and new.specific_policies(rp1))
         for arn, n0, n1 in (batch if specific else batch[:1]):
-            r0 = old.resolve(n0) if n0 else None
-            r1 = new.resolve(n1) if n1 else None
-            patterns = list(dict.fromkeys([*(old.patterns_for([r0]) if r0 else []),
-                                           *(new.patterns_for([r1]) if r1 else [])]))
-            o0 = old.outcomes(r0, patterns) if r0 else {}
-            o1 = new.outcomes(r1, patterns) if r1 else {}
             names = [a for a, _m0, _m1 in batch] if not specific else [arn]
-            for pair in {*o0, *o1}:
-                a, b = o0.get(pair), o1.get(pair)
-                st0 = a[0].status if a else Status.NO
-                st1 = b[0].status if b else Status.NO
-                if st0 != st1:
-                    matches = (b or a)[1]  # type: ignore[index]
-                    for name in names:
-                        changes[(name, pair[0], pair[1])] = Change(name, pair[0], pair[1], matches, st0, st1)
+            _compare(old, new, old.resolve(n0) if n0 else None, new.resolve(n1) if n1 else None, names, changes)
+
+    # An organization change reaches the account roots and anonymous callers too.
+    if touch.everything:
+        others = [f"arn:aws:iam::{a}:root" for a in sorted({*s0.accounts, *s1.accounts})] + ["anonymous"]
+        for name in others:
+            _compare(old, new, old.resolve(name), new.resolve(name), ["*" if name == "anonymous" else name], changes)
 
     # Resources whose policy or tags changed, roles whose trust policy changed: every principal, directly.
     targets: list[tuple[str, tuple[str, ...]]] = []
@@ -138,4 +151,20 @@ def access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
     return AccessDiff([c for c in ordered if c.widens], [c for c in ordered if not c.widens])
 
 
-__all__ = ["access_diff", "Outcome"]
+MAX_REFUSAL_CHANGES = 10     # newly allowed accesses a refusal message names (the rest are counted)
+
+
+def no_new_access(old: IamState, new: IamState) -> str:
+    """The --require-no-new-access check: "" when NEW allows nothing OLD did not, else the refusal naming
+    the first MAX_REFUSAL_CHANGES new accesses (`authz access diff` lists them all)."""
+    result = diff(old, new)
+    if not result.grants_new_access:
+        return ""
+    return (f"the bundle grants new access, refused (--require-no-new-access): {len(result.added)} newly allowed "
+            f"(principal, action, resource class): {result.summary(MAX_REFUSAL_CHANGES)}; run `authz access diff "
+            "OLD NEW` for the whole list")
+
+
+def diff(old: Source, new: Source) -> AccessDiff:
+    """The (principal, action, resource class) access NEW allows and OLD did not, and the reverse."""
+    return access_diff(analyzer(old), analyzer(new))

@@ -33,7 +33,7 @@ from ..store.ops import CreateSession
 from ..store.snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, resource_deps
 from ..store.state import IamState, Principal
 from .classes import KINESISVIDEO_UNIVERSE, pattern_text, pattern_tokens, witnesses
-from .model import Access, AccessDiff, Grant, Reach, Status, WhoCan
+from .model import Access, Grant, Reach, Status, WhoCan
 from .variants import RESOURCE_TAG, Variants, fixed_key, principal_specific, statement_keys
 
 _DATA = Path(__file__).resolve().parent.parent / "policy" / "data" / "actions.json"
@@ -126,11 +126,11 @@ def _with_sessions(state: IamState, now: float) -> IamState:
     return state
 
 
-def _user_member(u: Principal) -> Member:
+def user_member(u: Principal) -> Member:
     return Member(u.arn, u.arn, "", u.unique_id)
 
 
-def _role_member(r: Principal) -> Member:
+def role_member(r: Principal) -> Member:
     partition = r.arn.split(":", 2)[1]
     return Member(r.arn, f"arn:{partition}:sts::{r.account}:assumed-role/{r.name}/{ANALYSIS_SESSION}",
                   _session_key(r.arn), f"{r.unique_id}:{ANALYSIS_SESSION}")
@@ -175,13 +175,13 @@ class Analyzer:
                     g = by_key.get(key)
                     if g is None:
                         g = by_key[key] = Group("user", acct.id)
-                    g.members.append(_user_member(u))
+                    g.members.append(user_member(u))
                 for r in acct.roles.values():
                     key = group_key("role", r)
                     g = by_key.get(key)
                     if g is None:
                         g = by_key[key] = Group("role", acct.id)
-                    g.members.append(_role_member(r))
+                    g.members.append(role_member(r))
             self._by_key = by_key
             self._groups = list(by_key.values())
         return self._groups
@@ -233,14 +233,14 @@ class Analyzer:
         name = res.rsplit("/", 1)[-1].lower()
         if f[2] == "iam" and res.startswith("user/"):
             u = acct.users.get(name)
-            return ("user", _user_member(u)) if u is not None and u.arn == principal else None
+            return ("user", user_member(u)) if u is not None and u.arn == principal else None
         if f[2] == "iam" and res.startswith("role/"):
             r = acct.roles.get(name)
-            return ("role", _role_member(r)) if r is not None and r.arn == principal else None
+            return ("role", role_member(r)) if r is not None and r.arn == principal else None
         if f[2] == "sts" and res.startswith("assumed-role/"):
             bits = res.split("/")
             r = acct.roles.get(bits[1].lower()) if len(bits) >= 3 else None
-            return ("role", _role_member(r)) if r is not None else None
+            return ("role", role_member(r)) if r is not None else None
         return None
 
     # ------------------------------------------------------------ one decision
@@ -445,8 +445,9 @@ class Analyzer:
                 add_policy(p, lambda _k: None, False)
         # Registered resources differ from an unregistered ARN by their policy, and by their tags when a
         # condition reads aws:ResourceTag/*: only then are they classes of their own.
-        tags_read = any(k.lower().startswith(RESOURCE_TAG) for rp in rps
-                        for p in (*rp.identity, *([rp.boundary] if rp.boundary else []), *self._org_policies(rp.account))
+        own = [p for rp in rps for p in (*rp.identity, *([rp.boundary] if rp.boundary else []),
+                                         *self._org_policies(rp.account))]
+        tags_read = any(k.lower().startswith(RESOURCE_TAG) for p in own
                         for st in p.statements for k in statement_keys(st)) or any(
             k.lower().startswith(RESOURCE_TAG) for acct in state.accounts for p in self._org_policies(acct)
             for st in p.statements for k in statement_keys(st))
@@ -555,10 +556,3 @@ def who_can(source: Source, action: str, resource: str) -> WhoCan:
 def access_of(source: Source, principal: str) -> Access:
     """What `principal` is allowed: a user, a role (its sessions, no session policy) or an account root."""
     return analyzer(source).access_of(principal)
-
-
-def diff(old: Source, new: Source) -> AccessDiff:
-    """The (principal, action, resource class) access NEW allows and OLD did not, and the reverse."""
-    from .diffing import access_diff
-
-    return access_diff(analyzer(old), analyzer(new))

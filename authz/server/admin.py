@@ -15,6 +15,7 @@ from ..policy.arn import account_of
 from ..v1 import authz_pb2 as pb
 from ..v1 import authz_pb2_grpc as pb_grpc
 from . import convert
+from .access import LiveAnalysis
 from .errors import rpc
 
 EMPTY = pb.Empty()
@@ -34,6 +35,7 @@ def addressed(ref: pb.PrincipalRef, field: str = "principal") -> tuple[str, str,
 class PolicyAdmin(pb_grpc.PolicyAdminServicer):
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.analysis = LiveAnalysis(store)
 
     def _info(self, arn: str) -> pb.PolicyInfo:
         return convert.policy_info(self.store.policy(arn), self.store.attachment_count(arn))
@@ -211,3 +213,13 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
     @rpc
     def ValidatePolicy(self, request: pb.ValidatePolicyRequest, context: Ctx) -> pb.ValidatePolicyResponse:
         return convert.validation_to_proto(self.store.validate_policy(request.policy_type, request.document))
+
+    # ------------------------------------------------------------ access analysis (access.py)
+
+    @rpc
+    def WhoCan(self, request: pb.WhoCanRequest, context: Ctx) -> pb.WhoCanResponse:
+        return self.analysis.who_can(request)
+
+    @rpc
+    def AccessOf(self, request: pb.AccessOfRequest, context: Ctx) -> pb.AccessOfResponse:
+        return self.analysis.access_of(request)

@@ -69,6 +69,7 @@ class Config:
     assume_role_auth: str = "none"    # AssumeRole: "none" believes `caller`; "sigv4" verifies the signed STS request
     otlp_endpoint: str | None = None  # OpenTelemetry: export a span per decision RPC here (authz.server.tracing)
     demo: bool = False                # --demo: `bundle` is the shipped example bundle, with its published keys
+    require_no_new_access: bool = False   # a reloaded bundle that allows new access is refused (authz.analysis)
     # Watch streams (authz.server.watch): the streaming listener, "" for the default (--listen's host, port + 1,
     # or a free port when that one is taken) or None for none (--watch-listen off), and the cap on open watches.
     watch_listen: str | None = ""
@@ -245,6 +246,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     flag("--watch-interval", "seconds between checks of the bundle directory for changes (0 disables "
                              "watching; reload through the admin Reload call); e.g. --watch-interval 5",
          type=_positive(float, 0), default=DEFAULT_WATCH_INTERVAL, metavar="SECONDS")
+    flag("--require-no-new-access", "refuse a reloaded bundle that allows any (principal, action, resource) the "
+                                     "state being served does not, as an invalid bundle is refused: the last good "
+                                     "state keeps serving, the load error (Status, the Reload answer) lists the new "
+                                     "access (docs/analysis.md); --bundle only (a fleet gates `authz push "
+                                     "--require-no-new-access`); e.g. AUTHZ_REQUIRE_NO_NEW_ACCESS=1",
+         action="store_true")
     flag("--drain-grace", "on SIGTERM, seconds in-flight calls get to finish; e.g. --drain-grace 30",
          type=_positive(float, 0), default=settings.DRAIN_GRACE_SECONDS, metavar="SECONDS")
     flag("--principal-from", f"Envoy ext_authz (served on the decision listener): who the caller is; "
@@ -295,6 +302,14 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
         ap.error(f"--demo: {a.demo!r} (from {env_name('--demo')}) is not a switch; use {env_name('--demo')}=1 "
                  f"to serve the example bundle, or {env_name('--demo')}=0")
     store_url, store_key = _fleet(ap, a, demo)
+    gate = a.require_no_new_access
+    gate = bool(gate) if gate in (None, True) else SWITCH_VALUES.get(str(gate).strip().lower())
+    if gate is None:
+        ap.error(f"--require-no-new-access: {a.require_no_new_access!r} (from {env_name('--require-no-new-access')}) "
+                 "is not a switch; use 1 or 0")
+    if gate and store_url is not None:
+        ap.error("--require-no-new-access applies to --bundle reloads; in fleet mode gate the bundle when it is "
+                 "published: authz push --require-no-new-access")
     bundle = a.bundle
     if demo:
         if bundle is not None and bundle.is_dir():
@@ -360,6 +375,7 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                   principal_from=a.principal_from.strip(), region=region, trusted_proxies=proxies,
                   memo_bytes=a.memo_bytes, simulate_processes=a.simulate_processes,
                   assume_role_auth=a.assume_role_auth, otlp_endpoint=a.otlp_endpoint or None, demo=demo,
+                  require_no_new_access=bool(gate),
                   watch_listen=watch_listen, max_watches=a.max_watches)
 
 

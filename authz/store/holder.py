@@ -68,6 +68,10 @@ class StoreConfig:
     options: EngineOptions = DEFAULT_OPTIONS
     watch_interval: float = DEFAULT_WATCH_INTERVAL     # seconds between bundle checks; 0 disables watching
     partition: str = "aws"
+    # A reload's last check (--require-no-new-access): (the state being served, the reloaded one) -> "" to
+    # admit it, else why it is refused. A refused bundle is treated as an invalid one: the last good state
+    # keeps serving and the reason is the load error. Bundle directories only (a fleet gates `authz push`).
+    admit: Callable[[IamState, IamState], str] | None = None
 
 
 @dataclass
@@ -110,6 +114,19 @@ class CompileHook:
 
 class ReplayError(StoreError):
     """A logged change no longer applies to the bundle: the bundle is refused (never the change dropped)."""
+
+
+class NotAdmitted(StoreError):
+    """The bundle loads but its admission check refuses it (e.g. it grants new access): nothing changes."""
+
+
+def admission(admit: Callable[[IamState, IamState], str], old: IamState, new: IamState) -> str:
+    """The admission check's verdict; a check that fails refuses the bundle (fail closed)."""
+    try:
+        return admit(old, new)
+    except Exception as exc:   # noqa: BLE001 - any failure of the check refuses the bundle
+        log.exception("the bundle's admission check failed")
+        return f"the bundle could not be checked, so it is refused: {type(exc).__name__}: {exc}"
 
 
 Documents = list[tuple[str, Any]]        # a bundle: (file name, parsed content) in file order
@@ -325,6 +342,10 @@ class SnapshotHolder:
             return self._unreadable(exc)
         except (BundleError, OSError, StoreError, ValueError) as exc:
             return self._refuse(str(exc) if isinstance(exc, StoreError) else f"cannot read the bundle: {exc}")
+        if self.config.admit is not None and self.config.bundle_dir is not None and self._ready:
+            why = admission(self.config.admit, self.snapshot.state, state)
+            if why:
+                return self._refuse(why)
         files = self.config.bundle_dir is not None
         if self.config.store_url is not None and _published(records) is None:
             with self._write_lock:
@@ -626,11 +647,13 @@ class SnapshotHolder:
         except StoreError as exc:
             log.warning("cannot follow the shared state: %s", exc)
 
-    def publish_bundle(self, directory: Path) -> tuple[int, bool]:
+    def publish_bundle(self, directory: Path, admit: Callable[[IamState, IamState], str] | None = None
+                       ) -> tuple[int, bool]:
         """Fleet mode (`authz push`): publish the bundle in `directory` as the store's bundle, in one
         write; returns the revision and whether this call wrote it. The bundle is validated as --bundle validates one, and every
         logged change is replayed onto it first: a bundle any sidecar would refuse is never published.
-        Publishing the bundle the store already holds writes nothing."""
+        Publishing the bundle the store already holds writes nothing. `admit` (see StoreConfig.admit)
+        compares the state the store holds with the one this bundle makes; a refusal raises NotAdmitted."""
         digest, docs = read_bundle(directory)
         bulk = CompileHook(self.compiler, EAGER_COMPILE_PER_LOAD)
         with compiling(bulk):
@@ -643,7 +666,13 @@ class SnapshotHolder:
                 if found is not None and found[1] == digest:
                     return []
                 # Raises ReplayError naming a change that would not apply to the new bundle.
-                _state, retire = self._replay(base, records, bulk)
+                new_state, retire = self._replay(base, records, bulk)
+                if admit is not None:
+                    with compiling(bulk):
+                        old_base = apply_documents(self._documents(found[0], records)) if found else IamState()
+                    why = admission(admit, self._replay(old_base, records, bulk)[0], new_state)
+                    if why:
+                        raise NotAdmitted(why)
                 out: list[Record] = [{"op": LOAD_BUNDLE, "digest": digest, "documents": [list(d) for d in docs]}]
                 if retire:
                     out.append({"op": RETIRE_OPS, "digests": retire})

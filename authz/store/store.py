@@ -89,8 +89,9 @@ class Store:
     def follow(self, stop: threading.Event, interval: float) -> None:
         self._holder.follow(stop, interval)
 
-    def publish_bundle(self, directory: Path) -> tuple[int, bool]:
-        return self._holder.publish_bundle(directory)
+    def publish_bundle(self, directory: Path, admit: Callable[[IamState, IamState], str] | None = None
+                       ) -> tuple[int, bool]:
+        return self._holder.publish_bundle(directory, admit)
 
     def status(self) -> StoreStatus:
         return self._holder.status()
