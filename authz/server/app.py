@@ -226,6 +226,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     from .simulate import Simulator
     from .errors import UndecodableRequests, add_checked, checked
     from . import ext_authz
+    from ..analysis.diffing import no_new_access
     from .tracing import start_tracing
     from .watch import StreamListener, WatchHub
 
@@ -233,7 +234,8 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     gc.set_threshold(*settings.GC_THRESHOLDS)
     store = Store(StoreConfig(bundle_dir=config.bundle, state_dir=config.state_dir, store_url=config.store_url,
                               store_key=config.store_key, cache_size=config.cache_size,
-                              watch_interval=config.watch_interval), clock=clock)
+                              watch_interval=config.watch_interval,
+                              admit=no_new_access if config.require_no_new_access else None), clock=clock)
     store.on_reload(release_memory)        # each loaded state frozen, the freed heap returned (store/memory.py)
     credentials = (server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
                    if config.tls_cert is not None and config.tls_key is not None else None)
