@@ -1,6 +1,7 @@
 """The `authz` command: simulate, validate, test, check, watch and serve.
 
-And push: publish a bundle to the fleet's store (fleet mode, `authz serve --store URL`).
+And push: publish a bundle to the fleet's store (fleet mode, `authz serve --store URL`); policy generate: a
+least-privilege identity policy from a decision log (authz/analysis/generate.py).
 """
 
 from __future__ import annotations
