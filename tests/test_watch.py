@@ -221,6 +221,11 @@ def test_the_decision_listener_redirects_watch_to_the_streaming_listener(server:
     assert f"streaming listener at {watch} (--watch-listen)" in failed.details()
     assert WATCH_ADDRESS_METADATA_KEY == settings.WATCH_ADDRESS_HEADER        # the server's name is the clients'
     assert dict(failed.trailing_metadata())[WATCH_ADDRESS_METADATA_KEY] == watch
+    # The redirect reads nothing of the request; the streaming listener refuses bytes that are no request.
+    for addr, code in ((server.addr, grpc.StatusCode.FAILED_PRECONDITION), (watch, grpc.StatusCode.INVALID_ARGUMENT)):
+        with grpc.insecure_channel(addr) as channel, pytest.raises(grpc.RpcError) as garbage:
+            next(channel.unary_stream("/authz.v1.Authorizer/Watch")(b"\xff\xff\xff"))
+        assert garbage.value.code() == code         # type: ignore[attr-defined]
     # Both clients follow it; given the streaming listener's own address, they need no redirect.
     for addr in (server.addr, watch):
         with AuthzClient(addr) as authz, authz.watch(CAMERA, PUT, STREAM) as watching:

@@ -222,9 +222,9 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     from .admin import PolicyAdmin
     from .answers import Answers
     from .auth import AdminTokenInterceptor, server_credentials
-    from .authorizer import Authorizer
+    from .authorizer import Authorizer, add_to_server as add_authorizer
     from .simulate import Simulator
-    from .errors import UndecodableRequests, add_checked, checked
+    from .errors import UndecodableRequests, checked
     from . import ext_authz
     from ..analysis.diffing import no_new_access
     from .tracing import start_tracing
@@ -262,7 +262,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     authorizer = Authorizer(store, tuple(observers), answers=answers, simulator=simulator,
                             assume_role_auth=config.assume_role_auth, secure_transport=credentials is not None,
                             regions=frozenset(config.region.split(",")))
-    add_checked(authz_pb2_grpc.add_AuthorizerServicer_to_server, authorizer, decision)
+    add_authorizer(authorizer, decision)
     ext_authz.register(checked(decision), store, ext_authz.GatewayOptions(
         principal_from=config.principal_from, region=config.region, trusted_proxies=config.trusted_proxies),
         observers)

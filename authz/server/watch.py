@@ -76,6 +76,9 @@ STOPPING_MESSAGE = ("the server is stopping: reconnect (to another instance, or 
                     "watch again; the first message is the current decision")
 LISTENER_START_SECONDS = 30.0     # the longest start() waits for the streaming listener to bind
 HEAP_SLACK = 1_024                # the timer heap is rebuilt once it holds this many more entries than watches
+# A watch whose next instant is already past when it is decided (the clock moved on meanwhile) is looked at again
+# this much later, not at once: never a loop that re-decides one watch without yielding.
+CLOCK_RECHECK_SECONDS = 0.01
 
 # Why a watch ended (the authz_watch_ends metric's `reason` label).
 ENDED_CANCELLED = "cancelled"          # the client cancelled it (or went away)
@@ -265,10 +268,9 @@ class WatchHub:
         start = time.perf_counter()
         try:
             encoded, answer = self._decide(w.raw)
+            self._apply(w, encoded, answer, time.perf_counter() - start)
         except Exception as exc:   # noqa: BLE001 - fail closed: the stream ends with the error, never an answer
             self._end(w, error_status(exc), ENDED_ERROR)
-            return
-        self._apply(w, encoded, answer, time.perf_counter() - start)
 
     def _apply(self, w: _Watch, encoded: EncodedAnswer, answer: Answer | None, seconds: float) -> None:
         """Index, send when changed, end a watch whose session is over, or schedule it at its next instant."""
@@ -294,7 +296,9 @@ class WatchHub:
             else:
                 self._end(w, _OK, ENDED_SESSION)
             return
-        self._schedule(w, min(changes_at, w.expires))
+        due = min(changes_at, w.expires)
+        now = self.store.clock()
+        self._schedule(w, due if due > now else now + CLOCK_RECHECK_SECONDS)
 
     def _send(self, w: _Watch, encoded: EncodedAnswer, seconds: float) -> None:
         if len(w.queue) >= self.queue_max:
