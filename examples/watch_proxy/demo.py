@@ -1,8 +1,10 @@
 """The parts around the proxy for trying it by hand: a media upstream, a camera, and the administrator's Deny.
 
     python examples/watch_proxy/demo.py upstream --listen 127.0.0.1:9000
-    python examples/watch_proxy/demo.py camera --proxy 127.0.0.1:8080 --principal arn:aws:iam::123456789012:user/camera
-    AUTHZ_ADMIN_TOKEN=... python examples/watch_proxy/demo.py deny --admin 127.0.0.1:50060 --user camera [--from TIME | --undo]
+    python examples/watch_proxy/demo.py camera --proxy 127.0.0.1:8080 \\
+        --principal arn:aws:iam::123456789012:user/camera
+    AUTHZ_ADMIN_TOKEN=... python examples/watch_proxy/demo.py deny --admin 127.0.0.1:50060 --user camera \\
+        [--from TIME | --undo]
 
 See README.md for the whole walk-through.
 """
