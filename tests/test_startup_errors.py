@@ -45,6 +45,8 @@ def busy_port() -> Iterator[int]:
     ("--admin-listen", [], {"AUTHZ_ADMIN_TOKEN": "a-token"}),
     ("--metrics-listen", [], {}),
     ("--listen", ["--workers", "2"], {}),                     # the supervisor reserves the port itself
+    ("--watch-listen", [], {}),
+    ("--watch-listen", ["--workers", "2"], {}),               # ... and the streaming listener's port
 ])
 def test_a_busy_port_names_its_flag(flag: str, extra: list[str], env: dict[str, str], busy_port: int,
                                     tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -245,6 +246,35 @@ def test_a_wildcard_address_means_the_host_dialled() -> None:
     assert watch_address("[::1]:50051", "0.0.0.0:50052") == "[::1]:50052"
     assert watch_address("dns:///sidecar:50051", "0.0.0.0:1") == "sidecar:1"
     assert watch_address("127.0.0.1:50051", "10.0.0.7:50052") == "10.0.0.7:50052"
+
+
+def held_next_port() -> tuple[socket.socket, int]:
+    """A listening socket on 127.0.0.1:P+1 and a port P free next to it (for --listen: its default watch port taken)."""
+    while True:
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1] - 1
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                held.close()
+                continue
+        return held, port
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_taken_default_port_gives_way_to_a_free_one(server_factory: Any, tmp_path: Path, workers: int) -> None:
+    held, port = held_next_port()
+    with held:
+        s = server_factory(copy_example_bundle(tmp_path / "bundle"), tmp_path / "state", "--listen",
+                           f"127.0.0.1:{port}", admin=None, token=None, workers=workers)
+        watch = s.listening[0]["watch"]
+        assert s.addr == f"127.0.0.1:{port}" and watch != f"127.0.0.1:{port + 1}"
+        assert any("--watch-listen: the default address" in line and "is taken" in line for line in s.log)
+        with s.client() as authz, authz.watch(CAMERA, PUT, STREAM) as watching:     # the redirect finds it
+            assert next(iter(watching)).allowed
 
 
 def test_without_a_streaming_listener_watch_is_unimplemented(server_factory: Any, tmp_path: Path) -> None:

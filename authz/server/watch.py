@@ -479,7 +479,8 @@ class StreamListener:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._serve())
-            self._loop.run_forever()
+            if self._failure is None:
+                self._loop.run_forever()
         finally:
             self._loop.close()
 
@@ -497,7 +498,6 @@ class StreamListener:
             await server.start()
         except BaseException as exc:   # noqa: BLE001 - reported to start(), on the caller's thread
             self._failure = exc
-            self._loop.call_soon(self._loop.stop)
             self._started.set()
             return
         self._server = server
