@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from . import engine as engine_bench
-from . import cerbos, fleet, plots, report, scaling, streams
+from . import cerbos, fleet, plots, report, scaling, streams, watch
 from .fixtures import (ENGINE_USERS, REQUEST_CONTEXT, authorize_payloads, batch_payloads, engine_bundle_document,
                        engine_requests, write_bundle, write_bundle_document)
 from .floor import ServerSettings, server_settings
@@ -26,7 +26,7 @@ from .targets import (REPO, ServedProcess, StoreTarget, Unavailable, measure_env
                       store_missing)
 
 CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy", "streams", "fleet",
-         "cerbos")
+         "watch", "cerbos")
 DEFAULT_OUT = REPO / "bench" / "results"
 FLOOR, SERVER = "floor", "server"
 
@@ -54,6 +54,7 @@ class Plan:
     connections: int = 1                     # client connections per run (server.py --workers spreads by connection)
     stream_counts: tuple[int, ...] = (0, 100, 1_000)   # case "streams": long-lived streams held open
     fleet: fleet.FleetPlan = fleet.FleetPlan()         # case "fleet": sizes (bench/fleet.py)
+    watch: watch.WatchPlan = watch.WatchPlan()         # case "watch": open watches, writes (bench/watch.py)
     cerbos_rate: float = 1_500.0             # case "cerbos": the open-loop rate offered to Cerbos and the sidecar
     server: bool = True
     server_workers: int | None = None        # server.py --workers (not passed when None)
@@ -65,7 +66,8 @@ class Plan:
     def quick_plan(cls) -> "Plan":
         return cls(quick=True, repeats=2, duration_s=0.4, warmup_s=0.1, scale_sizes=(100, 5_000),
                    scale_budget_s=60.0, engine_samples=10, bundle_principals=100, concurrency=(1, 64),
-                   handler_budget_us=(20.0,), stream_counts=(10,), fleet=fleet.FleetPlan.quick())
+                   handler_budget_us=(20.0,), stream_counts=(10,), fleet=fleet.FleetPlan.quick(),
+                   watch=watch.WatchPlan.quick())
 
 
 class Progress:
@@ -667,7 +669,33 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
                 ("open_p999_us", f"open loop at {peer['open_rate']:,.0f}/s, p99.9", "µs", "lower")):
             rows.append(_row("cerbos", f"{figure} (server: the sidecar; floor column: Cerbos {peer['version']}, "
                              "same policy and requests)", unit, side.get(key), other.get(key), better))
+    w = cases.get("watch")
+    if isinstance(w, Mapping) and "authorize" in w:
+        w_top, w_low = str(w["concurrency"]), min(w["authorize"]["none"], key=int)
+        none, opened = w["authorize"]["none"], w["authorize"]["open"]
+        rows.append(_row("watch", f"Authorize {w_top} in flight throughput, {w['watches']:,} watches open "
+                         f"(floor: none open; target ≥ 1/{w['target_ratio']})", "rps",
+                         opened[w_top]["throughput_rps"], none[w_top]["throughput_rps"], "higher"))
+        rows.append(_row("watch", f"Authorize {w_low} in flight p50, {w['watches']:,} watches open "
+                         f"(floor: none open; target ≤ {w['target_ratio']})", "µs",
+                         opened[w_low]["p50_us"], none[w_low]["p50_us"], "lower"))
+        floor = w.get("floor") or {}
+        if "propagation" in floor:
+            # From the write's start: the floor answers its push call only after queueing every message.
+            rows.append(_row("watch", f"write flipping all {w['watches']:,} watches: write sent → last message read "
+                             "(floor: the same push from a server that decides nothing)", "ms",
+                             w["propagation"]["all"]["last_from_send_ms"],
+                             floor["propagation"]["all"]["last_from_send_ms"], "lower"))
+            rows.append(_row("watch", "RSS per open watch (floor: the same watches on that server)", "KB",
+                             _single(w["memory"]["kb_per_watch"]), _single(floor["memory"]["kb_per_watch"]),
+                             "lower"))
     return rows
+
+
+def _watch_plan(plan: Plan) -> watch.WatchPlan:
+    """The watch case's sizes with the load settings of this run."""
+    return replace(plan.watch, repeats=plan.repeats, duration_s=plan.duration_s, warmup_s=plan.warmup_s,
+                   requests=plan.requests, concurrency=(min(plan.concurrency), max(plan.concurrency)))
 
 
 def _single(value: float) -> dict[str, Any]:
@@ -711,6 +739,7 @@ def make_plots(cases: Mapping[str, Any], latencies: Mapping[str, Any], out: Path
         series2["floor (call + dict lookup)"] = {int(n): eng["floor_us"] for n in eng["uncached_us"]}
         written.append(plots.decision_cost("attached identity policies", series2, out / "engine_cost.png",
                                            "In-process decision cost"))
+    written.append(watch.plot(cases.get("watch"), out / "watch_propagation.png"))
     return [p.name for p in written if p is not None]
 
 
@@ -745,6 +774,8 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
         cases["streams"] = _guarded("streams", progress, lambda: case_streams(plan, progress, settings))
     if "fleet" in plan.cases:
         cases["fleet"] = _guarded("fleet", progress, lambda: fleet.case(plan.fleet, progress))
+    if "watch" in plan.cases:
+        cases["watch"] = _guarded("watch", progress, lambda: watch.case(_watch_plan(plan), progress))
     if "cerbos" in plan.cases:
         cases["cerbos"] = _guarded("cerbos", progress, lambda: case_cerbos(plan, progress))
     results: dict[str, Any] = {
@@ -760,6 +791,7 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
             "request_principals": plan.request_principals, "connections": plan.connections,
             "server_workers": plan.server_workers, "stream_counts": list(plan.stream_counts),
             "fleet": dataclasses.asdict(plan.fleet),
+            "watch": dataclasses.asdict(_watch_plan(plan)),
             "server_settings": settings.as_dict(),
         },
         "cases": cases,
@@ -774,6 +806,7 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
     results["elapsed_s"] = progress.elapsed
     json_path = report.write_json(results, plan.out)
     md_path = report.write_markdown(results, plan.out)
+    watch.append_markdown(md_path, cases.get("watch"))
     progress(f"wrote {json_path} and {md_path.name} ({progress.elapsed:.0f} s)")
     return results
 
@@ -802,6 +835,7 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     ap.add_argument("--fleet-writes", type=int, help="fleet case: timed writes per fleet size (full 200, quick 20)")
     ap.add_argument("--fleet-push", type=int, help="fleet case: principals published with authz push "
                                                    "(full 100,000, quick 2,000)")
+    ap.add_argument("--watches", type=int, help="watch case: open watches (full 10,000, quick 500)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default bench/results)")
     a = ap.parse_args(argv)
@@ -814,6 +848,8 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
                                  "server_workers": a.server_workers, "server_options": a.server_options}
     if a.fleet_writes is not None:
         plan = replace(plan, fleet=replace(plan.fleet, flip_writes=a.fleet_writes))
+    if a.watches is not None:
+        plan = replace(plan, watch=replace(plan.watch, watches=a.watches))
     if a.fleet_push is not None:
         plan = replace(plan, fleet=replace(plan.fleet, push_principals=a.fleet_push))
     for name, value in (("repeats", a.repeats), ("duration_s", a.duration), ("warmup_s", a.warmup),
