@@ -53,8 +53,6 @@ ENVOY_SLACK_SECONDS = 0.25      # Envoy's stream limit starts a few ms after the
 ENVOY_CAP_SECONDS = 4           # the Lua filter's cap in the Envoy test (docs/gateway.md: 3600), over CLOCK_EDGE
 EVENT_TIMEOUT = 30.0            # how long a test waits for an event that should come before it fails
 RESUME_SECONDS = 0.5            # the proxy's wait for an Allow after UNAVAILABLE, in the sidecar-lost test
-RECONNECT_QUICKLY = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                     ("grpc.max_reconnect_backoff_ms", 200))
 
 
 def _load_proxy() -> ModuleType:
@@ -194,8 +192,7 @@ async def rig(sidecar_addr: str, **kw: Any) -> AsyncIterator[Rig]:
     upstream = Upstream()
     upstream.server = await asyncio.start_server(upstream.session, "127.0.0.1", 0)
     ends: list[str] = []
-    # A sidecar that comes back is dialled again within a tenth of a second (gRPC's default: a second or more).
-    async with AsyncAuthzClient(sidecar_addr, options=RECONNECT_QUICKLY) as authz:
+    async with AsyncAuthzClient(sidecar_addr, options=wp.SIDECAR_CHANNEL_OPTIONS) as authz:
         proxy = wp.WatchProxy(authz, upstream.address, ended=lambda _request, why: ends.append(why), **kw)
         server = await proxy.serve("127.0.0.1", 0)
         try:

@@ -49,6 +49,9 @@ FIRST_DECISION_SECONDS = 5.0             # the sidecar has this long to give the
 RESUME_SECONDS = 5.0                     # after UNAVAILABLE, the watch has this long to give an Allow again
 RESUME_BACKOFF_SECONDS = (0.05, 1.0)     # first and longest wait between attempts to open the watch again
 CHUNK_BYTES = 64 * 1024
+# gRPC waits up to two minutes between attempts to reach a sidecar that went away, and fails calls meanwhile:
+# try again within a second, so that streams are not refused for long after the sidecar is back.
+SIDECAR_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000))
 
 # Why a session ended (the `ended` callback's argument, and the log line).
 DENIED, WATCH_ENDED, WATCH_FAILED, RESUME_FAILED, CLIENT_FAILED, UPSTREAM_DONE = (
@@ -257,7 +260,7 @@ async def main(argv: list[str] | None = None) -> None:
                     help="after the sidecar goes away mid-stream, how long to wait for it before closing")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    async with AsyncAuthzClient(args.sidecar) as authz:
+    async with AsyncAuthzClient(args.sidecar, options=SIDECAR_CHANNEL_OPTIONS) as authz:
         proxy = WatchProxy(authz, host_port(args.upstream), resume_seconds=args.resume_seconds)
         server = await proxy.serve(*host_port(args.listen))
         log.info("listening on %s", ", ".join(str(s.getsockname()) for s in server.sockets))
