@@ -16,14 +16,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+import shutil
+
 import grpc
 import pytest
 
 from authz.aio_client import AsyncAuthzClient
 from authz.client import (WATCH_ADDRESS_METADATA_KEY, AdminClient, AuthzClient, CallError, Decision, DecisionKind,
-                          Watching, answer_key, watch_address)
+                          TlsFiles, Watching, answer_key, watch_address)
 from authz.server import settings
 from authz.v1 import authz_pb2 as pb
+from tests.gateway_env import make_test_pki
 from tests.server_fixture import ServerProcess, copy_example_bundle, start_server
 from tests.server_fixture import server_factory  # noqa: F401 - a fixture, requested by name
 
@@ -240,6 +243,22 @@ def test_the_decision_listener_redirects_watch_to_the_streaming_listener(server:
     assert asyncio.run(aio(server.addr)).allowed and asyncio.run(aio(watch)).allowed
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to issue test certificates")
+def test_the_streaming_listener_speaks_the_decision_listeners_tls(server_factory: Any, tmp_path: Path) -> None:
+    (tmp_path / "pki").mkdir()
+    pki = make_test_pki(tmp_path / "pki", {})          # the server's certificate: localhost and 127.0.0.1
+    s = server_factory(copy_example_bundle(tmp_path / "bundle"), None, "--tls-cert", str(pki.server_cert),
+                       "--tls-key", str(pki.server_key), admin=None, token=None, tls=TlsFiles(ca=pki.ca))
+    watch = s.listening[0]["watch"]
+    port = s.addr.rpartition(":")[2]
+    # Dialled by name, redirected to 127.0.0.1: the certificate is checked against the name dialled.
+    for addr in (s.addr, f"localhost:{port}", watch):
+        with AuthzClient(addr, tls=TlsFiles(ca=pki.ca)) as authz, authz.watch(CAMERA, PUT, STREAM) as watching:
+            assert next(iter(watching)).allowed, addr
+    with grpc.insecure_channel(watch) as plaintext, pytest.raises(grpc.RpcError):
+        next(plaintext.unary_stream("/authz.v1.Authorizer/Watch")(b"", timeout=3))
+
+
 def test_a_wildcard_address_means_the_host_dialled() -> None:
     assert watch_address("127.0.0.1:50051", "0.0.0.0:50052") == "127.0.0.1:50052"
     assert watch_address("sidecar.internal:50051", "[::]:7000") == "sidecar.internal:7000"
@@ -298,7 +317,7 @@ def test_before_the_first_load_a_watch_is_unavailable(server_factory: Any, tmp_p
 # ------------------------------------------------------------------ the end of a stream
 
 
-def test_shutdown_ends_watches_unavailable_and_resume_reconnects(server_factory: Any, tmp_path: Path) -> None:
+def test_shutdown_ends_watches_unavailable_saying_to_reconnect(server_factory: Any, tmp_path: Path) -> None:
     s = server_factory(copy_example_bundle(tmp_path / "bundle"), tmp_path / "state")
     with s.client() as authz, authz.watch(CAMERA, PUT, STREAM) as watching:
         follower = Follower(watching)
@@ -307,6 +326,24 @@ def test_shutdown_ends_watches_unavailable_and_resume_reconnects(server_factory:
         ended = follower.end()
     assert ended is not None and ended.code == grpc.StatusCode.UNAVAILABLE
     assert "stopping" in ended.message and "reconnect" in ended.message
+
+
+def test_resume_reconnects_after_a_restart_and_skips_what_it_already_said(server_factory: Any,
+                                                                          tmp_path: Path) -> None:
+    bundle, state = copy_example_bundle(tmp_path / "bundle"), tmp_path / "state"
+    first = server_factory(bundle, state)
+    with first.client() as authz, authz.watch(CAMERA, PUT, STREAM, resume=20) as watching:
+        follower = Follower(watching)
+        before = follower.next()
+        assert before.allowed
+        first.stop()
+        again = server_factory(bundle, state, "--listen", first.addr)      # the same address, a new process
+        with again.admin() as admin:
+            admin.put_inline_policy(ACCT, "user", "camera", "deny", policy("Deny", PUT))
+            denied_at = revision(admin)
+        # The first message of the new watch (still Allow, or already the deny) is not said twice.
+        after = follower.next(timeout=WAIT_SECONDS + FLIP_SECONDS)
+        assert after.decision is DecisionKind.EXPLICIT_DENY and after.revision == denied_at
 
 
 def test_workers_share_the_streaming_port_and_every_worker_hears_changes(server_factory: Any,
