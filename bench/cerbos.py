@@ -456,3 +456,44 @@ def _tally(results: Sequence[LoadResult]) -> dict[str, int]:
         for k, v in r.decisions.items():
             out[k] = out.get(k, 0) + v
     return out
+
+
+PLOT_FIGURES = (("throughput_rps", "throughput,\nunique", "higher"),
+                ("throughput_repeated_rps", "throughput,\nrepeated", "higher"),
+                ("cpu_ms_per_call", "server CPU\nper call", "lower"),
+                ("p50_us_at_1", "p50 at 1\nin flight", "lower"),
+                ("open_p99_us", "open loop\np99", "lower"),
+                ("open_p999_us", "open loop\np99.9", "lower"))
+
+
+def plot(c: Mapping[str, Any] | None, path: Path) -> Path | None:
+    """cerbos_side_by_side.png: sidecar / Cerbos for each figure (log scale, 1 = level), green where the
+    sidecar is better (higher throughput, lower cost or latency)."""
+    if not isinstance(c, Mapping) or not c.get("ratios"):
+        return None
+    from .plots import _plain_log_axis, plt
+
+    rows = [(label, c["ratios"][key], better) for key, label, better in PLOT_FIGURES
+            if key in c["ratios"] and c["ratios"][key] == c["ratios"][key] and c["ratios"][key] > 0]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    colors = ["tab:green" if (r > 1) == (better == "higher") else "tab:red" for _, r, better in rows]
+    ax.set_yscale("log")
+    ax.bar(range(len(rows)), [r - 1 for _, r, _ in rows], bottom=1.0, color=colors, alpha=0.8)   # from 1 to r
+    for i, (_, r, _) in enumerate(rows):
+        ax.annotate(f"{r:.2f}", (i, r), ha="center", va="bottom" if r >= 1 else "top", fontsize=8)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    span = max(max(r, 1 / r) for _, r, _ in rows) * 1.3
+    ax.set_ylim(1 / span, span)
+    _plain_log_axis(ax.yaxis)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([label for label, _, _ in rows], fontsize=8)
+    ax.set_ylabel("sidecar / Cerbos (green: the sidecar is better)")
+    ax.set_title(f"Side by side with Cerbos {c.get('version', '')}: same policy, same requests "
+                 f"({c['concurrency']} in flight, open loop at {c['open_rate']:,.0f}/s)", fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

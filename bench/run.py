@@ -740,6 +740,8 @@ def make_plots(cases: Mapping[str, Any], latencies: Mapping[str, Any], out: Path
         written.append(plots.decision_cost("attached identity policies", series2, out / "engine_cost.png",
                                            "In-process decision cost"))
     written.append(watch.plot(cases.get("watch"), out / "watch_propagation.png"))
+    written.append(scaling.plot(cases.get("workers"), out / "workers_scaling.png"))
+    written.append(cerbos.plot(cases.get("cerbos"), out / "cerbos_side_by_side.png"))
     return [p.name for p in written if p is not None]
 
 

@@ -7,10 +7,11 @@ import math
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import psutil
 
@@ -273,3 +274,38 @@ def case(plan: ScalingPlan, settings: ServerSettings, progress: Callable[[str], 
     if "1" in by and "2" in by:        # results.json has always had the 2-vs-1 speedup of the server
         out["speedup"] = ratio(by["2"][SERVER]["throughput_rps"]["median"], by["1"][SERVER]["throughput_rps"]["median"])
     return out
+
+
+def plot(w: Mapping[str, Any] | None, path: Path) -> Path | None:
+    """workers_scaling.png: throughput against N for the sidecar and the floor (median, p10–p90), each with the
+    line of perfect scaling from its N = 1 figure."""
+    if not isinstance(w, Mapping) or not w.get("by_workers"):
+        return None
+    from .plots import STYLE, plt
+
+    by = w["by_workers"]
+    ns = sorted(int(n) for n in by)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, label in ((SERVER, "sidecar (server.py --workers N)"), (FLOOR, "floor (N processes, one port)")):
+        med = [by[str(n)][name]["throughput_rps"]["median"] for n in ns]
+        lo = [m - by[str(n)][name]["throughput_rps"]["p10"] for m, n in zip(med, ns)]
+        hi = [by[str(n)][name]["throughput_rps"]["p90"] - m for m, n in zip(med, ns)]
+        color = STYLE[name]["color"]
+        ax.errorbar(ns, med, yerr=[lo, hi], color=color, marker="o", capsize=4, label=label)
+        if 1 in ns:
+            ax.plot(ns, [med[0] * n for n in ns], color=color, linestyle=":", alpha=0.7,
+                    label=f"{label.split(' ')[0]}: perfect scaling")
+    ax.set_xticks(ns)
+    ax.set_xlabel("server processes N")
+    ax.set_ylabel(f"calls/s at {w['concurrency']} in flight")
+    ax.set_ylim(bottom=0)
+    ax.set_title("--workers N: throughput against processes")
+    note = (w.get("pinning") or {}).get("note", "")
+    if note:
+        fig.text(0.01, 0.01, textwrap.fill(note, 150), fontsize=6, color="dimgray")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

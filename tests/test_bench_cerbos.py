@@ -107,3 +107,11 @@ def test_cerbos_and_the_sidecar_agree_and_are_measured_side_by_side() -> None:
     assert figures <= set(out["ratios"])
     assert out[cerbos.SIDECAR]["cached_fraction_repeated"] > 0.5      # the sidecar answers repeats from its memo
     assert all(math.isfinite(out["ratios"][k]) and out["ratios"][k] > 0 for k in ("throughput_rps", "p50_us_at_1"))
+
+
+def test_the_plot_draws_every_ratio_and_nothing_for_a_skipped_case(tmp_path: Path) -> None:
+    ratios = {key: 0.5 + i / 4 for i, (key, _, _) in enumerate(cerbos.PLOT_FIGURES)}
+    case = {"ratios": ratios, "concurrency": 64, "open_rate": 1500.0, "version": cerbos.CERBOS_VERSION}
+    png = cerbos.plot(case, tmp_path / "cerbos.png")
+    assert png is not None and png.stat().st_size > 0
+    assert cerbos.plot({"skipped": "npm not found"}, tmp_path / "none.png") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_the_load_generator_runs_on_the_cpus_it_was_pinned_to() -> None:
 
 
 @pytest.mark.integration
-def test_workers_case_measures_each_n_against_as_many_floors() -> None:
+def test_workers_case_measures_each_n_against_as_many_floors(tmp_path: Path) -> None:
     plan = scaling.ScalingPlan(repeats=1, duration_s=0.2, warmup_s=0.0, requests=300, concurrency=8,
                                bundle_principals=20, request_principals=8, connections=4)
     lines: list[str] = []
@@ -61,3 +62,6 @@ def test_workers_case_measures_each_n_against_as_many_floors() -> None:
     assert out["pinning"]["note"] in lines[0]
     if len(os.sched_getaffinity(0)) >= 2:
         assert out["client_cpus"] == out["pinning"]["client"]
+    png = scaling.plot(out, tmp_path / "workers_scaling.png")
+    assert png is not None and png.stat().st_size > 0
+    assert scaling.plot({"skipped": "no server"}, tmp_path / "none.png") is None
