@@ -423,6 +423,11 @@ def test_the_valid_for_header_reaches_the_upstream_for_a_role_session(gateway: G
     reply = put_media(gateway, CAMERA_KEY, name="your_stream")
     (rec,) = gateway.upstream.with_header("x-test-id", reply.test_id)
     assert "x-authz-valid-for" not in rec.headers
+    # A copy the client sends is removed before ext_authz by the shipped config: signed, the request no longer
+    # verifies (the header it signed is gone), so it is refused and never reaches the upstream.
+    reply = put_media(gateway, CAMERA_KEY, name="your_stream", extra={"x-authz-valid-for": "99999"})
+    assert reply.status == 403, reply.body
+    assert gateway.upstream.with_header("x-test-id", reply.test_id) == []
 
 
 def envoy_recipe(max_seconds: int) -> tuple[list[Any], dict[str, Any]]:
