@@ -151,6 +151,27 @@ def test_a_change_re_decides_only_the_watches_it_can_affect(sidecar: tuple[app.S
             f.watching.cancel()
 
 
+def test_settled_says_when_a_change_has_been_decided_for_every_watch(
+        sidecar: tuple[app.Sidecar, ManualClock]) -> None:
+    s, clock = sidecar
+    assert s.watch is not None
+    hub = s.watch.hub
+    with AuthzClient(s.addresses["decision"]) as authz, AdminClient(s.addresses["admin"], token=TOKEN) as admin:
+        follower = Follower(authz.watch(CAMERA, PUT, STREAM))
+        assert follower.next().allowed
+        queued = hub.messages_queued
+        admin.put_inline_policy(ACCT, "user", "camera", "describe", policy("Allow", "kinesisvideo:DescribeStream"))
+        clock.now += 3600
+        hub.clock_moved()
+        hub.settled().result(WAIT_SECONDS)
+        assert hub.messages_queued == queued           # decided again, nothing to say
+        admin.put_inline_policy(ACCT, "user", "camera", "deny", policy("Deny", PUT))
+        hub.settled().result(WAIT_SECONDS)
+        assert hub.messages_queued == queued + 1
+        assert follower.next().decision is DecisionKind.EXPLICIT_DENY
+        follower.watching.cancel()
+
+
 def test_the_limits_are_named_settings() -> None:
     assert settings.MAX_WATCHES >= 10_000                  # the benchmark holds 10,000 on one sidecar
     assert 0 < settings.WATCH_QUEUE_MAX <= 64 and settings.WATCH_REDECIDE_SLICE > 0

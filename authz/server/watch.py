@@ -43,6 +43,7 @@ The hub (WatchHub) owns the open watches, all on the loop thread:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
 import itertools
 import logging
@@ -164,7 +165,8 @@ class WatchHub:
         self._worker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        self.messages_sent = 0
+        self.messages_sent = 0          # written to their streams
+        self.messages_queued = 0        # decided to be sent (the first decision and each change)
         if metrics is not None:
             metrics.watches_open(lambda: len(self._watches))
         store.on_change(self.changed)
@@ -190,6 +192,17 @@ class WatchHub:
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._fire)
+
+    def settled(self) -> concurrent.futures.Future[None]:
+        """From any thread: a future done once every change and timer handed to the loop before this call has been
+        decided again and its messages queued (for tests and benchmarks that must know nothing more is coming)."""
+        loop = self._loop
+        assert loop is not None, "the streaming listener has not started"
+        return asyncio.run_coroutine_threadsafe(self._settle(), loop)
+
+    async def _settle(self) -> None:
+        while self._worker is not None and not self._worker.done():
+            await asyncio.wait([self._worker])
 
     @property
     def open_watches(self) -> int:
@@ -310,6 +323,7 @@ class WatchHub:
             return
         w.queue.append(encoded.data)
         w.wake.set()
+        self.messages_queued += 1
         if self.observers:
             event = Authorizer._event("Watch", w.request_id, encoded.view, encoded, seconds)
             for observe in self.observers:
