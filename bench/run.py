@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from . import access
 from . import engine as engine_bench
 from . import cerbos, fleet, plots, report, scaling, streams, watch
 from .fixtures import (ENGINE_USERS, REQUEST_CONTEXT, authorize_payloads, batch_payloads, engine_bundle_document,
@@ -26,7 +27,7 @@ from .targets import (REPO, ServedProcess, StoreTarget, Unavailable, measure_env
                       store_missing)
 
 CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy", "streams", "fleet",
-         "watch", "cerbos")
+         "watch", "access", "cerbos")
 DEFAULT_OUT = REPO / "bench" / "results"
 FLOOR, SERVER = "floor", "server"
 
@@ -55,6 +56,7 @@ class Plan:
     stream_counts: tuple[int, ...] = (0, 100, 1_000)   # case "streams": long-lived streams held open
     fleet: fleet.FleetPlan = fleet.FleetPlan()         # case "fleet": sizes (bench/fleet.py)
     watch: watch.WatchPlan = watch.WatchPlan()         # case "watch": open watches, writes (bench/watch.py)
+    access: access.AccessPlan = access.AccessPlan()    # case "access": who-can and diff sizes (bench/access.py)
     cerbos_rate: float = 1_500.0             # case "cerbos": the open-loop rate offered to Cerbos and the sidecar
     server: bool = True
     server_workers: int | None = None        # server.py --workers (not passed when None)
@@ -67,7 +69,7 @@ class Plan:
         return cls(quick=True, repeats=2, duration_s=0.4, warmup_s=0.1, scale_sizes=(100, 5_000),
                    scale_budget_s=60.0, engine_samples=10, bundle_principals=100, concurrency=(1, 64),
                    handler_budget_us=(20.0,), stream_counts=(10,), fleet=fleet.FleetPlan.quick(),
-                   watch=watch.WatchPlan.quick())
+                   watch=watch.WatchPlan.quick(), access=access.AccessPlan.quick())
 
 
 class Progress:
@@ -778,6 +780,8 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
         cases["fleet"] = _guarded("fleet", progress, lambda: fleet.case(plan.fleet, progress))
     if "watch" in plan.cases:
         cases["watch"] = _guarded("watch", progress, lambda: watch.case(_watch_plan(plan), progress))
+    if "access" in plan.cases:
+        cases["access"] = _guarded("access", progress, lambda: access.case(plan.access, progress))
     if "cerbos" in plan.cases:
         cases["cerbos"] = _guarded("cerbos", progress, lambda: case_cerbos(plan, progress))
     results: dict[str, Any] = {
@@ -794,6 +798,7 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
             "server_workers": plan.server_workers, "stream_counts": list(plan.stream_counts),
             "fleet": dataclasses.asdict(plan.fleet),
             "watch": dataclasses.asdict(_watch_plan(plan)),
+            "access": dataclasses.asdict(plan.access),
             "server_settings": settings.as_dict(),
         },
         "cases": cases,
@@ -809,6 +814,7 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
     json_path = report.write_json(results, plan.out)
     md_path = report.write_markdown(results, plan.out)
     watch.append_markdown(md_path, cases.get("watch"))
+    access.append_markdown(md_path, cases.get("access"))
     progress(f"wrote {json_path} and {md_path.name} ({progress.elapsed:.0f} s)")
     return results
 
@@ -838,6 +844,8 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     ap.add_argument("--fleet-push", type=int, help="fleet case: principals published with authz push "
                                                    "(full 100,000, quick 2,000)")
     ap.add_argument("--watches", type=int, help="watch case: open watches (full 10,000, quick 500)")
+    ap.add_argument("--access-principals", type=int,
+                    help="access case: users in the two bundles (full 100,000, quick 5,000)")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default bench/results)")
     a = ap.parse_args(argv)
@@ -850,6 +858,8 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
                                  "server_workers": a.server_workers, "server_options": a.server_options}
     if a.fleet_writes is not None:
         plan = replace(plan, fleet=replace(plan.fleet, flip_writes=a.fleet_writes))
+    if a.access_principals is not None:
+        plan = replace(plan, access=replace(plan.access, principals=a.access_principals))
     if a.watches is not None:
         plan = replace(plan, watch=replace(plan.watch, watches=a.watches))
     if a.fleet_push is not None:
