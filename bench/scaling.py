@@ -25,7 +25,8 @@ WORKER_COUNTS = (1, 2)
 CONNECTIONS = 16             # client connections at every N: the kernel spreads connections (not calls) by hash
 READY_TIMEOUT_S = 60.0       # every worker loaded and listening
 READY_POLL_S = 0.05          # how often a starting process is looked at (it is also reaped at that pace)
-LISTENING_MARK = '"pid"'     # authz/server/app.py logs `listening {"worker": i, "pid": ...}` once a worker serves
+# authz/server/app.py logs `listening {"worker": i, "pid": ...}` once a worker serves (in text or JSON log format).
+LISTENING_WORDS = ("listening", "pid")
 FLOOR, SERVER = "floor", "server"
 
 
@@ -123,13 +124,18 @@ def _wait(what: str, ready: Callable[[], bool], alive: Callable[[], bool], log: 
         time.sleep(READY_POLL_S)
 
 
+def _listening(log: str) -> int:
+    """How many workers have logged that they serve."""
+    return sum(all(w in line for w in LISTENING_WORDS) for line in log.splitlines())
+
+
 def start_sidecar(bundle_dir: Path, state_dir: Path, n: int, cpus: tuple[int, ...] | None) -> Served:
     """server.py --workers n (pinned to `cpus`), returned once every worker has loaded and listens."""
     proc = start_server(bundle_dir, state_dir, n)
     served = Served(SERVER, proc.address, [proc], supervised=n > 1)   # --workers 1 serves in the process itself
     try:
         # SERVING through the shared port may come from one worker only: wait for every worker's log line.
-        _wait(f"server.py --workers {n}", lambda: proc.log_tail(10_000).count(LISTENING_MARK) >= n,
+        _wait(f"server.py --workers {n}", lambda: _listening(proc.log_tail(10_000)) >= n,
               lambda: proc.proc.poll() is None, proc.log_tail)
         pin([psutil.Process(proc.pid), *served.workers()], cpus)
     except BaseException:

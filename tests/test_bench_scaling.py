@@ -54,7 +54,7 @@ def test_workers_case_measures_each_n_against_as_many_floors(tmp_path: Path) -> 
             assert [len(s) for s in fig["worker_cpu_shares"]] == [int(n)]
             # CPU time is counted in ticks (10 ms): one short run may show none, so only bounds here.
             assert fig["cpu_ms_per_call"]["median"] >= 0
-            assert 0 <= fig["client_cores_busy"]["median"] <= len(out["client_cpus"]) + 0.05
+            assert fig["client_cores_busy"]["median"] >= 0     # ticks over a run this short: no upper bound
         assert math.isfinite(row["ratio"]) and row["ratio"] > 0
     assert sum(row["server"]["cpu_ms_per_call"]["median"] for row in out["by_workers"].values()) > 0
     assert out["by_workers"]["1"]["server"]["efficiency"] == 1.0
