@@ -691,6 +691,16 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row("watch", "RSS per open watch (floor: the same watches on that server)", "KB",
                              _single(w["memory"]["kb_per_watch"]), _single(floor["memory"]["kb_per_watch"]),
                              "lower"))
+        dw = w.get("during_writes") or {}
+        if "idle" in dw:
+            busy_top, busy_low = dw[w_top]["authorize"], dw[w_low]["authorize"]
+            rows.append(_row("watch", f"Authorize {w_top} in flight throughput while writes re-decide all "
+                             f"{w['watches']:,} watches (floor: the watches open and idle)", "rps",
+                             _single(busy_top["throughput_rps"]), _single(dw["idle"][w_top]["throughput_rps"]),
+                             "higher"))
+            rows.append(_row("watch", f"Authorize {w_low} in flight p99 while writes re-decide all "
+                             f"{w['watches']:,} watches (floor: the watches open and idle)", "µs",
+                             _single(busy_low["p99_us"]), _single(dw["idle"][w_low]["p99_us"]), "lower"))
     return rows
 
 

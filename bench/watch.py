@@ -20,7 +20,8 @@ machine). The harness then measures:
   floor`: Watch sends a fixed Allow, then whatever its Flip call pushes to every open watch), its memory per watch
   and the same number of pushes to all: what gRPC and the client cost without the sidecar's work;
 - Authorize: the closed loop at the top concurrency (throughput) and at 1 in flight (p50) with unique requests
-  (bench/loadgen.py), before the watches open and after they close (pooled: "none open"), and with N open.
+  (bench/loadgen.py), before the watches open and after they close (pooled: "none open"), and with N open; then
+  while writes re-decide every watch (the load in short runs for as long as the writes, on another thread, take).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -63,6 +65,9 @@ ADMIN_TIMEOUT_S = 30.0
 REQUEST_PRINCIPALS = 64            # distinct users in the Authorize load's request mix
 TARGET_RATIO = 1.2                 # Authorize with N watches open stays within 1.2x of none (issue 14)
 CURVE_POINTS = 101                 # percentiles 0..100 of one all-watch change's arrival times (the plot)
+DURING_PAIRS = 1                   # pairs of all-watch writes while Authorize runs beside them, per concurrency
+DURING_SLICE_S = 0.5               # ... in load runs of this long, until the writes are done
+DURING_FIRST_DOCUMENT = 10_000     # their documents' numbers start here (no write repeats an earlier document)
 
 WATCH_GROUP = "watchers"           # every user is a member; its inline policies reach every watch
 ALLOW_POLICY = "watch-allow"       # the group's standing Allow on the watched request
@@ -521,16 +526,17 @@ def _close_window(row: dict[str, Any], window: Mapping[str, Any]) -> None:
 Step = tuple[int, bool, Callable[[int], None]]     # (watch flipped, -1 for all; deny; the write, given k)
 
 
-def sidecar_steps(sidecar: WatchSidecar, n: int, count: int) -> list[Step]:
-    """`count` pairs of writes flipping all n watches (the group's inline policy), then `count` pairs flipping
-    one (user k's inline policy, k = 0, 1, ...): deny the watched action, then deny another one instead."""
+def sidecar_steps(sidecar: WatchSidecar, n: int, count: int, *, users: bool = True, first: int = 0) -> list[Step]:
+    """`count` pairs of writes flipping all n watches (the group's inline policy), then (with `users`) `count`
+    pairs flipping one (user k's inline policy, k = 0, 1, ...): deny the watched action, then deny another one
+    instead. Documents are numbered from `first`, so that no write repeats an earlier one."""
     def write(kind: str, name: str, deny: bool) -> Callable[[int], None]:
-        return lambda k: sidecar.put_inline(kind, name, flip_document(k, deny))
+        return lambda k: sidecar.put_inline(kind, name, flip_document(first + k, deny))
 
     steps: list[Step] = []
     for _ in range(count):
         steps += [(-1, deny, write("group", WATCH_GROUP, deny)) for deny in (True, False)]
-    for k in range(count):
+    for k in range(count if users else 0):
         user = k % n
         steps += [(user, deny, write("user", user_name(user), deny)) for deny in (True, False)]
     return steps
@@ -610,6 +616,51 @@ def _load(client: LoadClient, address: str, plan: WatchPlan, counter: list[int],
     return out
 
 
+def _pooled(results: Sequence[LoadResult]) -> dict[str, Any]:
+    """Runs taken together: throughput over their recorded time, percentiles over every latency."""
+    latencies = sorted(v for r in results for v in r.latencies_us)
+    elapsed = sum(r.elapsed_s for r in results)
+    return {"throughput_rps": sum(r.ok for r in results) / elapsed if elapsed > 0 else math.nan,
+            "p50_us": percentile(latencies, 50), "p99_us": percentile(latencies, 99),
+            "sent": sum(r.sent for r in results), "ok": sum(r.ok for r in results),
+            "errors": sum(sum(r.errors.values()) for r in results), "runs": len(results)}
+
+
+def during_writes(client: LoadClient, sidecar: WatchSidecar, holder: WatchHolder, n: int, plan: WatchPlan,
+                  counter: list[int], progress: Callable[[str], None]) -> dict[str, Any]:
+    """Authorize while writes re-decide every watch: at the top concurrency and at 1 in flight, the load runs in
+    slices of DURING_SLICE_S for as long as DURING_PAIRS pairs of all-watch writes (on another thread) take."""
+    payloads = tuple(authorize_payloads(list(range(min(REQUEST_PRINCIPALS, plan.watches))), unique=True))
+    out: dict[str, Any] = {"pairs": DURING_PAIRS, "slice_s": DURING_SLICE_S}
+    for c in (max(plan.concurrency), min(plan.concurrency)):
+        steps = sidecar_steps(sidecar, n, DURING_PAIRS, users=False, first=DURING_FIRST_DOCUMENT + 100 * c)
+        done: dict[str, Any] = {}
+
+        def writes() -> None:
+            try:
+                done["propagation"] = changes(holder, n, steps, lambda: cpu_seconds(sidecar.pid), progress)
+            except Exception as exc:        # raised below, on the harness's thread
+                done["error"] = exc
+
+        writer = threading.Thread(target=writes, name="watch-writes", daemon=True)
+        writer.start()
+        runs: list[LoadResult] = []
+        while writer.is_alive() or not runs:
+            r = client.run(LoadSpec(sidecar.address, payloads, concurrency=c, duration_s=DURING_SLICE_S,
+                                    unique=True, counter_start=counter[0]))
+            counter[0] = max(counter[0], r.next_counter)
+            runs.append(r)
+        writer.join()
+        if "error" in done:
+            raise done["error"]
+        fig = _pooled(runs)
+        progress(f"  Authorize, c={c}, while {2 * DURING_PAIRS} writes re-decide all {n:,} watches: "
+                 f"{fig['throughput_rps']:,.0f} rps, p50 {fig['p50_us'] / 1000:.2f} ms, p99 "
+                 f"{fig['p99_us'] / 1000:.2f} ms over {len(runs)} slices")
+        out[str(c)] = {"authorize": fig, "propagation": done["propagation"]}
+    return out
+
+
 def _figure(results: Sequence[LoadResult]) -> dict[str, Any]:
     return {"throughput_rps": spread([r.throughput for r in results]).as_dict(),
             "p50_us": spread([r.percentile(50) for r in results]).as_dict(),
@@ -668,6 +719,7 @@ def case(plan: WatchPlan, progress: Callable[[str], None]) -> dict[str, Any]:
                          "flipping one")
                 out["propagation"] = changes(holder, n, sidecar_steps(sidecar, n, plan.changes),
                                              lambda: cpu_seconds(sidecar.pid), progress)
+                out["during_writes"] = during_writes(client, sidecar, holder, n, plan, counter, progress)
                 out["close"] = holder.close()
                 out["memory"]["rss_mb_closed"], out["memory"]["threads_closed"] = sidecar.usage()
                 after = _load(client, sidecar.address, plan, counter, "watches closed", progress)
@@ -686,7 +738,14 @@ def case(plan: WatchPlan, progress: Callable[[str], None]) -> dict[str, Any]:
                                     none[top]["throughput_rps"]["median"])
     out["p50_ratio"] = ratio(opened_fig[one]["p50_us"]["median"], none[one]["p50_us"]["median"])
     out["within_target"] = (out["p50_ratio"] <= TARGET_RATIO and out["throughput_ratio"] >= 1 / TARGET_RATIO)
-    out["expected_messages"] = n + sum(r["expected"] for r in out["propagation"]["writes"])
+    out["expected_messages"] = n + sum(r["expected"] for r in out["propagation"]["writes"]) + sum(
+        r["expected"] for c in (top, one) for r in out["during_writes"][c]["propagation"]["writes"])
+    idle = {c: _pooled(during[c]) for c in (top, one)}
+    busy = {c: out["during_writes"][c]["authorize"] for c in (top, one)}
+    out["during_writes"]["idle"] = idle
+    out["during_writes"]["throughput_ratio"] = ratio(busy[top]["throughput_rps"], idle[top]["throughput_rps"])
+    out["during_writes"]["p50_ratio"] = ratio(busy[one]["p50_us"], idle[one]["p50_us"])
+    out["during_writes"]["p99_ratio"] = ratio(busy[one]["p99_us"], idle[one]["p99_us"])
     out["load_average"] = {"start": load_start, "end": os.getloadavg()[0]}
     progress(f"watch: Authorize with {n:,} watches open / none: throughput x{out['throughput_ratio']:.2f}, p50 at "
              f"{one} x{out['p50_ratio']:.2f} (target within {TARGET_RATIO}x: "
@@ -748,8 +807,22 @@ def markdown_section(w: Mapping[str, Any] | None) -> list[str]:
               f"| throughput at {top} in flight, rps | {_fmt(none[top]['throughput_rps']['median'], 0)} | "
               f"{_fmt(opened[top]['throughput_rps']['median'], 0)} | {_fmt(w['throughput_ratio'], 2)} |",
               f"| p50 at {one} in flight, µs | {_fmt(none[one]['p50_us']['median'], 0)} | "
-              f"{_fmt(opened[one]['p50_us']['median'], 0)} | {_fmt(w['p50_ratio'], 2)} |", "",
-              f"Within target: {'yes' if w['within_target'] else 'no'}. Messages read in all: "
+              f"{_fmt(opened[one]['p50_us']['median'], 0)} | {_fmt(w['p50_ratio'], 2)} |", ""]
+    dw = w.get("during_writes") or {}
+    if "idle" in dw:
+        idle, busy = dw["idle"], {c: dw[c]["authorize"] for c in (top, one)}
+        lines += [f"Authorize while writes re-decide every watch: {2 * dw['pairs']} all-watch writes per concurrency, "
+                  f"the load in runs of {dw['slice_s']} s until they are done, all latencies of those runs pooled; "
+                  "against the same pooled figures with the watches open and idle (the runs above).", "",
+                  "| figure | watches open, idle | while writes re-decide them | ratio |", "| --- | --- | --- | --- |",
+                  f"| throughput at {top} in flight, rps | {_fmt(idle[top]['throughput_rps'], 0)} | "
+                  f"{_fmt(busy[top]['throughput_rps'], 0)} | {_fmt(dw['throughput_ratio'], 2)} |",
+                  f"| p50 at {one} in flight, µs | {_fmt(idle[one]['p50_us'], 0)} | {_fmt(busy[one]['p50_us'], 0)} | "
+                  f"{_fmt(dw['p50_ratio'], 2)} |",
+                  f"| p99 at {one} in flight, µs | {_fmt(idle[one]['p99_us'], 0)} | {_fmt(busy[one]['p99_us'], 0)} | "
+                  f"{_fmt(dw['p99_ratio'], 2)} |", ""]
+    lines += [f"Authorize within {w['target_ratio']}x with the watches open and idle: "
+              f"{'yes' if w['within_target'] else 'no'}. Messages read in all: "
               f"{w['close'].get('messages', 0):,} ({w['expected_messages']:,} expected: one first message per watch "
               f"plus what each write flips); watches the server ended early: {w['close'].get('ended') or 'none'}. "
               f"Load average {_fmt(w['load_average']['start'], 2)} at the start, "
