@@ -130,7 +130,7 @@ class _Watch:
         self.deps: frozenset[str] | None = frozenset()   # the keys it is indexed under; None: every change
         self.due = math.inf                 # when the clock alone could change it (store clock)
         self.expires = math.inf             # the watched session's end, once a decision has said it
-        self.last = b""                     # answer_key of the last message queued
+        self.last: bytes | None = None      # answer_key of the last message queued (None: none yet)
         self.queue: deque[bytes] = deque()
         self.wake = asyncio.Event()
         self.end: ErrorStatus | None = None
@@ -141,7 +141,7 @@ class _Watch:
 
 class WatchHub:
     """The open watches of this process (see the module docstring). Every method runs on the loop's thread
-    except `changed` (any thread) and `clock_moved` (any thread)."""
+    except `changed`, `clock_moved` and `settled`, which any thread may call."""
 
     def __init__(self, store: Store, observers: tuple[Observer, ...] = (), metrics: Metrics | None = None, *,
                  max_watches: int = settings.MAX_WATCHES, queue_max: int = settings.WATCH_QUEUE_MAX,
@@ -206,7 +206,13 @@ class WatchHub:
 
     @property
     def open_watches(self) -> int:
+        """Watch calls this process holds (what --max-watches bounds), ended ones whose call is still open included."""
         return len(self._watches)
+
+    @property
+    def live_watches(self) -> int:
+        """Watches being kept: decided again on changes, not yet ended."""
+        return sum(1 for w in self._watches if not w.closed)
 
     # ------------------------------------------------------------ the Watch handler
 
@@ -221,6 +227,14 @@ class WatchHub:
             await _abort(context, error_status(exc))
             return
         w.task = asyncio.current_task()
+        try:
+            await self._serve_watch(w, context)
+        finally:
+            # Counted against --max-watches until its call has really ended: a dropped client that never reads
+            # may hold its call (the status waits behind the unread messages) until it reads or goes away.
+            self._watches.discard(w)
+
+    async def _serve_watch(self, w: _Watch, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
             while True:
                 while w.queue and (w.end is None or w.end.code == grpc.StatusCode.OK):
@@ -267,7 +281,12 @@ class WatchHub:
         w = _Watch(raw, view.request_id or metadata_request_id(cast(grpc.ServicerContext, context))
                    or uuid.uuid4().hex)
         self._watches.add(w)
-        self._apply(w, encoded, answer, time.perf_counter() - start)
+        try:
+            self._apply(w, encoded, answer, time.perf_counter() - start)
+        except BaseException:
+            self._forget(w)
+            self._watches.discard(w)
+            raise
         return w
 
     # ------------------------------------------------------------ deciding
@@ -337,12 +356,14 @@ class WatchHub:
         if self.metrics is not None:
             self.metrics.watch_ended(reason)
         w.wake.set()
-        if status.code != grpc.StatusCode.OK and w.writing and w.task is not None:
+        if status.code != grpc.StatusCode.OK:
+            w.queue.clear()         # never sent: the stream ends with the status
+        if reason == ENDED_SLOW_CLIENT and w.writing and w.task is not None:
             w.task.cancel()         # stuck writing to a client that does not read: end it now
+        # Any other end waits for a write in progress (the client reads: it completes), then the handler sees it.
 
     def _forget(self, w: _Watch) -> None:
         w.closed = True
-        self._watches.discard(w)
         self._index(w, frozenset())
         self._pending.pop(w, None)
 
@@ -370,7 +391,7 @@ class WatchHub:
 
     def _changed(self, touched: Touched) -> None:
         if touched.everything:
-            targets: Iterable[_Watch] = self._watches
+            targets: Iterable[_Watch] = (w for w in self._watches if not w.closed)
         else:
             found = set(self._every_change)
             for k in touched.deps:
@@ -444,7 +465,7 @@ class WatchHub:
         """End every open watch UNAVAILABLE (the server is stopping) and refuse new ones."""
         self._stopping = True
         status = error_status(NotServing(STOPPING_MESSAGE))
-        for w in list(self._watches):
+        for w in [w for w in self._watches if not w.closed]:
             self._end(w, status, ENDED_SHUTDOWN)
         if self._timer is not None:
             self._timer.cancel()
