@@ -18,6 +18,7 @@ from authz.server import app, settings
 from authz.server.config import Config
 from authz.v1 import authz_pb2 as pb
 from tests.server_fixture import ManualClock, copy_example_bundle
+from tests.test_metrics_log import scrape
 from tests.server_fixture import server_factory  # noqa: F401 - a fixture, requested by name
 from tests.test_watch import (ACCT, CAMERA, FLIP_SECONDS, PUT, STREAM, VIEWER, WAIT_SECONDS, Follower,
                               policy)
@@ -170,6 +171,24 @@ def test_settled_says_when_a_change_has_been_decided_for_every_watch(
         assert hub.messages_queued == queued + 1
         assert follower.next().decision is DecisionKind.EXPLICIT_DENY
         follower.watching.cancel()
+
+
+def test_watches_are_counted_in_the_metrics(tmp_path: Path) -> None:
+    s = app.start(Config(bundle=copy_example_bundle(tmp_path / "bundle"), listen="127.0.0.1:0",
+                         metrics_listen="127.0.0.1:0", watch_interval=0, simulate_processes=0, max_watches=1))
+    try:
+        with AuthzClient(s.addresses["decision"]) as authz:
+            follower = Follower(authz.watch(CAMERA, PUT, STREAM))
+            assert follower.next().allowed
+            with pytest.raises(CallError):
+                next(iter(authz.watch(VIEWER, "kinesisvideo:GetMedia", STREAM)))       # past --max-watches 1
+            after, _ = scrape(s.addresses["metrics"])
+            follower.watching.cancel()
+    finally:
+        s.stop(0)
+    assert after["authz_watches_open"] == 1
+    assert after['authz_decisions_total{rpc="Watch",decision="allow"}'] == 1       # the first message, logged
+    assert after['authz_watch_ends_total{reason="limit"}'] == 1
 
 
 def test_the_limits_are_named_settings() -> None:
