@@ -11,9 +11,11 @@ machine). The harness then measures:
   with Authorize first (so that the principals' policy sets are built before the first figure); the difference
   divided by N is the memory per watch;
 - propagation: admin writes (`PolicyAdmin.PutInlinePolicy` over the unix socket) that flip the decision of all N
-  watches (a Deny of GetMedia in the group's inline policy `watch-flip`, then a Deny of another action) or of one
-  (the same on one user's inline policy); the clock starts when the admin call returns and stops when the holder
-  reads the last message the change must produce; the CPU the sidecar and the holder used meanwhile is recorded.
+  watches (a Deny of GetMedia in the group's inline policy `watch-flip`, then a Deny of another action), that keep
+  all N (a new Deny of another action) followed by a flip of the sentinel's (one more watched user, outside the
+  group), or that flip one (one user's inline policy); the clock starts when the admin call returns and stops
+  when the holder reads the last message the change must produce; the CPU the sidecar and the holder used
+  meanwhile is recorded.
   Every message is counted in the window from one write to the next, so a write that sends more than the watches
   it flips (or sends to the wrong ones) shows as `extra`;
 - the floor: the same holder and watches on a grpc.aio server that decides nothing (`python -m bench.watch
@@ -107,15 +109,17 @@ def watch_missing() -> str | None:
 # ------------------------------------------------------------------ the bundle and the writes
 
 def watch_bundle_document(users: int) -> dict[str, Any]:
-    """The bench bundle of `users` users (bench/fixtures.py), every one also in the group WATCH_GROUP, whose inline
-    policy allows WATCH_ACTION on WATCH_RESOURCE: the decision every watch starts from (Allow)."""
-    doc = bundle_document(users)
+    """The bench bundle (bench/fixtures.py) of `users` users, every one also in the group WATCH_GROUP, whose inline
+    policy allows WATCH_ACTION on WATCH_RESOURCE (the decision every watch starts from: Allow), and one more user,
+    the sentinel (number `users`), outside the group, with the same Allow as its own inline policy."""
+    doc = bundle_document(users + 1)
     allow = {"Version": "2012-10-17", "Statement": [
         {"Sid": "WatchAllow", "Effect": "Allow", "Action": WATCH_ACTION,
          "Resource": f"arn:aws:kinesisvideo:*:{ACCOUNT}:stream/{WATCH_STREAM}/*"}]}
     doc["groups"].append({"name": WATCH_GROUP, "path": "/", "policies": [], "inline": {ALLOW_POLICY: allow}})
-    for user in doc["users"]:
+    for user in doc["users"][:users]:
         user["groups"] = [*user["groups"], WATCH_GROUP]
+    doc["users"][users]["inline"] = {ALLOW_POLICY: allow}
     return doc
 
 
@@ -487,7 +491,7 @@ def floor_case(n: int, count: int, progress: Callable[[str], None]) -> dict[str,
             def write(deny: bool) -> Callable[[int], None]:
                 return lambda _k: floor.flip(deny)
 
-            steps: list[Step] = [(-1, deny, write(deny)) for _ in range(count) for deny in (True, False)]
+            steps: list[Step] = [("all", -1, deny, write(deny)) for _ in range(count) for deny in (True, False)]
             prop = changes(holder, n, steps, lambda: cpu_seconds(floor.pid), progress)
             closed = holder.close()
     finally:
@@ -523,22 +527,33 @@ def _close_window(row: dict[str, Any], window: Mapping[str, Any]) -> None:
         row["right_watch"] = window["watches"] == [row["watch"]]
 
 
-Step = tuple[int, bool, Callable[[int], None]]     # (watch flipped, -1 for all; deny; the write, given k)
+# (scope: "all", "one" or "keep"; the watch whose message ends the step, -1 for all; deny; the write, given k)
+Step = tuple[str, int, bool, Callable[[int], None]]
 
 
 def sidecar_steps(sidecar: WatchSidecar, n: int, count: int, *, users: bool = True, first: int = 0) -> list[Step]:
-    """`count` pairs of writes flipping all n watches (the group's inline policy), then (with `users`) `count`
-    pairs flipping one (user k's inline policy, k = 0, 1, ...): deny the watched action, then deny another one
-    instead. Documents are numbered from `first`, so that no write repeats an earlier one."""
+    """`count` pairs of writes flipping all n watches (the group's inline policy: deny the watched action, then
+    deny another one instead); then, with `users`, `count` pairs of group writes that keep every decision (a new
+    Deny of another action), each followed by a flip of the sentinel's (user n's) own policy, whose message can
+    only come after the group write's re-decisions; then `count` pairs flipping one watch (user k's inline policy,
+    k = 0, 1, ...). Documents are numbered from `first`, so that no write repeats an earlier one."""
     def write(kind: str, name: str, deny: bool) -> Callable[[int], None]:
         return lambda k: sidecar.put_inline(kind, name, flip_document(first + k, deny))
 
+    def keep_then_sentinel(deny: bool) -> Callable[[int], None]:
+        def both(k: int) -> None:
+            sidecar.put_inline("group", WATCH_GROUP, flip_document(first + k, False))
+            sidecar.put_inline("user", user_name(n), flip_document(first + k, deny))
+        return both
+
     steps: list[Step] = []
     for _ in range(count):
-        steps += [(-1, deny, write("group", WATCH_GROUP, deny)) for deny in (True, False)]
+        steps += [("all", -1, deny, write("group", WATCH_GROUP, deny)) for deny in (True, False)]
+    for _ in range(count if users else 0):
+        steps += [("keep", n, deny, keep_then_sentinel(deny)) for deny in (True, False)]
     for k in range(count if users else 0):
         user = k % n
-        steps += [(user, deny, write("user", user_name(user), deny)) for deny in (True, False)]
+        steps += [("one", user, deny, write("user", user_name(user), deny)) for deny in (True, False)]
     return steps
 
 
@@ -549,10 +564,10 @@ def changes(holder: WatchHolder, n: int, steps: Sequence[Step], cpu: Callable[[]
     it flips show as extra."""
     rows: list[dict[str, Any]] = []
     holder.mark()
-    for k, (watch, deny, write) in enumerate(steps):
+    for k, (scope, watch, deny, write) in enumerate(steps):
         if rows:                                    # the previous write's window ends as this write starts
             _close_window(rows[-1], holder.mark())
-        expected = n if watch < 0 else 1
+        expected = n if scope == "all" else 1
         cpu0 = cpu()
         t0 = time.monotonic()
         write(k)
@@ -561,14 +576,14 @@ def changes(holder: WatchHolder, n: int, steps: Sequence[Step], cpu: Callable[[]
         server_cpu_s = cpu() - cpu0
         heard = got["times"][:expected]
         row: dict[str, Any] = {
-            "scope": "all" if watch < 0 else "one", "deny": deny, "expected": expected, "watch": watch,
+            "scope": scope, "deny": deny, "expected": expected, "watch": watch,
             "want": EXPLICIT_DENY if deny else ALLOW, "ack_ms": (acked - t0) * 1e3,
             "lost": max(0, expected - got["count"]),
             "server_cpu_ms": server_cpu_s * 1e3, "client_cpu_ms": got["cpu_s"] * 1e3,
             "last_ms": (heard[-1] - acked) * 1e3 if len(heard) == expected else math.nan,
             "last_from_send_ms": (heard[-1] - t0) * 1e3 if len(heard) == expected else math.nan,
             "first_ms": (heard[0] - acked) * 1e3 if heard else math.nan}
-        if watch < 0:
+        if scope == "all":
             row["curve_ms"] = [(percentile(heard, q) - acked) * 1e3 for q in range(CURVE_POINTS)] if heard else []
             row["median_watch_ms"] = (percentile(heard, 50) - acked) * 1e3 if heard else math.nan
         rows.append(row)
@@ -579,8 +594,10 @@ def changes(holder: WatchHolder, n: int, steps: Sequence[Step], cpu: Callable[[]
     if rows:
         _close_window(rows[-1], holder.mark())
     out: dict[str, Any] = {"writes": rows}
-    for scope in ("one", "all"):
+    for scope in ("one", "all", "keep"):
         mine = [r for r in rows if r["scope"] == scope]
+        if not mine:
+            continue
         out[scope] = {"writes": len(mine), "watches_flipped": mine[0]["expected"] if mine else 0,
                       "last_ms": _ms([r["last_ms"] for r in mine]),
                       "first_ms": _ms([r["first_ms"] for r in mine]),
@@ -591,7 +608,7 @@ def changes(holder: WatchHolder, n: int, steps: Sequence[Step], cpu: Callable[[]
                       "messages_per_write": sorted({r["messages"] for r in mine}),
                       "extra": sum(r["extra"] for r in mine), "lost": sum(r["lost"] for r in mine),
                       "wrong_decision": sum(r["wrong_decision"] for r in mine)}
-        if scope == "one" and mine:
+        if scope != "all":
             out[scope]["right_watch"] = all(r["right_watch"] for r in mine)
         else:
             out[scope]["median_watch_ms"] = _ms([r["median_watch_ms"] for r in mine])
@@ -682,13 +699,14 @@ def case(plan: WatchPlan, progress: Callable[[str], None]) -> dict[str, Any]:
     top = str(max(plan.concurrency))
     one = str(min(plan.concurrency))
     load_start = os.getloadavg()[0]
-    out: dict[str, Any] = {"watches": n, "channels": WATCH_CHANNELS, "principals": n,
+    held = n + 1                      # the group's watches and the sentinel's
+    out: dict[str, Any] = {"watches": n, "held": held, "channels": WATCH_CHANNELS, "principals": held,
                            "concurrency": int(top), "target_ratio": TARGET_RATIO}
     with tempfile.TemporaryDirectory(prefix="bench-watch-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        bundle = write_bundle_document(work / "bundle", watch_bundle_document(n), n)
-        progress(f"watch: {n:,} principals: bundle written ({bundle.bytes / 1e6:.1f} MB, "
+        bundle = write_bundle_document(work / "bundle", watch_bundle_document(n), held)
+        progress(f"watch: {held:,} principals: bundle written ({bundle.bytes / 1e6:.1f} MB, "
                  f"{time.perf_counter() - t0:.1f} s); starting the sidecar")
         try:
             sidecar = WatchSidecar(bundle.directory, work, n + MAX_WATCHES_MARGIN)
@@ -698,9 +716,9 @@ def case(plan: WatchPlan, progress: Callable[[str], None]) -> dict[str, Any]:
         counter = [0]
         try:
             progress(f"  sidecar SERVING after {sidecar.served.ready_s:.1f} s; Watch on {sidecar.watch_address}")
-            with LoadClient() as client, WatchHolder(sidecar.address, sidecar.watch_address, n) as holder:
+            with LoadClient() as client, WatchHolder(sidecar.address, sidecar.watch_address, held) as holder:
                 out["warm"] = holder.warm()
-                if out["warm"]["decisions"] != {"DECISION_ALLOW": n}:
+                if out["warm"]["decisions"] != {"DECISION_ALLOW": held}:
                     raise RuntimeError(f"every watched request should be allowed before any write; Authorize "
                                        f"answered {out['warm']['decisions']}")
                 before = _load(client, sidecar.address, plan, counter, "no watch open", progress)
@@ -708,15 +726,15 @@ def case(plan: WatchPlan, progress: Callable[[str], None]) -> dict[str, Any]:
                 opened = holder.open()
                 rss1, threads1 = sidecar.usage()
                 out["open"] = opened
-                if opened["opened"] != n or opened["decisions"] != {"DECISION_ALLOW": n}:
-                    raise RuntimeError(f"{n:,} watches should have opened with an Allow; the holder saw {opened}")
+                if opened["opened"] != held or opened["decisions"] != {"DECISION_ALLOW": held}:
+                    raise RuntimeError(f"{held:,} watches should have opened with an Allow; the holder saw {opened}")
                 out["memory"] = {"rss_mb_none": rss0, "rss_mb_open": rss1, "threads_none": threads0,
-                                 "threads_open": threads1, "kb_per_watch": (rss1 - rss0) * 1e3 / n}
-                progress(f"  {n:,} watches open after {opened['seconds']:.1f} s: RSS {rss0:.0f} -> {rss1:.0f} MB "
+                                 "threads_open": threads1, "kb_per_watch": (rss1 - rss0) * 1e3 / held}
+                progress(f"  {held:,} watches open after {opened['seconds']:.1f} s: RSS {rss0:.0f} -> {rss1:.0f} MB "
                          f"({out['memory']['kb_per_watch']:.1f} KB per watch), threads {threads0} -> {threads1}")
                 during = _load(client, sidecar.address, plan, counter, f"{n:,} watches open", progress)
-                progress(f"watch: {plan.changes} x 2 writes flipping all {n:,} watches, then {plan.changes} x 2 "
-                         "flipping one")
+                progress(f"watch: {plan.changes} x 2 writes flipping all {n:,} watches, {plan.changes} x 2 keeping "
+                         f"them (each then flipping the sentinel's), {plan.changes} x 2 flipping one")
                 out["propagation"] = changes(holder, n, sidecar_steps(sidecar, n, plan.changes),
                                              lambda: cpu_seconds(sidecar.pid), progress)
                 out["during_writes"] = during_writes(client, sidecar, holder, n, plan, counter, progress)
@@ -738,7 +756,7 @@ def case(plan: WatchPlan, progress: Callable[[str], None]) -> dict[str, Any]:
                                     none[top]["throughput_rps"]["median"])
     out["p50_ratio"] = ratio(opened_fig[one]["p50_us"]["median"], none[one]["p50_us"]["median"])
     out["within_target"] = (out["p50_ratio"] <= TARGET_RATIO and out["throughput_ratio"] >= 1 / TARGET_RATIO)
-    out["expected_messages"] = n + sum(r["expected"] for r in out["propagation"]["writes"]) + sum(
+    out["expected_messages"] = held + sum(r["expected"] for r in out["propagation"]["writes"]) + sum(
         r["expected"] for c in (top, one) for r in out["during_writes"][c]["propagation"]["writes"])
     idle = {c: _pooled(during[c]) for c in (top, one)}
     busy = {c: out["during_writes"][c]["authorize"] for c in (top, one)}
@@ -768,7 +786,7 @@ def markdown_section(w: Mapping[str, Any] | None) -> list[str]:
     one = min(w["authorize"]["none"], key=int)
     floor = w.get("floor") or {}
     lines = ["", f"## Watch ({n:,} open watches on one sidecar)", "",
-             f"Watches of {n:,} users over {w['channels']} connections, opened in {_fmt(w['open']['seconds'])} s "
+             f"Watches of {n:,} users (and the sentinel's) over {w['channels']} connections, opened in {_fmt(w['open']['seconds'])} s "
              f"by a grpc.aio client in its own process. Memory: RSS {_fmt(mem['rss_mb_none'])} MB with none open, "
              f"{_fmt(mem['rss_mb_open'])} MB with {n:,}: **{_fmt(mem['kb_per_watch'])} KB per watch**; threads "
              f"{mem['threads_none']} → {mem['threads_open']}; after they closed {_fmt(mem['rss_mb_closed'])} MB.", "",
@@ -783,13 +801,18 @@ def markdown_section(w: Mapping[str, Any] | None) -> list[str]:
              "message it must produce, as the client reads it; negative when the message arrives before the "
              "acknowledgement does. Also from the write's start (the admin call sent). CPU: what the server "
              "process and the client process used from the write's start to the last message (medians). Messages "
-             "are counted from one write to the next.", "",
+             "are counted from one write to the next. *None of N*: a write to the group's policy that keeps "
+             "every decision (the hub re-decides all N and sends nothing), followed by a write flipping the "
+             "sentinel's own decision (a user outside the group, watched too): its message comes after the "
+             "re-decisions, so the clock and the CPU cover them; the acknowledgement is the second write's.", "",
              "| write flips | writes | ack ms (median) | last message after ack, ms: median | max | "
              "after the write's start: median | max | first message after ack (median) | server CPU ms | "
              "client CPU ms | messages per write | extra | lost | wrong decision |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     rows = [(f"{prop[s]['watches_flipped']:,} watch{'es' if prop[s]['watches_flipped'] != 1 else ''}", prop[s])
             for s in ("one", "all")]
+    if "keep" in prop:
+        rows.append((f"none of {n:,} (then the sentinel's 1)", prop["keep"]))
     if "propagation" in floor:
         rows.append((f"{n:,} watches, floor", floor["propagation"]["all"]))
     for label, p in rows:

@@ -24,17 +24,20 @@ def test_watch_case_counts_every_message(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "results.json").read_text())
     case = data["cases"]["watch"]
     assert "error" not in case and "skipped" not in case, case
-    assert case["open"]["opened"] == WATCHES and case["open"]["decisions"] == {"DECISION_ALLOW": WATCHES}
+    held = WATCHES + 1                                       # and the sentinel's watch
+    assert case["open"]["opened"] == held and case["open"]["decisions"] == {"DECISION_ALLOW": held}
     mem = case["memory"]
     assert mem["rss_mb_open"] > 0 and math.isfinite(mem["kb_per_watch"])
     prop = case["propagation"]
-    assert len(prop["writes"]) == 4 * CHANGES
-    # A write to one user's policy reaches that user's watch only; one to the group's reaches every watch once.
-    one, every = prop["one"], prop["all"]
+    assert len(prop["writes"]) == 6 * CHANGES
+    # A write to one user's policy reaches that user's watch only; one to the group's reaches every watch once;
+    # one to the group's that keeps every decision reaches none (the sentinel's write after it, the sentinel).
+    one, every, keep = prop["one"], prop["all"], prop["keep"]
     assert one["messages_per_write"] == [1] and one["right_watch"]
+    assert keep["messages_per_write"] == [1] and keep["right_watch"]
     assert every["messages_per_write"] == [WATCHES]
     assert all(r["distinct"] == r["expected"] for r in prop["writes"])
-    for p in (one, every):
+    for p in (one, every, keep):
         assert p["extra"] == p["lost"] == p["wrong_decision"] == 0
         assert p["last_ms"]["n"] == 2 * CHANGES and math.isfinite(p["last_ms"]["max"])
     # Authorize while all-watch writes run: every one of those writes heard by every watch too.
@@ -46,7 +49,7 @@ def test_watch_case_counts_every_message(tmp_path: Path) -> None:
     assert during["p99_ratio"] > 0 and during["throughput_ratio"] > 0
     writes_during = 2 * 2 * during["pairs"]                  # two concurrencies, pairs of writes
     assert case["close"]["messages"] == case["expected_messages"] == (
-        WATCHES + 2 * CHANGES * (WATCHES + 1) + writes_during * WATCHES)
+        held + 2 * CHANGES * (WATCHES + 1 + 1) + writes_during * WATCHES)
     assert case["close"]["ended"] == {}
     for key in ("none", "open"):
         for c in ("1", "4"):
