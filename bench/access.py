@@ -110,42 +110,56 @@ def analysis_missing() -> str | None:
     return f"authz.analysis has no {', '.join(missing)} yet" if missing else None
 
 
-def measure(old_dir: Path, new_dir: Path, principals: int, repeats: int = DEFAULT_REPEATS) -> dict[str, Any]:
+Emit = Callable[[dict[str, Any]], None]
+
+
+def measure(old_dir: Path, new_dir: Path, principals: int, repeats: int = DEFAULT_REPEATS,
+            emit: Emit | None = None) -> dict[str, Any]:
     """Every figure of the case. who-can: each query through `who_can(snapshot, ...)` (a fresh Analyzer each
     time, what `authz access who-can` does after loading: the **cold** figure held to the target), then the same
     queries `repeats` times on one Analyzer (what a sidecar's PolicyAdmin WhoCan does on its live snapshot:
     **warm**). diff: `diff(old, new)` with OLD the snapshot the queries ran on (as a sidecar reloading with
     --require-no-new-access holds it) and NEW freshly loaded, `repeats` times; the first run is held to the target.
-    Loads are timed apart: `authz access diff OLD NEW` costs both loads plus the diff."""
+    Loads are timed apart: `authz access diff OLD NEW` costs both loads plus the diff.
+
+    Steps run in the order that gives both targets a figure soonest (old load, first who-can, new load, first
+    diff, the other queries, the repeats), and each is passed to `emit` as it ends (`{"step": ...}`), so that a
+    run stopped by its budget still reports what it measured."""
     why = analysis_missing()
     if why:
         raise Unavailable(why)
     import authz.analysis as analysis
 
+    def step(name: str, **figures: Any) -> None:
+        if emit is not None:
+            emit({"step": name, **figures})
+
+    def query(action: str, resource: str) -> dict[str, Any]:
+        result, seconds = _timed(lambda: analysis.who_can(old, action, resource))
+        q = {"action": action, "resource": resource, "seconds": seconds, "principals": len(result.principals),
+             "conditional": sum(1 for r in result.principals if r.conditional)}
+        step("who_can", query=q)
+        return q
+
     gc.collect()
     rss_start = _rss_mb()
-    old, load_old_s = _timed(lambda: analysis.load(old_dir))
-    gc.collect()
-    rss_loaded = _rss_mb()
     try:
-        cold: list[dict[str, Any]] = []
-        for action, resource in QUERIES:
-            result, seconds = _timed(lambda: analysis.who_can(old, action, resource))
-            cold.append({"action": action, "resource": resource, "seconds": seconds,
-                         "principals": len(result.principals),
-                         "conditional": sum(1 for r in result.principals if r.conditional)})
+        old, load_old_s = _timed(lambda: analysis.load(old_dir))
+        gc.collect()
+        rss_loaded = _rss_mb()
+        step("load_old", seconds=load_old_s, rss_mb=rss_loaded)
+        cold = [query(*QUERIES[0])]
+        new, load_new_s = _timed(lambda: analysis.load(new_dir))
+        step("load_new", seconds=load_new_s)
+        first, diff_s = _timed(lambda: analysis.diff(old, new))
+        step("diff", seconds=diff_s, added=len(first.added), removed=len(first.removed))
+        cold += [query(action, resource) for action, resource in QUERIES[1:]]
         analyzer = analysis.Analyzer(old)
         warm: list[float] = []
         for _ in range(max(1, repeats)):
             for action, resource in QUERIES:
                 warm.append(_timed(lambda: analyzer.who_can(action, resource))[1])
-        new, load_new_s = _timed(lambda: analysis.load(new_dir))
-        runs: list[float] = []
-        first: Any = None
-        for _ in range(max(1, repeats)):
-            d, seconds = _timed(lambda: analysis.diff(old, new))
-            runs.append(seconds)
-            first = first if first is not None else d
+        runs = [diff_s] + [_timed(lambda: analysis.diff(old, new))[1] for _ in range(max(1, repeats) - 1)]
     except NotImplementedError as exc:
         raise Unavailable(f"authz.analysis is not implemented yet ({exc or 'NotImplementedError'})") from None
     gc.collect()
@@ -173,6 +187,26 @@ def measure(old_dir: Path, new_dir: Path, principals: int, repeats: int = DEFAUL
     }
 
 
+def partial(lines: Sequence[str]) -> dict[str, Any]:
+    """What a run stopped by its budget measured, from the step lines it printed (see `measure`)."""
+    out: dict[str, Any] = {"queries": []}
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        name = record.get("step") if isinstance(record, dict) else None
+        if name == "load_old":
+            out["load_old_s"] = record["seconds"]
+        elif name == "load_new":
+            out["load_new_s"] = record["seconds"]
+        elif name == "who_can":
+            out["queries"].append(record["query"])
+        elif name == "diff":
+            out.update(diff_first_s=record["seconds"], diff_added=record["added"], diff_removed=record["removed"])
+    return out
+
+
 def case(plan: AccessPlan, progress: Callable[[str], None]) -> dict[str, Any]:
     """Write the two bundles, measure them in a fresh process (`python -m bench.access`) within the budget."""
     why = analysis_missing()
@@ -190,16 +224,19 @@ def case(plan: AccessPlan, progress: Callable[[str], None]) -> dict[str, Any]:
                 "--principals", str(plan.principals), "--repeats", str(plan.repeats)]
         try:
             proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=plan.budget_s)
-        except subprocess.TimeoutExpired:       # run() has killed the child
+        except subprocess.TimeoutExpired as exc:       # run() has killed the child; its output so far is kept
+            printed = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             row: dict[str, Any] = {"principals": plan.principals, "over_budget_s": plan.budget_s,
-                                   "skipped": f"loads + who-can + diff did not finish within {plan.budget_s:.0f} s"}
+                                   "skipped": f"loads + who-can + diff did not finish within {plan.budget_s:.0f} s",
+                                   "partial": partial(printed.splitlines())}
         else:
             if proc.returncode != 0 or not proc.stdout.strip():
                 raise RuntimeError(f"bench.access failed for {plan.principals} users:\n{proc.stderr[-2000:]}")
             row = json.loads(proc.stdout.strip().splitlines()[-1])
     row.update(policy_pool=plan.pool, changed_policy_users=attached, bundle_bytes=old.bytes, bundle_write_s=write_s)
     if "skipped" in row:
-        progress(f"  access: skipped: {row['skipped']}")
+        progress(f"  access: skipped: {row['skipped']}" + (f"; measured before that: {_partial_text(row['partial'])}"
+                                                           if row.get("partial") else ""))
         return row
     progress(f"  loads {row['load_old_s']:.2f} s + {row['load_new_s']:.2f} s; who-can slowest "
              f"{row['who_can_cold_max_s']:.3f} s (target < {WHO_CAN_TARGET_S:g} s: "
@@ -218,9 +255,24 @@ def append_markdown(path: Path, fig: Mapping[str, Any] | None) -> None:
             f.write("\n".join(lines) + "\n")
 
 
+def _partial_text(p: Mapping[str, Any]) -> str:
+    parts = [f"old load {p['load_old_s']:.2f} s" if "load_old_s" in p else "the old load did not end"]
+    parts += [f"who-can {q['action']} {q['seconds']:.2f} s ({q['principals']:,} principals)" for q in p["queries"]]
+    parts += [f"new load {p['load_new_s']:.2f} s"] if "load_new_s" in p else []
+    parts += [f"diff {p['diff_first_s']:.2f} s ({p['diff_added']:,} added)"] if "diff_first_s" in p else []
+    return ", ".join(parts)
+
+
 def report_lines(fig: Mapping[str, Any]) -> list[str]:
-    """The case's section of results.md."""
-    if not fig or ("skipped" in fig and "queries" not in fig) or "error" in fig:
+    """The case's section of results.md (a run over its budget: what it measured before the budget ran out)."""
+    if fig.get("partial"):
+        p = fig["partial"]
+        return ["", "## Access analysis (issue 15: who-can and diff)", "",
+                f"{fig['principals']:,} users over {fig.get('policy_pool', POLICY_POOL):,} distinct managed policies: "
+                f"**over the budget of {fig['over_budget_s']:.0f} s**, so neither target can be met as measured. "
+                f"Finished before the budget ran out: {_partial_text(p)} (targets: who-can < {WHO_CAN_TARGET_S:g} s, "
+                f"diff < {DIFF_TARGET_S:g} s)."]
+    if not fig or "skipped" in fig or "error" in fig:
         return []
     lines = ["", "## Access analysis (issue 15: who-can and diff)", "",
              f"{fig['principals']:,} users over {fig.get('policy_pool', POLICY_POOL):,} distinct managed policies "
@@ -259,8 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--principals", type=int, required=True)
     ap.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
     args = ap.parse_args(argv)
+    def emit(record: dict[str, Any]) -> None:
+        print(json.dumps(record), flush=True)      # read back by `partial` when the budget runs out
+
     try:
-        out = measure(args.old, args.new, args.principals, args.repeats)
+        out = measure(args.old, args.new, args.principals, args.repeats, emit=emit)
     except Unavailable as exc:
         out = {"principals": args.principals, "skipped": str(exc)}
     print(json.dumps(out))

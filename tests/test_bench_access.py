@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from bench import access
 from bench.fixtures import policy_name
@@ -32,7 +33,16 @@ def test_the_two_bundles_differ_in_one_policy(tmp_path: Path) -> None:
 
 def test_measure_finds_the_principals_and_exactly_the_new_access(tmp_path: Path) -> None:
     old, new, attached = access.write_bundles(tmp_path, PRINCIPALS, POOL)
-    fig = access.measure(old.directory, new.directory, PRINCIPALS, repeats=2)
+    steps: list[dict[str, Any]] = []
+    fig = access.measure(old.directory, new.directory, PRINCIPALS, repeats=2, emit=steps.append)
+    # Each step is reported as it ends, both targets' first figures soonest: what a run over budget keeps.
+    assert [s["step"] for s in steps] == ["load_old", "who_can", "load_new", "diff"] + \
+        ["who_can"] * (len(access.QUERIES) - 1)
+    cut = access.partial([json.dumps(s) for s in steps[:4]] + ['{"step": "who_c'])   # stopped mid-line
+    assert cut["load_old_s"] == fig["load_old_s"] and cut["diff_first_s"] == fig["diff_first_s"]
+    assert cut["queries"] == fig["queries"][:1] and cut["diff_added"] == fig["diff_added"]
+    over = {"principals": PRINCIPALS, "over_budget_s": 1.0, "skipped": "over", "partial": cut}
+    assert "**over the budget of 1 s**" in "\n".join(access.report_lines(over))
     by_query = {(q["action"], q["resource"]): q for q in fig["queries"]}
     assert set(by_query) == set(access.QUERIES)
     assert by_query[access.QUERIES[0]]["principals"] > 0                   # PutMedia on a cam stream: someone can
