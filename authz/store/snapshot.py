@@ -176,6 +176,22 @@ Resolution = ResolvedPrincipal | Unresolved | None
 # A memo entry: the value, the dependency keys it read, and the revision it is known to hold at.
 _PrincipalEntry = tuple[Resolution, Deps, int]
 _SetEntry = tuple[CompiledPolicySet, Deps, int]
+# A policy set's shape: the identities of the Policy objects in it, field by field (see Memos.compiled).
+_Shape = tuple[Any, ...]
+
+
+def _ids(policies: tuple[Policy, ...] | None) -> tuple[int, ...] | None:
+    return None if policies is None else tuple(map(id, policies))
+
+
+def _levels(levels: tuple[tuple[Policy, ...], ...] | None) -> tuple[tuple[int, ...], ...] | None:
+    return None if levels is None else tuple(tuple(map(id, level)) for level in levels)
+
+
+def policy_set_shape(ps: PolicySet) -> _Shape:
+    """The identity of every Policy object in `ps`, in place: two sets of the same shape hold the same objects."""
+    return (_ids(ps.identity), id(ps.resource), id(ps.boundary), _ids(ps.session), _levels(ps.scp_levels),
+            _levels(ps.rcp_levels))
 
 
 class Memos:
@@ -187,11 +203,18 @@ class Memos:
         self.size = size
         self.principals: BoundedMemo[tuple[str, str], _PrincipalEntry] = BoundedMemo(size)
         self.sets: BoundedMemo[tuple[tuple[str, str], str, str], _SetEntry] = BoundedMemo(size)
+        # Indexed policy sets by shape, shared by every principal whose policies are the same objects (the
+        # compiler hands out one Policy per name and text): 10,000 users of one group index its policies
+        # once, and after a change to the group, once again rather than 10,000 times. Each entry keeps its
+        # PolicySet, so the objects whose ids make its key stay alive (an id is never reused while the entry
+        # lives). A CompiledPolicySet reads nothing but its policies, so an entry never goes stale.
+        self.compiled: BoundedMemo[_Shape, tuple[PolicySet, CompiledPolicySet]] = BoundedMemo(size)
 
     def clear(self) -> None:
         """Forget every entry (a change that may touch anything: the memory goes now)."""
         self.principals = BoundedMemo(self.size)
         self.sets = BoundedMemo(self.size)
+        self.compiled = BoundedMemo(self.size)
 
 
 class Snapshot:
@@ -401,7 +424,13 @@ class Snapshot:
         scp = None if rp.requester.kind == "anonymous" else self.org_levels(rp.account, "scp")
         ps = PolicySet(identity=rp.identity, resource=resource_policy, boundary=rp.boundary, session=rp.session,
                        scp_levels=scp, rcp_levels=self.org_levels(resource_account, "rcp"))
-        cps = CompiledPolicySet(ps)
+        shape = policy_set_shape(ps)
+        shared = memos.compiled.get(shape)
+        if shared is None:
+            cps = CompiledPolicySet(ps)
+            memos.compiled.put(shape, (ps, cps))
+        else:
+            cps = shared[1]
         memos.sets.put(key, (cps, rp.deps + resource_deps, revision))
         return cps
 
