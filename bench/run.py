@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 from . import access
 from . import engine as engine_bench
 from . import cerbos, fleet, plots, report, scaling, streams, watch
+from . import check as check_bench
 from .fixtures import (ENGINE_USERS, REQUEST_CONTEXT, authorize_payloads, batch_payloads, engine_bundle_document,
                        engine_requests, write_bundle, write_bundle_document)
 from .floor import ServerSettings, server_settings
@@ -27,7 +28,7 @@ from .targets import (REPO, ServedProcess, StoreTarget, Unavailable, measure_env
                       store_missing)
 
 CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy", "streams", "fleet",
-         "watch", "access", "cerbos")
+         "watch", "access", "cerbos", "check")
 DEFAULT_OUT = REPO / "bench" / "results"
 FLOOR, SERVER = "floor", "server"
 
@@ -446,6 +447,11 @@ def grpc_cases(plan: Plan, progress: Progress, settings: ServerSettings, cases: 
         finally:
             for proc in started:
                 proc.stop()
+            pauses = next((p.gc_pauses() for p in started if p.name == "server"), None)
+            if pauses is not None:    # the largest pause the server's collector took under these cases' load
+                cases["gc_pauses"] = pauses
+                progress(f"  server garbage collection while serving: largest pause {pauses['largest_ms_any']:.1f} ms "
+                         f"(by generation {pauses['largest_ms']}), {sum(pauses['collections'])} collections")
     return skip
 
 
@@ -573,6 +579,18 @@ def case_streams(plan: Plan, progress: Progress, settings: ServerSettings) -> di
             "starve_timeout_s": STARVE_TIMEOUT_S}
 
 
+def case_check(plan: Plan, progress: Progress) -> dict[str, Any]:
+    """Envoy's ext_authz Check against Authorize for the same decision, server paths in process (bench/check.py)."""
+    try:
+        fig = check_bench.measure(samples=plan.engine_samples, progress=progress)
+    except Unavailable as exc:
+        progress(f"check: skipped: {exc}")
+        return {"skipped": str(exc)}
+    for line in check_bench.report_lines(fig):
+        progress("  " + line)
+    return fig
+
+
 def case_envoy(plan: Plan, progress: Progress) -> dict[str, Any]:
     """The ext_authz hop through Envoy, against the same Envoy without the filter (bench/envoy_hop.py)."""
     progress("envoy: the same Envoy with and without ext_authz, open loop")
@@ -646,6 +664,15 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row("envoy hop", f"request through Envoy at {envoy['rate_per_s']:.0f}/s, {label} "
                              f"(floor: the same Envoy without ext_authz)", "µs",
                              one["with_ext_authz"], one["without_ext_authz"], "lower"))
+    chk = cases.get("check")
+    if isinstance(chk, Mapping) and "us" in chk:
+        rows.append(_row("check", "ext_authz Check server path per call, in process: SigV4, mapping, decision (floor: "
+                         "Authorize's for the same decision in new bytes; gRPC's own cost comes on top of both)",
+                         "µs", chk["us"]["check"], chk["us"]["authorize_new_bytes"], "lower"))
+    pauses = cases.get("gc_pauses")
+    if isinstance(pauses, Mapping) and "largest_ms_any" in pauses:
+        rows.append(_row("gc", "largest garbage-collection pause in the server during the closed, open and batch "
+                         "cases (no floor)", "ms", _single(pauses["largest_ms_any"]), None, "lower"))
     workers = cases.get("workers")
     if isinstance(workers, Mapping) and "by_workers" in workers:
         for n, row in workers["by_workers"].items():
@@ -788,6 +815,8 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
         cases["streams"] = _guarded("streams", progress, lambda: case_streams(plan, progress, settings))
     if "fleet" in plan.cases:
         cases["fleet"] = _guarded("fleet", progress, lambda: fleet.case(plan.fleet, progress))
+    if "check" in plan.cases:
+        cases["check"] = _guarded("check", progress, lambda: case_check(plan, progress))
     if "watch" in plan.cases:
         cases["watch"] = _guarded("watch", progress, lambda: watch.case(_watch_plan(plan), progress))
     if "access" in plan.cases:

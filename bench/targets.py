@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 SERVER_SCRIPT = REPO / "server.py"
 READY_TIMEOUT_S = 60.0          # a 100,000-principal bundle may take a while to load
 STOP_TIMEOUT_S = 10.0
+OUTPUT_KEPT_BYTES = 256 * 1024  # of a stopped process's output, kept for what it logged on the way out
+GC_LOG_PREFIX = "garbage collection while serving: "   # the server's stop line (authz.server.app, Sidecar.stop)
 
 
 class Unavailable(Exception):
@@ -79,6 +81,7 @@ class ServedProcess:
         self.address = address
         self.argv = list(argv)
         self._log: IO[bytes] = tempfile.TemporaryFile(prefix=f"bench-{name}-")
+        self.output = ""                          # the end of its output, once stopped
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env)
@@ -107,7 +110,23 @@ class ServedProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if not self._log.closed:
+            self._log.seek(0, 2)
+            self._log.seek(max(0, self._log.tell() - OUTPUT_KEPT_BYTES))
+            self.output = self._log.read().decode(errors="replace")
         self._log.close()
+
+    def gc_pauses(self) -> dict[str, Any] | None:
+        """The server's garbage-collection pauses while it served (its stop line), once stopped; None without."""
+        for line in reversed(self.output.splitlines()):
+            at = line.find(GC_LOG_PREFIX)
+            if at >= 0:
+                try:
+                    found = json.JSONDecoder().raw_decode(line[at + len(GC_LOG_PREFIX):])[0]
+                except ValueError:
+                    return None
+                return found if isinstance(found, dict) else None
+        return None
 
     def __enter__(self) -> "ServedProcess":
         return self

@@ -131,7 +131,8 @@ def test_metrics_and_decision_log(tmp_path: Path) -> None:
 AUTHZ_FAMILIES = {"authz_decisions_total", "authz_decision_latency_seconds", "authz_cache_hits_total",
                   "authz_cache_misses_total", "authz_cache_entries", "authz_answer_memo_entries",
                   "authz_policy_revision", "authz_reloads_total", "authz_last_load_error", "authz_ready",
-                  "authz_watches_open", "authz_watch_messages_total", "authz_watch_ends_total"}
+                  "authz_watches_open", "authz_watch_messages_total", "authz_watch_ends_total",
+                  "authz_gc_pause_seconds", "authz_gc_pause_max_seconds"}
 
 
 def check(addr: str, wire: Wire) -> CheckAnswer:

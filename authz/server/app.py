@@ -58,6 +58,7 @@ from ..store.oplog import OpLog, private_umask
 from . import settings
 from .config import UNIX_PREFIX, Config, listen_error, split_host_port, watch_listen_address
 from .decision_log import DecisionLog, Observer
+from .gcpause import GcPauses
 from .metrics import Metrics, MetricsServer
 
 if TYPE_CHECKING:   # gRPC itself is imported only inside a serving process (see the module docstring)
@@ -94,6 +95,7 @@ class Sidecar:
     simulator: Simulator | None = None    # Simulate's worker processes (authz.server.simulate)
     tracing: Tracing | None = None        # --otlp-endpoint (authz.server.tracing)
     watch: StreamListener | None = None   # --watch-listen: the streaming listener (authz.server.watch)
+    gc_pauses: GcPauses | None = None     # the collector's pauses, timed (authz.server.gcpause)
     _sync_stop: threading.Event = field(default_factory=threading.Event)
     _follower: threading.Thread | None = None    # --store / --workers: applies the other members' changes
     _follower_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -116,6 +118,9 @@ class Sidecar:
         for event in done:
             event.wait()
         self._sync_stop.set()
+        if self.gc_pauses is not None:
+            log.info("garbage collection while serving: %s", json.dumps(self.gc_pauses.summary()))
+            self.gc_pauses.uninstall()
         with self._follower_lock:
             follower = self._follower
         if follower is not None:
@@ -232,6 +237,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     gc.set_threshold(*settings.GC_THRESHOLDS)
+    gc_pauses = GcPauses()
     store = Store(StoreConfig(bundle_dir=config.bundle, state_dir=config.state_dir, store_url=config.store_url,
                               store_key=config.store_key, cache_size=config.cache_size,
                               watch_interval=config.watch_interval,
@@ -245,7 +251,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
                       memo_bytes=config.memo_bytes)
     metrics: Metrics | None = None
     if config.metrics_listen:
-        metrics = Metrics(store.status, answers.stats, fleet=config.store_url is not None)
+        metrics = Metrics(store.status, answers.stats, fleet=config.store_url is not None, gc_pauses=gc_pauses)
         observers.append(metrics.observe)
     decision_log = DecisionLog(config.decision_log) if config.decision_log else None
     if decision_log is not None:
@@ -302,7 +308,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     for s in servers:
         s.start()
     sidecar = Sidecar(config, store, servers, healths, addresses, decision_log=decision_log, answers=answers,
-                      simulator=simulator, tracing=tracing)
+                      simulator=simulator, tracing=tracing, gc_pauses=gc_pauses.install())
     try:
         store.open()
         if metrics is not None and config.metrics_listen:
@@ -334,6 +340,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     # From the start: a fleet member with nothing published yet loads the first bundle through it.
     if config.store_url is not None or config.reuse_port:
         sidecar.follow()
+    gc_pauses.reset()                      # from here on: pauses while serving, not the first load's
     status = store.status()
     if not store.ready:
         log.error("no policy set loaded; health stays NOT_SERVING until the %s loads: %s",

@@ -18,11 +18,12 @@ from typing import Callable, Iterator, Sequence
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, disable_created_metrics)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, MetricsHandler
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..store import StoreStatus
 from .decision_log import DecisionEvent
+from .gcpause import GC_PAUSE_BUCKETS, GcPauses
 
 log = logging.getLogger("authz.server.metrics")
 
@@ -82,11 +83,36 @@ class _StoreCollector(Collector):
                         "(decisions go on from memory; writes are refused).", 0 if st.store_error else 1)
 
 
+class _GcPauseCollector(Collector):
+    """How long the garbage collector stopped the process, per generation (authz.server.gcpause), read per scrape."""
+
+    def __init__(self, pauses: GcPauses) -> None:
+        self._pauses = pauses
+
+    def collect(self) -> Iterator[Metric]:
+        p = self._pauses
+        hist = HistogramMetricFamily("authz_gc_pause_seconds", "Garbage-collection pauses of this process (every "
+                                     "thread waits meanwhile), by generation (2: a full collection).",
+                                     labels=("generation",))
+        largest = GaugeMetricFamily("authz_gc_pause_max_seconds", "The longest garbage-collection pause since the "
+                                    "process started serving, by generation.", labels=("generation",))
+        for g in range(len(p.counts)):
+            running, buckets = 0, []
+            for bound, n in zip((*GC_PAUSE_BUCKETS, float("inf")), p.buckets[g]):
+                running += n
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", running))
+            hist.add_metric((str(g),), buckets, p.seconds[g])
+            largest.add_metric((str(g),), p.largest[g])
+        yield hist
+        yield largest
+
+
 class Metrics:
     """Decision counters and latency histograms, fed with DecisionEvents, and the store's values; one registry."""
 
     def __init__(self, status: Callable[[], StoreStatus],
-                 memo: Callable[[], dict[str, int]] | None = None, *, fleet: bool = False) -> None:
+                 memo: Callable[[], dict[str, int]] | None = None, *, fleet: bool = False,
+                 gc_pauses: GcPauses | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._decisions = Counter("authz_decisions", "Decisions answered, by RPC (Check: Envoy's ext_authz) "
                                   "and result.", ("rpc", "decision"), registry=self.registry)
@@ -94,6 +120,8 @@ class Metrics:
                                   "server (a batch item: that item alone).", ("rpc",), buckets=LATENCY_BUCKETS,
                                   registry=self.registry)
         self.registry.register(_StoreCollector(status, memo, fleet))
+        if gc_pauses is not None:
+            self.registry.register(_GcPauseCollector(gc_pauses))
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

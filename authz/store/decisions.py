@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Hashable, Mapping
 
 from ..policy.arn import account_of
 from ..evaluate import CLOCK_KEYS, NO_CLOCK_EDGES, Decision, Result, decide
@@ -17,6 +17,11 @@ from .holder import SnapshotHolder
 from .snapshot import ResolvedPrincipal, Snapshot, Unresolved, caller_values, resource_deps
 
 MAX_ACCESS_KEY_ID_CHARS = 128        # AuthorizeRequest.access_key_id (IAM: 16-128)
+# Once the decision cache is full, a decision is kept only on its key's second sighting (the hashes of at most
+# this many keys seen once are remembered): requests that never repeat then neither evict the decisions that do
+# nor leave the garbage collector a young generation of cache entries to walk (docs/performance.md, "The cold
+# path profiled"). Until the cache first fills, and again after it is emptied, every decision is kept.
+CACHE_DOORKEEPER_KEYS = 65_536
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class Decisions:
     def __init__(self, holder: SnapshotHolder) -> None:
         self._holder = holder
         self._stamp: tuple[int, str, str] = (-1, "", "")   # aws:CurrentTime/EpochTime of the current second
+        self._seen: set[int] = set()        # hashes of cache keys seen once while the cache is full
 
     def prepare_context(self, context: Mapping[str, Any], trusted_context: Mapping[str, Any] | None = None
                         ) -> PreparedContext:
@@ -144,7 +150,7 @@ class Decisions:
         cached = result is not None
         if result is None:
             result = self._decide(snap, principal, rp, action, resource, res_account, values, explain)
-            if not explain:
+            if not explain and self._admit(key):
                 self._holder.cache.put(key, values, result, deps, snap.revision)
         since, until = -math.inf, math.inf
         changes_at = rp.expires
@@ -157,6 +163,22 @@ class Decisions:
                 changes_at = min(changes_at, result.clock.next_after(now))
         return Answer(result, snap.revision, cached, True, min(until, rp.expires), since, deps, changes_at,
                       rp.expires)
+
+    def _admit(self, key: Hashable) -> bool:
+        """Whether to keep this decision: always while the cache has room, else on the key's second sighting
+        (CACHE_DOORKEEPER_KEYS). Only what is kept changes, never an answer."""
+        cache = self._holder.cache
+        lru = cache._lru                    # one len() per put; the cache is this package's
+        if lru is None or len(lru) < cache.capacity:
+            return True
+        h = hash(key)
+        seen = self._seen
+        if h in seen:
+            return True
+        if len(seen) >= CACHE_DOORKEEPER_KEYS:
+            self._seen = seen = set()
+        seen.add(h)
+        return False
 
     def _context(self, snap: Snapshot, rp: ResolvedPrincipal, resource: str, caller: Mapping[str, Any],
                  now: float) -> dict[str, Any]:

@@ -1,0 +1,48 @@
+"""Smoke tests of the issue-16 figures: the Check-vs-Authorize case, and the server GC pauses read at its stop."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import check as check_bench
+from bench.fixtures import authorize_payloads, write_bundle
+from bench.loadgen import LoadClient, LoadSpec
+from bench.run import Plan, run
+from bench.targets import GC_LOG_PREFIX, start_server
+
+pytestmark = pytest.mark.integration
+
+
+def test_check_case_times_every_path_and_compares_check_with_authorize(tmp_path: Path) -> None:
+    run(Plan(cases=("check",), engine_samples=2, plots=False, out=tmp_path))
+    data = json.loads((tmp_path / "results.json").read_text())
+    fig = data["cases"]["check"]
+    assert set(fig["us"]) == set(check_bench.KINDS)
+    assert all(fig["us"][k]["median"] > 0 for k in check_bench.KINDS)
+    assert math.isfinite(fig["ratio_to_authorize_new_bytes"]) and fig["ratio_to_authorize_new_bytes"] > 0
+    assert fig["target_ratio"] == check_bench.TARGET_RATIO
+    rows = [r for r in data["comparisons"] if r["case"] == "check"]
+    assert len(rows) == 1 and rows[0]["ratio"] == pytest.approx(fig["ratio_to_authorize_new_bytes"])
+    assert "ext_authz Check server path" in (tmp_path / "results.md").read_text()
+
+
+def test_the_servers_gc_pauses_are_read_from_its_stop_line(tmp_path: Path) -> None:
+    bundle = write_bundle(tmp_path / "bundle", 20)
+    server = start_server(bundle.directory, tmp_path / "state")
+    try:
+        with LoadClient() as client:
+            r = client.run(LoadSpec(server.address, tuple(authorize_payloads([1, 2], unique=True)), concurrency=4,
+                                    requests=200, unique=True))
+        assert r.ok == 200
+    finally:
+        server.stop()
+    assert GC_LOG_PREFIX in server.output
+    pauses = server.gc_pauses()
+    assert pauses is not None
+    assert set(pauses) >= {"collections", "total_ms", "largest_ms", "largest_ms_any", "frozen"}
+    assert pauses["largest_ms_any"] == max(pauses["largest_ms"]) >= 0
+    assert len(pauses["collections"]) == 3
