@@ -59,6 +59,9 @@ class Plan:
     watch: watch.WatchPlan = watch.WatchPlan()         # case "watch": open watches, writes (bench/watch.py)
     access: access.AccessPlan = access.AccessPlan()    # case "access": who-can and diff sizes (bench/access.py)
     cerbos_rate: float = 1_500.0             # case "cerbos": the open-loop rate offered to Cerbos and the sidecar
+    # Unique requests sent to the server before the gRPC cases, so that they measure a long-running server, whose
+    # decision cache (--cache-size, 100,000 by default) is full and admits on second sighting (docs/performance.md).
+    cache_prefill: int = 100_000
     server: bool = True
     server_workers: int | None = None        # server.py --workers (not passed when None)
     server_options: Mapping[str, Any] | None = None
@@ -70,7 +73,7 @@ class Plan:
         return cls(quick=True, repeats=2, duration_s=0.4, warmup_s=0.1, scale_sizes=(100, 5_000),
                    scale_budget_s=60.0, engine_samples=10, bundle_principals=100, concurrency=(1, 64),
                    handler_budget_us=(20.0,), stream_counts=(10,), fleet=fleet.FleetPlan.quick(),
-                   watch=watch.WatchPlan.quick(), access=access.AccessPlan.quick())
+                   watch=watch.WatchPlan.quick(), access=access.AccessPlan.quick(), cache_prefill=0)
 
 
 class Progress:
@@ -435,6 +438,11 @@ def grpc_cases(plan: Plan, progress: Progress, settings: ServerSettings, cases: 
                 skip = "skipped: --no-server"
             with LoadClient() as client:
                 g = GrpcBench(plan, progress, client, targets, skip)
+                if SERVER in targets and plan.cache_prefill > 0:
+                    spec = replace(g.spec(_payloads(plan, unique=True), concurrency=max(plan.concurrency),
+                                          unique=True), requests=plan.cache_prefill, warmup_s=0.0)
+                    filled = g.run(SERVER, spec, f"prefill ({plan.cache_prefill:,} unique requests)")
+                    cases["cache_prefill"] = {"requests": filled.sent, "elapsed_s": filled.elapsed_s}
                 runners: dict[str, Callable[[], dict[str, Any]]] = {
                     "closed": lambda: case_closed(g),
                     "open": lambda: case_open(g, cases.get("closed")),
@@ -830,7 +838,8 @@ def run(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
             "quick": plan.quick, "cases": list(plan.cases), "repeats": plan.repeats, "duration_s": plan.duration_s,
             "warmup_s": plan.warmup_s, "requests": plan.requests, "concurrency": list(plan.concurrency),
             "open_fractions": list(plan.open_fractions), "batch_size": plan.batch_size,
-            "batch_in_flight": plan.batch_in_flight, "scale_sizes": list(plan.scale_sizes),
+            "batch_in_flight": plan.batch_in_flight, "cache_prefill": plan.cache_prefill,
+            "scale_sizes": list(plan.scale_sizes),
             "scale_budget_s": plan.scale_budget_s,
             "engine_samples": plan.engine_samples, "bundle_principals": plan.bundle_principals,
             "request_principals": plan.request_principals, "connections": plan.connections,
@@ -878,6 +887,8 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
     ap.add_argument("--server-workers", type=int, help="passed to server.py as --workers N (processes)")
     ap.add_argument("--connections", type=int, help="client connections per load run (default 1)")
     ap.add_argument("--server-options", type=json.loads, help="JSON object of gRPC options for the floor")
+    ap.add_argument("--cache-prefill", type=int, help="unique requests sent to the server before the gRPC cases, "
+                                                      "to fill its decision cache (full 100,000, quick 0)")
     ap.add_argument("--stream-counts", type=_ints, help="streams case: open streams per configuration, e.g. 0,100,1000")
     ap.add_argument("--fleet-writes", type=int, help="fleet case: timed writes per fleet size (full 200, quick 20)")
     ap.add_argument("--fleet-push", type=int, help="fleet case: principals published with authz push "
@@ -907,7 +918,7 @@ def parse_args(argv: Sequence[str] | None) -> Plan:
                         ("requests", a.requests), ("concurrency", a.concurrency), ("scale_sizes", a.scale_sizes),
                         ("scale_budget_s", a.scale_budget),
                         ("bundle_principals", a.bundle_principals), ("connections", a.connections),
-                        ("stream_counts", a.stream_counts)):
+                        ("stream_counts", a.stream_counts), ("cache_prefill", a.cache_prefill)):
         if value is not None:
             overrides[name] = value
     return replace(plan, **overrides)

@@ -46,3 +46,13 @@ def test_the_servers_gc_pauses_are_read_from_its_stop_line(tmp_path: Path) -> No
     assert set(pauses) >= {"collections", "total_ms", "largest_ms", "largest_ms_any", "frozen"}
     assert pauses["largest_ms_any"] == max(pauses["largest_ms"]) >= 0
     assert len(pauses["collections"]) == 3
+
+
+def test_the_grpc_cases_fill_the_servers_cache_first_and_report_its_largest_gc_pause(tmp_path: Path) -> None:
+    run(Plan(cases=("closed",), repeats=1, warmup_s=0.0, requests=20, concurrency=(1,), bundle_principals=20,
+             request_principals=4, cache_prefill=50, plots=False, out=tmp_path))
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["cases"]["cache_prefill"]["requests"] == 50 and data["settings"]["cache_prefill"] == 50
+    pauses = data["cases"]["gc_pauses"]
+    rows = [r for r in data["comparisons"] if r["case"] == "gc"]
+    assert len(rows) == 1 and rows[0]["server"]["median"] == pauses["largest_ms_any"]
