@@ -160,7 +160,7 @@ def test_settled_says_when_a_change_has_been_decided_for_every_watch(
     with AuthzClient(s.addresses["decision"]) as authz, AdminClient(s.addresses["admin"], token=TOKEN) as admin:
         follower = Follower(authz.watch(CAMERA, PUT, STREAM))
         assert follower.next().allowed
-        queued = hub.messages_queued
+        queued, switch_interval = hub.messages_queued, sys.getswitchinterval()
         admin.put_inline_policy(ACCT, "user", "camera", "describe", policy("Allow", "kinesisvideo:DescribeStream"))
         clock.now += 3600
         hub.clock_moved()
@@ -169,6 +169,7 @@ def test_settled_says_when_a_change_has_been_decided_for_every_watch(
         admin.put_inline_policy(ACCT, "user", "camera", "deny", policy("Deny", PUT))
         hub.settled().result(WAIT_SECONDS)
         assert hub.messages_queued == queued + 1
+        assert sys.getswitchinterval() == switch_interval      # lowered only while re-deciding
         assert follower.next().decision is DecisionKind.EXPLICIT_DENY
         follower.watching.cancel()
 

@@ -27,7 +27,11 @@ The hub (WatchHub) owns the open watches, all on the loop thread:
   hands the change to the loop (call_soon_threadsafe); a change that may touch everything (a bundle load)
   re-decides every watch, any other only the watches indexed under a key it touched or with deps None.
   A watch is re-indexed after every re-decision. Re-decisions run in slices of WATCH_REDECIDE_SLICE,
-  yielding to the loop between slices, and a watch waiting to be re-decided twice is re-decided once.
+  yielding to the loop between slices, and a watch waiting to be re-decided twice is re-decided once. While they
+  run, the interpreter's switch interval is lowered (DRAIN_SWITCH_INTERVAL_SECONDS), so that Authorize on the
+  decision threads waits for the GIL a fraction of a millisecond rather than 5 ms at a time (measured with 3,000
+  watches re-decided under load: Authorize p99 at 1 in flight 5.5 ms instead of 20-26 ms, about twice the
+  throughput; the re-decisions' own wall time grows by the share the decision threads get).
 - Clock. After each decision a watch is scheduled at Answer.changes_at, the next instant the clock alone
   could change it (a time condition's edge, the session's end); one heap and one loop timer serve every
   watch. When the timer fires, the watches whose instant has come (by the store's clock) are re-decided and
@@ -48,6 +52,7 @@ import heapq
 import itertools
 import logging
 import math
+import sys
 import threading
 import time
 import uuid
@@ -80,6 +85,11 @@ HEAP_SLACK = 1_024                # the timer heap is rebuilt once it holds this
 # A watch whose next instant is already past when it is decided (the clock moved on meanwhile) is looked at again
 # this much later, not at once: never a loop that re-decides one watch without yielding.
 CLOCK_RECHECK_SECONDS = 0.01
+# While the hub re-decides (pure Python on the loop's thread), a decision thread waiting for the GIL gets it only
+# when the interpreter's switch interval (5 ms by default) runs out, at every one of the several times a call takes
+# it: Authorize would wait tens of milliseconds behind a change that re-decides thousands of watches. The interval
+# is lowered to this for as long as the re-decisions run.
+DRAIN_SWITCH_INTERVAL_SECONDS = 0.0005
 
 # Why a watch ended (the authz_watch_ends metric's `reason` label).
 ENDED_CANCELLED = "cancelled"          # the client cancelled it (or went away)
@@ -410,15 +420,20 @@ class WatchHub:
 
     async def _drain(self) -> None:
         pending = self._pending
-        while pending:
-            batch = list(itertools.islice(pending, self.slice_size))
-            for w in batch:
-                del pending[w]
-            for w in batch:
-                if not w.closed:
-                    self._redecide(w)
-            if pending:
-                await asyncio.sleep(0)      # let writes, new watches and timers run between slices
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, DRAIN_SWITCH_INTERVAL_SECONDS))
+        try:
+            while pending:
+                batch = list(itertools.islice(pending, self.slice_size))
+                for w in batch:
+                    del pending[w]
+                for w in batch:
+                    if not w.closed:
+                        self._redecide(w)
+                if pending:
+                    await asyncio.sleep(0)      # let writes, new watches and timers run between slices
+        finally:
+            sys.setswitchinterval(switch)
 
     # ------------------------------------------------------------ clock
 
