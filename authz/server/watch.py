@@ -420,8 +420,7 @@ class WatchHub:
 
     async def _drain(self) -> None:
         pending = self._pending
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, DRAIN_SWITCH_INTERVAL_SECONDS))
+        _SWITCH.lower()
         try:
             while pending:
                 batch = list(itertools.islice(pending, self.slice_size))
@@ -433,7 +432,7 @@ class WatchHub:
                 if pending:
                     await asyncio.sleep(0)      # let writes, new watches and timers run between slices
         finally:
-            sys.setswitchinterval(switch)
+            _SWITCH.restore()
 
     # ------------------------------------------------------------ clock
 
@@ -485,6 +484,32 @@ class WatchHub:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class _SwitchInterval:
+    """The interpreter's switch interval, lowered while any hub of the process re-decides (see the module docstring)
+    and restored when the last one is done."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved = 0.0
+
+    def lower(self) -> None:
+        with self._lock:
+            if self._active == 0:
+                self._saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._saved, DRAIN_SWITCH_INTERVAL_SECONDS))
+            self._active += 1
+
+    def restore(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                sys.setswitchinterval(self._saved)
+
+
+_SWITCH = _SwitchInterval()
 
 
 class _Refused(Exception):
