@@ -103,6 +103,14 @@ def test_what_the_partner_user_and_the_admin_can(example: Analyzer) -> None:
     assert not example.access_of(user("nobody")).known
 
 
+def test_members_of_a_group_are_reported_with_their_own_statements() -> None:
+    same = doc(allow(PUT))
+    an = bundle({"account": ACCOUNT, "policies": [{"name": "a", "document": same}, {"name": "b", "document": same}],
+                 "users": [{"name": "ua", "policies": ["a"]}, {"name": "ub", "policies": ["b"]}]})
+    found = {r.principal: [s["policyName"] for s in r.statements] for r in an.who_can(PUT, stream_arn("x")).principals}
+    assert found == {user("ua"): [f"arn:aws:iam::{ACCOUNT}:policy/a"], user("ub"): [f"arn:aws:iam::{ACCOUNT}:policy/b"]}
+
+
 # ------------------------------------------------------------------ resource classes
 
 

@@ -75,6 +75,8 @@ def bundles(draw: Any) -> list[tuple[str, dict[str, Any]]]:
         users = []
         for i in range(draw(st.integers(1, 3))):
             u: dict[str, Any] = {"name": f"u{i}", "inline": {"p": policy(draw)}}
+            if account == A:
+                u["policies"] = draw(st.lists(st.sampled_from(["m0", "m1"]), max_size=2, unique=True))
             if draw(st.booleans()):
                 u["tags"] = {"team": draw(st.sampled_from(["video", "ops"]))}
             if account == A and draw(st.integers(0, 3)) == 0:
@@ -87,7 +89,8 @@ def bundles(draw: Any) -> list[tuple[str, dict[str, Any]]]:
             trusted = draw(st.sampled_from([A, B, f"arn:aws:iam::{B}:user/u0", f"arn:aws:iam::{A}:role/r0"]))
             trust = {"Version": "2012-10-17", "Statement": [
                 {"Effect": "Allow", "Principal": {"AWS": trusted}, "Action": "sts:AssumeRole"}]}
-            roles.append({"name": f"r{i}", "trust": trust, "inline": {"p": policy(draw)}})
+            roles.append({"name": f"r{i}", "trust": trust, "inline": {"p": policy(draw)},
+                          "policies": ["m1"] if account == A and draw(st.booleans()) else []})
         streams = []
         for name in draw(st.lists(st.sampled_from(NAMES), max_size=2, unique=True)):
             s: dict[str, Any] = {"name": name, "arn": stream(account, name)}
@@ -102,7 +105,9 @@ def bundles(draw: Any) -> list[tuple[str, dict[str, Any]]]:
         doc: dict[str, Any] = {"account": account, "region": REGION, "users": users, "roles": roles,
                                "groups": [{"name": "g", "inline": {"p": policy(draw, 1)}}], "streams": streams}
         if account == A:
-            doc["policies"] = [{"name": "bound", "document": policy(draw)}]
+            doc["policies"] = [{"name": "bound", "document": policy(draw)},
+                               {"name": "m0", "document": policy(draw)}, {"name": "m1", "document": policy(draw)}]
+            doc["groups"][0]["policies"] = ["m0"] if draw(st.booleans()) else []
         docs.append((f"{account}.json", doc))
     return docs
 
@@ -192,7 +197,7 @@ def test_who_can_equals_brute_force(docs: list[tuple[str, dict[str, Any]]]) -> N
                         continue      # the owner's root (always allowed) and roots assuming roles: not listed
                     check_against(an, reported, truth, f"{p} {action} {resource}")
                 full = {r.principal: r for r in an.who_can(action, resource).principals}
-                for p, (o, _kind) in direct.items():
+                for p, (o, _kind, _deciding) in direct.items():
                     assert p in full and (full[p].via == () or o.status is not Status.YES)
     finally:
         store.close()
@@ -227,3 +232,55 @@ def test_diff_equals_brute_force(old_docs: list[tuple[str, dict[str, Any]]],
                     f"{p} {action} {resource}: {s0} -> {s1} missing from the diff")
                 if s1 > s0:
                     assert result.grants_new_access
+
+
+@st.composite
+def document_changes(draw: Any) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
+    """A bundle, and the same bundle with the documents of its managed policies m0 and m1 changed (a statement
+    added, removed or replaced): the diff's path that compares only the statements that differ."""
+    import copy
+
+    docs = draw(bundles())
+    changed = copy.deepcopy(docs)
+    for p in changed[0][1]["policies"][1:]:
+        statements = p["document"]["Statement"]
+        how = draw(st.sampled_from(["add", "drop", "replace", "keep"]))
+        if how == "add":
+            statements.append(draw(statements_()))
+        elif how == "drop" and len(statements) > 1:
+            statements.pop(draw(st.integers(0, len(statements) - 1)))
+        elif how == "replace":
+            statements[draw(st.integers(0, len(statements) - 1))] = draw(statements_())
+    return docs, changed
+
+
+statements_ = statements
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document_changes())
+def test_diff_of_policy_documents_equals_brute_force(
+        change: tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]) -> None:
+    old_docs, new_docs = change
+    old, new = Analyzer(snapshot_of(apply_documents(old_docs))), Analyzer(snapshot_of(apply_documents(new_docs)))
+    result = diff(old, new)
+    changed = {(c.principal, c.action, c.resource): c for c in [*result.added, *result.removed]}
+    for c in changed.values():
+        was = old.direct(c.action, c.resource).get(c.principal)
+        now = new.direct(c.action, c.resource).get(c.principal)
+        assert (was[0].status if was else Status.NO, now[0].status if now else Status.NO) == (c.old, c.new), c
+    # Every resource of every class, every principal: who-can's status (checked against the store above)
+    # differs between the two sides only where the diff names a change for that principal and action.
+    for action in ACTIONS:
+        targets = ([m.reported for g in old.groups() if g.kind == "role" for m in g.members]
+                   if action == ASSUME_ROLE else list(dict.fromkeys([*space(old), *space(new)])))
+        for resource in targets:
+            d0, d1 = old.direct(action, resource), new.direct(action, resource)
+            for p in {*d0, *d1}:
+                s0 = d0[p][0].status if p in d0 else Status.NO
+                s1 = d1[p][0].status if p in d1 else Status.NO
+                if s0 != s1:
+                    assert any(k[0] == p and k[1] == action for k in changed), (
+                        f"{p} {action} {resource}: {s0} -> {s1} missing from the diff")
+                    if s1 > s0:
+                        assert result.grants_new_access

@@ -114,13 +114,15 @@ def _advance(steps: tuple[_Step, ...], states: frozenset[int], ch: str) -> froze
     return _closure(steps, nxt) if nxt else frozenset()
 
 
-def witnesses(patterns: Sequence[tuple[Token, ...]], universe: tuple[Token, ...]) -> list[tuple[str, frozenset[int]]]:
-    """One representative ARN of every class: (ARN, indexes of the patterns it matches), in search order."""
-    return list(_witnesses(tuple(patterns), universe))
+def witnesses(patterns: Sequence[tuple[Token, ...]], universe: tuple[Token, ...], region: int = 0
+              ) -> list[tuple[str, frozenset[int]]]:
+    """One representative ARN of every class: (ARN, indexes of the patterns it matches), in search order.
+    `region` > 0: only the classes inside one of the first `region` patterns (the search leaves the rest)."""
+    return list(_witnesses(tuple(patterns), universe, region))
 
 
 @lru_cache(maxsize=256)
-def _witnesses(patterns: tuple[tuple[Token, ...], ...], universe: tuple[Token, ...]
+def _witnesses(patterns: tuple[tuple[Token, ...], ...], universe: tuple[Token, ...], region: int
                ) -> tuple[tuple[str, frozenset[int]], ...]:
     autos = [automaton(p) for p in patterns]
     uni = automaton(universe)
@@ -148,6 +150,8 @@ def _witnesses(patterns: tuple[tuple[Token, ...], ...], universe: tuple[Token, .
             nxt_sets = tuple(_advance(m, s, ch) if s else s for m, s in zip(machines, sets))
             if not nxt_sets[0]:
                 continue        # outside the universe for good
+            if region and not any(nxt_sets[1:region + 1]):
+                continue        # outside the region for good
             nxt = (min(colons + (ch == ":"), 5), nxt_sets)
             if nxt in seen:
                 continue

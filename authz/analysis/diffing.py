@@ -20,13 +20,18 @@ assume a role (an sts:AssumeRole change) or the role's session newly may act (a 
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from ..policy.arn import service_of
+from ..policy.glob import Token
+from ..policy.model import Statement
+from ..policy.variables import static_tokens
 from ..store.snapshot import ResolvedPrincipal
 from ..store.state import Account, IamState, Principal
-from .engine import (ASSUME_ROLE, KINESISVIDEO_ACTIONS, Analyzer, Member, Source, analyzer, group_key, role_member,
-                     user_member)
+from .engine import (ACTIONS, ASSUME_ROLE, KINESISVIDEO_ACTIONS, Analyzer, Member, Source, analyzer, group_key,
+                     role_member, user_member)
+from .principals import Entry, Ref, Splitter, entries_of, group_by_relevance
 from .model import AccessDiff, Change, Status
 
 
@@ -54,7 +59,18 @@ class _Touch:
                 g1 = a1.groups.get(name) if a1 else None
                 if g0 != g1 or any(arn in self.policies for g in (g0, g1) if g is not None for arn in g.attached):
                     self.groups.add((acct, name))
+        self.group_records = {(acct, name) for acct in {*s0.accounts, *s1.accounts}
+                              for name in {*(s0.accounts[acct].groups if acct in s0.accounts else ()),
+                                           *(s1.accounts[acct].groups if acct in s1.accounts else ())}
+                              if (s0.accounts[acct].groups.get(name) if acct in s0.accounts else None)
+                              != (s1.accounts[acct].groups.get(name) if acct in s1.accounts else None)}
         self._memo: dict[tuple[Any, ...], bool] = {}
+
+    def documents_only(self, p: Principal) -> bool:
+        """Whether what changed for `p` (whose own record did not) is only the documents of managed policies it
+        has as identity policies, directly or through groups (not its boundary, not its groups' records)."""
+        return ((p.boundary is None or p.boundary not in self.policies)
+                and not any((p.account, g.lower()) in self.group_records for g in p.groups))
 
     def touches(self, p: Principal) -> bool:
         key = (p.account, p.attached, p.groups, p.boundary)
@@ -100,6 +116,99 @@ def _compare(old: Analyzer, new: Analyzer, r0: ResolvedPrincipal | None, r1: Res
                 changes[(name, pair[0], pair[1])] = Change(name, pair[0], pair[1], matches, st0, st1)
 
 
+def _changed_statements(old: Analyzer, new: Analyzer, arns: set[str]) -> list[Statement]:
+    """The statements of the changed managed policies that one side has and the other has not (by content)."""
+    out: list[Statement] = []
+    for arn in arns:
+        sides = [(an, an.relevance.policy(("m", arn))) for an in (old, new)]
+        counts = [Counter(an.relevance.canonical(p)) if p is not None else Counter() for an, p in sides]
+        for (an, p), mine, theirs in ((sides[0], counts[0], counts[1]), (sides[1], counts[1], counts[0])):
+            if p is None:
+                continue
+            extra = mine - theirs
+            for st, canon in zip(p.statements, an.relevance.canonical(p)):
+                if extra[canon] > 0:
+                    extra[canon] -= 1
+                    out.append(st)
+    return out
+
+
+def _region(statements: list[Statement]) -> list[tuple[Token, ...]] | None:
+    """The Resource patterns the changed statements can apply within, or None when they are not confined."""
+    out: list[tuple[Token, ...]] = []
+    for st in statements:
+        if st.resources is None or st.res_any or st.not_resource or any(r.variable_names for r in st.resources):
+            return None
+        out.extend(tuple(static_tokens(r.parts)) for r in st.resources)
+    return list(dict.fromkeys(out))
+
+
+def _documents_diff(old: Analyzer, new: Analyzer, touch: _Touch, arns: dict[str, tuple[str, Principal, Principal]],
+                    changes: dict[tuple[str, str, str], Change]) -> None:
+    """Principals whose only change is the text of managed identity policies they have. Only the statements
+    that differ can change a decision, so only the actions they name, within the resources they name, are
+    compared; and principals are grouped by the content of their statements that name those actions."""
+    changed = _changed_statements(old, new, touch.policies)
+    actions = tuple(a for a in ACTIONS if any(st.effect_valid and st.matches_action(a.lower()) for st in changed))
+    if not actions:
+        return
+    lowered = tuple(a.lower() for a in actions)
+    region = _region(changed)
+    roles = sorted({r.arn for state in (old.base.state, new.base.state) for acct in state.accounts.values()
+                    for r in acct.roles.values()})
+
+    def keys(an: Analyzer, side: int) -> dict[str, tuple[tuple[Any, ...], tuple[Ref, ...], Entry]]:
+        picked = entries_of(an.snapshot.state, ((kind, pair[side]) for kind, *pair in arns.values()))
+        out = {}
+        for key, (refs, items) in group_by_relevance(picked, an.relevance, lowered, None).items():
+            for e in items:
+                out[e.member.reported] = (key, refs, e)
+        return out
+
+    k0, k1 = keys(old, 0), keys(new, 1)
+    batches: dict[tuple[Any, ...], list[str]] = {}
+    for arn in arns:
+        if arn in k0 and arn in k1 and k0[arn][0] != k1[arn][0]:
+            batches.setdefault((k0[arn][0], k1[arn][0]), []).append(arn)
+    for names in batches.values():
+        _key0, refs0, e0 = k0[names[0]]
+        _key1, refs1, e1 = k1[names[0]]
+        id0 = tuple(p for p in (old.relevance.policy(r) for r in refs0) if p is not None)
+        id1 = tuple(p for p in (new.relevance.policy(r) for r in refs1) if p is not None)
+        first0, first1 = old.resolve(e0.member), new.resolve(e1.member)
+        if first0 is None or first1 is None:
+            continue
+        ctx = first1.context
+
+        def shared(key: str, ctx: dict[str, Any] = ctx) -> str | None:
+            v = ctx.get(key)
+            return v if isinstance(v, str) else None
+
+        policies = [*id0, *id1, *new._org_policies(e1.account)]
+        if first1.boundary is not None:
+            policies.append(first1.boundary)
+        splitter = Splitter(policies, e1.kind == "role", None, (), shared)
+        for part in splitter.split([k1[n][2] for n in names]):
+            rp0 = old.resolve(k0[part[0].member.reported][2].member)
+            rp1 = new.resolve(part[0].member)
+            if rp0 is None or rp1 is None:
+                continue
+            patterns = list(dict.fromkeys([*(region or []), *old.patterns_for([rp0], id0),
+                                           *new.patterns_for([rp1], id1)]))
+            within = len(region) if region else 0
+            o0 = old.outcomes(rp0, patterns, actions, within, roles, id0)
+            o1 = new.outcomes(rp1, patterns, actions, within, roles, id1)
+            for pair in {*o0, *o1}:
+                a, b = o0.get(pair), o1.get(pair)
+                st0 = a[0].status if a else Status.NO
+                st1 = b[0].status if b else Status.NO
+                if st0 != st1:
+                    matches = b[1] if b else a[1] if a else ()
+                    for e in part:
+                        name = e.member.reported
+                        changes[(name, pair[0], pair[1])] = Change(name, pair[0], pair[1], matches, st0, st1)
+
+
 def access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
     s0, s1 = old.base.state, new.base.state
     touch = _Touch(s0, s1)
@@ -107,11 +216,15 @@ def access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
 
     # Principals whose own records or policies changed: every action, every resource class.
     batches: dict[tuple[Any, ...], list[tuple[str, Member | None, Member | None]]] = {}
+    documents: dict[str, tuple[str, Principal, Principal]] = {}
     for kind in ("user", "role"):
         member = user_member if kind == "user" else role_member
         for arn, (p0, p1) in _pairs(s0, s1, kind).items():
             if not (touch.everything or p0 is None or p1 is None or p0 != p1 or touch.touches(p0)
                     or touch.touches(p1)):
+                continue
+            if not touch.everything and p0 is not None and p1 is not None and p0 == p1 and touch.documents_only(p0):
+                documents[arn] = (kind, p0, p1)
                 continue
             key = (kind, group_key(kind, p0) if p0 else None, group_key(kind, p1) if p1 else None)
             batches.setdefault(key, []).append((arn, member(p0) if p0 else None, member(p1) if p1 else None))
@@ -123,6 +236,9 @@ def access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
         for arn, n0, n1 in (batch if specific else batch[:1]):
             names = [a for a, _m0, _m1 in batch] if not specific else [arn]
             _compare(old, new, old.resolve(n0) if n0 else None, new.resolve(n1) if n1 else None, names, changes)
+
+    if documents:
+        _documents_diff(old, new, touch, documents, changes)
 
     # An organization change reaches the account roots and anonymous callers too.
     if touch.everything:

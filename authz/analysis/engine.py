@@ -12,16 +12,16 @@ principals (members it names individually decide for themselves).
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, Union
 
-from ..evaluate import DEFAULT_OPTIONS, CompiledPolicySet, Decision, EngineOptions, MatchedStatement, Result, decide
+from ..evaluate import DEFAULT_OPTIONS, CompiledPolicySet, Decision, PolicySet, EngineOptions, MatchedStatement, Result, decide
 from ..policy.arn import account_of, split_arn
 from ..policy.glob import Token
 from ..policy.model import Policy, Statement
@@ -34,11 +34,12 @@ from ..store.snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, resour
 from ..store.state import IamState, Principal
 from .classes import KINESISVIDEO_UNIVERSE, pattern_text, pattern_tokens, witnesses
 from .model import Access, Grant, Reach, Status, WhoCan
+from .principals import (ANALYSIS_SESSION, Entry, Groups, Member, Relevance, Splitter, entries,
+                         group_by_relevance, role_member, session_key, user_member)
 from .variants import RESOURCE_TAG, Variants, fixed_key, principal_specific, statement_keys
 
 _DATA = Path(__file__).resolve().parent.parent / "policy" / "data" / "actions.json"
 ASSUME_ROLE = "sts:AssumeRole"
-ANALYSIS_SESSION = "access-analysis"     # the session name of the role sessions the analysis stands for
 MAX_CHAIN = 5                             # roles assumed one after another, at most
 _SESSION_SECONDS = 10 * 365 * 86400
 _ACCOUNT_NUMBER = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
@@ -72,16 +73,6 @@ def canonical_action(action: str) -> str:
     return next((a for a in ACTIONS if a.lower() == low), action)
 
 
-@dataclass(frozen=True)
-class Member:
-    """One principal of a group: how it is reported, how the store resolves it, and its requester id."""
-
-    reported: str               # user ARN, or the role ARN for a role's session
-    principal: str              # user ARN or session ARN
-    access_key: str             # the session's access key ("" for users)
-    userid: str                 # aws:userid (user unique id, or role id:session name)
-
-
 @dataclass
 class Group:
     """Principals whose policies come from the same records; `members[0]` decides for the rest."""
@@ -104,11 +95,8 @@ class Outcome:
 
 
 _NO = Outcome(Status.NO)
-
-
-def _session_key(role_arn: str) -> str:
-    digest = hashlib.sha256(role_arn.encode()).hexdigest().upper()
-    return "ASIA" + digest[:20]
+# who-can without roles assumed, for one principal: (outcome, kind, its own deciding statements)
+Direct = tuple[Outcome, str, tuple[MatchedStatement, ...]]
 
 
 def _with_sessions(state: IamState, now: float) -> IamState:
@@ -120,20 +108,10 @@ def _with_sessions(state: IamState, now: float) -> IamState:
             op = CreateSession(arn=f"arn:{partition}:sts::{role.account}:assumed-role/{role.name}/{ANALYSIS_SESSION}",
                                role_arn=role.arn, role_id=role.unique_id, session_name=ANALYSIS_SESSION,
                                issued=issued, expires=issued + _SESSION_SECONDS, policy=None, tags=None,
-                               access_key_id=_session_key(role.arn), secret="0" * 40,
+                               access_key_id=session_key(role.arn), secret="0" * 40,
                                session_token_sha256="00" * 32, source="")
             state = op.apply(state)
     return state
-
-
-def user_member(u: Principal) -> Member:
-    return Member(u.arn, u.arn, "", u.unique_id)
-
-
-def role_member(r: Principal) -> Member:
-    partition = r.arn.split(":", 2)[1]
-    return Member(r.arn, f"arn:{partition}:sts::{r.account}:assumed-role/{r.name}/{ANALYSIS_SESSION}",
-                  _session_key(r.arn), f"{r.unique_id}:{ANALYSIS_SESSION}")
 
 
 def group_key(kind: str, p: Principal) -> tuple[Any, ...]:
@@ -161,8 +139,12 @@ class Analyzer:
         self._groups: list[Group] | None = None
         self._by_key: dict[tuple[Any, ...], Group] = {}
         self._resolved: dict[str, ResolvedPrincipal | None] = {}
+        self.relevance = Relevance(self.snapshot.state, self.snapshot.compiler)
+        self._entries: list[Entry] | None = None
+        self._relevant_sets: dict[tuple[Any, ...], CompiledPolicySet] = {}
         self._statement_maps: dict[CompiledPolicySet, dict[tuple[str, int], Statement]] = {}
-        self._direct_memo: dict[tuple[str, str], dict[str, tuple[Outcome, str]]] = {}
+        self._direct_memo: dict[tuple[str, str], dict[str, Direct]] = {}
+        self._matched_memo: dict[Statement, MatchedStatement] = {}
 
     # ------------------------------------------------------------ principals
 
@@ -270,9 +252,32 @@ class Analyzer:
         deps = resource_deps(rkey, res_account) if rkey else (account_dep(res_account),)
         return snap.policy_set(rp.requester.arn, rp, rkey, rpol, res_account, deps), res_account
 
-    def evaluate(self, rp: ResolvedPrincipal, action: str, resource: str) -> Outcome:
-        """Whether `rp` can be allowed `action` on `resource`: NO, CONDITIONAL or YES (variants.py)."""
-        cps, res_account = self.policy_set(rp, resource)
+    def relevant_set(self, rp: ResolvedPrincipal, identity: tuple[Policy, ...], resource: str
+                     ) -> tuple[CompiledPolicySet, str]:
+        """The policy set of `rp` on `resource` (as Snapshot.policy_set builds it) with only `identity` among its
+        identity policies: the others have no statement that can apply to the question, so the engine's
+        decision is the same. Remembered by the policies it holds, so a group's members share it."""
+        snap = self.snapshot
+        res_account = rp.account if resource == "*" else account_of(resource)
+        _rkey, rpol = snap.resource_policy(resource)
+        scp = None if rp.requester.kind == "anonymous" else snap.org_levels(rp.account, "scp")
+        rcp = snap.org_levels(res_account, "rcp")
+        key = (identity, rpol, rp.boundary, rp.session, scp, rcp)
+        hit = self._relevant_sets.get(key)
+        if hit is None:
+            if len(self._relevant_sets) > 50_000:
+                self._relevant_sets.clear()
+            hit = self._relevant_sets[key] = CompiledPolicySet(PolicySet(
+                identity=identity, resource=rpol, boundary=rp.boundary, session=rp.session, scp_levels=scp,
+                rcp_levels=rcp))
+        return hit, res_account
+
+    def evaluate(self, rp: ResolvedPrincipal, action: str, resource: str,
+                 identity: tuple[Policy, ...] | None = None) -> Outcome:
+        """Whether `rp` can be allowed `action` on `resource`: NO, CONDITIONAL or YES (variants.py).
+        `identity`: only these of its identity policies can apply (see relevant_set)."""
+        cps, res_account = (self.policy_set(rp, resource) if identity is None
+                            else self.relevant_set(rp, identity, resource))
         session = rp.requester.kind == "assumed-role"
         permissive, strict = self.variants.sets(cps, session)
         values = self._values(rp, resource)
@@ -307,80 +312,114 @@ class Analyzer:
 
     # ------------------------------------------------------------ who can
 
-    def direct(self, action: str, resource: str) -> dict[str, tuple[Outcome, str]]:
+    def entries(self) -> list[Entry]:
+        if self._entries is None:
+            self._entries = entries(self.snapshot.state)
+        return self._entries
+
+    def decide_groups(self, groups: Groups, actions: tuple[str, ...],
+                      resource: str | None, extra: list[Policy], named: tuple[Statement, ...]
+                      ) -> Iterable[tuple[ResolvedPrincipal, list[Entry], tuple[Policy, ...]]]:
+        """For each group of `group_by_relevance`, split as Splitter says: (the deciding member resolved, the
+        entries it decides for). `extra`: policies every member's decisions also read (resource policy, RCPs)."""
+        for (kind, account, boundary, _content), (refs, items) in groups.items():
+            identity = tuple(p for p in (self.relevance.policy(r) for r in refs) if p is not None)
+            policies = [*identity, *extra, *self._org_policies(account)]
+            if boundary:
+                bp = self.relevance.policy(("m", boundary))
+                if bp is not None:
+                    policies.append(bp)
+            first = self.resolve(items[0].member)
+            if first is None:
+                continue
+            ctx = first.context
+
+            def shared(key: str, ctx: dict[str, Any] = ctx) -> str | None:
+                v = ctx.get(key)
+                return v if isinstance(v, str) else None
+
+            splitter = Splitter(policies, kind == "role", resource, named, shared)
+            for part in splitter.split(items):
+                rp = first if part[0] is items[0] else self.resolve(part[0].member)
+                if rp is not None:
+                    yield rp, part, identity
+
+    def direct(self, action: str, resource: str) -> dict[str, Direct]:
         """Every principal allowed `action` on `resource` without assuming a role: ARN -> (outcome, kind)."""
         memo_key = (action.lower(), resource)
         hit = self._direct_memo.get(memo_key)
         if hit is not None:
             return hit
-        out: dict[str, tuple[Outcome, str]] = {}
+        out: dict[str, Direct] = {}
         snap = self.snapshot
         res_account = account_of(resource)
         _rkey, rpol = snap.resource_policy(resource)
-        named_stmts = tuple(st for st in rpol.statements if st.principals is not None) if rpol else ()
-        named = {e.value for st in named_stmts for e in st.principals or ()}
-        rpol_specific = any(principal_specific(k) for p in ([rpol] if rpol else []) + self._org_policies(res_account)
-                            for st in p.statements for k in statement_keys(st))
-
-        def vector(m: Member) -> tuple[GrantKind, ...]:
-            r = parse_requester(m.principal, m.userid)
-            return tuple(e.match(r) for st in named_stmts for e in st.principals or ())
-
-        for g in self.groups():
-            if rpol_specific or self._specific(g):
-                deciders = [(m, [m]) for m in g.members]
-            elif named_stmts:
-                by_vector: dict[tuple[GrantKind, ...], tuple[Member, list[Member]]] = {}
-                default: tuple[GrantKind, ...] | None = None
-                for m in g.members:
-                    if g.kind == "user" and m.principal not in named and m.userid not in named:
-                        if default is None:
-                            default = vector(m)
-                        vec = default
-                    else:
-                        vec = vector(m)
-                    slot = by_vector.get(vec)
-                    if slot is None:
-                        by_vector[vec] = (m, [m])
-                    else:
-                        slot[1].append(m)
-                deciders = list(by_vector.values())
-            else:
-                deciders = [(g.members[0], g.members)]
-            for decider, members in deciders:
-                rp = self.resolve(decider)
-                if rp is None:
-                    continue
-                o = self.evaluate(rp, action, resource)
-                if o.status is not Status.NO:
-                    for m in members:
-                        out[m.reported] = (o, g.kind)
+        named = tuple(st for st in rpol.statements if st.principals is not None) if rpol else ()
+        extra = ([rpol] if rpol else []) + [p for lvl in snap.org_levels(res_account, "rcp") or () for p in lvl]
+        groups = group_by_relevance(self.entries(), self.relevance, (action.lower(),), resource)
+        for rp, part, identity in self.decide_groups(groups, (action.lower(),), resource, extra, named):
+            o = self.evaluate(rp, action, resource, identity)
+            if o.status is not Status.NO:
+                canons = self._canons(o, rp)
+                for e in part:
+                    out[e.member.reported] = (o, e.kind, self._own(o, canons, e) if e is not part[0] else o.deciding)
         if action.lower() != ASSUME_ROLE.lower():       # roots cannot assume roles (STS refuses them)
             for acct in snap.state.accounts:
                 if acct == res_account:
                     continue                            # the owner's root: always allowed (WhoCan.owner_root)
                 root = f"arn:aws:iam::{acct}:root"
-                rp = self.resolve(root)
-                if rp is not None:
-                    o = self.evaluate(rp, action, resource)
+                other = self.resolve(root)
+                if other is not None:
+                    o = self.evaluate(other, action, resource)
                     if o.status is not Status.NO:
-                        out[root] = (o, "root")
-            rp = self.resolve("anonymous")
-            if rp is not None:
-                o = self.evaluate(rp, action, resource)
+                        out[root] = (o, "root", o.deciding)
+            anonymous = self.resolve("anonymous")
+            if anonymous is not None:
+                o = self.evaluate(anonymous, action, resource)
                 if o.status is not Status.NO:
-                    out["*"] = (o, "anonymous")
+                    out["*"] = (o, "anonymous", o.deciding)
         if len(self._direct_memo) > 4096:
             self._direct_memo.clear()
         self._direct_memo[memo_key] = out
         return out
 
+    def _canons(self, o: Outcome, rp: ResolvedPrincipal) -> tuple[tuple[MatchedStatement, str | None], ...]:
+        """Each deciding statement of `o` with its content key when it is an identity statement (members of
+        the group have a statement with that content among their own policies)."""
+        out: list[tuple[MatchedStatement, str | None]] = []
+        for m in o.deciding:
+            st = o.statements.get((m.policy_name, m.index))
+            policy = next((p for p in rp.identity if p.name == m.policy_name), None)
+            if m.policy_type != "identity" or st is None or policy is None:
+                out.append((m, None))
+            else:
+                out.append((m, self.relevance.canonical(policy)[policy.statements.index(st)]))
+        return tuple(out)
+
+    def _own(self, o: Outcome, canons: tuple[tuple[MatchedStatement, str | None], ...], e: Entry
+             ) -> tuple[MatchedStatement, ...]:
+        """The deciding statements of `o` (decided for another member of e's group) as e's own: the group
+        shares their content, not their names."""
+        out: list[MatchedStatement] = []
+        for m, canon in canons:
+            mine = self.relevance.own_statement(e.refs, canon) if canon is not None else None
+            out.append(m if mine is None else self._matched(mine))
+        return tuple(out)
+
+    def _matched(self, st: Statement) -> MatchedStatement:
+        hit = self._matched_memo.get(st)
+        if hit is None:
+            if len(self._matched_memo) > 100_000:
+                self._matched_memo.clear()
+            hit = self._matched_memo[st] = MatchedStatement("identity", st.policy_name, st.sid, st.index, st.effect)
+        return hit
+
     def who_can(self, action: str, resource: str) -> WhoCan:
         action = canonical_action(action)
         best: dict[str, Reach] = {}
         frontier: list[Reach] = []
-        for arn, (o, kind) in self.direct(action, resource).items():
-            reach = _reach(arn, kind, (), o.status, o.conditions, o.deciding)
+        for arn, (o, kind, deciding) in self.direct(action, resource).items():
+            reach = _reach(arn, kind, (), o.status, o.conditions, deciding)
             best[arn] = reach
             if kind == "role":
                 frontier.append(reach)
@@ -388,12 +427,12 @@ class Analyzer:
             nxt: list[Reach] = []
             for target in frontier:
                 role_arn = target.principal
-                for arn, (o, kind) in self.direct(ASSUME_ROLE, role_arn).items():
+                for arn, (o, kind, deciding) in self.direct(ASSUME_ROLE, role_arn).items():
                     if kind not in ("user", "role") or arn == role_arn or arn in target.via:
                         continue
                     status = min(o.status, Status.CONDITIONAL if target.conditional else Status.YES)
                     conds = tuple(dict.fromkeys((*o.conditions, *target.conditions)))
-                    reach = _reach(arn, kind, (role_arn, *target.via), status, conds, o.deciding)
+                    reach = _reach(arn, kind, (role_arn, *target.via), status, conds, deciding)
                     old = best.get(arn)
                     if old is None or (old.conditional and not reach.conditional):
                         best[arn] = reach
@@ -408,10 +447,12 @@ class Analyzer:
 
     # ------------------------------------------------------------ what a principal can do
 
-    def patterns_for(self, rps: Sequence[ResolvedPrincipal]) -> list[tuple[Token, ...]]:
+    def patterns_for(self, rps: Sequence[ResolvedPrincipal], identity: Sequence[Policy] | None = None
+                     ) -> list[tuple[Token, ...]]:
         """The Resource patterns that split the resource space for these principals: those of their
         policies (variables rendered with their derived keys), of every resource policy and RCP, every
-        registered resource with tags or a policy, and every account (the store's and those policies name)."""
+        registered resource with tags or a policy, and every account (the store's and those policies name).
+        `identity`: only these of their identity policies can apply to the question (the rest are left out)."""
         snap = self.snapshot
         state = snap.state
         out: dict[tuple[Token, ...], None] = {}
@@ -438,15 +479,16 @@ class Analyzer:
                 v = ctx.get(key)
                 return v if isinstance(v, str) else None
 
-            for p in (*rp.identity, *([rp.boundary] if rp.boundary else []), *self._org_policies(rp.account)):
+            for p in (*(rp.identity if identity is None else identity), *([rp.boundary] if rp.boundary else []),
+                      *self._org_policies(rp.account)):
                 add_policy(p, lookup, session)
         for acct in state.accounts:
             for p in self._org_policies(acct):
                 add_policy(p, lambda _k: None, False)
         # Registered resources differ from an unregistered ARN by their policy, and by their tags when a
         # condition reads aws:ResourceTag/*: only then are they classes of their own.
-        own = [p for rp in rps for p in (*rp.identity, *([rp.boundary] if rp.boundary else []),
-                                         *self._org_policies(rp.account))]
+        own = [p for rp in rps for p in (*(rp.identity if identity is None else identity),
+                                         *([rp.boundary] if rp.boundary else []), *self._org_policies(rp.account))]
         tags_read = any(k.lower().startswith(RESOURCE_TAG) for p in own
                         for st in p.statements for k in statement_keys(st)) or any(
             k.lower().startswith(RESOURCE_TAG) for acct in state.accounts for p in self._org_policies(acct)
@@ -461,21 +503,28 @@ class Analyzer:
             out[pattern_tokens(f"arn:*:*:*:{n}:*")] = None
         return list(out)
 
-    def outcomes(self, rp: ResolvedPrincipal, patterns: list[tuple[Token, ...]]
+    def outcomes(self, rp: ResolvedPrincipal, patterns: list[tuple[Token, ...]], actions: Sequence[str] = ACTIONS,
+                 region: int = 0, roles: Sequence[str] | None = None, identity: tuple[Policy, ...] | None = None
                  ) -> dict[tuple[str, str], tuple[Outcome, tuple[str, ...]]]:
         """(action, representative resource) -> (outcome, the patterns the representative matches), for
-        every action and every resource class of `patterns`, the roles of the state for sts:AssumeRole."""
-        found = witnesses(patterns, pattern_tokens(KINESISVIDEO_UNIVERSE))
+        every action and every resource class of `patterns`, the roles of the state for sts:AssumeRole.
+        Restrictions for diff: `actions`; `region` > 0: only classes inside one of the first `region` patterns
+        (and no `*`); `roles`: these role ARNs for sts:AssumeRole; `identity`: see relevant_set."""
+        found = witnesses(patterns, pattern_tokens(KINESISVIDEO_UNIVERSE), region)
         texts = [pattern_text(p) for p in patterns]
-        reps: list[tuple[str, tuple[str, ...]]] = [("*", ())]
-        reps += [(arn, tuple(texts[i] for i in sorted(sig))) for arn, sig in found]
+        reps: list[tuple[str, tuple[str, ...]]] = [] if region else [("*", ())]
+        reps += [(arn, tuple(texts[i] for i in sorted(sig))) for arn, sig in found
+                 if not region or any(i < region for i in sig)]
         out: dict[tuple[str, str], tuple[Outcome, tuple[str, ...]]] = {}
-        for action in KINESISVIDEO_ACTIONS:
+        for action in actions:
+            if action == ASSUME_ROLE:
+                targets = roles if roles is not None else [r.arn for acct in self.snapshot.state.accounts.values()
+                                                           for r in acct.roles.values()]
+                for arn in targets:
+                    out[(action, arn)] = (self.evaluate(rp, action, arn, identity), (arn,))
+                continue
             for arn, matches in reps:
-                out[(action, arn)] = (self.evaluate(rp, action, arn), matches)
-        for acct in self.snapshot.state.accounts.values():
-            for role in acct.roles.values():
-                out[(ASSUME_ROLE, role.arn)] = (self.evaluate(rp, ASSUME_ROLE, role.arn), (role.arn,))
+                out[(action, arn)] = (self.evaluate(rp, action, arn, identity), matches)
         return out
 
     def access_of(self, principal: str) -> Access:
@@ -493,8 +542,13 @@ class Analyzer:
 def _reach(arn: str, kind: str, via: tuple[str, ...], status: Status, conditions: tuple[str, ...],
            deciding: tuple[MatchedStatement, ...]) -> Reach:
     conditional = status is not Status.YES
-    return Reach(arn, kind, via, conditional, conditions if conditional else (),
-                 tuple(m.as_dict() for m in deciding))
+    return Reach(arn, kind, via, conditional, conditions if conditional else (), _as_dicts(deciding))
+
+
+@lru_cache(maxsize=65536)
+def _as_dicts(deciding: tuple[MatchedStatement, ...]) -> tuple[dict[str, Any], ...]:
+    """The statements as JSON objects, shared by every Reach with the same ones (Reach.as_json copies them)."""
+    return tuple(m.as_dict() for m in deciding)
 
 
 def _grants(results: dict[tuple[str, str], tuple[Outcome, tuple[str, ...]]]) -> list[Grant]:
