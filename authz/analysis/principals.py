@@ -1,4 +1,4 @@
-"""Principals as the analysis sees them: the policies each one's come from, and the groups one decision stands for.
+"""Principals as the analysis sees them: where their policies come from, and the groups one decision stands for.
 
 For one question (an action, or a few, and perhaps a resource) most of a large state's policies are
 irrelevant: a policy none of whose statements matches the action (and the resource) adds no Allow and no
