@@ -125,7 +125,7 @@ class AsyncWatching:
         self._timeout = timeout
         self._call: Any = None
         self._address = client._watch_address
-        self._last: bytes | None = None
+        self._last: int | None = None
         self._skip_same = False
         self._attempts = 0
         self._closed = False

@@ -139,13 +139,9 @@ def watch_redirect(trailing: Iterable[tuple[str, Any]] | None) -> str | None:
     return None
 
 
-def answer_key(response: pb.AuthorizeResponse) -> bytes:
-    """An answer without `revision` and `cached`: what two messages of a watch are compared by."""
-    copy = pb.AuthorizeResponse()
-    copy.CopyFrom(response)
-    copy.revision = 0
-    copy.cached = False
-    return copy.SerializeToString(deterministic=True)
+def answer_key(response: pb.AuthorizeResponse) -> int:
+    """What two messages of a watch are compared by: the decision (the server sends one only when it changes)."""
+    return int(response.decision)
 
 
 def resume_backoff(attempt: int) -> float:
@@ -837,7 +833,7 @@ class Watching:
         self._timeout = timeout
         self._call: Any = None
         self._address = client._watch_address    # None: the address the client dialled (which may redirect)
-        self._last: bytes | None = None      # answer_key of the last Decision yielded
+        self._last: int | None = None        # answer_key of the last Decision yielded
         self._skip_same = False              # after a reconnection: a first message equal to the last is not news
         self._attempts = 0
         self._cancelled = threading.Event()

@@ -15,11 +15,11 @@ The hub (WatchHub) owns the open watches, all on the loop thread:
   memo. The first message is therefore what Authorize answers (revision included); the context the client
   sent is fixed for the watch's life (the same bytes are decided again), keys the store derives are derived
   again each time.
-- What is sent. A message goes out only when the answer changes: the AuthorizeResponse compared with
-  `revision` and `cached` cleared. Not the decision enum alone: the issue asks for the sequence of distinct
-  consecutive answers Authorize gives, and an answer whose deciding statements changed is another answer
-  (it is what a gateway would log as the reason for letting a stream run). A new revision that leaves the
-  answer as it was sends nothing, and no heartbeat is sent.
+- What is sent. A message goes out only when the decision changes (AuthorizeResponse.decision: Allow, explicit
+  or implicit deny), the interface's words: "one message each time the decision for that request changes,
+  and only then". A new revision that leaves the decision as it was sends nothing, even when another
+  statement now decides it (the message a gateway acts on is the same), and no heartbeat is sent. The
+  message that is sent is the whole answer, as Authorize gives it at that moment.
 - Index. Each watch is indexed under the dependency keys its last decision read (Answer.deps, the decision
   cache's keys, store/changes.py); a decision with deps None (an unknown principal, one the store will not
   decide for) is valid at its own revision only and is re-decided on every change. Store.on_change, called
@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 import grpc
 
+from ..evaluate import Decision
 from ..store import Store
 from ..store.changes import Change, Touched
 from ..store.decisions import Answer
@@ -103,14 +104,6 @@ END_REASONS = (ENDED_CANCELLED, ENDED_SESSION, ENDED_SLOW_CLIENT, ENDED_SHUTDOWN
 _OK = ErrorStatus(grpc.StatusCode.OK, "", "")
 
 
-def answer_key(data: bytes) -> bytes:
-    """What two answers are compared by: the encoded AuthorizeResponse with `revision` and `cached` cleared."""
-    response = pb.AuthorizeResponse.FromString(data)
-    response.revision = 0
-    response.cached = False
-    return response.SerializeToString(deterministic=True)
-
-
 class _RecordingStore:
     """The store as the hub's Answers sees it: every attribute is the store's own, and `authorize` also keeps
     the Answer it returned (its deps, changes_at and expires, which an EncodedAnswer does not carry)."""
@@ -140,7 +133,7 @@ class _Watch:
         self.deps: frozenset[str] | None = frozenset()   # the keys it is indexed under; None: every change
         self.due = math.inf                 # when the clock alone could change it (store clock)
         self.expires = math.inf             # the watched session's end, once a decision has said it
-        self.last: bytes | None = None      # answer_key of the last message queued (None: none yet)
+        self.last: Decision | None = None   # the decision of the last message queued (None: none yet)
         self.queue: deque[bytes] = deque()
         self.wake = asyncio.Event()
         self.end: ErrorStatus | None = None
@@ -325,9 +318,9 @@ class WatchHub:
         self._index(w, deps)
         if expires < math.inf:
             w.expires = expires
-        key = answer_key(encoded.data)
-        if key != w.last:
-            w.last = key
+        decision = encoded.result.decision
+        if decision is not w.last:
+            w.last = decision
             self._send(w, encoded, seconds)
             if w.closed:
                 return
