@@ -28,10 +28,11 @@ from ..policy.model import Policy, Statement
 from ..policy.principals import GrantKind, parse_requester
 from ..policy.variables import render_tokens, static_tokens
 from ..store.bundle import load_bundle
+from ..store.holder import CompileHook
 from ..store.changes import account_dep
 from ..store.ops import CreateSession
 from ..store.snapshot import PolicyCompiler, ResolvedPrincipal, Snapshot, resource_deps
-from ..store.state import IamState, Principal
+from ..store.state import IamState, Principal, compiling
 from .classes import KINESISVIDEO_UNIVERSE, pattern_text, pattern_tokens, witnesses
 from .model import Access, Grant, Reach, Status, WhoCan
 from .principals import (ANALYSIS_SESSION, Entry, Groups, Member, Relevance, Splitter, entries,
@@ -63,8 +64,12 @@ def snapshot_of(state: IamState) -> Snapshot:
 
 
 def load(directory: Path) -> Snapshot:
-    """Load a bundle directory as the sidecar does (store/bundle.py); raises BundleError naming the fault."""
-    return snapshot_of(load_bundle(Path(directory)))
+    """Load a bundle directory as the sidecar does (store/bundle.py), compiling each policy from its validated
+    parse as the sidecar's load does (holder.CompileHook); raises BundleError naming the fault."""
+    compiler = PolicyCompiler()
+    with compiling(CompileHook(compiler)):
+        state = load_bundle(Path(directory))
+    return Snapshot(state, 0, compiler)
 
 
 def canonical_action(action: str) -> str:
