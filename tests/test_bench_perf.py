@@ -56,3 +56,14 @@ def test_the_grpc_cases_fill_the_servers_cache_first_and_report_its_largest_gc_p
     pauses = data["cases"]["gc_pauses"]
     rows = [r for r in data["comparisons"] if r["case"] == "gc"]
     assert len(rows) == 1 and rows[0]["server"]["median"] == pauses["largest_ms_any"]
+
+
+def test_open_loop_rates_are_fractions_of_the_floors_sustainable_rate(tmp_path: Path) -> None:
+    run(Plan(cases=("closed", "open"), repeats=1, warmup_s=0.0, requests=20, concurrency=(4,), open_fractions=(0.5,),
+             server=False, plots=False, out=tmp_path))
+    opened = json.loads((tmp_path / "results.json").read_text())["cases"]["open"]
+    sustainable = opened["sustainable"]
+    assert opened["reference"] == "floor sustainable" and sustainable["probes"]
+    assert sustainable["rate"] == sustainable["probes"][-1]["rate"] > 0
+    assert sustainable["probes"][0]["rate"] == pytest.approx(opened["max_rps"]["floor"])
+    assert opened["by_fraction"]["0.5"]["rate"] == pytest.approx(0.5 * sustainable["rate"])
