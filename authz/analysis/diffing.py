@@ -29,8 +29,8 @@ from ..policy.model import Statement
 from ..policy.variables import static_tokens
 from ..store.snapshot import ResolvedPrincipal
 from ..store.state import Account, IamState, Principal
-from .engine import (ACTIONS, ASSUME_ROLE, KINESISVIDEO_ACTIONS, Analyzer, Member, Source, analyzer, group_key,
-                     role_member, user_member)
+from .engine import (ACTIONS, ASSUME_ROLE, KINESISVIDEO_ACTIONS, Analyzer, Member, Source, analyzer,
+                     collector_paused, group_key, role_member, user_member)
 from .principals import Entry, Ref, Splitter, entries_of, group_by_relevance
 from .model import AccessDiff, Change, Status
 
@@ -210,6 +210,12 @@ def _documents_diff(old: Analyzer, new: Analyzer, touch: _Touch, arns: dict[str,
 
 
 def access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
+    """The diff of two analysed states (see the module docstring)."""
+    with collector_paused():
+        return _access_diff(old, new)
+
+
+def _access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
     s0, s1 = old.base.state, new.base.state
     touch = _Touch(s0, s1)
     changes: dict[tuple[str, str, str], Change] = {}

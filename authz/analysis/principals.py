@@ -32,7 +32,7 @@ Ref = tuple[str, ...]
 Relevant = tuple[frozenset[str], tuple[tuple["Statement", str], ...]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """One principal: how it is reported, how the store resolves it, and its requester id."""
 
@@ -42,16 +42,34 @@ class Member:
     userid: str                 # aws:userid (user unique id, or role id:session name)
 
 
-@dataclass(frozen=True)
 class Entry:
-    """A member with what its policies come from and its own values of the principal-specific keys."""
+    """A member with what its policies come from and its own values of the principal-specific keys.
+    A plain class with slots: a large state has one per principal, built for every question."""
 
-    member: Member
-    kind: str                   # user | role
-    account: str
-    boundary: str | None
-    refs: tuple[Ref, ...]
-    values: Mapping[str, str]   # lower-cased principal-specific keys the store derives, for this principal
+    __slots__ = ("member", "kind", "account", "boundary", "refs", "_record", "_values")
+
+    def __init__(self, member: Member, kind: str, account: str, boundary: str | None, refs: tuple[Ref, ...],
+                 record: Principal) -> None:
+        self.member = member
+        self.kind = kind                # user | role
+        self.account = account
+        self.boundary = boundary
+        self.refs = refs
+        self._record = record
+        self._values: Mapping[str, str] | None = None
+
+    @property
+    def values(self) -> Mapping[str, str]:
+        """Lower-cased principal-specific keys the store derives for this principal, and their values."""
+        if self._values is None:
+            p = self._record
+            if self.kind == "role":
+                self._values = {"aws:principalarn": p.arn}
+            else:
+                values = {"aws:username": p.name, "aws:userid": p.unique_id, "aws:principalarn": p.arn}
+                values.update((f"aws:principaltag/{k.lower()}", v) for k, v in p.tags)
+                self._values = values
+        return self._values
 
 
 def session_key(role_arn: str) -> str:
@@ -82,13 +100,11 @@ def _user_entry(acct: Account, u: Principal, group_refs: dict[str, tuple[Ref, ..
             group = acct.groups.get(gname.lower())
             g = group_refs[gname] = _own_refs(group) if group is not None else ()
         refs += g
-    values = {"aws:username": u.name, "aws:userid": u.unique_id, "aws:principalarn": u.arn}
-    values.update((f"aws:principaltag/{k.lower()}", v) for k, v in u.tags)
-    return Entry(user_member(u), "user", acct.id, u.boundary, refs, values)
+    return Entry(user_member(u), "user", acct.id, u.boundary, refs, u)
 
 
 def _role_entry(acct: Account, r: Principal) -> Entry:
-    return Entry(role_member(r), "role", acct.id, r.boundary, _own_refs(r), {"aws:principalarn": r.arn})
+    return Entry(role_member(r), "role", acct.id, r.boundary, _own_refs(r), r)
 
 
 def entries(state: IamState) -> list[Entry]:
@@ -119,9 +135,7 @@ def entries_of(state: IamState, principals: Iterable[tuple[str, Principal]]) -> 
                 group = acct.groups.get(gname.lower())
                 g = group_refs[(p.account, gname)] = _own_refs(group) if group is not None else ()
             refs += g
-        values = {"aws:username": p.name, "aws:userid": p.unique_id, "aws:principalarn": p.arn}
-        values.update((f"aws:principaltag/{k.lower()}", v) for k, v in p.tags)
-        out.append(Entry(user_member(p), "user", acct.id, p.boundary, refs, values))
+        out.append(Entry(user_member(p), "user", acct.id, p.boundary, refs, p))
     return out
 
 
