@@ -126,6 +126,7 @@ class AsyncWatching:
         self._call: Any = None
         self._address = client._watch_address
         self._last: int | None = None
+        self._answered = False          # the current call has given a message
         self._skip_same = False
         self._attempts = 0
         self._closed = False
@@ -140,6 +141,7 @@ class AsyncWatching:
                 raise StopAsyncIteration
             if self._call is None:
                 self._call = self._client._watch_call(self._address, self._request, self._timeout)
+                self._answered = False
             try:
                 response = await self._call.read()
             except asyncio.CancelledError:
@@ -156,6 +158,11 @@ class AsyncWatching:
                     redirected = True
                     self._address = self._client._watch_address = c.watch_address(self._client.addr, address)
                     continue
+                if (code == grpc.StatusCode.UNAVAILABLE and self._address is not None and not redirected
+                        and not self._answered):
+                    # The remembered streaming listener is gone before answering: ask the dialled address again.
+                    self._address = self._client._watch_address = None
+                    continue
                 if code == grpc.StatusCode.UNAVAILABLE and self._attempts < self._resume:
                     self._attempts += 1
                     self._address = None
@@ -169,6 +176,7 @@ class AsyncWatching:
                 self._closed = True
                 raise StopAsyncIteration
             key = c.answer_key(response)
+            self._answered = True
             self._attempts = 0
             if self._skip_same:
                 self._skip_same = False

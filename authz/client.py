@@ -838,6 +838,7 @@ class Watching:
         self._attempts = 0
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
+        self._answered = False                   # the current call has given a message
 
     def __iter__(self) -> Iterator[Decision]:
         return self
@@ -850,6 +851,7 @@ class Watching:
             with self._lock:
                 if self._call is None:
                     self._call = self._client._watch_call(self._address, self._request, self._timeout)
+                    self._answered = False
                 call = self._call
             try:
                 response = next(call)
@@ -867,6 +869,12 @@ class Watching:
                     redirected = True
                     self._address = self._client._watch_address = watch_address(self._client.addr, address)
                     continue
+                if (code == grpc.StatusCode.UNAVAILABLE and self._address is not None and not redirected
+                        and not self._answered):
+                    # The streaming listener this client remembered is gone before answering (the server restarted,
+                    # perhaps on another port): forget it and ask the dialled address where it is now.
+                    self._address = self._client._watch_address = None
+                    continue
                 if code == grpc.StatusCode.UNAVAILABLE and self._attempts < self._resume:
                     self._attempts += 1
                     self._address = None      # reconnect through the dialled address: the server may have moved
@@ -877,6 +885,7 @@ class Watching:
                     continue
                 raise CallError.from_status(code, failed.details() or "", trailing) from None
             key = answer_key(response)
+            self._answered = True
             self._attempts = 0
             if self._skip_same:
                 self._skip_same = False

@@ -387,3 +387,31 @@ def test_authz_watch_says_what_failed(server: ServerProcess) -> None:
                            "--resource", STREAM], capture_output=True, text=True, timeout=WAIT_SECONDS)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("authz watch: INVALID_ARGUMENT: ") and "action" in done.stderr
+
+
+def test_a_client_finds_the_streaming_listener_again_after_a_restart_on_another_port(tmp_path: Path) -> None:
+    """The redirected address a client remembers is forgotten when it no longer answers, for both clients."""
+    from bench.gateway_env import free_port
+
+    bundle = copy_example_bundle(tmp_path / "bundle")
+    decision = f"127.0.0.1:{free_port()}"
+    options = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500))
+
+    def serve() -> ServerProcess:
+        return start_server(bundle, None, "--listen", decision, "--watch-listen", f"127.0.0.1:{free_port()}")
+
+    async def main() -> None:
+        running = serve()
+        async with AsyncAuthzClient(decision, options=options) as aio:
+            with AuthzClient(decision, options=options) as authz:
+                for restart in (False, True):
+                    if restart:
+                        running.stop()
+                        running = serve()
+                    with authz.watch(CAMERA, PUT, STREAM) as w:
+                        assert next(iter(w)).allowed, restart
+                    async with aio.watch(CAMERA, PUT, STREAM) as aw:
+                        assert (await aw.__anext__()).allowed, restart
+        running.kill()
+
+    asyncio.run(main())
