@@ -141,3 +141,37 @@ def test_a_full_decision_cache_keeps_a_decision_on_its_second_sighting(tmp_path:
     finally:
         small.close()
         plain.close()
+
+
+def test_a_memoised_answer_is_served_only_within_the_instant_the_caller_gives(tmp_path: Path) -> None:
+    """AuthorizeBatch reads the clock once and passes it on: a memo entry that holds for one second only (the
+    decision read aws:CurrentTime from the clock) is served for that second, and decided again after it."""
+    import yaml
+    from datetime import datetime, timezone
+
+    boundary = 1_900_000_000
+    bundle = copy_example_bundle(tmp_path / "bundle")
+    path = bundle / "123456789012.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["users"].append({"name": "clocked", "inline": {"until-boundary": {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": PUT, "Resource": "*", "Condition": {"DateLessThan": {
+            "aws:CurrentTime": datetime.fromtimestamp(boundary, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}}}]}}})
+    path.write_text(yaml.safe_dump(data))
+    now = [boundary - 1.5]
+    store = Store(StoreConfig(bundle_dir=bundle, watch_interval=0), clock=lambda: now[0])
+    store.open()
+    try:
+        answers = Answers(store)
+        raw = pb.AuthorizeRequest(principal=ids.user("clocked"), action=PUT,
+                                  resource=ids.YOUR_STREAM).SerializeToString()
+        first = answers.decide(raw)
+        assert decision(first.data)[0] == pb.DECISION_ALLOW and not first.cached
+        hit = answers.decide(raw, boundary - 1.25)                           # the same second: the memo's copy
+        assert hit.cached and hit.parsed is None                             # (a memo entry keeps no parsed view)
+        past = answers.decide(raw, boundary + 0.25)                          # the instant given is past it:
+        assert past.parsed is not None                                       # parsed and decided again, by the
+        assert decision(past.data)[0] == pb.DECISION_ALLOW                   # store at its own clock
+        now[0] = boundary + 0.25
+        assert decision(answers.decide(raw, now[0]).data)[0] == pb.DECISION_IMPLICIT_DENY
+    finally:
+        store.close()

@@ -238,15 +238,17 @@ class Answers:
         self._answers = ByteBoundedMemo(self._answer_size, self._answer_bytes)
         self._contexts = ByteBoundedMemo(self._context_size, self._context_bytes)
 
-    def decide(self, raw: bytes) -> EncodedAnswer:
+    def decide(self, raw: bytes, now: float | None = None) -> EncodedAnswer:
         """Answer one encoded AuthorizeRequest with an encoded AuthorizeResponse.
 
+        `now` is the store's clock when a caller answering many requests as of one instant has read it
+        once (AuthorizeBatch); a memoised answer is served only if it holds at that instant.
         Raises Undecodable for bytes that are not a request, and the store's RequestError/LimitError
         for a request it cannot evaluate.
         """
         store = self.store
         memo = self._answers.get(raw)
-        if memo is not None and memo.valid_from <= store.clock() < memo.valid_until:
+        if memo is not None and memo.valid_from <= (store.clock() if now is None else now) < memo.valid_until:
             revision = store.revision
             if memo.revision == revision:
                 store.cache.note_hit()

@@ -90,10 +90,11 @@ class Authorizer(pb_grpc.AuthorizerServicer):
         out: list[bytes] = []
         observed = bool(self.observers)
         events: list[tuple[EncodedAnswer, float]] = []
+        now = self.store.clock()            # the batch is answered as of one instant (read once: hits are ~0.5 us)
         for i, raw in enumerate(items):
-            start = time.perf_counter()
+            start = time.perf_counter() if observed else 0.0
             try:
-                answer = decide(raw)
+                answer = decide(raw, now)
             except (RequestError, LimitError) as exc:
                 raise renamed(exc, f"requests[{i}].{exc.field}") from None
             except Undecodable as exc:
