@@ -13,22 +13,32 @@ user's DescribeStream on your_stream), without gRPC, through engine.interleaved_
   its decision is known, the fair counterpart of a Check, whose signature makes every request new;
 - authorize, repeated: the same bytes again, from the answer memo.
 
-Ratios are check / authorize. gRPC's own per-call cost comes on top of both (the `budget` and `closed`
-cases measure it), so the ratio of whole calls lies between 1 and the ratio of paths reported here.
+Ratios are check / authorize. gRPC's own per-call cost comes on top of both, so the ratio of whole calls
+lies between 1 and the ratio of paths. measure_calls takes that figure too: a real server.py (examples/bundle,
+--region us-west-2), the load generator at `concurrency` in flight sending the same signed Check, then the
+Authorize for the same decision with a new request_id each time (new bytes: no memo, a decision-cache hit),
+alternating, and the server process's CPU time (user + system, psutil) around each bounded run over the calls
+it answered: the server CPU per call of each front door, the figure issue 16's target (Check <= 1.3x) is about.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+
 from . import engine as engine_bench
+from .fixtures import MARKER
+from .loadgen import LoadClient, LoadSpec
 from .stats import spread
-from .targets import REPO, Unavailable, store_missing
+from .targets import REPO, Unavailable, start_server, store_missing
 
 BUNDLE = REPO / "examples" / "bundle"
 ACCESS_KEY = ("AKIAEXAMPLEVIEWER001", "viewer/EXAMPLE/secret/key/do/not/use/00")   # the read-only viewer
@@ -72,11 +82,11 @@ def check_request(now: datetime, key: tuple[str, str] = ACCESS_KEY) -> Any:
     return check
 
 
-def authorize_request() -> bytes:
+def authorize_request(request_id: str = "") -> bytes:
     """The AuthorizeRequest for the same decision, with the context the gateway derives for it."""
     from authz.v1 import authz_pb2
 
-    msg = authz_pb2.AuthorizeRequest(principal=PRINCIPAL, action=ACTION, resource=STREAM_ARN)
+    msg = authz_pb2.AuthorizeRequest(principal=PRINCIPAL, action=ACTION, resource=STREAM_ARN, request_id=request_id)
     for key, value in (("aws:SourceIp", SOURCE_IP), ("aws:SecureTransport", "true")):
         msg.context[key].values.append(value)
     return msg.SerializeToString(deterministic=True)
@@ -161,3 +171,62 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def measure_calls(requests: int = 6_000, concurrency: int = 64, repeats: int = 3,
+                  progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Server CPU per call (µs) of whole Check and Authorize calls through gRPC, and Check's ratio to Authorize."""
+    missing = store_missing()
+    if missing:
+        raise Unavailable(missing)
+    new_bytes = authorize_request(f"bench-{MARKER.decode()}")
+    if new_bytes.count(MARKER) != 1:
+        raise AssertionError("the Authorize payload must carry the counter marker once")
+    cpu: dict[str, list[float]] = {"check": [], "authorize_new_bytes": []}
+    rps: dict[str, list[float]] = {"check": [], "authorize_new_bytes": []}
+    allowed = {"check": 0, "authorize_new_bytes": 0}
+    answered = {"check": 0, "authorize_new_bytes": 0}
+    counter = 0
+    with tempfile.TemporaryDirectory(prefix="bench-check-calls-") as tmp, LoadClient() as client:
+        server = start_server(BUNDLE, Path(tmp) / "state", extra=["--region", REGION])
+        try:
+            def spec(kind: str, n: int) -> LoadSpec:
+                if kind == "check":      # signed now: SigV4 accepts it for 5 minutes
+                    payload = check_request(datetime.now(timezone.utc)).SerializeToString()
+                    return LoadSpec(server.address, (payload,), method="Check", concurrency=concurrency, requests=n)
+                return LoadSpec(server.address, (new_bytes,), concurrency=concurrency, requests=n, unique=True,
+                                counter_start=counter)
+
+            for kind in cpu:             # unrecorded warm-up of both paths
+                counter = max(counter, client.run(spec(kind, min(requests, 1_000))).next_counter)
+            for rep in range(repeats):
+                for kind in (list(cpu) if rep % 2 == 0 else list(cpu)[::-1]):
+                    run_spec = replace(spec(kind, requests), counter_start=counter)
+                    before = _cpu_s(server.pid)
+                    r = client.run(run_spec)
+                    spent = _cpu_s(server.pid) - before
+                    counter = max(counter, r.next_counter)
+                    cpu[kind].append(spent / max(r.ok, 1) * 1e6)
+                    rps[kind].append(r.throughput)
+                    allowed[kind] += r.decisions.get("ALLOW", 0)
+                    answered[kind] += r.answers
+                    progress(f"  {kind} [{rep + 1}/{repeats}]: {r.throughput:,.0f} calls/s, server CPU "
+                             f"{cpu[kind][-1]:.0f} us per call, {sum(r.errors.values())} errors")
+        finally:
+            server.stop()
+    for kind in cpu:
+        if answered[kind] == 0 or allowed[kind] != answered[kind]:
+            raise Unavailable(f"{kind}: {allowed[kind]} of {answered[kind]} calls allowed; the bench request must be "
+                              "allowed every time (is the example bundle or --region changed?)")
+    out: dict[str, Any] = {"concurrency": concurrency, "requests": requests, "repeats": repeats,
+                           "cpu_us_per_call": {k: spread(v).as_dict() for k, v in cpu.items()},
+                           "throughput_rps": {k: spread(v).as_dict() for k, v in rps.items()}}
+    authorize = out["cpu_us_per_call"]["authorize_new_bytes"]["median"]
+    # CPU time comes in clock ticks (10 ms): a run too short to be charged one has no ratio.
+    out["ratio"] = out["cpu_us_per_call"]["check"]["median"] / authorize if authorize > 0 else math.nan
+    return out

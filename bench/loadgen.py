@@ -21,6 +21,7 @@ METHOD_PATHS = {
     "Authorize": "/authz.v1.Authorizer/Authorize",
     "AuthorizeBatch": "/authz.v1.Authorizer/AuthorizeBatch",
     "CheckResources": "/cerbos.svc.v1.CerbosService/CheckResources",    # the cerbos case's peer (bench/cerbos.py)
+    "Check": "/envoy.service.auth.v3.Authorization/Check",              # Envoy's ext_authz (bench/check.py)
 }
 MODES = ("closed", "open")
 CLIENT_OPTIONS: tuple[tuple[str, Any], ...] = (
@@ -170,6 +171,12 @@ def _tally(method: str, raws: Sequence[bytes]) -> tuple[dict[str, int], int]:
         for raw in raws:
             for allowed in effects(raw).values():
                 counts["ALLOW" if allowed else "DENY"] += 1
+        return dict(counts), 0
+    if method == "Check":
+        from envoy.service.auth.v3 import external_auth_pb2
+        for raw in raws:
+            allowed = external_auth_pb2.CheckResponse.FromString(raw).status.code == 0
+            counts["ALLOW" if allowed else "DENY"] += 1
         return dict(counts), 0
     for raw in raws:
         if method == "Authorize":

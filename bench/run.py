@@ -618,6 +618,16 @@ def case_check(plan: Plan, progress: Progress) -> dict[str, Any]:
         return {"skipped": str(exc)}
     for line in check_bench.report_lines(fig):
         progress("  " + line)
+    if plan.server:
+        progress(f"check: whole calls through gRPC, {max(plan.concurrency)} in flight, server CPU per call")
+        try:
+            fig["calls"] = check_bench.measure_calls(plan.requests or (1_000 if plan.quick else 6_000),
+                                                     max(plan.concurrency), plan.repeats, progress)
+        except Unavailable as exc:
+            progress(f"  skipped: {exc}")
+            fig["calls"] = {"skipped": str(exc)}
+        else:
+            progress(f"  Check / Authorize (new bytes), server CPU per call: {fig['calls']['ratio']:.2f}x")
     return fig
 
 
@@ -700,6 +710,12 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row("check", "ext_authz Check server path per call, in process: SigV4, mapping, decision (floor: "
                          "Authorize's for the same decision in new bytes; gRPC's own cost comes on top of both)",
                          "µs", chk["us"]["check"], chk["us"]["authorize_new_bytes"], "lower"))
+        calls = chk.get("calls") or {}
+        if "cpu_us_per_call" in calls:
+            rows.append(_row("check", "ext_authz Check, whole gRPC call: server CPU per call at "
+                             f"{calls['concurrency']} in flight (floor: Authorize for the same decision in new bytes; "
+                             f"target ≤ {chk['target_ratio']}x)", "µs", calls["cpu_us_per_call"]["check"],
+                             calls["cpu_us_per_call"]["authorize_new_bytes"], "lower"))
     pauses = cases.get("gc_pauses")
     if isinstance(pauses, Mapping) and "largest_ms_any" in pauses:
         rows.append(_row("gc", "largest garbage-collection pause in the server during the closed, open and batch "

@@ -157,8 +157,8 @@ def server_missing() -> str | None:
 
 
 def start_server(bundle_dir: Path, state_dir: Path, workers: int | None = None,
-                 host: str = "127.0.0.1") -> ServedProcess:
-    """The real sidecar: `server.py --bundle DIR --listen HOST:PORT --state-dir DIR [--workers N]`."""
+                 host: str = "127.0.0.1", extra: Sequence[str] = ()) -> ServedProcess:
+    """The real sidecar: `server.py --bundle DIR --listen HOST:PORT --state-dir DIR [--workers N] [extra...]`."""
     missing = server_missing()
     if missing:
         raise Unavailable(missing)
@@ -167,6 +167,7 @@ def start_server(bundle_dir: Path, state_dir: Path, workers: int | None = None,
             "--state-dir", str(state_dir)]
     if workers is not None:
         argv += ["--workers", str(workers)]
+    argv += list(extra)
     return ServedProcess("server", argv, address)
 
 

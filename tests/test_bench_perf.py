@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_check_case_times_every_path_and_compares_check_with_authorize(tmp_path: Path) -> None:
-    run(Plan(cases=("check",), engine_samples=2, plots=False, out=tmp_path))
+    run(Plan(cases=("check",), engine_samples=2, requests=400, repeats=1, concurrency=(4,), plots=False, out=tmp_path))
     data = json.loads((tmp_path / "results.json").read_text())
     fig = data["cases"]["check"]
     assert set(fig["us"]) == set(check_bench.KINDS)
@@ -26,7 +26,12 @@ def test_check_case_times_every_path_and_compares_check_with_authorize(tmp_path:
     assert math.isfinite(fig["ratio_to_authorize_new_bytes"]) and fig["ratio_to_authorize_new_bytes"] > 0
     assert fig["target_ratio"] == check_bench.TARGET_RATIO
     rows = [r for r in data["comparisons"] if r["case"] == "check"]
-    assert len(rows) == 1 and rows[0]["ratio"] == pytest.approx(fig["ratio_to_authorize_new_bytes"])
+    assert len(rows) == 2 and rows[0]["ratio"] == pytest.approx(fig["ratio_to_authorize_new_bytes"])
+    calls = fig["calls"]                                  # whole calls through a real server.py
+    assert calls["concurrency"] == 4 and calls["requests"] == 400
+    assert all(calls["cpu_us_per_call"][k]["median"] >= 0 for k in ("check", "authorize_new_bytes"))
+    assert set(calls["throughput_rps"]) == {"check", "authorize_new_bytes"}
+    assert calls["ratio"] > 0 if math.isfinite(calls["ratio"]) else math.isnan(calls["ratio"])
     assert "ext_authz Check server path" in (tmp_path / "results.md").read_text()
 
 
