@@ -718,8 +718,8 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
                              calls["cpu_us_per_call"]["authorize_new_bytes"], "lower"))
     pauses = cases.get("gc_pauses")
     if isinstance(pauses, Mapping) and "largest_ms_any" in pauses:
-        rows.append(_row("gc", "largest garbage-collection pause in the server during the closed, open and batch "
-                         "cases (no floor)", "ms", _single(pauses["largest_ms_any"]), None, "lower"))
+        rows.append(_row("gc", "largest garbage-collection pause in the server while it served the gRPC cases, its "
+                         "cache prefill included (no floor)", "ms", _single(pauses["largest_ms_any"]), None, "lower"))
     workers = cases.get("workers")
     if isinstance(workers, Mapping) and "by_workers" in workers:
         for n, row in workers["by_workers"].items():
