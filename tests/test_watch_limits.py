@@ -148,6 +148,12 @@ def test_a_change_re_decides_only_the_watches_it_can_affect(sidecar: tuple[app.S
         admin.delete_inline_policy(ACCT, "user", "camera", "deny")
         assert camera.next(timeout=FLIP_SECONDS).allowed
         assert len(decided) - before == len(viewers) + 2     # all 21 for the load, the camera for the delete
+        # A new user or policy in an existing account changes no decision already made there: none is decided again.
+        before = len(decided)
+        admin.create_user(ACCT, "newcomer")
+        admin.create_policy(ACCT, "Unattached", policy("Allow", PUT))
+        hub.settled().result(FLIP_SECONDS * 10)
+        assert len(decided) == before
         for f in [*viewers, camera]:
             f.watching.cancel()
 

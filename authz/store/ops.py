@@ -343,7 +343,11 @@ class CreatePrincipal(Op):
         return put_principal(state, p)
 
     def touched(self, before: IamState) -> Touched:
-        return _principal_touched(self.account, self.kind, self.name) | Touched.of(account_dep(self.account))
+        # The account's own facts change only when this creates it (as RegisterResource): every decision in an
+        # existing account that could read the new principal reads its p: key.
+        created = self.account not in before.accounts
+        return _principal_touched(self.account, self.kind, self.name) | Touched.of(
+            (account_dep(self.account),) if created else ())
 
 
 @_op
@@ -670,7 +674,8 @@ class CreatePolicy(Op):
 
     def touched(self, before: IamState) -> Touched:
         arn = self._arn(_str(self.account), check_path(self.path), _str(self.name))
-        return Touched.of(policy_dep(arn), () if self.account == "aws" else (account_dep(self.account),))
+        created = self.account != "aws" and self.account not in before.accounts
+        return Touched.of(policy_dep(arn), (account_dep(self.account),) if created else ())
 
 
 @_op
