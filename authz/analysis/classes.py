@@ -23,6 +23,7 @@ from collections import deque
 from functools import lru_cache
 from typing import Sequence
 
+from ..policy.arn import split_tokens
 from ..policy.glob import QMARK, STAR, Token, tokens_of
 
 MAX_PRODUCT_STATES = 200_000
@@ -36,21 +37,6 @@ _Step = tuple[str, str, bool]
 
 class ClassLimit(Exception):
     """The patterns have too many combinations to enumerate within MAX_PRODUCT_STATES."""
-
-
-def _split_fields(tokens: Sequence[Token]) -> list[list[Token]]:
-    """Glob tokens split at `:` in literal text, at most five times (as ArnGlob splits them)."""
-    fields: list[list[Token]] = [[]]
-    for t in tokens:
-        if isinstance(t, str) and ":" in t and len(fields) <= 5:
-            pieces = t.split(":", 5 - len(fields) + 1)
-            if pieces[0]:
-                fields[-1].append(pieces[0])
-            for piece in pieces[1:]:
-                fields.append([piece] if piece else [])
-        else:
-            fields[-1].append(t)
-    return fields
 
 
 def _steps(field: Sequence[Token], lower: bool, crossing: bool) -> list[_Step]:
@@ -68,7 +54,7 @@ def _steps(field: Sequence[Token], lower: bool, crossing: bool) -> list[_Step]:
 
 def automaton(tokens: Sequence[Token]) -> tuple[_Step, ...] | None:
     """The steps of an ARN pattern (glob tokens), or None when it matches no ARN at all."""
-    fields = _split_fields(tokens)
+    fields = split_tokens(tokens)   # as ArnGlob splits them
     if fields[0] != ["arn"]:
         return None
     colon: list[_Step] = [("c", ":", False)]

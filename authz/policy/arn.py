@@ -50,7 +50,7 @@ def service_of(arn: str) -> str:
     return f[2] if len(f) == 6 and f[0] == "arn" else ""
 
 
-def _split_tokens(tokens: Sequence[Token], maxsplit: int = 5) -> list[list[Token]]:
+def split_tokens(tokens: Sequence[Token], maxsplit: int = 5) -> list[list[Token]]:
     """Split glob tokens at `:` inside literal text, at most `maxsplit` times."""
     fields: list[list[Token]] = [[]]
     for t in tokens:
@@ -85,7 +85,7 @@ class ArnGlob:
     def __init__(self, tokens: Sequence[Token], source: str = "", *, allow_short: bool = True,
                  case_insensitive_head: bool = True, regex: bool = True) -> None:
         self.source = source
-        fields = _split_tokens(tokens)
+        fields = split_tokens(tokens)
         self.valid = bool(fields) and fields[0] == ["arn"]
         self.short = len(fields) < 6
         if self.short:
