@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 import json
+import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +68,10 @@ RETRIED_METHODS: frozenset[tuple[str, str]] = frozenset({
 })
 # Never retried: AssumeRole issues new credentials on every call, and each admin write changes the state
 # (a retried CreateAccessKey would mint a second key; a retried CreatePolicyVersion a second version).
-# Watch is not retried by gRPC either: the client follows its redirect and resumes it itself (Watching).
+# Watch is not retried by gRPC either: the client follows its redirect and resumes it itself (Watching); nor is
+# AuthorizeStream, whose requests the client sends once more on a new stream itself (StreamedDecisions).
 NEVER_RETRIED_METHODS: frozenset[tuple[str, str]] = frozenset({
-    (AUTHORIZER, "AssumeRole"), (AUTHORIZER, "Watch"),
+    (AUTHORIZER, "AssumeRole"), (AUTHORIZER, "Watch"), (AUTHORIZER, "AuthorizeStream"),
     *((ADMIN, m) for m in (
         "CreatePolicy", "CreatePolicyVersion", "DeletePolicy", "PutInlinePolicy", "DeleteInlinePolicy",
         "AttachPolicy", "DetachPolicy", "CreateUser", "CreateGroup", "CreateRole", "AddUserToGroup",
@@ -911,15 +914,240 @@ class Watching:
         self.cancel()
 
 
-class AuthzClient(_Client):
-    """Decisions: Authorize, AuthorizeBatch, Simulate, AssumeRole, Watch."""
+# ------------------------------------------------------------------ AuthorizeStream
 
-    def __init__(self, addr: str, **kw: Any) -> None:
+ERROR_DOMAIN = "authz.kvs"       # google.rpc.ErrorInfo.domain of the server's errors
+_STATUS_CODES: Mapping[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def stream_error(error: pb.AuthorizeStreamError) -> CallError:
+    """The CallError of one request answered with an error on an AuthorizeStream: what the same request's unary
+    Authorize would raise (code, message, field, reason, and for INVALID_ARGUMENT the field violation)."""
+    code = _STATUS_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+    if code is grpc.StatusCode.OK:        # an error that says OK is no answer: never a decision
+        code = grpc.StatusCode.UNKNOWN
+    metadata = {k: v for k, v in (("field", error.field), ("incident", error.incident)) if v}
+    violations = ((FieldViolation(error.field, error.message),) if code is grpc.StatusCode.INVALID_ARGUMENT
+                  else ())
+    return CallError(code, error.message, error.field, reason=error.reason,
+                     domain=ERROR_DOMAIN if error.reason else "", violations=violations, metadata=metadata)
+
+
+def stream_answer(response: pb.AuthorizeStreamResponse) -> Decision | CallError:
+    """The Decision (or the CallError) one AuthorizeStreamResponse carries; a response with neither is an error."""
+    kind = response.WhichOneof("result")
+    if kind == "response":
+        return Decision.from_proto(response.response)
+    if kind == "error":
+        return stream_error(response.error)
+    return CallError(grpc.StatusCode.UNKNOWN, f"the server answered request {response.id} of the stream with "
+                                              "neither a decision nor an error")
+
+
+class _Pending:
+    """One request of a shared AuthorizeStream waiting for its answer."""
+
+    __slots__ = ("message", "done", "answer", "link", "retried", "redirects")
+
+    def __init__(self, message: pb.AuthorizeStreamRequest) -> None:
+        self.message = message
+        self.done = threading.Event()
+        self.answer: Decision | CallError | None = None
+        self.link: _Link | None = None
+        self.retried = False           # sent again once already after a stream broke
+        self.redirects = 0
+
+
+# Requests waiting to be sent when the stream can take a message go out together, in one message's `more` (a stream
+# message costs client and server tens of microseconds whatever it holds): at most this many per message.
+STREAM_PACK_MAX = 256
+_MORE_TAG = bytes(((pb.AuthorizeStreamRequest.MORE_FIELD_NUMBER << 3) | 2,))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class _Link:
+    """One AuthorizeStream call: its request queue (the call's request iterator) and the thread reading its answers."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address          # None: the address the client dialled
+        self.outbox: queue.SimpleQueue[pb.AuthorizeStreamRequest | None] = queue.SimpleQueue()
+        self.call: Any = None
+        self.answered = False
+
+    def requests(self) -> Iterator[bytes]:
+        """Encoded stream messages: each request waiting when the call takes one, the first with the rest in `more`."""
+        outbox = self.outbox
+        while True:
+            message = outbox.get()
+            if message is None:
+                return
+            parts = [message.SerializeToString()]
+            while len(parts) < STREAM_PACK_MAX:
+                try:
+                    more = outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    yield b"".join(parts)
+                    return
+                item = more.SerializeToString()
+                parts += (_MORE_TAG, _varint(len(item)), item)
+            yield b"".join(parts)
+
+
+class StreamedDecisions:
+    """AuthzClient(..., stream=True): authorize() over one AuthorizeStream shared by every thread of the client.
+
+    Each request gets an id, answers are matched to their waiting caller by it (in whatever order they come). The
+    decision listener's redirect is followed as for Watch. When the stream breaks, the requests it had in flight are
+    sent once more on a new stream (they only read); a request that already was, or whose answer does not come
+    within the client's timeout, raises CallError. There is never a Decision without the server's answer."""
+
+    def __init__(self, client: AuthzClient) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._link: _Link | None = None
+        self._closed = False
+
+    def decide(self, request: pb.AuthorizeRequest, timeout: float | None) -> Decision:
+        p = _Pending(pb.AuthorizeStreamRequest(request=request))
+        with self._lock:
+            if self._closed:
+                raise CallError(grpc.StatusCode.CANCELLED, "the client is closed")
+            rid = next(self._ids)
+            p.message.id = rid
+            self._pending[rid] = p
+            self._send(p)
+        if not p.done.wait(timeout):
+            with self._lock:
+                self._pending.pop(rid, None)
+            if not p.done.is_set():
+                raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"no answer on the AuthorizeStream within {timeout} s")
+        answer = p.answer
+        if isinstance(answer, Decision):
+            return answer
+        assert answer is not None
+        raise answer
+
+    def _send(self, p: _Pending) -> None:
+        """Send on the current stream (opened when there is none). Under the lock."""
+        link = self._link
+        if link is None:
+            link = self._link = self._open(self._client._watch_address)
+        p.link = link
+        link.outbox.put(p.message)
+
+    def _open(self, address: str | None) -> _Link:
+        link = _Link(address)
+        link.call = self._client._stream_call(address, link.requests())
+        threading.Thread(target=self._read, args=(link,), name="authz-stream-reader", daemon=True).start()
+        return link
+
+    def _read(self, link: _Link) -> None:
+        code, details, trailing = grpc.StatusCode.UNAVAILABLE, "the AuthorizeStream ended", None
+        try:
+            for response in link.call:
+                link.answered = True
+                for one in (response, *response.more):
+                    with self._lock:
+                        p = self._pending.pop(one.id, None)
+                    if p is not None:
+                        p.answer = stream_answer(one)
+                        p.done.set()
+        except grpc.RpcError as err:
+            failed: Any = err
+            code, details, trailing = failed.code(), failed.details() or "", failed.trailing_metadata()
+        finally:
+            link.outbox.put(None)      # ends the request iterator
+        self._ended(link, code, details, trailing)
+
+    def _ended(self, link: _Link, code: grpc.StatusCode, details: str, trailing: Any) -> None:
+        client = self._client
+        with self._lock:
+            if self._link is link:
+                self._link = None
+            stranded = [p for p in self._pending.values() if p.link is link]
+            if self._closed:
+                failure = CallError(grpc.StatusCode.CANCELLED, "the client is closed")
+                for p in stranded:
+                    self._fail(p, failure)
+                return
+            address = watch_redirect(trailing) if code == grpc.StatusCode.FAILED_PRECONDITION else None
+            if address is not None:
+                client._watch_address = watch_address(client.addr, address)
+            elif code == grpc.StatusCode.UNAVAILABLE and link.address is not None and not link.answered:
+                client._watch_address = None      # the remembered streaming listener is gone: ask the dialled address
+            failure = CallError.from_status(code, details, trailing)
+            for p in stranded:
+                if address is not None and p.redirects == 0:      # following the redirect is not a retry
+                    p.redirects += 1
+                elif address is None and not p.retried:          # the stream broke: once more on a new one
+                    p.retried = True
+                else:
+                    self._fail(p, failure)
+                    continue
+                self._send(p)
+
+    def _fail(self, p: _Pending, failure: CallError) -> None:
+        self._pending.pop(p.message.id, None)
+        p.answer = failure
+        p.done.set()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            link, self._link = self._link, None
+        if link is not None:
+            link.outbox.put(None)
+            if link.call is not None:
+                link.call.cancel()
+
+
+class AuthzClient(_Client):
+    """Decisions: Authorize, AuthorizeBatch, Simulate, AssumeRole, Watch; with `stream=True`, authorize() and
+    is_allowed() go over one shared AuthorizeStream (StreamedDecisions) instead of a unary call each."""
+
+    def __init__(self, addr: str, *, stream: bool = False, **kw: Any) -> None:
         super().__init__(addr, **kw)
         self.stub = pb_grpc.AuthorizerStub(self.channel)
         self._watch_address: str | None = None     # the streaming listener's, once a watch was redirected there
         self._watch_channels: dict[str, grpc.Channel] = {}
         self._watch_lock = threading.Lock()
+        self._streamed = StreamedDecisions(self) if stream else None
+
+    def authorize(self, principal: str, action: str, resource: str, context: Context | None = None, *,
+                  explain: bool = False, request_id: str = "", access_key_id: str = "") -> Decision:
+        """The decision for one request (a deny is an answer, not an error)."""
+        request = _authorize(principal, action, resource, context, explain=explain, request_id=request_id,
+                             access_key_id=access_key_id)
+        if self._streamed is not None:
+            return self._streamed.decide(request, self.timeout)
+        return AUTHORIZE.result(self._invoke(AUTHORIZE, request))
+
+    def _stream_call(self, address: str | None, requests: Iterator[bytes]) -> Any:
+        method = self._streaming_channel(address).stream_stream(
+            f"/{AUTHORIZER}/AuthorizeStream", response_deserializer=pb.AuthorizeStreamResponse.FromString)
+        return method(requests, metadata=self.metadata)
+
+    def _streaming_channel(self, address: str | None) -> grpc.Channel:
+        if address is None:
+            return self.channel
+        with self._watch_lock:
+            found = self._watch_channels.get(address)
+            if found is None:
+                found = self._watch_channels[address] = self._channel_to(address)
+            return found
 
     def watch(self, principal: str, action: str, resource: str, context: Context | None = None, *,
               access_key_id: str = "", request_id: str = "", explain: bool = False, resume: int = 0,
@@ -932,25 +1160,20 @@ class AuthzClient(_Client):
                                          request_id=request_id, access_key_id=access_key_id), resume, timeout)
 
     def _watch_call(self, address: str | None, request: pb.AuthorizeRequest, timeout: float | None) -> Any:
-        channel = self.channel
-        if address is not None:
-            with self._watch_lock:
-                found = self._watch_channels.get(address)
-                if found is None:
-                    found = self._watch_channels[address] = self._channel_to(address)
-            channel = found
+        channel = self._streaming_channel(address)
         method = channel.unary_stream(f"/{AUTHORIZER}/Watch", request_serializer=pb.AuthorizeRequest.SerializeToString,
                                       response_deserializer=pb.AuthorizeResponse.FromString)
         return method(request, timeout=timeout, metadata=self.metadata)
 
     def close(self) -> None:
+        if self._streamed is not None:
+            self._streamed.close()
         with self._watch_lock:
             channels, self._watch_channels = list(self._watch_channels.values()), {}
         for channel in channels:
             channel.close()
         super().close()
 
-    authorize = blocking(AUTHORIZE)
     authorize_batch = blocking(AUTHORIZE_BATCH)
     simulate = blocking(SIMULATE)
     assume_role = blocking(ASSUME_ROLE)

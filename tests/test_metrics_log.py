@@ -132,6 +132,7 @@ AUTHZ_FAMILIES = {"authz_decisions_total", "authz_decision_latency_seconds", "au
                   "authz_cache_misses_total", "authz_cache_entries", "authz_answer_memo_entries",
                   "authz_policy_revision", "authz_reloads_total", "authz_last_load_error", "authz_ready",
                   "authz_watches_open", "authz_watch_messages_total", "authz_watch_ends_total",
+                  "authz_authorize_streams_open", "authz_authorize_streams_refused_total",
                   "authz_gc_pause_seconds", "authz_gc_pause_max_seconds"}
 
 

@@ -234,6 +234,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
     from ..analysis.diffing import no_new_access
     from .tracing import start_tracing
     from .watch import StreamListener, WatchHub
+    from .stream import AuthorizeStreams
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     gc.set_threshold(*settings.GC_THRESHOLDS)
@@ -330,7 +331,10 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
             def bind_watch(server: grpc.aio.Server) -> str:
                 return _bind_watch(server, watch_address, credentials, config)
 
-            sidecar.watch = StreamListener(hub, server_options(config), bind_watch)
+            streams = AuthorizeStreams(answers, store, tuple(observers), metrics,
+                                       max_streams=config.max_authorize_streams,
+                                       max_in_flight=config.authorize_stream_in_flight)
+            sidecar.watch = StreamListener(hub, server_options(config), bind_watch, streams)
             addresses["watch"] = authorizer.watch_address = sidecar.watch.start()
     except BaseException:
         sidecar.stop(0)

@@ -23,6 +23,7 @@ from .answers import Answers, EncodedAnswer, encode_batch, parse_batch
 from .decision_log import DecisionEvent, Observer, statement_label
 from .errors import NotServing, Undecodable, abort, add_checked, metadata_request_id, raw_bytes, rpc
 from .simulate import Simulator, renamed
+from .stream import redirect as stream_redirect
 from .sts import Unauthenticated, peer_address, verify_assume_role
 
 def _request_id(given: str, context: grpc.ServicerContext) -> str:
@@ -129,6 +130,11 @@ class Authorizer(pb_grpc.AuthorizerServicer):
         context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                       f"Watch is served on the streaming listener at {address} (--watch-listen); connect there")
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    def AuthorizeStream(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Served by the streaming listener (authz.server.stream): Watch's redirect. Nothing is read."""
+        stream_redirect(self.watch_address, context)
+        raise AssertionError("unreachable: the redirect aborts")  # pragma: no cover
 
     def AssumeRole(self, request: pb.AssumeRoleRequest, context: grpc.ServicerContext) -> pb.AssumeRoleResponse:
         try:

@@ -75,6 +75,8 @@ class Config:
     watch_listen: str | None = ""
     max_watches: int = settings.MAX_WATCHES
     watch_queue_max: int = settings.WATCH_QUEUE_MAX   # never a flag: tests lower it to meet the bound quickly
+    max_authorize_streams: int = settings.MAX_AUTHORIZE_STREAMS   # AuthorizeStream (authz.server.stream), per process
+    authorize_stream_in_flight: int = settings.AUTHORIZE_STREAM_MAX_IN_FLIGHT   # never a flag: tests lower it
     reuse_port: bool = False          # set by the --workers supervisor for its children, never a flag
     worker_index: int = 0
 
@@ -188,6 +190,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     flag("--max-watches", "open Watch streams each process holds at most (each costs about 25 KB); one more is "
                           "refused with RESOURCE_EXHAUSTED; e.g. --max-watches 20000",
          type=_positive(int, 1), default=settings.MAX_WATCHES, metavar="N")
+    flag("--max-authorize-streams", "open AuthorizeStream streams each process holds at most (on the streaming "
+                                    "listener; one stream carries many decisions); one more is refused with "
+                                    "RESOURCE_EXHAUSTED; e.g. --max-authorize-streams 2000",
+         type=_positive(int, 1), default=settings.MAX_AUTHORIZE_STREAMS, metavar="N")
     flag("--admin-listen", "admin listener (PolicyAdmin + health), never the decision listener: HOST:PORT or "
                            "unix:PATH; e.g. --admin-listen unix:/run/authz/admin.sock. Without it there is no "
                            "admin service", metavar="ADDR")
@@ -376,7 +382,8 @@ def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> 
                   memo_bytes=a.memo_bytes, simulate_processes=a.simulate_processes,
                   assume_role_auth=a.assume_role_auth, otlp_endpoint=a.otlp_endpoint or None, demo=demo,
                   require_no_new_access=bool(gate),
-                  watch_listen=watch_listen, max_watches=a.max_watches)
+                  watch_listen=watch_listen, max_watches=a.max_watches,
+                  max_authorize_streams=a.max_authorize_streams)
 
 
 def check_store_url(url: str, flag: str = "--store") -> None:

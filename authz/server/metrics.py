@@ -135,6 +135,11 @@ class Metrics:
         self._watch_ends = Counter("authz_watch_ends", "Watch streams ended or refused, by reason: cancelled (by "
                                    "the client), session_ended, slow_client (dropped: it stopped reading), shutdown, "
                                    "error, limit (refused: --max-watches).", ("reason",), registry=self.registry)
+        # AuthorizeStream (authz.server.stream): open streams, and streams refused past --max-authorize-streams.
+        self._streams_open = Gauge("authz_authorize_streams_open", "AuthorizeStream streams open in this process.",
+                                   registry=self.registry)
+        self._streams_refused = Counter("authz_authorize_streams_refused", "AuthorizeStream streams refused: "
+                                        "--max-authorize-streams reached.", registry=self.registry)
         # The label children of the hot path, looked up once: .labels() takes a lock every time.
         self._children: dict[tuple[str, str], tuple[Callable[[], None], Callable[[float], None]]] = {}
         self._children_lock = threading.Lock()
@@ -152,6 +157,13 @@ class Metrics:
     def watches_open(self, count: Callable[[], int]) -> None:
         """Read the open watch count from `count` at each scrape."""
         self._watches_open.set_function(count)
+
+    def authorize_streams_open(self, count: Callable[[], int]) -> None:
+        """Read the open AuthorizeStream count from `count` at each scrape."""
+        self._streams_open.set_function(count)
+
+    def authorize_stream_refused(self) -> None:
+        self._streams_refused.inc()
 
     def watch_message(self) -> None:
         self._watch_messages.inc()

@@ -98,6 +98,13 @@ WATCH_QUEUE_MAX = 32
 # A change that affects many watches re-decides them in slices of this many, yielding to the event loop
 # between slices (the other watches' writes, new watches and timers go on meanwhile).
 WATCH_REDECIDE_SLICE = 256
+# AuthorizeStream (authz.server.stream), on the same streaming listener: at most MAX_AUTHORIZE_STREAMS open streams
+# per process (--max-authorize-streams; one more is refused RESOURCE_EXHAUSTED), and per stream at most
+# AUTHORIZE_STREAM_MAX_IN_FLIGHT responses decided but not yet sent: past it the server stops reading that stream
+# until it has sent some (a client that does not read is not read either). A stream costs what a Watch stream does
+# (about 22 KB) plus at most that many encoded responses (about 100 bytes each without explain).
+MAX_AUTHORIZE_STREAMS = 1_000
+AUTHORIZE_STREAM_MAX_IN_FLIGHT = 1_024
 WATCH_ADDRESS_HEADER = "authz-watch-address"   # trailing metadata of the decision listener's redirect
 WATCH_OFF = "off"                              # --watch-listen off: no streaming listener
 

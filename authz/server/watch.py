@@ -66,7 +66,7 @@ from ..store import Store
 from ..store.changes import Change, Touched
 from ..store.decisions import Answer
 from ..v1 import authz_pb2 as pb
-from . import settings
+from . import settings, stream
 from .answers import Answers, EncodedAnswer
 from .authorizer import Authorizer
 from .decision_log import Observer
@@ -74,6 +74,7 @@ from .errors import ErrorStatus, NotServing, error_status, metadata_request_id
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .stream import AuthorizeStreams
 
 log = logging.getLogger("authz.server.watch")
 
@@ -519,11 +520,13 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: ErrorStatu
 
 
 class StreamListener:
-    """The streaming listener: a grpc.aio server serving Watch on its own event-loop thread."""
+    """The streaming listener: a grpc.aio server serving Watch (and AuthorizeStream: authz.server.stream) on its own
+    event-loop thread."""
 
     def __init__(self, hub: WatchHub, options: list[tuple[str, Any]],
-                 bind: Callable[[Any], str]) -> None:
+                 bind: Callable[[Any], str], streams: AuthorizeStreams | None = None) -> None:
         self.hub = hub
+        self.streams = streams
         self._options = options
         self._bind = bind
         self._loop = asyncio.new_event_loop()
@@ -558,10 +561,12 @@ class StreamListener:
         async def watch(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await hub.watch(request, context)
 
+        methods = {METHOD: grpc.unary_stream_rpc_method_handler(watch)}      # bytes in, bytes out
+        if self.streams is not None:
+            methods[stream.METHOD] = grpc.stream_stream_rpc_method_handler(stream.handler(self.streams))
         try:
             server = grpc.aio.server(options=self._options)
-            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-                SERVICE, {METHOD: grpc.unary_stream_rpc_method_handler(watch)}),))   # bytes in, bytes out
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
             self.address = self._bind(server)
             await server.start()
         except BaseException as exc:   # noqa: BLE001 - reported to start(), on the caller's thread
@@ -582,6 +587,8 @@ class StreamListener:
 
         async def stopping() -> None:
             self.hub.shutdown()
+            if self.streams is not None:
+                self.streams.shutdown()
             if self._server is not None:
                 await self._server.stop(grace)
             self._loop.stop()
