@@ -22,7 +22,12 @@ METHOD_PATHS = {
     "AuthorizeBatch": "/authz.v1.Authorizer/AuthorizeBatch",
     "CheckResources": "/cerbos.svc.v1.CerbosService/CheckResources",    # the cerbos case's peer (bench/cerbos.py)
     "Check": "/envoy.service.auth.v3.Authorization/Check",              # Envoy's ext_authz (bench/check.py)
+    # Bidirectional: each payload (an AuthorizeRequest) goes in an AuthorizeStreamRequest with an id; `concurrency`
+    # requests in flight spread over one stream per connection (closed loop only; see _closed_stream).
+    "AuthorizeStream": "/authz.v1.Authorizer/AuthorizeStream",
 }
+STREAM_METHODS = frozenset({"AuthorizeStream"})
+WATCH_ADDRESS_METADATA_KEY = "authz-watch-address"   # the decision listener's redirect to the streaming listener
 MODES = ("closed", "open")
 CLIENT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -62,6 +67,7 @@ class LoadSpec:
     unique: bool = False
     counter_start: int = 0
     connections: int = 1             # HTTP/2 connections; requests are spread over them round-robin
+    pack: bool = True                # AuthorizeStream: send every free slot's request in one message (`more`)
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_PATHS:
@@ -76,6 +82,8 @@ class LoadSpec:
             raise ValueError("an open-loop run needs a positive rate")
         if self.requests is not None and self.requests < 1:
             raise ValueError("requests must be at least 1 when given")
+        if self.method in STREAM_METHODS and self.mode != "closed":
+            raise ValueError(f"{self.method} runs closed loop only")
 
 
 @dataclass
@@ -179,8 +187,14 @@ def _tally(method: str, raws: Sequence[bytes]) -> tuple[dict[str, int], int]:
             counts["ALLOW" if allowed else "DENY"] += 1
         return dict(counts), 0
     for raw in raws:
-        if method == "Authorize":
-            answers: Sequence[Any] = (authz_pb2.AuthorizeResponse.FromString(raw),)
+        if method == "AuthorizeStream":
+            one = authz_pb2.AuthorizeStreamResponse.FromString(raw)
+            if one.WhichOneof("result") != "response":
+                counts["ERROR"] += 1
+                continue
+            answers: Sequence[Any] = (one.response,)
+        elif method == "Authorize":
+            answers = (authz_pb2.AuthorizeResponse.FromString(raw),)
         else:
             answers = authz_pb2.AuthorizeBatchResponse.FromString(raw).responses
         for a in answers:
@@ -310,6 +324,161 @@ async def _open(spec: LoadSpec) -> LoadResult:
                       next_counter=maker.counter)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(raw: bytes, i: int) -> tuple[int, int]:
+    n, shift = 0, 0
+    while True:
+        b = raw[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, i
+        shift += 7
+
+
+def _stream_answers(raw: bytes) -> list[tuple[int, bytes]]:
+    """(id, encoded answer) of each answer in an encoded AuthorizeStreamResponse: its own (the bytes before its first
+    `more`, as the server writes them), then each in `more` (field 4)."""
+    out: list[tuple[int, bytes]] = []
+    first_id, first_end, i, n = 0, len(raw), 0, len(raw)
+    while i < n:
+        key, i = _read_varint(raw, i)
+        field_number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _read_varint(raw, i)
+            if field_number == 1:
+                first_id = value
+            continue
+        size, i = _read_varint(raw, i)     # every other field of this message is length-delimited
+        if field_number == 4:
+            if first_end == n:
+                first_end = i - 1 - len(_varint(size))
+            item = raw[i:i + size]
+            out.append((_read_varint(item, 1)[0] if item[:1] == b"\x08" else 0, item))
+        i += size
+    out.insert(0, (first_id, raw[:first_end]))
+    return out
+
+
+async def _stream_address(spec: LoadSpec) -> str:
+    """Where the stream method is served: the address given, or the streaming listener it redirects to."""
+    async with grpc.aio.insecure_channel(spec.address, options=CLIENT_OPTIONS) as ch:
+        await asyncio.wait_for(ch.channel_ready(), spec.timeout_s)
+        call = ch.stream_stream(METHOD_PATHS[spec.method])(timeout=spec.timeout_s)
+        await call.done_writing()
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                for key, value in exc.trailing_metadata() or ():
+                    if key == WATCH_ADDRESS_METADATA_KEY and isinstance(value, str):
+                        return value
+            raise
+    return spec.address
+
+
+async def _closed_stream(spec: LoadSpec) -> LoadResult:
+    """Closed loop over AuthorizeStream: one stream per connection, `concurrency` requests in flight over them.
+
+    Each stream has a writer (sends a request whenever one of its slots is free: an id, the send time) and a reader
+    (matches each answer to its send time by id, frees the slot). Answers may come in any order."""
+    payloads = _Payloads(spec.payloads, spec.unique, spec.counter_start)
+    address = await _stream_address(spec)
+    clock = time.perf_counter
+    latencies: list[float] = []
+    raws: list[bytes] = []
+    errors: Counter[str] = Counter()
+    issued = 0
+    ids = iter(range(1, 1 << 62))
+    channels = [grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS) for _ in range(spec.connections)]
+    try:
+        for ch in channels:
+            await asyncio.wait_for(ch.channel_ready(), spec.timeout_s)
+        measure_from = clock() + spec.warmup_s
+        stop_at = measure_from + spec.duration_s
+
+        async def one_stream(ch: grpc.aio.Channel, slots: int) -> None:
+            nonlocal issued
+            call = ch.stream_stream(METHOD_PATHS[spec.method])()
+            sent: dict[int, tuple[float, bool]] = {}
+            free = slots
+            wake = asyncio.Event()
+            finished = False
+
+            async def writer() -> None:
+                nonlocal free, issued, finished
+                while True:
+                    while free == 0:
+                        wake.clear()
+                        await wake.wait()
+                    now = clock()
+                    recorded = now >= measure_from
+                    if recorded:
+                        if (issued >= spec.requests) if spec.requests is not None else now >= stop_at:
+                            finished = True
+                            if not sent:
+                                await call.done_writing()
+                            return
+                        issued += 1
+                    # Every free slot at once, packed in one message (AuthorizeStreamRequest.more), as a gateway would.
+                    parts: list[bytes] = []
+                    t0 = clock()
+                    while free > 0 and (spec.pack or not parts):
+                        if parts and recorded:
+                            if (issued >= spec.requests) if spec.requests is not None else t0 >= stop_at:
+                                break
+                            issued += 1
+                        free -= 1
+                        payload = payloads.next()
+                        rid = next(ids)
+                        sent[rid] = (t0, recorded)
+                        item = b"".join((b"\x08", _varint(rid), b"\x12", _varint(len(payload)), payload))
+                        parts.append(item if not parts else b"".join((b"\x1a", _varint(len(item)), item)))
+                    await call.write(b"".join(parts))
+
+            task = asyncio.ensure_future(writer())
+            try:
+                while True:
+                    raw = await call.read()
+                    if raw is grpc.aio.EOF:
+                        break
+                    t1 = clock()
+                    for rid, item in _stream_answers(raw):
+                        t0, recorded = sent.pop(rid)
+                        if recorded:
+                            latencies.append((t1 - t0) * 1e6)
+                            raws.append(item)
+                        free += 1
+                    wake.set()
+                    if finished and not sent:
+                        await call.done_writing()
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += len([1 for _, r in sent.values() if r]) or 1
+            finally:
+                task.cancel()
+
+        n = len(channels)
+        await asyncio.gather(*(one_stream(channels[j], spec.concurrency // n + (j < spec.concurrency % n))
+                               for j in range(min(n, spec.concurrency))))
+        elapsed = clock() - measure_from
+    finally:
+        for ch in channels:
+            await ch.close()
+    latencies.sort()
+    decisions, cached = _tally(spec.method, raws)
+    return LoadResult("closed", spec.method, spec.concurrency, 0.0, issued, len(latencies), dict(errors), elapsed,
+                      latencies, [], decisions, cached, next_counter=payloads.counter)
+
+
 def _event_loop() -> asyncio.AbstractEventLoop:
     # select() takes its timeout in microseconds; epoll (asyncio's default on Linux) rounds every
     # timer up to the next millisecond, which would add up to 1 ms to open-loop send times.
@@ -320,6 +489,8 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 def execute(spec: LoadSpec) -> LoadResult:
     """Run one spec in the calling process (LoadClient calls this in its child)."""
     with asyncio.Runner(loop_factory=_event_loop) as runner:
+        if spec.method in STREAM_METHODS:
+            return runner.run(_closed_stream(spec))
         return runner.run(_closed(spec) if spec.mode == "closed" else _open(spec))
 
 

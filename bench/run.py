@@ -27,7 +27,8 @@ from .stats import percentile, ratio, spread
 from .targets import (REPO, ServedProcess, StoreTarget, Unavailable, measure_envoy, start_floor, start_server,
                       store_missing)
 
-CASES = ("engine", "scale", "closed", "open", "batch", "budget", "model", "workers", "envoy", "streams", "fleet",
+CASES = ("engine", "scale", "closed", "open", "batch", "budget", "authorize_stream", "model", "workers", "envoy",
+         "streams", "fleet",
          "watch", "access", "cerbos", "check")
 DEFAULT_OUT = REPO / "bench" / "results"
 FLOOR, SERVER = "floor", "server"
@@ -428,12 +429,70 @@ def case_batch(g: GrpcBench) -> dict[str, Any]:
     return out
 
 
+# Targets of issue 16, target 4: AuthorizeStream at the top concurrency against the unary floor, p50 at 1 in flight
+# against unary Authorize's.
+STREAM_THROUGHPUT_TARGET = 1.5
+STREAM_P50_TARGET = 0.7
+
+
+def case_authorize_stream(g: GrpcBench) -> dict[str, Any]:
+    """AuthorizeStream (bench/loadgen.py drives one bidirectional stream with N requests in flight, each free slot's
+    request packed into one message) against unary Authorize, on the floor and on the server, in the same run:
+    unique requests at the lowest and highest concurrency, alternating the order of the three each repeat; then, on
+    the server only, the stream with one request per message (a client that does not pack) and repeated requests."""
+    p = g.plan
+    low, high = min(p.concurrency), max(p.concurrency)
+    unique = _payloads(p, unique=True)
+    arms: list[tuple[str, str, str, bool]] = [("floor_authorize", FLOOR, "Authorize", True)]
+    if SERVER in g.targets:
+        arms += [("server_authorize", SERVER, "Authorize", True), ("stream", SERVER, "AuthorizeStream", True)]
+    out: dict[str, Any] = {"payloads": "unique (uncached)", "targets": {"throughput_ratio_to_floor":
+                           STREAM_THROUGHPUT_TARGET, "p50_ratio_to_unary": STREAM_P50_TARGET}, "by_concurrency": {}}
+    for c in sorted({low, high}):
+        runs: dict[str, list[LoadResult]] = {name: [] for name, *_ in arms}
+        for rep in range(p.repeats):
+            for name, target, method, pack in (arms if rep % 2 == 0 else arms[::-1]):
+                spec = g.spec(unique, concurrency=c, unique=True, method=method, pack=pack)
+                runs[name].append(g.run(target, spec, f"authorize_stream {name} c={c:<3} [{rep + 1}/{p.repeats}]"))
+        out["by_concurrency"][str(c)] = {name: load_figure(rs) for name, rs in runs.items()}
+        if "stream" in runs:
+            g.latencies[f"AuthorizeStream, {c} in flight (floor: unary Authorize on the floor)"] = {
+                FLOOR: _repeats(runs["floor_authorize"]), SERVER: _repeats(runs["stream"])}
+    if SERVER not in g.targets:
+        out["stream"] = {"skipped": g.server_skip}
+        return out
+    one = g.repeated(f"authorize_stream unpacked c={high:<3}",
+                     g.spec(unique, concurrency=high, unique=True, method="AuthorizeStream", pack=False), only=SERVER)
+    out["unpacked"] = {str(high): load_figure(one[SERVER])}
+    same = g.repeated(f"authorize_stream repeated c={high:<3}",
+                      g.spec(_payloads(p, unique=False), concurrency=high, method="AuthorizeStream"), only=SERVER)
+    out["repeated"] = {str(high): load_figure(same[SERVER])}
+    by = out["by_concurrency"]
+    med = _median
+    out["ratios"] = {
+        "throughput_to_floor": ratio(med(by[str(high)]["stream"], "decisions_per_s"),
+                                     med(by[str(high)]["floor_authorize"], "decisions_per_s")),
+        "throughput_to_unary": ratio(med(by[str(high)]["stream"], "decisions_per_s"),
+                                     med(by[str(high)]["server_authorize"], "decisions_per_s")),
+        "p50_to_unary": ratio(med(by[str(low)]["stream"], "p50_us"), med(by[str(low)]["server_authorize"], "p50_us")),
+        "p50_to_floor": ratio(med(by[str(low)]["stream"], "p50_us"), med(by[str(low)]["floor_authorize"], "p50_us")),
+        "unpacked_throughput_to_floor": ratio(med(out["unpacked"][str(high)], "decisions_per_s"),
+                                              med(by[str(high)]["floor_authorize"], "decisions_per_s")),
+    }
+    r = out["ratios"]
+    g.progress(f"  AuthorizeStream at {high} in flight: {r['throughput_to_floor']:.2f}x the unary floor's decisions/s "
+               f"(target ≥ {STREAM_THROUGHPUT_TARGET}x), {r['throughput_to_unary']:.2f}x unary Authorize; p50 at {low} "
+               f"in flight {r['p50_to_unary']:.2f}x unary Authorize's (target ≤ {STREAM_P50_TARGET}x); one request per "
+               f"message: {r['unpacked_throughput_to_floor']:.2f}x the floor")
+    return out
+
+
 def grpc_cases(plan: Plan, progress: Progress, settings: ServerSettings, cases: dict[str, Any]) -> str:
     """Start the floor (and the server when it exists), run the closed, open and batch cases into `cases`.
 
     Returns why the server was skipped, or "" when it ran.
     """
-    wanted = [c for c in ("closed", "open", "batch", "budget") if c in plan.cases]
+    wanted = [c for c in ("closed", "open", "batch", "budget", "authorize_stream") if c in plan.cases]
     if not wanted:
         return ""
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp:
@@ -470,6 +529,7 @@ def grpc_cases(plan: Plan, progress: Progress, settings: ServerSettings, cases: 
                     "open": lambda: case_open(g, cases.get("closed")),
                     "batch": lambda: case_batch(g),
                     "budget": lambda: case_budget(g),
+                    "authorize_stream": lambda: case_authorize_stream(g),
                 }
                 for name in wanted:
                     cases[name] = _guarded(name, progress, runners[name])
@@ -697,6 +757,27 @@ def comparisons(cases: Mapping[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row("batch", f"AuthorizeBatch of {batch['batch_size']}, {kind.replace('_', '-')}",
                              "decisions/s", batch[kind][SERVER].get("decisions_per_s"),
                              batch[kind][FLOOR].get("decisions_per_s"), "higher"))
+    st = cases.get("authorize_stream")
+    if isinstance(st, Mapping) and "by_concurrency" in st and "ratios" in st:
+        by = st["by_concurrency"]
+        low, high = min(by, key=int), max(by, key=int)
+        tput = f"AuthorizeStream {high} in flight decisions/s, unique requests"
+        rows.append(_row("authorize_stream", f"{tput} (floor: unary Authorize on the floor; target ≥ "
+                         f"{STREAM_THROUGHPUT_TARGET}x)", "decisions/s", by[high]["stream"].get("decisions_per_s"),
+                         by[high]["floor_authorize"].get("decisions_per_s"), "higher"))
+        rows.append(_row("authorize_stream", f"{tput} (floor: unary Authorize on the server)", "decisions/s",
+                         by[high]["stream"].get("decisions_per_s"), by[high]["server_authorize"].get("decisions_per_s"),
+                         "higher"))
+        rows.append(_row("authorize_stream", f"AuthorizeStream {low} in flight p50 (floor: unary Authorize on the "
+                         f"server; target ≤ {STREAM_P50_TARGET}x)", "µs", by[low]["stream"].get("p50_us"),
+                         by[low]["server_authorize"].get("p50_us"), "lower"))
+        rows.append(_row("authorize_stream", f"AuthorizeStream {low} in flight p50 (floor: unary Authorize on the "
+                         "floor)", "µs", by[low]["stream"].get("p50_us"), by[low]["floor_authorize"].get("p50_us"),
+                         "lower"))
+        rows.append(_row("authorize_stream", f"AuthorizeStream {high} in flight, one request per message (floor: "
+                         "unary Authorize on the floor)", "decisions/s",
+                         st["unpacked"][high].get("decisions_per_s"),
+                         by[high]["floor_authorize"].get("decisions_per_s"), "higher"))
     envoy = cases.get("envoy")
     if isinstance(envoy, Mapping) and "with_ext_authz" in envoy:
         for key, label in (("p50_ms", "p50"), ("p99_ms", "p99")):
