@@ -400,18 +400,22 @@ def test_a_client_finds_the_streaming_listener_again_after_a_restart_on_another_
     def serve() -> ServerProcess:
         return start_server(bundle, None, "--listen", decision, "--watch-listen", f"127.0.0.1:{free_port()}")
 
+    started: list[ServerProcess] = []
+
     async def main() -> None:
-        running = serve()
         async with AsyncAuthzClient(decision, options=options) as aio:
             with AuthzClient(decision, options=options) as authz:
                 for restart in (False, True):
                     if restart:
-                        running.stop()
-                        running = serve()
+                        started[-1].stop()
+                    started.append(serve())
                     with authz.watch(CAMERA, PUT, STREAM) as w:
                         assert next(iter(w)).allowed, restart
                     async with aio.watch(CAMERA, PUT, STREAM) as aw:
                         assert (await aw.__anext__()).allowed, restart
-        running.kill()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        for s in started:
+            s.kill()
