@@ -14,7 +14,9 @@ response on its own. Create and use a client inside one running event loop.
             ...
 
 `watch` follows the decision listener's redirect to the streaming listener as the blocking client does
-(authz.client.Watching); `aclose()` (or leaving the `async with`) ends it.
+(authz.client.Watching); `aclose()` (or leaving the `async with`) ends it. `AsyncAuthzClient(..., stream=True)`
+sends authorize() and is_allowed() over one shared AuthorizeStream (AsyncStreamedDecisions), as
+`AuthzClient(..., stream=True)` does.
 """
 
 from __future__ import annotations
@@ -201,14 +203,186 @@ class AsyncWatching:
         self.cancel()
 
 
-class AsyncAuthzClient(_AsyncClient):
-    """Decisions: Authorize, AuthorizeBatch, Simulate, AssumeRole, Watch (see authz.client.AuthzClient)."""
+class _AsyncPending:
+    """One request of a shared AuthorizeStream waiting for its answer (see authz.client._Pending)."""
 
-    def __init__(self, addr: str, **kw: Any) -> None:
+    __slots__ = ("message", "answer", "link", "retried", "redirects")
+
+    def __init__(self, message: c.pb.AuthorizeStreamRequest, answer: asyncio.Future[c.Decision | CallError]) -> None:
+        self.message = message
+        self.answer = answer
+        self.link: _AsyncLink | None = None
+        self.retried = False
+        self.redirects = 0
+
+
+class _AsyncLink:
+    """One AuthorizeStream call, the task writing its queued requests (packed) and the task reading its answers."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address          # None: the address dialled (an empty call first asks where to go)
+        self.call: Any = None
+        self.outbox: asyncio.Queue[c.pb.AuthorizeStreamRequest] = asyncio.Queue()
+        self.answered = False
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def write(self) -> None:
+        outbox = self.outbox
+        while True:
+            parts = [(await outbox.get()).SerializeToString()]
+            while len(parts) < c.STREAM_PACK_MAX and not outbox.empty():
+                item = outbox.get_nowait().SerializeToString()
+                parts += (c._MORE_TAG, c._varint(len(item)), item)
+            await self.call.write(b"".join(parts))
+
+
+class AsyncStreamedDecisions:
+    """AsyncAuthzClient(..., stream=True): authorize() over one AuthorizeStream shared by every task of the client,
+    with the rules of authz.client.StreamedDecisions (ids, the redirect, one more try on a new stream, else
+    CallError; never a Decision without the server's answer)."""
+
+    def __init__(self, client: AsyncAuthzClient) -> None:
+        self._client = client
+        self._next_id = 1
+        self._pending: dict[int, _AsyncPending] = {}
+        self._link: _AsyncLink | None = None
+        self._closed = False
+        self._broken = False        # the last stream broke: the next one waits for the connection (wait_for_ready)
+
+    async def decide(self, request: c.pb.AuthorizeRequest, timeout: float | None) -> c.Decision:
+        if self._closed:
+            raise CallError(grpc.StatusCode.CANCELLED, "the client is closed")
+        rid, self._next_id = self._next_id, self._next_id + 1
+        p = _AsyncPending(c.pb.AuthorizeStreamRequest(id=rid, request=request),
+                          asyncio.get_running_loop().create_future())
+        self._pending[rid] = p
+        self._send(p)
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(p.answer), timeout)
+        except asyncio.TimeoutError:
+            self._pending.pop(rid, None)
+            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"no answer on the AuthorizeStream within {timeout} s") from None
+        if isinstance(answer, c.Decision):
+            return answer
+        raise answer
+
+    def _send(self, p: _AsyncPending) -> None:
+        link = self._link
+        if link is None:
+            link = self._link = _AsyncLink(self._client._watch_address)
+            wait, self._broken = self._broken, False
+            link.tasks = [asyncio.ensure_future(self._read(link, wait))]
+        p.link = link
+        link.outbox.put_nowait(p.message)
+
+    async def _read(self, link: _AsyncLink, wait: bool) -> None:
+        code, details, trailing = grpc.StatusCode.UNAVAILABLE, "the AuthorizeStream ended", ()
+        client = self._client
+        try:
+            if link.address is None:    # where it is served, asked with an empty call (see authz.client)
+                link.call = client._stream_call(None, wait_for_ready=wait)
+                address = await client._stream_redirect(link.call)
+                if address is not None:
+                    link.address = client._watch_address = address
+            if self._closed:
+                raise asyncio.CancelledError
+            link.call = client._stream_call(link.address, wait_for_ready=wait)
+            link.tasks.append(asyncio.ensure_future(link.write()))
+            async for response in link.call:
+                link.answered = True
+                for one in (response, *response.more):
+                    p = self._pending.pop(one.id, None)
+                    if p is not None and not p.answer.done():
+                        p.answer.set_result(c.stream_answer(one))
+        except grpc.aio.AioRpcError as err:
+            code, details, trailing = err.code(), err.details() or "", tuple(err.trailing_metadata() or ())
+        except asyncio.CancelledError:
+            code, details = grpc.StatusCode.CANCELLED, "the client is closed"
+        for task in link.tasks[1:]:
+            task.cancel()
+        self._ended(link, code, details, trailing)
+
+    def _ended(self, link: _AsyncLink, code: grpc.StatusCode, details: str, trailing: Any) -> None:
+        client = self._client
+        if self._link is link:
+            self._link = None
+        stranded = [p for p in self._pending.values() if p.link is link]
+        failure = CallError.from_status(code, details, trailing)
+        address = c.watch_redirect(trailing) if code == grpc.StatusCode.FAILED_PRECONDITION else None
+        if address is not None:
+            client._watch_address = c.watch_address(client.addr, address)
+        else:       # broken: the next stream goes through the dialled address and waits for the connection
+            client._watch_address = None
+            self._broken = True
+        for p in stranded:
+            if not self._closed and address is not None and p.redirects == 0:   # following it is not a retry
+                p.redirects += 1
+            elif not self._closed and address is None and not p.retried:      # once more on a new stream
+                p.retried = True
+            else:
+                self._pending.pop(p.message.id, None)
+                if not p.answer.done():
+                    p.answer.set_result(failure)
+                continue
+            self._send(p)
+
+    async def close(self) -> None:
+        self._closed = True
+        link, self._link = self._link, None
+        if link is not None:
+            if link.call is not None:
+                link.call.cancel()
+            await asyncio.gather(*link.tasks, return_exceptions=True)
+
+
+class AsyncAuthzClient(_AsyncClient):
+    """Decisions: Authorize, AuthorizeBatch, Simulate, AssumeRole, Watch (see authz.client.AuthzClient); with
+    `stream=True`, authorize() and is_allowed() go over one shared AuthorizeStream (AsyncStreamedDecisions)."""
+
+    def __init__(self, addr: str, *, stream: bool = False, **kw: Any) -> None:
         super().__init__(addr, **kw)
         self.stub = pb_grpc.AuthorizerStub(self.channel)
         self._watch_address: str | None = None
         self._watch_channels: dict[str, grpc.aio.Channel] = {}
+        self._streamed = AsyncStreamedDecisions(self) if stream else None
+
+    async def authorize(self, principal: str, action: str, resource: str, context: Context | None = None, *,
+                        explain: bool = False, request_id: str = "", access_key_id: str = "") -> c.Decision:
+        """The decision for one request (a deny is an answer, not an error)."""
+        request = c._authorize(principal, action, resource, context, explain=explain, request_id=request_id,
+                               access_key_id=access_key_id)
+        if self._streamed is not None:
+            return await self._streamed.decide(request, self.timeout)
+        return c.AUTHORIZE.result(await self._invoke(c.AUTHORIZE, request))
+
+    async def _stream_redirect(self, probe: Any) -> str | None:
+        """The streaming listener's address an empty AuthorizeStream call was redirected to; None when the address
+        dialled serves it; the call's error otherwise (see authz.client.AuthzClient._stream_redirect)."""
+        await probe.done_writing()
+        try:
+            async for _ in probe:
+                pass
+        except grpc.aio.AioRpcError as err:
+            redirected = err.code() == grpc.StatusCode.FAILED_PRECONDITION
+            address = c.watch_redirect(tuple(err.trailing_metadata() or ())) if redirected else None
+            if address is None:
+                raise
+            return c.watch_address(self.addr, address)
+        return None
+
+    def _stream_call(self, address: str | None, *, wait_for_ready: bool = False) -> Any:
+        method = self._streaming_channel(address).stream_stream(
+            f"/{c.AUTHORIZER}/AuthorizeStream", response_deserializer=c.pb.AuthorizeStreamResponse.FromString)
+        return method(metadata=self.metadata, wait_for_ready=wait_for_ready)
+
+    def _streaming_channel(self, address: str | None) -> grpc.aio.Channel:
+        if address is None:
+            return self.channel
+        found = self._watch_channels.get(address)
+        if found is None:
+            found = self._watch_channels[address] = self._channel_to(address)
+        return found
 
     def watch(self, principal: str, action: str, resource: str, context: Context | None = None, *,
               access_key_id: str = "", request_id: str = "", explain: bool = False, resume: int = 0,
@@ -219,24 +393,20 @@ class AsyncAuthzClient(_AsyncClient):
                              resume, timeout)
 
     def _watch_call(self, address: str | None, request: c.pb.AuthorizeRequest, timeout: float | None) -> Any:
-        channel = self.channel
-        if address is not None:
-            found = self._watch_channels.get(address)
-            if found is None:
-                found = self._watch_channels[address] = self._channel_to(address)
-            channel = found
+        channel = self._streaming_channel(address)
         method = channel.unary_stream(f"/{c.AUTHORIZER}/Watch",
                                       request_serializer=c.pb.AuthorizeRequest.SerializeToString,
                                       response_deserializer=c.pb.AuthorizeResponse.FromString)
         return method(request, timeout=timeout, metadata=self.metadata)
 
     async def close(self) -> None:
+        if self._streamed is not None:
+            await self._streamed.close()
         channels, self._watch_channels = list(self._watch_channels.values()), {}
         for channel in channels:
             await channel.close()
         await super().close()
 
-    authorize = awaiting(c.AUTHORIZE)
     authorize_batch = awaiting(c.AUTHORIZE_BATCH)
     simulate = awaiting(c.SIMULATE)
     assume_role = awaiting(c.ASSUME_ROLE)

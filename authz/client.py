@@ -17,6 +17,8 @@ and fails closed: any error is a deny.
 
 Watch (`AuthzClient.watch`, `AsyncAuthzClient.watch`) streams a decision and then each change of it; the
 decision listener redirects it to the server's streaming listener, which the clients follow (see `Watching`).
+`AuthzClient(..., stream=True)` sends authorize() and is_allowed() over one AuthorizeStream shared by the client's
+threads instead of a unary call each (see `StreamedDecisions`); the default stays unary.
 
 Retries (see RETRIED_METHODS): a call that only reads (Authorize, AuthorizeBatch, Simulate, health, the
 admin reads) is retried by gRPC itself when it fails with UNAVAILABLE; AssumeRole and every admin write
@@ -1006,10 +1008,12 @@ class _Link:
 class StreamedDecisions:
     """AuthzClient(..., stream=True): authorize() over one AuthorizeStream shared by every thread of the client.
 
-    Each request gets an id, answers are matched to their waiting caller by it (in whatever order they come). The
-    decision listener's redirect is followed as for Watch. When the stream breaks, the requests it had in flight are
-    sent once more on a new stream (they only read); a request that already was, or whose answer does not come
-    within the client's timeout, raises CallError. There is never a Decision without the server's answer."""
+    Each request gets an id, answers are matched to their waiting caller by it (in whatever order they come); the
+    requests waiting when the stream can take a message go out packed in one (`more`). The decision listener's
+    redirect is followed as for Watch. When the stream breaks, the requests it had in flight are sent once more on
+    a new stream (they only read), opened through the dialled address and waiting for the connection (a restarting
+    server is waited for); a request that already was, or whose answer does not come within the client's timeout,
+    raises CallError. There is never a Decision without the server's answer."""
 
     def __init__(self, client: AuthzClient) -> None:
         self._client = client
@@ -1018,6 +1022,7 @@ class StreamedDecisions:
         self._pending: dict[int, _Pending] = {}
         self._link: _Link | None = None
         self._closed = False
+        self._broken = False        # the last stream broke: the next one waits for the connection (wait_for_ready)
 
     def decide(self, request: pb.AuthorizeRequest, timeout: float | None) -> Decision:
         p = _Pending(pb.AuthorizeStreamRequest(request=request))
@@ -1050,14 +1055,25 @@ class StreamedDecisions:
 
     def _open(self, address: str | None) -> _Link:
         link = _Link(address)
-        link.call = self._client._stream_call(address, link.requests())
-        threading.Thread(target=self._read, args=(link,), name="authz-stream-reader", daemon=True).start()
+        wait, self._broken = self._broken, False
+        threading.Thread(target=self._read, args=(link, wait), name="authz-stream-reader", daemon=True).start()
         return link
 
-    def _read(self, link: _Link) -> None:
+    def _read(self, link: _Link, wait: bool) -> None:
         code, details, trailing = grpc.StatusCode.UNAVAILABLE, "the AuthorizeStream ended", None
         try:
-            for response in link.call:
+            if link.address is None:
+                # Where the stream is served, asked with an empty stream (no request is ever written into the
+                # redirect: a server that ends a call while requests are being written may leave only INTERNAL).
+                link.call = self._client._stream_call(None, iter(()), wait_for_ready=wait)
+                address = self._client._stream_redirect(link.call)
+                if address is not None:
+                    link.address = self._client._watch_address = address
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    link.call = self._client._stream_call(link.address, link.requests(), wait_for_ready=wait)
+            for response in (() if closed else link.call):
                 link.answered = True
                 for one in (response, *response.more):
                     with self._lock:
@@ -1086,8 +1102,11 @@ class StreamedDecisions:
             address = watch_redirect(trailing) if code == grpc.StatusCode.FAILED_PRECONDITION else None
             if address is not None:
                 client._watch_address = watch_address(client.addr, address)
-            elif code == grpc.StatusCode.UNAVAILABLE and link.address is not None and not link.answered:
-                client._watch_address = None      # the remembered streaming listener is gone: ask the dialled address
+            else:
+                # The stream broke: the next one goes to the dialled address (which redirects to wherever the
+                # streaming listener is now) and waits for the connection, up to each request's timeout.
+                client._watch_address = None
+                self._broken = True
             failure = CallError.from_status(code, details, trailing)
             for p in stranded:
                 if address is not None and p.redirects == 0:      # following the redirect is not a retry
@@ -1135,10 +1154,25 @@ class AuthzClient(_Client):
             return self._streamed.decide(request, self.timeout)
         return AUTHORIZE.result(self._invoke(AUTHORIZE, request))
 
-    def _stream_call(self, address: str | None, requests: Iterator[bytes]) -> Any:
+    def _stream_redirect(self, probe: Any) -> str | None:
+        """The streaming listener's address an empty AuthorizeStream call was redirected to; None when the address
+        dialled serves it (the call ended OK); the call's error otherwise."""
+        try:
+            for _ in probe:
+                pass
+        except grpc.RpcError as err:
+            failed: Any = err
+            redirected = failed.code() == grpc.StatusCode.FAILED_PRECONDITION
+            address = watch_redirect(failed.trailing_metadata()) if redirected else None
+            if address is None:
+                raise
+            return watch_address(self.addr, address)
+        return None
+
+    def _stream_call(self, address: str | None, requests: Iterator[bytes], *, wait_for_ready: bool = False) -> Any:
         method = self._streaming_channel(address).stream_stream(
             f"/{AUTHORIZER}/AuthorizeStream", response_deserializer=pb.AuthorizeStreamResponse.FromString)
-        return method(requests, metadata=self.metadata)
+        return method(requests, metadata=self.metadata, wait_for_ready=wait_for_ready)
 
     def _streaming_channel(self, address: str | None) -> grpc.Channel:
         if address is None:

@@ -3,6 +3,7 @@ out of order and across packed messages, the limits, the redirect, NOT_SERVING, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import random
@@ -14,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import grpc
 import pytest
 
+from authz.aio_client import AsyncAuthzClient
 from authz.client import WATCH_ADDRESS_METADATA_KEY, AuthzClient, CallError, Decision, stream_answer
 from authz.requests import MAX_BATCH
 from authz.server import app, settings, stream
@@ -391,6 +393,38 @@ def test_the_client_over_a_stream_answers_as_unary_from_many_threads(server: Ser
         assert comparable(have) == comparable(want), i
 
 
+def test_the_async_client_over_a_stream_answers_as_unary_from_many_tasks(server: ServerProcess) -> None:
+    requests = requests_mix(200, seed=13)
+    expected = unary(server.addr, requests)
+
+    async def main() -> list[Any]:
+        async with AsyncAuthzClient(server.addr, stream=True) as client:
+
+            async def one(r: pb.AuthorizeRequest) -> Any:
+                try:
+                    return await client.authorize(r.principal, r.action, r.resource,
+                                                  {key: list(v.values) for key, v in r.context.items()},
+                                                  explain=r.explain)
+                except CallError as exc:
+                    return exc
+
+            got = await asyncio.gather(*(one(r) for r in requests))
+            assert await client.is_allowed(CAMERA, PUT, STREAM) and not await client.is_allowed(VIEWER, PUT, STREAM)
+            assert client._streamed is not None and client._watch_address == server.listening[0]["watch"]
+            return got
+
+    for i, (want, have) in enumerate(zip(expected, asyncio.run(main()))):
+        assert comparable(have) == comparable(want), i
+
+
+DOWN_TIMEOUT = 2.0     # how long a request waits for a server that is down (the client's timeout)
+# Reconnection attempts every 0.1-0.2 s (gRPC's default backoff grows past the timeout): the restarted server is
+# found within a request's timeout.
+FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                  ("grpc.max_reconnect_backoff_ms", 200))
+DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -402,19 +436,34 @@ def test_the_client_opens_a_new_stream_after_a_restart_and_fails_closed_meanwhil
     bundle, port = copy_example_bundle(tmp_path / "bundle"), free_port()
     first = server_factory(bundle, None, "--listen", f"127.0.0.1:{port}", "--watch-listen", "127.0.0.1:0",
                            admin=None, token=None)
-    with AuthzClient(first.addr, stream=True) as client:
+    with AuthzClient(first.addr, stream=True, timeout=DOWN_TIMEOUT, options=FAST_RECONNECT) as client:
         assert client.authorize(CAMERA, PUT, STREAM).allowed
         first.kill()
-        # The stream is gone and so is the server: retried once, then an error, never an answer.
+        # The stream is gone and so is the server: waited for up to the timeout, then an error, never an answer.
         with pytest.raises(CallError) as info:
             client.authorize(CAMERA, PUT, STREAM)
-        assert info.value.code == grpc.StatusCode.UNAVAILABLE and not client.is_allowed(CAMERA, PUT, STREAM)
+        assert info.value.code in DOWN and not client.is_allowed(CAMERA, PUT, STREAM)
         # Back on the same decision port, its streaming listener elsewhere: found again through the redirect.
         second = server_factory(bundle, None, "--listen", f"127.0.0.1:{port}", "--watch-listen", "127.0.0.1:0",
                                 admin=None, token=None)
         assert second.listening[0]["watch"] != first.listening[0]["watch"]
         assert client.authorize(CAMERA, PUT, STREAM).allowed
         assert not client.authorize(VIEWER, PUT, STREAM).allowed
+
+    async def aio() -> None:            # the asyncio client, the same way
+        async with AsyncAuthzClient(second.addr, stream=True, timeout=DOWN_TIMEOUT, options=FAST_RECONNECT) as client:
+            assert (await client.authorize(CAMERA, PUT, STREAM)).allowed
+            second.kill()
+            with pytest.raises(CallError) as info:
+                await client.authorize(CAMERA, PUT, STREAM)
+            assert info.value.code in DOWN
+            assert not await client.is_allowed(CAMERA, PUT, STREAM)
+            third = server_factory(bundle, None, "--listen", f"127.0.0.1:{port}", "--watch-listen", "127.0.0.1:0",
+                                   admin=None, token=None)
+            assert third.listening[0]["watch"] != second.listening[0]["watch"]
+            assert (await client.authorize(CAMERA, PUT, STREAM)).allowed
+
+    asyncio.run(aio())
 
 
 def test_the_default_stays_unary(server: ServerProcess) -> None:
