@@ -9,7 +9,9 @@ would have ended with). How it is served:
   the address in trailing metadata authz-watch-address), which the Python clients follow.
 - Deciding. Each request's bytes go to the same Answers.decide Authorize runs (the same answer memo, context memo,
   decision cache and limits), on the loop's thread, as it is read: a decision is pure Python holding the GIL, so a
-  worker thread would add a hand-off and no parallelism. An error is the status Authorize would answer
+  worker thread adds a hand-off and no parallelism (measured, unique requests, busy 2-core machine: one worker
+  thread through run_in_executor gave 35,000-44,000 decisions/s at 64 in flight and p50 280-310 us at 1, against
+  40,000-48,000/s and 176-263 us on the loop). An error is the status Authorize would answer
   (errors.error_status: code, message, reason, field) in that request's response; the stream goes on. Only a
   message whose envelope does not parse (there is no id to answer) ends the stream INVALID_ARGUMENT.
 - NOT_SERVING. Before the first policy set has loaded, each request is answered with UNAVAILABLE (reason
@@ -149,7 +151,6 @@ class AuthorizeStreams:
         self.max_in_flight = max_in_flight
         self._streams: set[_Stream] = set()
         self._stopping = False
-        self.decided = 0            # requests answered (decisions and errors), for tests and benchmarks
         self.high_water = 0         # the most responses any stream has held decided and unsent
         self.paused = threading.Event()   # set once a reader has stopped reading for want of room (backpressure)
         if metrics is not None:
@@ -259,7 +260,6 @@ class AuthorizeStreams:
 
     def _decide_one(self, envelope: wire_pb2.AuthorizeStreamRequestView, prefix: str) -> bytes:
         rid = envelope.id
-        self.decided += 1
         if not self.store.ready:
             return encode_error(rid, error_status(NotServing(NOT_READY_MESSAGE)))
         observed = bool(self.observers)
