@@ -452,6 +452,7 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
         "--demo": ("off", "demo", False),     # on, it refuses a --bundle of its own: see the check below
         "--watch-listen": ("127.0.0.1:6002", "watch_listen", "127.0.0.1:6002"),
         "--max-watches": ("20", "max_watches", 20),
+        "--max-authorize-streams": ("30", "max_authorize_streams", 30),
         "--require-no-new-access": ("1", "require_no_new_access", True),
     }
     flags = {f for a in build_parser()._actions for f in a.option_strings if f.startswith("--") and f != "--help"}
