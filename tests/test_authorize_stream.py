@@ -470,3 +470,67 @@ def test_the_default_stays_unary(server: ServerProcess) -> None:
     with AuthzClient(server.addr) as client:
         assert client._streamed is None and client.authorize(CAMERA, PUT, STREAM).allowed
     assert settings.MAX_AUTHORIZE_STREAMS > 0 and settings.AUTHORIZE_STREAM_MAX_IN_FLIGHT > 0
+
+
+class BreakingServer:
+    """A gRPC server of AuthorizeStream alone that ends its first `breaks` streams UNAVAILABLE after reading one
+    message, without answering, and answers Allow on the others: how the client retries requests a stream strands."""
+
+    def __init__(self, breaks: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        self.breaks = breaks
+        self.seen: list[int] = []          # ids of the requests received, in order, every stream together
+        self._lock = threading.Lock()
+        self.server = grpc.server(ThreadPoolExecutor(4))
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("authz.v1.Authorizer", {
+            "AuthorizeStream": grpc.stream_stream_rpc_method_handler(
+                self._serve, request_deserializer=pb.AuthorizeStreamRequest.FromString,
+                response_serializer=pb.AuthorizeStreamResponse.SerializeToString)}),))
+        self.addr = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def _serve(self, requests: Iterator[pb.AuthorizeStreamRequest], context: grpc.ServicerContext
+               ) -> Iterator[pb.AuthorizeStreamResponse]:
+        for message in requests:            # an empty stream (the client asking where to go) ends OK: served here
+            ids = [m.id for m in (message, *message.more)]
+            with self._lock:
+                self.seen += ids
+                broken = self.breaks > 0
+                self.breaks -= broken
+            if broken:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+            for i in ids:
+                yield pb.AuthorizeStreamResponse(id=i, response=pb.AuthorizeResponse(decision=pb.DECISION_ALLOW))
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+def test_a_request_stranded_by_a_broken_stream_is_sent_once_more_then_fails_closed() -> None:
+    once = BreakingServer(breaks=1)
+    try:
+        with AuthzClient(once.addr, stream=True) as client:
+            assert client.authorize(CAMERA, PUT, STREAM).allowed          # the second stream answered it
+        assert len(once.seen) == 2 and once.seen[0] == once.seen[1]       # the same request, sent twice
+    finally:
+        once.stop()
+    always = BreakingServer(breaks=10)
+    try:
+        with AuthzClient(always.addr, stream=True) as client:
+            with pytest.raises(CallError) as info:
+                client.authorize(CAMERA, PUT, STREAM)
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE and "connection reset" in info.value.message
+            assert len(always.seen) == 2                                   # once more, and no more
+            assert not client.is_allowed(CAMERA, PUT, STREAM)
+
+        async def aio() -> None:
+            async with AsyncAuthzClient(always.addr, stream=True) as client:
+                with pytest.raises(CallError) as info:
+                    await client.authorize(CAMERA, PUT, STREAM)
+                assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+        before = len(always.seen)
+        asyncio.run(aio())
+        assert len(always.seen) - before == 2
+    finally:
+        always.stop()
