@@ -30,7 +30,8 @@ would have ended with). How it is served:
   message is at most AUTHORIZE_STREAM_MAX_MESSAGE_BYTES, Authorize's own bound (the listener's
   max_receive_message_length): a larger one ends the stream RESOURCE_EXHAUSTED, since gRPC cannot hand it over.
 - Observers. Every decision is a DecisionEvent with rpc "AuthorizeStream" (the decision log, the metrics), its
-  request_id the request's own, or the stream's x-request-id (or a fresh one) with ".ID" appended.
+  request_id the request's own, or the stream's x-request-id (or a fresh one) with ".ID" appended; the decisions of
+  one stream message reach the observers together (one decision-log write), as a batch's do.
 - Shutdown. Responses already decided are sent, then every open stream ends UNAVAILABLE (the server is stopping);
   the clients retry the requests left unanswered once on a new stream.
 """
@@ -243,44 +244,41 @@ class AuthorizeStreams:
     def _decide(self, raw: bytes, prefix: str, out: deque[bytes]) -> None:
         """Decide the requests of one stream message (its own, then those in `more`, depth first) into `out`.
         Raises Undecodable for an envelope that does not parse, LimitError past AUTHORIZE_STREAM_MAX_PER_MESSAGE;
-        the answers of the requests before it are kept."""
-        envelope = _envelope(raw)
-        out.append(self._decide_one(envelope, prefix))
-        if envelope.more:
-            stack, count = list(reversed(envelope.more)), 1
-            while stack:
-                count += 1
-                if count > AUTHORIZE_STREAM_MAX_PER_MESSAGE:
-                    raise LimitError("more", f"more than {AUTHORIZE_STREAM_MAX_PER_MESSAGE} requests in one stream "
-                                             "message (AUTHORIZE_STREAM_MAX_PER_MESSAGE): send them in several")
-                item = _envelope(stack.pop())
-                out.append(self._decide_one(item, prefix))
-                if item.more:
-                    stack.extend(reversed(item.more))
+        the answers of the requests before it are kept. The observers get the message's decisions together."""
+        events: list[DecisionEvent] | None = [] if self.observers else None
+        try:
+            envelope = _envelope(raw)
+            out.append(self._decide_one(envelope, prefix, events))
+            if envelope.more:
+                stack, count = list(reversed(envelope.more)), 1
+                while stack:
+                    count += 1
+                    if count > AUTHORIZE_STREAM_MAX_PER_MESSAGE:
+                        raise LimitError("more", f"more than {AUTHORIZE_STREAM_MAX_PER_MESSAGE} requests in one "
+                                                 "stream message (AUTHORIZE_STREAM_MAX_PER_MESSAGE): send them in "
+                                                 "several")
+                    item = _envelope(stack.pop())
+                    out.append(self._decide_one(item, prefix, events))
+                    if item.more:
+                        stack.extend(reversed(item.more))
+        finally:
+            if events:
+                for observe in self.observers:
+                    observe(events)
 
-    def _decide_one(self, envelope: wire_pb2.AuthorizeStreamRequestView, prefix: str) -> bytes:
+    def _decide_one(self, envelope: wire_pb2.AuthorizeStreamRequestView, prefix: str,
+                    events: list[DecisionEvent] | None) -> bytes:
         rid = envelope.id
         if not self.store.ready:
             return encode_error(rid, error_status(NotServing(NOT_READY_MESSAGE)))
-        observed = bool(self.observers)
-        start = time.perf_counter() if observed else 0.0
+        start = time.perf_counter() if events is not None else 0.0
         try:
             answer = self.answers.decide(envelope.request)
         except Exception as exc:   # noqa: BLE001 - every error becomes Authorize's status, in this response
             return encode_error(rid, error_status(exc))
-        if observed:
-            self._observe(answer, f"{prefix}.{rid}", time.perf_counter() - start)
+        if events is not None:
+            events.append(_event(answer, f"{prefix}.{rid}", time.perf_counter() - start))
         return encode_answer(rid, answer.data)
-
-    def _observe(self, a: EncodedAnswer, fallback_id: str, seconds: float) -> None:
-        v = a.view
-        event = DecisionEvent(RPC_NAME, v.request_id or fallback_id, v.principal, v.action, v.resource,
-                              a.result.decision.value,
-                              tuple(statement_label(m.policy_type, m.policy_name, m.index, m.sid)
-                                    for m in a.result.deciding),
-                              a.revision, seconds, a.cached)
-        for observe in self.observers:
-            observe([event])
 
     def shutdown(self) -> None:
         """Refuse new streams; each open one sends what it has decided, then ends UNAVAILABLE (the server is stopping)."""
@@ -291,6 +289,14 @@ class AuthorizeStreams:
                 s.end = status
                 if s.reader is not None and s.reading:
                     s.reader.cancel()
+
+
+def _event(a: EncodedAnswer, fallback_id: str, seconds: float) -> DecisionEvent:
+    v = a.view
+    return DecisionEvent(RPC_NAME, v.request_id or fallback_id, v.principal, v.action, v.resource,
+                         a.result.decision.value,
+                         tuple(statement_label(m.policy_type, m.policy_name, m.index, m.sid) for m in a.result.deciding),
+                         a.revision, seconds, a.cached)
 
 
 def _envelope(raw: bytes) -> wire_pb2.AuthorizeStreamRequestView:
