@@ -469,6 +469,7 @@ def test_every_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPat
     demo = parse_config([])
     assert demo.demo and demo.bundle is not None and (demo.bundle / "123456789012.yaml").is_file()
     monkeypatch.delenv("AUTHZ_DEMO")
+    monkeypatch.delenv("AUTHZ_REQUIRE_NO_NEW_ACCESS")    # a --bundle reload gate: refused in fleet mode
     (tmp_path / "store-key").write_text(base64.b64encode(b"k" * 32).decode() + "\n")
     monkeypatch.setenv("AUTHZ_STORE", "postgresql://authz@db:5432/authz")
     monkeypatch.setenv("AUTHZ_STORE_KEY_FILE", str(tmp_path / "store-key"))
