@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from . import client as c
+from .api import varint
 from .client import CallError, Context, TlsFiles
 from .v1 import authz_pb2_grpc as pb_grpc
 
@@ -232,7 +233,7 @@ class _AsyncLink:
             parts = [(await outbox.get()).SerializeToString()]
             while len(parts) < c.STREAM_PACK_MAX and not outbox.empty():
                 item = outbox.get_nowait().SerializeToString()
-                parts += (c._MORE_TAG, c._varint(len(item)), item)
+                parts += (c._MORE_TAG, varint(len(item)), item)
             await self.call.write(b"".join(parts))
 
 

@@ -42,3 +42,19 @@ def document_text(document: str | Mapping[str, Any]) -> str:
 
 def policy_document(name: str, document: str | Mapping[str, Any]) -> pb.PolicyDocument:
     return pb.PolicyDocument(name=name, document=document_text(document))
+
+
+_SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]      # one-byte varints, built once
+
+
+def varint(n: int) -> bytes:
+    """Protobuf's base-128 encoding of a non-negative integer (field tags, lengths and ids, for the code that
+    frames AuthorizeStream messages by hand)."""
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)

@@ -43,7 +43,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
-from .api import (ADMIN_TOKEN_HEADER, DETAILS_METADATA_KEY, FIELD_METADATA_KEY, MAX_MESSAGE_BYTES, context_to_proto,
+from .api import (ADMIN_TOKEN_HEADER, varint, DETAILS_METADATA_KEY, FIELD_METADATA_KEY, MAX_MESSAGE_BYTES, context_to_proto,
                   policy_document)
 from .api import document_text as _text
 from .v1 import authz_pb2 as pb
@@ -966,15 +966,6 @@ STREAM_PACK_MAX = 256
 _MORE_TAG = bytes(((pb.AuthorizeStreamRequest.MORE_FIELD_NUMBER << 3) | 2,))
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 class _Link:
     """One AuthorizeStream call: its request queue (the call's request iterator) and the thread reading its answers."""
 
@@ -1001,7 +992,7 @@ class _Link:
                     yield b"".join(parts)
                     return
                 item = more.SerializeToString()
-                parts += (_MORE_TAG, _varint(len(item)), item)
+                parts += (_MORE_TAG, varint(len(item)), item)
             yield b"".join(parts)
 
 

@@ -14,6 +14,8 @@ from typing import Any, AsyncIterator, Sequence
 
 import grpc
 
+from authz.api import varint
+
 from .fixtures import MARKER
 from .stats import percentile
 
@@ -324,16 +326,7 @@ async def _open(spec: LoadSpec) -> LoadResult:
                       next_counter=maker.counter)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _read_varint(raw: bytes, i: int) -> tuple[int, int]:
+def _readvarint(raw: bytes, i: int) -> tuple[int, int]:
     n, shift = 0, 0
     while True:
         b = raw[i]
@@ -350,19 +343,19 @@ def _stream_answers(raw: bytes) -> list[tuple[int, bytes]]:
     out: list[tuple[int, bytes]] = []
     first_id, first_end, i, n = 0, len(raw), 0, len(raw)
     while i < n:
-        key, i = _read_varint(raw, i)
+        key, i = _readvarint(raw, i)
         field_number, wire = key >> 3, key & 7
         if wire == 0:
-            value, i = _read_varint(raw, i)
+            value, i = _readvarint(raw, i)
             if field_number == 1:
                 first_id = value
             continue
-        size, i = _read_varint(raw, i)     # every other field of this message is length-delimited
+        size, i = _readvarint(raw, i)     # every other field of this message is length-delimited
         if field_number == 4:
             if first_end == n:
-                first_end = i - 1 - len(_varint(size))
+                first_end = i - 1 - len(varint(size))
             item = raw[i:i + size]
-            out.append((_read_varint(item, 1)[0] if item[:1] == b"\x08" else 0, item))
+            out.append((_readvarint(item, 1)[0] if item[:1] == b"\x08" else 0, item))
         i += size
     out.insert(0, (first_id, raw[:first_end]))
     return out
@@ -441,8 +434,8 @@ async def _closed_stream(spec: LoadSpec) -> LoadResult:
                         payload = payloads.next()
                         rid = next(ids)
                         sent[rid] = (t0, recorded)
-                        item = b"".join((b"\x08", _varint(rid), b"\x12", _varint(len(payload)), payload))
-                        parts.append(item if not parts else b"".join((b"\x1a", _varint(len(item)), item)))
+                        item = b"".join((b"\x08", varint(rid), b"\x12", varint(len(payload)), payload))
+                        parts.append(item if not parts else b"".join((b"\x1a", varint(len(item)), item)))
                     await call.write(b"".join(parts))
 
             task = asyncio.ensure_future(writer())

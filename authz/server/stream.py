@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 import grpc
 
-from ..api import MAX_MESSAGE_BYTES
+from ..api import MAX_MESSAGE_BYTES, varint
 from ..policy.errors import LimitError
 from ..requests import MAX_BATCH
 from ..store import Store
@@ -84,21 +84,6 @@ _ID_TAG = bytes(((pb.AuthorizeStreamResponse.ID_FIELD_NUMBER << 3) | 0,))
 _RESPONSE_TAG = bytes(((pb.AuthorizeStreamResponse.RESPONSE_FIELD_NUMBER << 3) | 2,))
 _ERROR_TAG = bytes(((pb.AuthorizeStreamResponse.ERROR_FIELD_NUMBER << 3) | 2,))
 _MORE_TAG = bytes(((pb.AuthorizeStreamResponse.MORE_FIELD_NUMBER << 3) | 2,))
-_SMALL = [bytes((i,)) for i in range(0x80)]      # one-byte varints
-
-
-def varint(n: int) -> bytes:
-    """Protobuf's base-128 encoding of a non-negative integer."""
-    if n < 0x80:
-        return _SMALL[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def encode_answer(request_id: int, response: bytes) -> bytes:
     """An encoded AuthorizeStreamResponse carrying an encoded AuthorizeResponse (what protobuf itself would write:
     fields in number order, a zero id left out; tests/test_authorize_stream.py checks it)."""
