@@ -363,8 +363,11 @@ def test_workers_share_the_streaming_port_and_every_worker_hears_changes(server_
 
 
 def test_authz_watch_prints_a_json_line_per_decision(server: ServerProcess, admin: AdminClient) -> None:
+    # SIGINT as a terminal gives it: a shell that started the tests in the background (`make test &`) made them
+    # ignore SIGINT, and a child would inherit that; the command itself runs with the default disposition.
     proc = subprocess.Popen([*CLI, "watch", "--server", server.addr, "--principal", CAMERA, "--action", PUT,
-                             "--resource", STREAM], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--resource", STREAM], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())
