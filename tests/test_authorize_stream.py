@@ -283,6 +283,35 @@ def test_a_client_that_does_not_read_stops_being_read(sidecar: app.Sidecar) -> N
     assert sorted(ids) == list(range(1, UNREAD + 1)) and streams.high_water == SMALL_IN_FLIGHT
 
 
+SMALL_QUEUED_BYTES = 4_096    # a few explained answers: the byte bound binds long before SMALL_IN_FLIGHT would
+
+
+def test_the_answers_a_stream_holds_are_bounded_in_bytes_too(tmp_path: Path) -> None:
+    s = app.start(Config(bundle=copy_example_bundle(tmp_path / "bundle"), listen="127.0.0.1:0", watch_interval=0,
+                         simulate_processes=0, authorize_stream_queued_bytes=SMALL_QUEUED_BYTES))
+    try:
+        assert s.watch is not None and s.watch.streams is not None
+        streams = s.watch.streams
+        ask = pb.AuthorizeRequest(principal=CAMERA, action=PUT, resource=STREAM, explain=True)
+        def messages() -> Iterator[pb.AuthorizeStreamRequest]:
+            for i in range(1, UNREAD + 1):
+                yield pb.AuthorizeStreamRequest(id=i, request=ask)
+
+        with grpc.insecure_channel(s.addresses["watch"], options=SLOW_CLIENT_OPTIONS) as channel:
+            call = channel.stream_stream(METHOD, request_serializer=pb.AuthorizeStreamRequest.SerializeToString,
+                                         response_deserializer=pb.AuthorizeStreamResponse.FromString)(messages())
+            assert streams.paused.wait(WAIT_SECONDS)        # stopped reading: the bytes, not the count, bound it
+            ids = [one.id for response in call for one in (response, *response.more)]
+            assert call.code() == grpc.StatusCode.OK
+        assert sorted(ids) == list(range(1, UNREAD + 1))
+        # Checked between messages of one request each: never more than the bound plus one explained answer (well
+        # under 8 KB), and the count bound never came near.
+        assert SMALL_QUEUED_BYTES <= streams.high_water_bytes < SMALL_QUEUED_BYTES + 8_192
+        assert streams.high_water < 64 < settings.AUTHORIZE_STREAM_MAX_IN_FLIGHT
+    finally:
+        s.stop(0)
+
+
 def test_a_message_past_the_bound_ends_the_stream(server: ServerProcess) -> None:
     huge = pb.AuthorizeStreamRequest(id=1, request=pb.AuthorizeRequest(
         principal=CAMERA, action=PUT, resource=STREAM, request_id="x" * stream.AUTHORIZE_STREAM_MAX_MESSAGE_BYTES))

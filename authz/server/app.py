@@ -333,7 +333,8 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
 
             streams = AuthorizeStreams(answers, store, tuple(observers), metrics,
                                        max_streams=config.max_authorize_streams,
-                                       max_in_flight=config.authorize_stream_in_flight)
+                                       max_in_flight=config.authorize_stream_in_flight,
+                                       max_queued_bytes=config.authorize_stream_queued_bytes)
             sidecar.watch = StreamListener(hub, server_options(config), bind_watch, streams)
             addresses["watch"] = authorizer.watch_address = sidecar.watch.start()
     except BaseException:

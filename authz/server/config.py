@@ -77,6 +77,7 @@ class Config:
     watch_queue_max: int = settings.WATCH_QUEUE_MAX   # never a flag: tests lower it to meet the bound quickly
     max_authorize_streams: int = settings.MAX_AUTHORIZE_STREAMS   # AuthorizeStream (authz.server.stream), per process
     authorize_stream_in_flight: int = settings.AUTHORIZE_STREAM_MAX_IN_FLIGHT   # never a flag: tests lower it
+    authorize_stream_queued_bytes: int = settings.AUTHORIZE_STREAM_MAX_QUEUED_BYTES   # the same
     reuse_port: bool = False          # set by the --workers supervisor for its children, never a flag
     worker_index: int = 0
 

@@ -105,6 +105,10 @@ WATCH_REDECIDE_SLICE = 256
 # (about 22 KB) plus at most that many encoded responses (about 100 bytes each without explain).
 MAX_AUTHORIZE_STREAMS = 1_000
 AUTHORIZE_STREAM_MAX_IN_FLIGHT = 1_024
+# ... and at most this many bytes of them (answers with `explain` run to kilobytes): the reader stops as for the
+# count. Checked between stream messages, so a stream may hold one message's answers more (at most
+# AUTHORIZE_STREAM_MAX_PER_MESSAGE of them). With the stream cap: about 1 GB in all in the worst case.
+AUTHORIZE_STREAM_MAX_QUEUED_BYTES = 1024 * 1024
 WATCH_ADDRESS_HEADER = "authz-watch-address"   # trailing metadata of the decision listener's redirect
 WATCH_OFF = "off"                              # --watch-listen off: no streaming listener
 

@@ -23,8 +23,9 @@ would have ended with). How it is served:
   whatever it holds, so packing is what makes a stream cheaper per decision than unary calls under load. A client
   may pack requests the same way (AuthorizeStreamRequest.more, at most MAX_BATCH per message). Responses go out in
   the order they were decided (clients must match by id: a later server may answer in another order).
-- Limits. At most max_in_flight (AUTHORIZE_STREAM_MAX_IN_FLIGHT) responses of a stream decided but not yet sent:
-  past it the reader stops reading until the writer catches up, so a client that does not read its answers stops
+- Limits. At most max_in_flight (AUTHORIZE_STREAM_MAX_IN_FLIGHT) responses of a stream decided but not yet sent,
+  and at most max_queued_bytes (AUTHORIZE_STREAM_MAX_QUEUED_BYTES) of them, checked between messages:
+  past either the reader stops reading until the writer catches up, so a client that does not read its answers stops
   being read (gRPC flow control pushes back on it) and its memory stays bounded. At most max_streams
   (--max-authorize-streams) open streams per process: one more is refused RESOURCE_EXHAUSTED naming the flag. A
   message is at most AUTHORIZE_STREAM_MAX_MESSAGE_BYTES, Authorize's own bound (the listener's
@@ -111,10 +112,11 @@ def encode_error(request_id: int, status: ErrorStatus) -> bytes:
 class _Stream:
     """One open AuthorizeStream: its encoded responses waiting to be sent and the events between reader and writer."""
 
-    __slots__ = ("queue", "ready", "room", "reading", "end", "prefix", "reader")
+    __slots__ = ("queue", "queued_bytes", "ready", "room", "reading", "end", "prefix", "reader")
 
     def __init__(self, prefix: str) -> None:
         self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0                # the bytes of the responses in `queue`
         self.ready = asyncio.Event()         # a response was queued, or reading ended
         self.room = asyncio.Event()          # the queue went below the in-flight bound
         self.reading = True
@@ -128,16 +130,19 @@ class AuthorizeStreams:
 
     def __init__(self, answers: Answers, store: Store, observers: tuple[Observer, ...] = (),
                  metrics: Metrics | None = None, *, max_streams: int = settings.MAX_AUTHORIZE_STREAMS,
-                 max_in_flight: int = settings.AUTHORIZE_STREAM_MAX_IN_FLIGHT) -> None:
+                 max_in_flight: int = settings.AUTHORIZE_STREAM_MAX_IN_FLIGHT,
+                 max_queued_bytes: int = settings.AUTHORIZE_STREAM_MAX_QUEUED_BYTES) -> None:
         self.answers = answers
         self.store = store
         self.observers = observers
         self.metrics = metrics
         self.max_streams = max_streams
         self.max_in_flight = max_in_flight
+        self.max_queued_bytes = max_queued_bytes
         self._streams: set[_Stream] = set()
         self._stopping = False
         self.high_water = 0         # the most responses any stream has held decided and unsent
+        self.high_water_bytes = 0   # the most bytes of them
         self.paused = threading.Event()   # set once a reader has stopped reading for want of room (backpressure)
         if metrics is not None:
             metrics.authorize_streams_open(lambda: len(self._streams))
@@ -189,37 +194,47 @@ class AuthorizeStreams:
 
     async def _read(self, s: _Stream, context: grpc.aio.ServicerContext[Any, Any]) -> ErrorStatus | None:
         """Read and decide until the client half-closes; the status to end with when an envelope does not parse."""
-        queue, decide, bound = s.queue, self._decide, self.max_in_flight
+        queue, decide, bound, bytes_bound = s.queue, self._decide, self.max_in_flight, self.max_queued_bytes
         while True:
-            while len(queue) >= bound:       # backpressure: read nothing more until the writer makes room
+            # Backpressure: read nothing more until the writer makes room (in answers and in bytes).
+            while len(queue) >= bound or s.queued_bytes >= bytes_bound:
                 self.paused.set()
                 s.room.clear()
                 await s.room.wait()
             raw = await context.read()
             if raw is grpc.aio.EOF:
                 return None
+            before = len(queue)
             try:
                 decide(raw, s.prefix, queue)
             except (Undecodable, LimitError) as exc:
                 return error_status(exc)
+            finally:
+                for i in range(before, len(queue)):
+                    s.queued_bytes += len(queue[i])
             if len(queue) > self.high_water:
                 self.high_water = len(queue)
+            if s.queued_bytes > self.high_water_bytes:
+                self.high_water_bytes = s.queued_bytes
             s.ready.set()
 
     async def _write(self, s: _Stream, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        queue, bound = s.queue, self.max_in_flight
+        queue, bound, bytes_bound = s.queue, self.max_in_flight, self.max_queued_bytes
         while True:
             while queue:
                 if len(queue) == 1:
                     data = queue.popleft()
+                    s.queued_bytes -= len(data)
                 else:
-                    packed, size = [queue.popleft()], 0
+                    first = queue.popleft()
+                    packed, size = [first], len(first)
                     while queue and len(packed) < AUTHORIZE_STREAM_PACK_MAX and size < AUTHORIZE_STREAM_PACK_BYTES:
                         packed.append(queue.popleft())
                         size += len(packed[-1])
+                    s.queued_bytes -= size
                     data = pack(packed)
                 await context.write(data)
-                if len(queue) < bound:
+                if len(queue) < bound and s.queued_bytes < bytes_bound:
                     s.room.set()
             if not s.reading:
                 return
