@@ -213,8 +213,10 @@ def test_a_watch_refuses_what_authorize_refuses(server: ServerProcess) -> None:
         refused.value.code, refused.value.reason, refused.value.field, refused.value.message)
 
 
-def test_the_decision_listener_redirects_watch_to_the_streaming_listener(server: ServerProcess) -> None:
+def test_the_decision_listener_redirects_watch_to_the_streaming_listener(server: ServerProcess,
+                                                                         admin: AdminClient) -> None:
     watch = server.listening[0]["watch"]
+    assert admin.status().watch_address == watch           # Status names it too
     with grpc.insecure_channel(server.addr) as channel:
         call = channel.unary_stream("/authz.v1.Authorizer/Watch")(
             pb.AuthorizeRequest(principal=CAMERA, action=PUT, resource=STREAM).SerializeToString())

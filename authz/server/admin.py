@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Mapping, TypeAlias
 
 import grpc
 
@@ -33,9 +33,10 @@ def addressed(ref: pb.PrincipalRef, field: str = "principal") -> tuple[str, str,
 
 
 class PolicyAdmin(pb_grpc.PolicyAdminServicer):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, addresses: Mapping[str, str] | None = None) -> None:
         self.store = store
         self.analysis = LiveAnalysis(store)
+        self.addresses = addresses if addresses is not None else {}   # the listeners as bound (app.py fills it)
 
     def _info(self, arn: str) -> pb.PolicyInfo:
         return convert.policy_info(self.store.policy(arn), self.store.attachment_count(arn))
@@ -208,7 +209,9 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
 
     @rpc
     def Status(self, request: pb.Empty, context: Ctx) -> pb.StatusResponse:
-        return convert.status_to_proto(self.store.status())
+        status = convert.status_to_proto(self.store.status())
+        status.watch_address = self.addresses.get("watch", "")
+        return status
 
     @rpc
     def ValidatePolicy(self, request: pb.ValidatePolicyRequest, context: Ctx) -> pb.ValidatePolicyResponse:

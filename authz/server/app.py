@@ -291,7 +291,7 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
         admin = grpc.server(ThreadPoolExecutor(ADMIN_THREADS, thread_name_prefix="authz-admin"),
                             options=settings.SERVER_OPTIONS,     # never shared, even with --workers
                             interceptors=interceptors)
-        authz_pb2_grpc.add_PolicyAdminServicer_to_server(PolicyAdmin(store), admin)
+        authz_pb2_grpc.add_PolicyAdminServicer_to_server(PolicyAdmin(store, addresses), admin)
         admin_health = _health({"": serving, settings.ADMIN_SERVICE: serving,
                                 settings.AUTHORIZER_SERVICE: not_serving})
         health_pb2_grpc.add_HealthServicer_to_server(admin_health, admin)
