@@ -588,9 +588,11 @@ def test_a_batch_answers_as_the_single_calls_do(rig: Rig) -> None:
              encode(CONDITIONAL, PUT, ids.YOUR_STREAM, {"aws:TagKeys": ["a"], "aws:RequestTag/env": "prod"}),
              encode(ids.user("ghost"), GET, ids.YOUR_STREAM),
              encode(CAMERA, PUT, ids.YOUR_STREAM)]          # a repeat inside the batch
+    hits = rig.admin.status().cache_hits
     batched = pb.AuthorizeBatchResponse.FromString(rig.call("AuthorizeBatch", batch_bytes(items))).responses
     assert len(batched) == len(items)
     assert batched[-1].cached                                # memoised by item 0 of the same batch
+    assert rig.admin.status().cache_hits == hits + 1         # the batch's memo hit is counted, once
     singles = [rig.call("Authorize", raw) for raw in items]
     assert all(pb.AuthorizeResponse.FromString(s).cached for s in singles)     # memoised by the batch
     for got, single in zip(batched, singles):

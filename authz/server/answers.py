@@ -238,11 +238,12 @@ class Answers:
         self._answers = ByteBoundedMemo(self._answer_size, self._answer_bytes)
         self._contexts = ByteBoundedMemo(self._context_size, self._context_bytes)
 
-    def decide(self, raw: bytes, now: float | None = None) -> EncodedAnswer:
+    def decide(self, raw: bytes, now: float | None = None, hits: list[int] | None = None) -> EncodedAnswer:
         """Answer one encoded AuthorizeRequest with an encoded AuthorizeResponse.
 
         `now` is the store's clock when a caller answering many requests as of one instant has read it
-        once (AuthorizeBatch); a memoised answer is served only if it holds at that instant.
+        once (AuthorizeBatch); a memoised answer is served only if it holds at that instant. With `hits`,
+        a memo hit is added to hits[0] for the caller to count once (Store cache's note_hit takes a lock).
         Raises Undecodable for bytes that are not a request, and the store's RequestError/LimitError
         for a request it cannot evaluate.
         """
@@ -251,7 +252,10 @@ class Answers:
         if memo is not None and memo.valid_from <= (store.clock() if now is None else now) < memo.valid_until:
             revision = store.revision
             if memo.revision == revision:
-                store.cache.note_hit()
+                if hits is None:
+                    store.cache.note_hit()
+                else:
+                    hits[0] += 1
                 return memo.answer
             if store.still_valid(memo.deps, memo.revision):
                 a = memo.answer

@@ -132,11 +132,11 @@ class DecisionCache:
             self.misses += 1
             return None
 
-    def note_hit(self) -> None:
-        """Count a decision answered by a cache in front of this one (the decision port's answer memo),
+    def note_hit(self, n: int = 1) -> None:
+        """Count `n` decisions answered by a cache in front of this one (the decision port's answer memo),
         so that `hits` counts every decision answered from a cache."""
         with self._lock:
-            self.hits += 1
+            self.hits += n
 
     def put(self, key: Hashable, values: Mapping[str, Any], result: Result, deps: Deps, since: int) -> None:
         """Remember a decision computed against revision `since` that read the dependency keys `deps`."""
