@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +22,7 @@ from typing import Any, Iterator
 import pytest
 
 from authz.client import AdminClient, AuthzClient, TlsFiles
+from authz.store import Store, StoreConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_BUNDLE = ROOT / "examples" / "bundle"
@@ -127,6 +129,17 @@ def _message(line: str) -> str:
 def copy_example_bundle(dest: Path) -> Path:
     shutil.copytree(EXAMPLE_BUNDLE, dest)
     return dest
+
+
+@contextmanager
+def example_store(directory: Path) -> Iterator[Store]:
+    """An open in-process Store on a copy of the example bundle under `directory` (not watched), closed after."""
+    s = Store(StoreConfig(bundle_dir=copy_example_bundle(directory / "bundle"), watch_interval=0))
+    s.open()
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 def start_server(bundle: Path | None, state_dir: Path | None = None, *args: str, token: str | None = TOKEN,

@@ -19,10 +19,10 @@ from authz.server.answers import Answers
 from authz.server.config import Config
 from authz.server.gcpause import GC_PAUSE_BUCKETS, GcPauses
 from authz.server.metrics import Metrics
-from authz.store import Store, StoreConfig
+from authz.store import Store
 from authz.v1 import authz_pb2 as pb
 from tests import example_ids as ids
-from tests.server_fixture import copy_example_bundle
+from tests.server_fixture import copy_example_bundle, example_store
 
 VIEWER = ids.user("viewer")
 ACTIONS = ("kinesisvideo:GetMedia", "kinesisvideo:PutMedia", "kinesisvideo:DescribeStream")
@@ -30,13 +30,8 @@ ACTIONS = ("kinesisvideo:GetMedia", "kinesisvideo:PutMedia", "kinesisvideo:Descr
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    s = Store(StoreConfig(bundle_dir=copy_example_bundle(tmp_path_factory.mktemp("gc") / "bundle"),
-                          watch_interval=0))
-    s.open()
-    try:
+    with example_store(tmp_path_factory.mktemp("gc")) as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture

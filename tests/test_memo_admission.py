@@ -18,7 +18,7 @@ from authz.server.answers import Answers, ByteBoundedMemo
 from authz.store import Store, StoreConfig
 from authz.v1 import authz_pb2 as pb
 from tests import example_ids as ids
-from tests.server_fixture import copy_example_bundle
+from tests.server_fixture import copy_example_bundle, example_store
 
 VIEWER, GET, PUT = ids.user("viewer"), "kinesisvideo:GetMedia", "kinesisvideo:PutMedia"
 MEMO_ENTRIES = 4
@@ -26,13 +26,8 @@ MEMO_ENTRIES = 4
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    s = Store(StoreConfig(bundle_dir=copy_example_bundle(tmp_path_factory.mktemp("admission") / "bundle"),
-                          watch_interval=0))
-    s.open()
-    try:
+    with example_store(tmp_path_factory.mktemp("admission")) as s:
         yield s
-    finally:
-        s.close()
 
 
 def request(i: int, action: str = GET) -> bytes:

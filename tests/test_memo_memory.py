@@ -21,10 +21,10 @@ from authz.api import context_to_proto
 from authz.server import settings as server_settings
 from authz.server import answers as answers_module
 from authz.server.answers import Answers
-from authz.store import Store, StoreConfig
+from authz.store import Store
 from authz.v1 import authz_pb2 as pb
 from tests import example_ids as ids
-from tests.server_fixture import copy_example_bundle
+from tests.server_fixture import example_store
 
 MIB = 1 << 20
 VIEWER, GET = ids.user("viewer"), "kinesisvideo:GetMedia"
@@ -34,13 +34,8 @@ RSS_GROWTH_BOUND = 48 * MIB          # generous: the memos' budget in this test 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    s = Store(StoreConfig(bundle_dir=copy_example_bundle(tmp_path_factory.mktemp("memo") / "bundle"),
-                          watch_interval=0))
-    s.open()
-    try:
+    with example_store(tmp_path_factory.mktemp("memo")) as s:
         yield s
-    finally:
-        s.close()
 
 
 def request(context: Mapping[str, str | Sequence[str]], request_id: str = "") -> bytes:
