@@ -455,3 +455,5 @@ class AsyncAdminClient(_AsyncClient):
     reload = awaiting(c.RELOAD)
     status = awaiting(c.STATUS)
     validate_policy = awaiting(c.VALIDATE_POLICY)
+    who_can = awaiting(c.WHO_CAN)
+    access_of = awaiting(c.ACCESS_OF)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from authz.aio_client import AsyncAdminClient
 from authz.cli import main
 from authz.client import CallError
 from authz.store import Store, StoreConfig
@@ -47,6 +49,14 @@ def test_who_can_and_access_of_answer_on_the_live_state(server_factory: Any, tmp
     with server.admin(token="wrong") as intruder, pytest.raises(CallError) as err:
         intruder.who_can(PUT, SHARED_STREAM)
     assert err.value.code.name == "UNAUTHENTICATED"
+
+    async def asked_async() -> tuple[set[str], bool]:    # the asyncio client asks the same calls
+        async with AsyncAdminClient(server.admin_addr, token=server.token) as aio:
+            found = await aio.who_can(PUT, SHARED_STREAM)
+            return {p.principal for p in found.principals}, (await aio.access_of(PARTNER_USER)).known
+
+    principals, known = asyncio.run(asked_async())
+    assert user("viewer") in principals and PARTNER_USER in principals and known
 
 
 def test_the_sidecar_refuses_a_reload_that_grants_new_access(server_factory: Any, tmp_path: Path) -> None:
