@@ -11,7 +11,7 @@ ARGS ?=
 help:
 	@echo "make run          - set up and serve the bundled example policies on 127.0.0.1:50051"
 	@echo "make test         - set up and run the whole test suite (unit, conformance, live server, Envoy)"
-	@echo "make bench        - full benchmark harness (about 10 minutes on 2 cores)"
+	@echo "make bench        - full benchmark harness (about 22 minutes on 2 cores)"
 	@echo "make bench-quick  - benchmark smoke run (about 2 minutes)"
 	@echo "make bench-engine - in-process engine micro-benchmark (us per decision)"
 	@echo "make soak         - 10 minutes at 80% of max rate, reloads and admin writes (bench/results/soak.json)"
