@@ -118,33 +118,30 @@ class _AsyncClient:
 
 class AsyncWatching:
     """An open watch (AsyncAuthzClient.watch): an async iterator of Decisions, as authz.client.Watching is an
-    iterator (the same redirect, end and `resume` rules). `aclose()`, `cancel()` or leaving `async with` ends it."""
+    iterator (the same redirect, end and `resume` rules: authz.client.WatchCourse). `aclose()`, `cancel()` or
+    leaving `async with` ends it."""
 
     def __init__(self, client: AsyncAuthzClient, request: c.pb.AuthorizeRequest, resume: int,
                  timeout: float | None) -> None:
         self._client = client
         self._request = request
-        self._resume = resume
         self._timeout = timeout
+        self._course = c.WatchCourse(client, resume)
         self._call: Any = None
-        self._address = client._watch_address
-        self._last: int | None = None
-        self._answered = False          # the current call has given a message
-        self._skip_same = False
-        self._attempts = 0
         self._closed = False
 
     def __aiter__(self) -> "AsyncWatching":
         return self
 
     async def __anext__(self) -> c.Decision:
-        redirected = False
+        course = self._course
+        course.redirected = False
         while True:
             if self._closed:
                 raise StopAsyncIteration
             if self._call is None:
-                self._call = self._client._watch_call(self._address, self._request, self._timeout)
-                self._answered = False
+                self._call = self._client._watch_call(course.address, self._request, self._timeout)
+                course.answered = False
             try:
                 response = await self._call.read()
             except asyncio.CancelledError:
@@ -156,37 +153,18 @@ class AsyncWatching:
                 if self._closed:
                     raise StopAsyncIteration from None
                 code, trailing = err.code(), tuple(err.trailing_metadata() or ())
-                address = c.watch_redirect(trailing) if code == grpc.StatusCode.FAILED_PRECONDITION else None
-                if address is not None and not redirected:
-                    redirected = True
-                    self._address = self._client._watch_address = c.watch_address(self._client.addr, address)
-                    continue
-                if (code == grpc.StatusCode.UNAVAILABLE and self._address is not None and not redirected
-                        and not self._answered):
-                    # The remembered streaming listener is gone before answering: ask the dialled address again.
-                    self._address = self._client._watch_address = None
-                    continue
-                if code == grpc.StatusCode.UNAVAILABLE and self._attempts < self._resume:
-                    self._attempts += 1
-                    self._address = None
-                    self._skip_same = True
-                    redirected = False
-                    await asyncio.sleep(c.resume_backoff(self._attempts))
-                    continue
-                raise CallError.from_status(code, err.details() or "", trailing) from None
+                delay = course.after_error(code, trailing)
+                if delay is None:
+                    raise CallError.from_status(code, err.details() or "", trailing) from None
+                if delay:
+                    await asyncio.sleep(delay)
+                continue
             if response is grpc.aio.EOF:
                 self._call = None
                 self._closed = True
                 raise StopAsyncIteration
-            key = c.answer_key(response)
-            self._answered = True
-            self._attempts = 0
-            if self._skip_same:
-                self._skip_same = False
-                if key == self._last:
-                    continue
-            self._last = key
-            return c.Decision.from_proto(response)
+            if course.news(response):
+                return c.Decision.from_proto(response)
 
     def cancel(self) -> None:
         """End the watch; an iteration in progress stops (StopAsyncIteration)."""

@@ -826,6 +826,55 @@ def watch_channel_options(options: Sequence[tuple[str, Any]], dialled: str, addr
     return [("grpc.ssl_target_name_override", host), *options]
 
 
+class WatchCourse:
+    """What a watch does next, the same for Watching and AsyncWatching: where to call (the dialled address, or the
+    streaming listener it redirected to), what an error means (follow the redirect, forget a remembered listener
+    that is gone before answering, resume after UNAVAILABLE, or fail) and which messages are news."""
+
+    def __init__(self, client: Any, resume: int) -> None:
+        self.client = client                  # AuthzClient or AsyncAuthzClient: `addr`, `_watch_address`
+        self.resume = resume
+        self.address: str | None = client._watch_address   # None: the dialled address (which may redirect)
+        self.redirected = False               # within one step: a redirect was followed
+        self.answered = False                 # the current call has given a message
+        self.attempts = 0                     # resumptions in a row
+        self.skip_same = False                # after a reconnection: a first message equal to the last is not news
+        self.last: int | None = None          # answer_key of the last Decision yielded
+
+    def after_error(self, code: grpc.StatusCode, trailing: Iterable[tuple[str, Any]] | None) -> float | None:
+        """Seconds to wait before calling again (0: at once), or None: the watch fails with this status."""
+        address = watch_redirect(trailing) if code == grpc.StatusCode.FAILED_PRECONDITION else None
+        if address is not None and not self.redirected:
+            self.redirected = True
+            self.address = self.client._watch_address = watch_address(self.client.addr, address)
+            return 0.0
+        if code == grpc.StatusCode.UNAVAILABLE and self.address is not None and not self.redirected \
+                and not self.answered:
+            # The streaming listener this client remembered is gone before answering (the server restarted,
+            # perhaps on another port): forget it and ask the dialled address where it is now.
+            self.address = self.client._watch_address = None
+            return 0.0
+        if code == grpc.StatusCode.UNAVAILABLE and self.attempts < self.resume:
+            self.attempts += 1
+            self.address = None               # reconnect through the dialled address: the server may have moved
+            self.skip_same = True
+            self.redirected = False
+            return resume_backoff(self.attempts)
+        return None
+
+    def news(self, response: pb.AuthorizeResponse) -> bool:
+        """Whether to yield this message (not the repeat of the last one after a reconnection)."""
+        key = answer_key(response)
+        self.answered = True
+        self.attempts = 0
+        if self.skip_same:
+            self.skip_same = False
+            if key == self.last:
+                return False
+        self.last = key
+        return True
+
+
 class Watching:
     """An open watch (AuthzClient.watch): iterate it for Decisions, the current one first, then one each time it
     changes. Iteration ends when the server ends the stream OK (the watched session ended: the last Decision is
@@ -835,29 +884,25 @@ class Watching:
     def __init__(self, client: AuthzClient, request: pb.AuthorizeRequest, resume: int, timeout: float | None) -> None:
         self._client = client
         self._request = request
-        self._resume = resume
         self._timeout = timeout
+        self._course = WatchCourse(client, resume)
         self._call: Any = None
-        self._address = client._watch_address    # None: the address the client dialled (which may redirect)
-        self._last: int | None = None        # answer_key of the last Decision yielded
-        self._skip_same = False              # after a reconnection: a first message equal to the last is not news
-        self._attempts = 0
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
-        self._answered = False                   # the current call has given a message
 
     def __iter__(self) -> Iterator[Decision]:
         return self
 
     def __next__(self) -> Decision:
-        redirected = False
+        course = self._course
+        course.redirected = False
         while True:
             if self._cancelled.is_set():
                 raise StopIteration
             with self._lock:
                 if self._call is None:
-                    self._call = self._client._watch_call(self._address, self._request, self._timeout)
-                    self._answered = False
+                    self._call = self._client._watch_call(course.address, self._request, self._timeout)
+                    course.answered = False
                 call = self._call
             try:
                 response = next(call)
@@ -868,37 +913,16 @@ class Watching:
                     raise StopIteration from None
                 failed: Any = err
                 code, trailing = failed.code(), failed.trailing_metadata()
-                address = watch_redirect(trailing) if code == grpc.StatusCode.FAILED_PRECONDITION else None
                 with self._lock:
                     self._call = None
-                if address is not None and not redirected:
-                    redirected = True
-                    self._address = self._client._watch_address = watch_address(self._client.addr, address)
-                    continue
-                if (code == grpc.StatusCode.UNAVAILABLE and self._address is not None and not redirected
-                        and not self._answered):
-                    # The streaming listener this client remembered is gone before answering (the server restarted,
-                    # perhaps on another port): forget it and ask the dialled address where it is now.
-                    self._address = self._client._watch_address = None
-                    continue
-                if code == grpc.StatusCode.UNAVAILABLE and self._attempts < self._resume:
-                    self._attempts += 1
-                    self._address = None      # reconnect through the dialled address: the server may have moved
-                    self._skip_same = True
-                    redirected = False
-                    if self._cancelled.wait(resume_backoff(self._attempts)):
-                        raise StopIteration from None
-                    continue
-                raise CallError.from_status(code, failed.details() or "", trailing) from None
-            key = answer_key(response)
-            self._answered = True
-            self._attempts = 0
-            if self._skip_same:
-                self._skip_same = False
-                if key == self._last:
-                    continue
-            self._last = key
-            return Decision.from_proto(response)
+                delay = course.after_error(code, trailing)
+                if delay is None:
+                    raise CallError.from_status(code, failed.details() or "", trailing) from None
+                if delay and self._cancelled.wait(delay):
+                    raise StopIteration from None
+                continue
+            if course.news(response):
+                return Decision.from_proto(response)
 
     def cancel(self) -> None:
         """End the watch (from any thread); an iteration in progress stops."""
