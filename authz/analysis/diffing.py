@@ -21,7 +21,7 @@ assume a role (an sts:AssumeRole change) or the role's session newly may act (a 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 from ..policy.arn import service_of
 from ..policy.glob import Token
@@ -104,8 +104,13 @@ def _compare(old: Analyzer, new: Analyzer, r0: ResolvedPrincipal | None, r1: Res
     """Every action on every resource class of both sides' patterns, for principal `r0` (old) and `r1` (new);
     each difference is recorded for every name in `names` (the members the two decide for)."""
     patterns = list(dict.fromkeys([*(old.patterns_for([r0]) if r0 else []), *(new.patterns_for([r1]) if r1 else [])]))
-    o0 = old.outcomes(r0, patterns) if r0 else {}
-    o1 = new.outcomes(r1, patterns) if r1 else {}
+    _record(old.outcomes(r0, patterns) if r0 else {}, new.outcomes(r1, patterns) if r1 else {}, names, changes)
+
+
+def _record(o0: Mapping[tuple[str, str], Any], o1: Mapping[tuple[str, str], Any], names: Iterable[str],
+            changes: dict[tuple[str, str, str], Change]) -> None:
+    """Record, for every name in `names`, each (action, resource class) whose status differs between the old
+    outcomes `o0` and the new `o1` (absent: not allowed), with the statements that decide it."""
     for pair in {*o0, *o1}:
         a, b = o0.get(pair), o1.get(pair)
         st0 = a[0].status if a else Status.NO
@@ -196,17 +201,9 @@ def _documents_diff(old: Analyzer, new: Analyzer, touch: _Touch, arns: dict[str,
             patterns = list(dict.fromkeys([*(region or []), *old.patterns_for([rp0], id0),
                                            *new.patterns_for([rp1], id1)]))
             within = len(region) if region else 0
-            o0 = old.outcomes(rp0, patterns, actions, within, roles, id0)
-            o1 = new.outcomes(rp1, patterns, actions, within, roles, id1)
-            for pair in {*o0, *o1}:
-                a, b = o0.get(pair), o1.get(pair)
-                st0 = a[0].status if a else Status.NO
-                st1 = b[0].status if b else Status.NO
-                if st0 != st1:
-                    matches = b[1] if b else a[1] if a else ()
-                    for e in part:
-                        name = e.member.reported
-                        changes[(name, pair[0], pair[1])] = Change(name, pair[0], pair[1], matches, st0, st1)
+            _record(old.outcomes(rp0, patterns, actions, within, roles, id0),
+                    new.outcomes(rp1, patterns, actions, within, roles, id1),
+                    [e.member.reported for e in part], changes)
 
 
 def access_diff(old: Analyzer, new: Analyzer) -> AccessDiff:
