@@ -82,6 +82,16 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(POLL_S)
 
 
+def writer_waits_on_a_lock(url: str) -> bool:
+    """Whether a store writer's connection is waiting for a lock now (inside its write transaction)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                           "application_name = %s AND wait_event_type = 'Lock'", (WRITER_APPLICATION_NAME,)).fetchone()
+    return bool(row and row[0])
+
+
 # ------------------------------------------------------------------ restarts during an outage: the local copy
 
 
@@ -310,14 +320,7 @@ def test_a_member_killed_in_the_middle_of_a_write_leaves_nothing_and_the_others_
     try:
         assert ready.wait(WAIT)
 
-        def waiting() -> bool:
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
-                                   "application_name = %s AND wait_event_type = 'Lock'",
-                                   (WRITER_APPLICATION_NAME,)).fetchone()
-            return bool(row and row[0])
-
-        wait_until(waiting, "the child's write waiting inside its transaction")
+        wait_until(lambda: writer_waits_on_a_lock(pg_url), "the child's write waiting inside its transaction")
         child.kill()
         child.join(WAIT)
         assert child.exitcode == -9
@@ -463,14 +466,7 @@ def test_a_sidecar_killed_with_minus_9_in_the_middle_of_an_admin_write_leaves_no
         try:
             thread.start()
 
-            def waiting() -> bool:
-                with psycopg.connect(pg_url, autocommit=True) as conn:
-                    row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                       "AND application_name = %s AND wait_event_type = 'Lock'",
-                                       (WRITER_APPLICATION_NAME,)).fetchone()
-                return bool(row and row[0])
-
-            wait_until(waiting, "the sidecar's write waiting inside its transaction")
+            wait_until(lambda: writer_waits_on_a_lock(pg_url), "the sidecar's write waiting inside its transaction")
             assert killed.kill() == -9
             thread.join(WAIT)
             assert failed and not thread.is_alive()           # the caller was never told it succeeded
