@@ -39,7 +39,7 @@ from typing import Generic, Hashable, Mapping, NamedTuple, TypeVar
 
 from ..evaluate import Result
 from ..requests import check_target
-from ..store import PreparedContext, Store
+from ..store import Answer, PreparedContext, Store
 from ..store.cache import Deps
 from ..store.changes import Change
 from ..v1 import authz_pb2 as pb
@@ -70,6 +70,9 @@ class EncodedAnswer(NamedTuple):
     revision: int
     cached: bool
     parsed: wire_pb2.AuthorizeRequestView | None   # the request's view, when it was parsed
+    # The store's Answer (deps, changes_at, expires) when the store decided it now; None from the answer memo
+    # (whose entries keep only what serving them again needs). Watch re-decides with no memo and reads it.
+    decided: Answer | None = None
 
     @property
     def view(self) -> wire_pb2.AuthorizeRequestView:
@@ -278,11 +281,11 @@ class Answers:
                 self._contexts.put(ctx_key, prepared, context_charge(ctx_key, prepared))
         answer = store.authorize(principal, action, resource, prepared=prepared, access_key_id=view.access_key_id)
         data = convert.result_to_proto(answer.result, answer.revision, answer.cached, False).SerializeToString()
-        encoded = EncodedAnswer(data, raw, answer.result, answer.revision, answer.cached, view)
+        encoded = EncodedAnswer(data, raw, answer.result, answer.revision, answer.cached, view, answer)
         if small and self._answer_size > 0 and answer.valid_until > store.clock() and self._answers.admit(raw):
             memo_data = data if answer.cached else data + CACHED_FIELD
             self._answers.put(raw, _Memo(answer.revision, answer.valid_from, answer.valid_until,
-                                         encoded._replace(data=memo_data, cached=True,
+                                         encoded._replace(data=memo_data, cached=True, decided=None,
                                                           parsed=view if self.keep_views else None), answer.deps),
                               answer_charge(raw, memo_data, view if self.keep_views else None))
         return encoded
@@ -304,7 +307,7 @@ class Answers:
                                       access_key_id=view.access_key_id)
         response = convert.result_to_proto(answer.result, answer.revision, answer.cached, True)
         return EncodedAnswer(response.SerializeToString(), raw, answer.result, answer.revision, answer.cached,
-                             view)
+                             view, answer)
 
     def stats(self) -> dict[str, int]:
         return {"answers": len(self._answers), "contexts": len(self._contexts),

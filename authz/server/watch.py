@@ -10,9 +10,9 @@ Python clients follow it.
 The hub (WatchHub) owns the open watches, all on the loop thread:
 
 - Decisions. A watch's request bytes are decided by an Answers (authz.server.answers), the code Authorize
-  runs, against the same store; it is the hub's own instance without an answer memo, so that the store
-  hands back its Answer (deps, changes_at, expires) with each decision and watches never crowd Authorize's
-  memo. The first message is therefore what Authorize answers (revision included); the context the client
+  runs, against the same store; it is the hub's own instance without an answer memo, so that every answer
+  carries the store's Answer (EncodedAnswer.decided: deps, changes_at, expires) and watches never crowd
+  Authorize's memo. The first message is therefore what Authorize answers (revision included); the context the client
   sent is fixed for the watch's life (the same bytes are decided again), keys the store derives are derived
   again each time.
 - What is sent. A message goes out only when the decision changes (AuthorizeResponse.decision: Allow, explicit
@@ -105,23 +105,6 @@ END_REASONS = (ENDED_CANCELLED, ENDED_SESSION, ENDED_SLOW_CLIENT, ENDED_SHUTDOWN
 _OK = ErrorStatus(grpc.StatusCode.OK, "", "")
 
 
-class _RecordingStore:
-    """The store as the hub's Answers sees it: every attribute is the store's own, and `authorize` also keeps
-    the Answer it returned (its deps, changes_at and expires, which an EncodedAnswer does not carry)."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.last: Answer | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def authorize(self, *args: Any, **kwargs: Any) -> Answer:
-        answer = self._store.authorize(*args, **kwargs)
-        self.last = answer
-        return answer
-
-
 class _Watch:
     """One open watch: its request, what its last decision read, its queue of messages and how it ended."""
 
@@ -156,8 +139,7 @@ class WatchHub:
         self.max_watches = max_watches
         self.queue_max = queue_max
         self.slice_size = slice_size
-        self._recorder = _RecordingStore(store)
-        self._answers = Answers(cast(Store, self._recorder), answer_memo_size=0)
+        self._answers = Answers(store, answer_memo_size=0)   # no memo: every answer carries the store's Answer
         self._watches: set[_Watch] = set()
         self._by_dep: dict[str, set[_Watch]] = {}
         self._every_change: set[_Watch] = set()         # deps None: re-decided on every change
@@ -296,9 +278,8 @@ class WatchHub:
     # ------------------------------------------------------------ deciding
 
     def _decide(self, raw: bytes) -> tuple[EncodedAnswer, Answer | None]:
-        self._recorder.last = None
         encoded = self._answers.decide(raw)
-        return encoded, self._recorder.last
+        return encoded, encoded.decided
 
     def _redecide(self, w: _Watch) -> None:
         start = time.perf_counter()
