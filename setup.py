@@ -3,10 +3,16 @@
 Every build (a wheel, an sdist's wheel, `pip install .`, an editable install) runs grpcio-tools'
 protoc, pinned in pyproject.toml's build requirements, so the wheel always carries generated code
 that matches the dependency floors declared next to it. Everything else is in pyproject.toml.
+
+With AUTHZ_NATIVE=1 (what `make native` does: `AUTHZ_NATIVE=1 python setup.py build_ext --inplace`), the modules
+listed in authz/native.py are also compiled with mypyc into extension modules beside their sources (mypy and a C
+compiler needed); authz/native.py decides at import whether that build is used.
 """
 
 from __future__ import annotations
 
+import os
+import runpy
 from pathlib import Path
 
 from setuptools import setup
@@ -36,4 +42,14 @@ class BuildWithProtos(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildWithProtos})
+def native_extensions() -> list:
+    """The mypyc extension modules, when AUTHZ_NATIVE=1; none otherwise."""
+    if os.environ.get("AUTHZ_NATIVE", "") in ("", "0"):
+        return []
+    from mypyc.build import mypycify   # mypy's compiler; imported only when asked for
+    listed = runpy.run_path(str(ROOT / "authz" / "native.py"))   # the list, without importing the package
+    paths = [str(Path(*m.split(".")).with_suffix(".py")) for m in listed["MODULES"]]
+    return mypycify(paths, group_name=listed["GROUP"], opt_level="3")
+
+
+setup(cmdclass={"build_py": BuildWithProtos}, ext_modules=native_extensions())

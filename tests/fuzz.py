@@ -12,7 +12,12 @@ import sys
 # A worker (`--worker TARGET`) imports the code under test inside atheris' import hook, so that its
 # branches feed coverage back to libFuzzer. That must happen before anything else imports `authz`.
 if __name__ == "__main__" and "--worker" in sys.argv:
+    import os as _os
+
     import atheris
+
+    # Coverage comes from instrumenting Python bytecode: the worker runs the sources, not the mypyc build.
+    _os.environ["AUTHZ_PURE_PYTHON"] = "1"
 
     # No atheris.enabled_hooks.add("RegEx"): its pattern proxy drops match()'s `pos` argument, which
     # breaks json's decoder; the libFuzzer dictionaries below give the mutator the literals instead.

@@ -92,6 +92,7 @@ class CountingCheck:
         self.real(*args)    # type: ignore[operator]
 
 
+@pytest.mark.sources
 def test_the_target_is_checked_once_per_request(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     counter = CountingCheck(decisions_module.check_target)
     monkeypatch.setattr(decisions_module, "check_target", counter)

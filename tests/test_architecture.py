@@ -24,7 +24,7 @@ PACKAGE = "authz"
 # alone. A module may import modules of its own layer and of layers of a lower rank; layers of the same
 # rank stand beside each other and import nothing from each other.
 LAYERS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
-    ("api", 0, ("authz", "authz.v1.*", "authz.api")),
+    ("api", 0, ("authz", "authz.v1.*", "authz.api", "authz.native")),
     ("language", 0, ("authz.policy.*",)),
     ("decision", 1, ("authz.evaluate", "authz.requests")),
     ("clients", 1, ("authz.client", "authz.aio_client")),

@@ -167,6 +167,7 @@ def test_control_every_entry_point_allows_without_a_fault(rig: Rig) -> None:
 # ------------------------------------------------------------------ faults in the store, through every entry point
 
 
+@pytest.mark.sources
 @pytest.mark.parametrize("fault", list(STORE_FAULTS))
 def test_store_fault_is_never_an_allow_at_any_entry_point(fault: str, rig: Rig,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,6 +193,7 @@ def test_store_fault_is_never_an_allow_at_any_entry_point(fault: str, rig: Rig,
 # ------------------------------------------------------------------ the servicer's own no-decision paths
 
 
+@pytest.mark.sources
 @pytest.mark.parametrize("path", list(AUTHORIZER_PATHS))
 def test_authorizer_path_without_a_decision_is_an_error_status(path: str, rig: Rig,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,6 +206,7 @@ def test_authorizer_path_without_a_decision_is_an_error_status(path: str, rig: R
     assert not c.is_allowed(CAMERA, PUT, YOUR_STREAM)
 
 
+@pytest.mark.sources
 def test_a_decision_that_never_comes_is_a_deny_for_the_client(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     entered = threading.Event()
 

@@ -985,6 +985,7 @@ def test_an_unverified_body_is_never_read(body: bytes | None, verified: bool, st
     assert refused(connect).status == 400
 
 
+@pytest.mark.sources    # replaces parse_body, which the compiled mapping calls directly
 def test_a_verified_body_is_parsed_only_on_json_routes() -> None:
     view = _view({"host": "h"}, b'{"StreamName":"cam-01"}', signed=frozenset({"host"}), path="/describeStream")
     assert isinstance(view.body, RawBody)

@@ -129,6 +129,7 @@ def test_a_check_binds_its_request_id_and_leaves_none_behind(captured: tuple[log
     assert "request_id" not in unnamed        # an id that is not a request id (a space, '!') is not repeated
 
 
+@pytest.mark.sources
 def test_the_incident_line_of_a_failed_authorize_carries_the_callers_request_id(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A call that fails unexpectedly logs one incident line; it names the caller's x-request-id (and a call

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any, Final, Literal, NoReturn, Protocol
 
+from .refusals import HttpRefusal as HttpRefusal, MappingError as MappingError
 from ..records import ResourceRecord
 from .sigv4 import PRESIGN_QUERY_PARAMS
 
@@ -291,20 +292,6 @@ class MappedRequest:
     notes: tuple[str, ...] = ()              # NOTE_* constants: what the mapper had to assume
 
 
-class HttpRefusal(Exception):
-    """An HTTP answer other than allow: status, AWS error code, and a message that says what to fix."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-class MappingError(HttpRefusal):
-    """The request is refused before authorization (bad argument, unknown route, body too large)."""
-
-
 @dataclass(frozen=True)
 class UnparsableBody:
     """A body the mapping may not read: not JSON, too large, not covered by the signature, or not received whole.
@@ -377,9 +364,9 @@ def parse_body(raw: bytes | None, content_type: str | None) -> Any:
                               f"{MAX_JSON_BODY_BYTES} bytes")
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_members, parse_constant=_no_constants)
-    except _AmbiguousMembers as exc:
+    except _AmbiguousMembers as ambiguous:
         return UnparsableBody(400, "SerializationException",
-                              f"request body is ambiguous: {exc}; JSON decoders differ on such objects, so send "
+                              f"request body is ambiguous: {ambiguous}; JSON decoders differ on such objects, so send "
                               "each member once, spelled exactly as the API names it")
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return UnparsableBody(400, "SerializationException",

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Union
 
 from .arn import ArnGlob, split_arn
 from .glob import Glob, TokenGlob
+from .variants import Variants
 from .variables import Lookup, Part, Var, has_variables, parse_parts, render_text, render_tokens, static_tokens
 
 # ------------------------------------------------------------------ the operator table
@@ -317,8 +318,6 @@ def _positive(family: str, compare: str, c: str, pvals: list[Any]) -> bool:
 # ------------------------------------------------------------------ the evaluation context
 
 
-class Variants(tuple):  # type: ignore[type-arg]
-    """Values of one key given under several spellings (e.g. tags `EC2` and `ec2`, spec 6)."""
 
 
 ContextValue = Union[str, tuple[str, ...], Variants]

@@ -6,6 +6,7 @@ from typing import Mapping, TypeAlias
 
 import grpc
 
+from .. import native
 from ..policy.errors import RequestError
 from ..store import Store
 from ..store.ops import (AddUserToGroup, AttachPolicy, CreatePolicyVersion, DeleteAccessKey, DeleteInlinePolicy,
@@ -211,6 +212,7 @@ class PolicyAdmin(pb_grpc.PolicyAdminServicer):
     def Status(self, request: pb.Empty, context: Ctx) -> pb.StatusResponse:
         status = convert.status_to_proto(self.store.status())
         status.watch_address = self.addresses.get("watch", "")
+        status.engine = native.mode()
         return status
 
     @rpc

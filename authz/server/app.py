@@ -51,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
+from .. import native
 from ..store import Store, StoreConfig
 from ..store.errors import StoreError
 from ..store.memory import release_memory
@@ -354,7 +355,8 @@ def start(config: Config, *, clock: Callable[[], float] = time.time, span_proces
         log.warning("no policies loaded: every request is denied until some are; give the server a bundle "
                     "directory with --bundle DIR (or AUTHZ_BUNDLE), or load policies through the admin service "
                     "(--admin-listen) with --state-dir to keep them")
-    log.info("listening %s", json.dumps({"worker": config.worker_index, "pid": os.getpid(), **addresses}))
+    log.info("listening %s", json.dumps({"worker": config.worker_index, "pid": os.getpid(), **addresses,
+                                         "engine": native.mode()}))
     return sidecar
 
 

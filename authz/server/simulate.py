@@ -15,6 +15,7 @@ This module imports no gRPC: the workers load only the policy engine and the mes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -147,7 +148,8 @@ class _Worker:
                                      stdout=subprocess.PIPE, env=env, close_fds=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin, self.proc.stdout
-        _write_frame(self._in, pickle.dumps(options))
+        # The options' fields, not the object: the compiled build's frozen dataclasses do not unpickle.
+        _write_frame(self._in, pickle.dumps({f.name: getattr(options, f.name) for f in dataclasses.fields(options)}))
 
     def ask(self, raw: bytes, timeout: float) -> tuple[int, bytes]:
         try:
@@ -259,7 +261,7 @@ def _worker_main() -> int:
     first = _read_frame(source)
     if first is None:
         return 0
-    options = pickle.loads(first)   # from the server that started this process, through its private pipe
+    options = EngineOptions(**pickle.loads(first))   # from the server that started it, through its private pipe
     while True:
         raw = _read_frame(source)
         if raw is None:

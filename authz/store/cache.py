@@ -8,7 +8,7 @@ from typing import Any, Hashable, Iterable, Mapping
 from cachetools import LRUCache
 
 from ..evaluate import Result
-from ..policy.conditions import Variants
+from ..policy.variants import Variants
 from .changes import Touched
 
 _ABSENT: Any = object()
