@@ -64,7 +64,18 @@ def environment() -> dict[str, Any]:
         "git_revision": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "load_average": list(os.getloadavg()),
+        "engine": _engine(),
     }
+
+
+def _engine() -> str:
+    """Which build of the decision path the servers of this run load (authz/native.py): the harness starts them
+    from this checkout with its environment, so they decide as this process would."""
+    try:
+        from authz import native
+    except ImportError:
+        return "unknown"
+    return native.mode()
 
 
 def _clean(value: Any) -> Any:
@@ -111,7 +122,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         "# Benchmark results", "",
         f"{env['date']} · {env['cpu_model']} · {env['cores_logical']} cores · Python {env['python']} · "
         f"grpcio {env['packages'].get('grpcio')} · git {str(env['git_revision'])[:12]}"
-        f"{' (dirty)' if env['git_dirty'] else ''} · load average at start {_fmt(env['load_average'][0], 2)}", "",
+        f"{' (dirty)' if env['git_dirty'] else ''} · load average at start {_fmt(env['load_average'][0], 2)}"
+        f" · decision path: {env.get('engine', 'unknown')}", "",
         f"Mode: {'quick' if st['quick'] else 'full'}; {st['repeats']} repeats per figure; runs of "
         f"{st['duration_s']} s after {st['warmup_s']} s warm-up"
         f"{'; ' + str(st['requests']) + ' requests per run' if st.get('requests') else ''}. "
