@@ -359,7 +359,8 @@ class ResourceInfo:
 @dataclass(frozen=True)
 class ServerStatus:
     """The admin Status answer: revision, whether it serves, the last load, counts and cache figures, in fleet
-    mode (--store) why the shared store is unreachable ("" while it answers), and the streaming listener's address."""
+    mode (--store) why the shared store is unreachable ("" while it answers), the streaming listener's address, and
+    which build of the decision path runs (authz/native.py)."""
 
     revision: int
     serving: bool
@@ -373,11 +374,13 @@ class ServerStatus:
     proto: pb.StatusResponse = field(repr=False, compare=False)
     store_error: str = ""
     watch_address: str = ""         # the streaming listener (Watch, AuthorizeStream) as bound; "" when off
+    engine: str = ""                # which build of the decision path runs: "compiled (mypyc)" or "pure Python (why)"
 
     @classmethod
     def from_proto(cls, s: pb.StatusResponse) -> "ServerStatus":
         return cls(s.revision, s.serving, s.last_load_error, s.last_load_unix, MappingProxyType(dict(s.counts)),
-                   s.cache_hits, s.cache_misses, s.cache_size, s.cache_capacity, s, s.store_error, s.watch_address)
+                   s.cache_hits, s.cache_misses, s.cache_size, s.cache_capacity, s, s.store_error, s.watch_address,
+                   s.engine)
 
 
 @dataclass(frozen=True)

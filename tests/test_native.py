@@ -10,11 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from authz import native
 from tests.conformance import load_cases
+from tests.server_fixture import ServerProcess, copy_example_bundle, server_factory  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 # `make test` sets this: there the compiled build must exist and be the one running (a failed compile fails CI
@@ -90,13 +92,45 @@ def simulate(pure: bool, cases: str) -> str:
     return out.stdout
 
 
+# The request fields of a decision case; the rest are its policies (and its expectation, not read here).
+REQUEST_FIELDS = ("principal", "action", "resource", "resourceAccount", "context")
+
+
+def crossed(cases: list[dict], per_case: int = 4) -> list[dict]:
+    """Each case's policies asked other cases' requests (a fixed spread, no randomness): requests the policies
+    were not written for, so that conditions, variables and wildcards meet values of every kind."""
+    n = len(cases)
+    out = []
+    for i, case in enumerate(cases):
+        for k in range(1, per_case + 1):
+            other = cases[(i + 37 * k) % n]
+            mixed = {key: value for key, value in case.items() if key not in REQUEST_FIELDS}
+            mixed.update({key: other[key] for key in REQUEST_FIELDS if key in other})
+            mixed["id"] = f"{case['id']}x{other['id']}"
+            out.append(mixed)
+    return out
+
+
 @needs_build
 def test_compiled_and_pure_engines_give_identical_answers_on_every_decision_case() -> None:
-    """Every conformance decision case, with explanations (matched statements, notes, missing keys), through the
-    compiled build and through the sources: the same output, line for line."""
+    """Every conformance decision case, and each case's policies asked other cases' requests, with explanations
+    (matched statements, notes, missing keys), through the compiled build and through the sources: the same
+    output, line for line."""
     cases = load_cases("decisions")
+    cases = [*cases, *crossed(cases)]
     text = "".join(json.dumps(c) + "\n" for c in cases)
     compiled, pure = simulate(False, text), simulate(True, text)
     assert len(compiled.splitlines()) == len(cases)
     for a, b, case in zip(compiled.splitlines(), pure.splitlines(), cases):
         assert a == b, case["id"]
+
+
+@needs_build
+def test_the_server_says_which_build_runs_in_its_log_and_status(
+        tmp_path: Path, server_factory: Callable[..., ServerProcess]) -> None:
+    bundle = copy_example_bundle(tmp_path / "bundle")
+    for env, expected in (({}, "compiled (mypyc)"), ({native.PURE_ENV: "1"}, f"pure Python ({native.PURE_ENV} is set)")):
+        server = server_factory(bundle, tmp_path / f"state{len(env)}", env=env)
+        assert server.listening[0]["engine"] == expected
+        with server.admin() as admin:
+            assert admin.status().engine == expected

@@ -149,6 +149,11 @@ examples:
     authz serve --store postgresql://authz@db:5432/authz --store-key-file /run/secrets/store-key
 
 SIGTERM drains in-flight calls (--drain-grace) and exits 0.
+
+The decision path runs compiled (`make native`, part of `make setup`) while that build is newer than
+every source file, else from the sources (same answers, slower); the `listening` log line and Status
+say which ("engine"). To run the sources always:
+  AUTHZ_PURE_PYTHON=1 python server.py --bundle examples/bundle --state-dir .state
 """
 
 
